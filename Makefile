@@ -1,0 +1,40 @@
+# `make demo` and `make test` each create .venv when missing and install everything the project needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mtiasim-installed
+
+.PHONY: demo test lint bench validate calibrate clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned in every pip call that may pull it: an unpinned torch is a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]' torch==2.13.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mtiasim chip show mtia-v1
+	$(VENV)/bin/mtiasim bench gemm --m 2048 --k 4096 --n 4096 --dtype int8 --placement sram
+	$(VENV)/bin/mtiasim bench tbe --batch 256 --pooling 50 --rows 1000000 --dim 256
+	$(VENV)/bin/mtiasim validate
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest
+
+validate: $(STAMP)
+	$(VENV)/bin/mtiasim validate
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+calibrate: $(STAMP)
+	$(PY) scripts/calibrate.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

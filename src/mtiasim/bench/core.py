@@ -1,0 +1,73 @@
+"""Shared pieces of the microbenchmarks: argument checks, running a program, the common JSON fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mtiasim.engine import FIDELITIES, MODES, ExecutionResult, execute
+from mtiasim.errors import UsageError
+from mtiasim.hw import Chip, load_chip
+from mtiasim.isa import Level, MemoryPlan, Program
+
+MAX_DIM = 1 << 24
+PLACEMENTS = ("sram", "dram")
+
+
+def positive(name: str, value: int, limit: int = MAX_DIM) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise UsageError(f"--{name}: expected an integer, got {value!r}")
+    if value <= 0:
+        raise UsageError(f"--{name}: must be positive, got {value}")
+    if value > limit:
+        raise UsageError(f"--{name}: {value} is absurdly large (limit {limit})")
+    return int(value)
+
+
+def level(placement: str, where: str = "--placement") -> Level:
+    if placement not in PLACEMENTS:
+        raise UsageError(f"{where}: unknown placement {placement!r} (known: {', '.join(PLACEMENTS)})")
+    return Level(placement)
+
+
+def resolve_chip(chip: str | Chip) -> Chip:
+    return chip if isinstance(chip, Chip) else load_chip(chip)
+
+
+def check_run(mode: str, fidelity: str) -> None:
+    if mode not in MODES:
+        raise UsageError(f"--mode: unknown mode {mode!r} (known: {', '.join(MODES)})")
+    if fidelity not in FIDELITIES:
+        raise UsageError(f"--fidelity: unknown fidelity {fidelity!r} (known: {', '.join(FIDELITIES)})")
+
+
+def memory_plan(chip: Chip) -> MemoryPlan:
+    return MemoryPlan(chip.sram.bytes, chip.dram.bytes)
+
+
+def run(
+    program: Program, chip: Chip, mode: str, fidelity: str, inputs: dict[str, np.ndarray]
+) -> ExecutionResult:
+    return execute(program, chip, mode=mode, fidelity=fidelity, inputs=inputs)
+
+
+def timing_fields(result: ExecutionResult, chip: Chip) -> dict[str, Any]:
+    """seconds, bound, the time attribution, PEs, and what the engine counted."""
+    t = result.timing
+    if t is None:
+        return {"seconds": None, "bound": None}
+    job = t.jobs[0] if t.jobs else None
+    return {
+        "seconds": t.seconds,
+        "bound": t.bound,
+        "attribution_us": {k: round(v * 1e6, 4) for k, v in sorted(t.attribution.items())},
+        "pes": job.pes if job else 0,
+        "resource_utilization": {k: round(v, 4) for k, v in sorted(t.resource_utilization.items())},
+        "counters": {k: float(v) for k, v in sorted(t.counters.items())},
+        "events": t.events,
+    }
+
+
+def base_fields(chip: Chip, mode: str, fidelity: str) -> dict[str, Any]:
+    return {"chip": chip.name, "mode": mode, "fidelity": fidelity}

@@ -1,0 +1,117 @@
+"""`mtiasim bench gemm`: one FC/GEMM ``C[M, N] = A[M, K] @ W[N, K].T`` on the chip.
+
+JSON: ``seconds``, ``tops`` (2*M*N*K / seconds / 1e12), ``macs``, ``bound`` and the mapping, attribution and
+counters. In functional modes the result is also checked against an integer (int8) or float64 reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mtiasim.bench.core import (
+    base_fields,
+    check_run,
+    level,
+    memory_plan,
+    positive,
+    resolve_chip,
+    run,
+    timing_fields,
+)
+from mtiasim.dtypes import DType
+from mtiasim.errors import UsageError
+from mtiasim.hw import Chip
+from mtiasim.isa import Program
+from mtiasim.kernels.common import Region
+from mtiasim.kernels.gemm import DPE_DTYPES, VARIANTS, choose_mapping, gemm_job
+
+DEFAULT_OUT = {DType.INT8: DType.INT8, DType.FP16: DType.FP16, DType.BF16: DType.BF16}
+
+
+def int8_out_scale(k: int) -> float:
+    """A requantization scale that maps +-3 sigma of a K-long dot product of uniform int8 onto int8."""
+    sigma = (128.0**2 / 3.0) * math.sqrt(k)
+    return 127.0 / (3.0 * sigma)
+
+
+def bench_gemm(
+    m: int,
+    k: int,
+    n: int,
+    dtype: str = "int8",
+    placement: str = "sram",
+    chip: str | Chip = "mtia-v1",
+    fidelity: str = "event",
+    mode: str = "timing",
+    out_dtype: str | None = None,
+    variant: str = "ws",
+    seed: int = 0,
+) -> dict[str, Any]:
+    m, k, n = positive("m", m), positive("k", k), positive("n", n)
+    dt = DType.parse(dtype, "--dtype")
+    if dt not in DPE_DTYPES:
+        raise UsageError(f"--dtype: the DPE multiplies int8, fp16 or bf16, not {dtype}")
+    if variant not in VARIANTS:
+        raise UsageError(f"--variant: unknown GEMM variant {variant!r} (known: {', '.join(VARIANTS)})")
+    lvl = level(placement)
+    check_run(mode, fidelity)
+    chip_ = resolve_chip(chip)
+    odt = DType.parse(out_dtype, "--out-dtype") if out_dtype else DEFAULT_OUT[dt]
+    allowed = (DType.INT8, DType.INT32) if dt == DType.INT8 else (dt, DType.FP32)
+    if odt not in allowed:
+        raise UsageError(
+            f"--out-dtype: a {dt.value} GEMM writes {' or '.join(a.value for a in allowed)}, not {odt.value}"
+        )
+    plan = memory_plan(chip_)
+    a = plan.add("A", (m, k), dt, lvl)
+    w = plan.add("W", (n, k), dt, lvl)
+    c = plan.add("C", (m, n), odt, lvl)
+    scale = int8_out_scale(k) if odt == DType.INT8 else None
+    mapping = choose_mapping(chip_, m, k, n, dt, odt, (lvl, lvl), Region.whole(chip_), variant)
+    job = gemm_job(chip_, "gemm", a, w, c, out_scale=scale, mapping=mapping)
+    program = Program(f"gemm {m}x{k}x{n} {dt.value}", plan.tensors, [job])
+    inputs: dict[str, np.ndarray] = {}
+    if mode != "timing":
+        rng = np.random.default_rng(seed)
+        if dt == DType.INT8:
+            inputs = {
+                "A": rng.integers(-128, 128, (m, k), dtype=np.int8),
+                "W": rng.integers(-128, 128, (n, k), dtype=np.int8),
+            }
+        else:
+            inputs = {
+                "A": rng.standard_normal((m, k)).astype(dt.numpy),
+                "W": rng.standard_normal((n, k)).astype(dt.numpy),
+            }
+    result = run(program, chip_, mode, fidelity, inputs)
+    out: dict[str, Any] = {"kind": "gemm", "m": m, "k": k, "n": n, "dtype": dt.value, "out_dtype": odt.value}
+    out["placement"] = lvl.value
+    out.update(base_fields(chip_, mode, fidelity))
+    out.update(timing_fields(result, chip_))
+    macs = float(m) * n * k
+    out["macs"] = macs
+    out["tops"] = 2 * macs / out["seconds"] / 1e12 if out["seconds"] else None
+    out["mapping"] = mapping.describe()
+    if result.outputs is not None:
+        out["check"] = _check(inputs, result.outputs["C"], dt, odt, scale)
+    return out
+
+
+def _check(inputs, got: np.ndarray, dt: DType, odt: DType, scale: float | None) -> dict[str, Any]:
+    a, w = inputs["A"], inputs["W"]
+    if dt == DType.INT8:
+        acc = a.astype(np.int64) @ w.astype(np.int64).T
+        ref = np.clip(np.rint(acc * scale), -128, 127) if odt == DType.INT8 else acc
+        err = float(np.abs(got.astype(np.int64) - ref.astype(np.int64)).max())
+        return {
+            "reference": "int64 matmul (+ round half even, saturate)",
+            "max_abs_err": err,
+            "passed": err == 0.0,
+        }
+    ref = a.astype(np.float64) @ w.astype(np.float64).T
+    err = float(np.abs(got.astype(np.float64) - ref).max())
+    tol = float(np.abs(ref).max()) * (2e-3 if odt != DType.BF16 else 1.6e-2) + 1e-3
+    return {"reference": "float64 matmul", "max_abs_err": err, "tolerance": tol, "passed": err <= tol}

@@ -1,0 +1,188 @@
+"""`mtiasim bench tbe`: a table-batched EmbeddingBag over int8 tables in FBGEMM's layout.
+
+Defaults follow ISCA'23's set-up where it is known: 8-bit rows, LPDDR5 tables reached through the SRAM in cache
+mode, fixed pooling, uniform indices. The number of tables the paper used is not published (assumed default:
+`DEFAULT_TABLES`). The cache starts warm with earlier batches drawn from the same distribution (steady state),
+unless ``warm="cold"``.
+
+JSON: ``seconds``, ``gbps`` = bytes of embedding rows read (lookups x (dim + 4)) / seconds, ``lookups``,
+``cache_hit_rate``, ``bound``...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mtiasim.bench.core import base_fields, check_run, memory_plan, positive, resolve_chip, run, timing_fields
+from mtiasim.dtypes import DType
+from mtiasim.engine.numerics import fbgemm_rows_dequantize, fbgemm_rows_quantize
+from mtiasim.errors import UsageError
+from mtiasim.hw import Chip
+from mtiasim.indices import IndexDistribution, draw_indices, fixed_lengths, offsets_from_lengths
+from mtiasim.isa import Level, PoolMode, Program
+from mtiasim.kernels.tbe import tbe_job
+
+DEFAULT_TABLES = 8
+TBE_PLACEMENTS = ("cache", "sram", "dram")
+WARM = ("distribution", "same", "cold")
+FUNCTIONAL_TABLE_LIMIT_BYTES = 2 << 30
+HISTORY_LINE_FACTOR = 2.0
+HISTORY_MAX_ROWS = 3_000_000
+
+
+def bench_tbe(
+    batch: int,
+    pooling: int,
+    rows: int,
+    dim: int,
+    tables: int = DEFAULT_TABLES,
+    placement: str = "cache",
+    distribution: str = "uniform",
+    alpha: float = 1.05,
+    weighted: bool = False,
+    pool_mode: str = "sum",
+    warm: str = "distribution",
+    chip: str | Chip = "mtia-v1",
+    fidelity: str = "event",
+    mode: str = "timing",
+    seed: int = 0,
+) -> dict[str, Any]:
+    batch, rows, dim, tables = (
+        positive("batch", batch),
+        positive("rows", rows, 1 << 34),
+        positive("dim", dim, 1 << 16),
+        positive("tables", tables, 4096),
+    )
+    pooling = positive("pooling", pooling, 1 << 16)
+    if placement not in TBE_PLACEMENTS:
+        raise UsageError(
+            f"--placement: unknown TBE placement {placement!r} (known: {', '.join(TBE_PLACEMENTS)})"
+        )
+    if warm not in WARM:
+        raise UsageError(f"--warm: unknown cache warm-up {warm!r} (known: {', '.join(WARM)})")
+    try:
+        pmode = PoolMode(pool_mode)
+    except ValueError:
+        raise UsageError(f"--pool-mode: unknown pooling {pool_mode!r} (known: sum, mean)") from None
+    dist = IndexDistribution(distribution, alpha)
+    check_run(mode, fidelity)
+    chip_ = resolve_chip(chip)
+    row_bytes = dim + 4
+    plan = memory_plan(chip_)
+    lvl = Level.SRAM if placement == "sram" else Level.DRAM
+    table_rows = [rows] * tables
+    table = plan.add("tables", (rows * tables, row_bytes), DType.UINT8, lvl, cached=placement == "cache")
+    lengths = fixed_lengths(tables, batch, pooling)
+    offsets = offsets_from_lengths(lengths)
+    n_idx = int(offsets[-1])
+    idx = plan.add("indices", (n_idx,), DType.INT32, Level.SRAM)
+    wts = plan.add("weights", (n_idx,), DType.FP32, Level.SRAM) if weighted else None
+    out = plan.add("out", (batch, tables * dim), DType.FP16, Level.SRAM)
+    per_table = draw_indices(table_rows, lengths, batch, dist, seed)
+    row_start = np.repeat(np.arange(tables, dtype=np.int64) * rows, batch * pooling)
+    job = tbe_job(
+        chip_,
+        "tbe",
+        table,
+        idx,
+        out,
+        offsets=offsets,
+        table_rows=table_rows,
+        batch=batch,
+        dim=dim,
+        mode=pmode,
+        weights=wts,
+    )
+    program = Program(f"tbe B{batch} L{pooling} R{rows} D{dim} T{tables}", plan.tensors, [job])
+    if placement == "cache" and warm != "cold":
+        program.cache_history[table.name] = _history(
+            chip_,
+            per_table + row_start if warm == "same" else None,
+            table_rows,
+            lengths,
+            batch,
+            dist,
+            seed,
+            row_bytes,
+        )
+    inputs: dict[str, np.ndarray] = {"indices": per_table.astype(np.int32)}
+    rng = np.random.default_rng(seed + 7919)
+    if weighted:
+        inputs["weights"] = rng.random(n_idx, dtype=np.float32)
+    if mode != "timing":
+        if table.nbytes > FUNCTIONAL_TABLE_LIMIT_BYTES:
+            raise UsageError(
+                f"functional TBE needs the whole {table.nbytes / 2**30:.1f} GiB table in memory "
+                f"(limit {FUNCTIONAL_TABLE_LIMIT_BYTES / 2**30:.0f} GiB): lower --rows or --tables, or use --mode timing"
+            )
+        inputs["tables"] = fbgemm_rows_quantize(rng.standard_normal((rows * tables, dim)).astype(np.float32))
+    result = run(program, chip_, mode, fidelity, inputs)
+    res: dict[str, Any] = {
+        "kind": "tbe",
+        "batch": batch,
+        "pooling": pooling,
+        "rows": rows,
+        "dim": dim,
+        "tables": tables,
+        "placement": placement,
+        "distribution": distribution,
+        "pool_mode": pmode.value,
+        "weighted": weighted,
+    }
+    res.update(base_fields(chip_, mode, fidelity))
+    res.update(timing_fields(result, chip_))
+    res["lookups"] = n_idx
+    res["row_bytes_read"] = float(n_idx * row_bytes)
+    res["gbps"] = n_idx * row_bytes / res["seconds"] / 1e9 if res["seconds"] else None
+    counters = res.get("counters", {})
+    if counters.get("gathered_rows"):
+        res["cache_hit_rate"] = counters.get("cache_hit_rows", 0.0) / counters["gathered_rows"]
+    if result.outputs is not None:
+        res["check"] = _check(
+            inputs, result.outputs["out"], per_table + row_start, lengths, tables, batch, dim, pmode
+        )
+    return res
+
+
+def _history(
+    chip: Chip, same: np.ndarray | None, table_rows, lengths, batch, dist, seed, row_bytes
+) -> np.ndarray:
+    """Row accesses of earlier batches (oldest first), enough to fill the SRAM cache twice over."""
+    if same is not None:
+        return same
+    lines_per_row = -(-row_bytes // chip.sram.cache_line_bytes) + 1
+    want = min(
+        HISTORY_MAX_ROWS,
+        int(HISTORY_LINE_FACTOR * chip.sram.bytes / chip.sram.cache_line_bytes / lines_per_row),
+    )
+    per_batch = int(lengths.sum())
+    n_batches = max(1, -(-want // max(per_batch, 1)))
+    starts = np.concatenate([[0], np.cumsum(table_rows)[:-1]]).astype(np.int64)
+    row_start = np.repeat(starts, lengths.reshape(len(table_rows), batch).sum(axis=1))
+    out = []
+    for i in range(n_batches, 0, -1):  # oldest first
+        out.append(draw_indices(table_rows, lengths, batch, dist, seed + 104729 * i) + row_start)
+    return np.concatenate(out)
+
+
+def _check(inputs, got, rows, lengths, tables, batch, dim, mode) -> dict[str, Any]:
+    vals = fbgemm_rows_dequantize(inputs["tables"][rows], dim).astype(np.float64)
+    if "weights" in inputs:
+        vals = vals * inputs["weights"].astype(np.float64)[:, None]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    ref = np.zeros((tables * batch, dim))
+    nz = lengths > 0
+    ref[nz] = np.add.reduceat(vals, starts[nz], axis=0)
+    if mode == PoolMode.MEAN:
+        ref[nz] /= lengths[nz, None]
+    ref = ref.reshape(tables, batch, dim).transpose(1, 0, 2).reshape(batch, tables * dim)
+    err = float(np.abs(got.astype(np.float64) - ref).max())
+    tol = float(np.abs(ref).max()) * 2e-3 + 1e-3
+    return {
+        "reference": "float64 dequantize + pool",
+        "max_abs_err": err,
+        "tolerance": tol,
+        "passed": err <= tol,
+    }

@@ -1,0 +1,346 @@
+"""The `mtiasim` command line.
+
+Errors print one line (``mtiasim: error: ...``) and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from mtiasim.errors import MtiasimError
+
+DEBUG = {"on": False}
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, sort_keys=False, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.2f} us"
+    if s < 1:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s:.3f} s"
+
+
+def _print_bench(res: dict[str, Any]) -> None:
+    kind = res["kind"]
+    if kind == "gemm":
+        head = f"gemm {res['m']}x{res['k']}x{res['n']} {res['dtype']} ({res['placement']}) on {res['chip']}"
+        rate = f"{res['tops']:.2f} TOPS" if res.get("tops") else "-"
+    elif kind == "tbe":
+        head = (
+            f"tbe batch {res['batch']} pooling {res['pooling']} rows {res['rows']} dim {res['dim']} "
+            f"tables {res['tables']} ({res['placement']}) on {res['chip']}"
+        )
+        rate = f"{res['gbps']:.1f} GB/s of embedding rows"
+    else:
+        head = f"{res['op']} {res['m']}x{res['k']}x{res['n']} {res['dtype']} ({res['placement']}) on {res['chip']}"
+        rate = f"{res['gbps']:.1f} GB/s"
+    click.echo(head)
+    click.echo(f"  time      {_fmt_seconds(res.get('seconds'))}   ({res['fidelity']}, {res['mode']})")
+    if res.get("seconds"):
+        click.echo(f"  rate      {rate}")
+        click.echo(f"  bound     {res['bound']}")
+        att = res.get("attribution_us", {})
+        total = sum(att.values()) or 1.0
+        parts = ", ".join(
+            f"{k} {v / total * 100:.0f}%" for k, v in sorted(att.items(), key=lambda kv: -kv[1]) if v > 0
+        )
+        click.echo(f"  time in   {parts}")
+        click.echo(f"  PEs       {res.get('pes')}")
+    if "mapping" in res:
+        click.echo(f"  mapping   {res['mapping']}")
+    if "cache_hit_rate" in res:
+        click.echo(f"  SRAM cache hit rate {res['cache_hit_rate'] * 100:.1f}%")
+    if "check" in res:
+        chk = res["check"]
+        click.echo(
+            f"  check     {'passed' if chk['passed'] else 'FAILED'} (max abs err {chk['max_abs_err']:.3g} vs {chk['reference']})"
+        )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="mtiasim")
+def cli(debug: bool) -> None:
+    """mtiasim: a bit-accurate, timed model of Meta's MTIA inference accelerator."""
+    DEBUG["on"] = debug
+
+
+# ------------------------------------------------------------------------------------------------- chip
+
+
+@cli.group()
+def chip() -> None:
+    """Chip configurations."""
+
+
+@chip.command("list")
+def chip_list() -> None:
+    """List the shipped chip presets."""
+    from mtiasim.hw import load_chip, preset_names
+
+    for name in preset_names():
+        click.echo(f"{name:10s} {load_chip(name).description}")
+
+
+@chip.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def chip_show(name: str, as_json: bool) -> None:
+    """Print a chip's configuration with the provenance of every value, and its derived peaks."""
+    from mtiasim.hw import load_chip, peaks
+    from mtiasim.hw.chip import SECTIONS
+
+    c = load_chip(name)
+    if as_json:
+        params = {}
+        for section in SECTIONS:
+            for key, value in getattr(c, section).model_dump().items():
+                p = c.provenance.get(f"{section}.{key}")
+                params[f"{section}.{key}"] = {
+                    "value": value,
+                    "provenance": p.kind if p else None,
+                    "source": p.source if p else None,
+                    "note": p.note if p else None,
+                }
+        _emit_json(
+            {
+                "name": c.name,
+                "description": c.description,
+                "parameters": params,
+                "peaks": [
+                    {
+                        "name": pk.name,
+                        "physical": pk.physical,
+                        "quoted": pk.quoted,
+                        "unit": pk.unit,
+                        "formula": pk.formula,
+                    }
+                    for pk in peaks(c)
+                ],
+            }
+        )
+        return
+    click.echo(f"{c.name}: {c.description}")
+    for section in SECTIONS:
+        click.echo(f"[{section}]")
+        for key, value in getattr(c, section).model_dump().items():
+            p = c.provenance.get(f"{section}.{key}")
+            where = p.describe() if p else "?"
+            click.echo(f"  {key:24s} {value!s:>14}   {where}")
+    click.echo("derived peaks (from the unit-level values above)")
+    for pk in peaks(c):
+        quoted = f" (quoted {pk.quoted:.4g}, 1 T = 1024 G)" if pk.convention_1024 else ""
+        click.echo(f"  {pk.name:26s} {pk.physical:10.4g} {pk.unit:7s}{quoted}   = {pk.formula}")
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+
+@cli.group()
+def bench() -> None:
+    """Microbenchmarks of single operators."""
+
+
+def _common(f):
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+    f = click.option("--mode", default="timing", show_default=True, help="timing, functional or both.")(f)
+    f = click.option("--fidelity", default="event", show_default=True, help="roofline, analytic or event.")(f)
+    f = click.option(
+        "--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset name or .toml file."
+    )(f)
+    return f
+
+
+@bench.command("gemm")
+@click.option("--m", type=int, required=True)
+@click.option("--k", type=int, required=True)
+@click.option("--n", type=int, required=True)
+@click.option("--dtype", default="int8", show_default=True, help="int8, fp16 or bf16.")
+@click.option("--placement", default="sram", show_default=True, help="sram or dram.")
+@click.option(
+    "--out-dtype", default=None, help="Output dtype (default: int8 requantized, or the input's float)."
+)
+@click.option("--variant", default="ws", show_default=True, help="ws (weight-stationary) or os (streaming).")
+@_common
+def bench_gemm_cmd(m, k, n, dtype, placement, out_dtype, variant, chip_name, fidelity, mode, as_json) -> None:
+    """C[M,N] = A[M,K] @ W[N,K].T on the chip."""
+    from mtiasim.bench import bench_gemm
+
+    res = bench_gemm(m, k, n, dtype, placement, chip_name, fidelity, mode, out_dtype, variant)
+    _emit_json(res) if as_json else _print_bench(res)
+
+
+@bench.command("tbe")
+@click.option("--batch", type=int, required=True)
+@click.option("--pooling", type=int, required=True, help="Lookups per bag.")
+@click.option("--rows", type=int, required=True, help="Rows per table.")
+@click.option("--dim", type=int, required=True)
+@click.option(
+    "--tables", type=int, default=None, help="Number of tables (default: the assumed paper set-up)."
+)
+@click.option(
+    "--placement", default="cache", show_default=True, help="cache (LPDDR5 via the SRAM cache), sram or dram."
+)
+@click.option("--distribution", default="uniform", show_default=True, help="uniform or zipf.")
+@click.option("--alpha", type=float, default=1.05, show_default=True, help="Zipf exponent.")
+@click.option("--weighted", is_flag=True, help="Per-sample weights.")
+@click.option("--pool-mode", default="sum", show_default=True, help="sum or mean.")
+@click.option(
+    "--warm", default="distribution", show_default=True, help="distribution, same or cold SRAM cache."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_common
+def bench_tbe_cmd(
+    batch,
+    pooling,
+    rows,
+    dim,
+    tables,
+    placement,
+    distribution,
+    alpha,
+    weighted,
+    pool_mode,
+    warm,
+    seed,
+    chip_name,
+    fidelity,
+    mode,
+    as_json,
+) -> None:
+    """Table-batched EmbeddingBag on int8 FBGEMM rows."""
+    from mtiasim.bench import bench_tbe
+    from mtiasim.bench.tbe import DEFAULT_TABLES
+
+    res = bench_tbe(
+        batch,
+        pooling,
+        rows,
+        dim,
+        tables if tables is not None else DEFAULT_TABLES,
+        placement,
+        distribution,
+        alpha,
+        weighted,
+        pool_mode,
+        warm,
+        chip_name,
+        fidelity,
+        mode,
+        seed,
+    )
+    _emit_json(res) if as_json else _print_bench(res)
+
+
+@bench.command("op")
+@click.argument("op")
+@click.option("--m", type=int, default=256, show_default=True)
+@click.option("--k", type=int, default=128, show_default=True)
+@click.option("--n", type=int, default=32, show_default=True)
+@click.option("--placement", default="sram", show_default=True, help="sram or dram.")
+@click.option("--dtype", default="fp16", show_default=True)
+@_common
+def bench_op_cmd(op, m, k, n, placement, dtype, chip_name, fidelity, mode, as_json) -> None:
+    """batchmatmul, transpose, concat, quantize, dequantize, tanh, sigmoid, relu on a [m, k, n] tensor."""
+    from mtiasim.bench import bench_op
+
+    res = bench_op(op, m, k, n, placement, dtype, chip_name, fidelity, mode)
+    _emit_json(res) if as_json else _print_bench(res)
+
+
+@bench.command("suite")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one object per row (the default output).")
+def bench_suite_cmd(path: str, as_json: bool) -> None:
+    """Run every row of a CSV (column `kind`: gemm, tbe, op; other columns: the flags)."""
+    from mtiasim.bench import run_suite
+
+    for res in run_suite(path):
+        _emit_json(res)
+        sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------- validate
+
+
+@cli.command("validate")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--family", "families", multiple=True, help="fc_sram, fc_dram, tbe, ops (default: all).")
+@click.option("--fidelity", default="event", show_default=True)
+@click.option("--chip", "chip_name", default="mtia-v1", show_default=True)
+def validate_cmd(as_json: bool, families, fidelity: str, chip_name: str) -> None:
+    """Compare predictions with published MTIA v1 silicon measurements (ISCA'23)."""
+    from mtiasim.validate import GATE_MAPE_PCT, validate
+
+    report = validate(chip_name, fidelity, families or None)
+    if as_json:
+        _emit_json(report.to_json())
+        return
+    click.echo(f"{'family':8s} {'case':34s} {'published':>10s} {'predicted':>10s} {'error':>8s}  bound")
+    for c in report.cases:
+        click.echo(
+            f"{c['family']:8s} {c['case']:34s} {c['published']:10.2f} {c['predicted']:10.2f} "
+            f"{c['error_pct']:+7.1f}%  {c['bound']}"
+        )
+    click.echo("")
+    click.echo(
+        f"{'family':8s} {'cases':>5s} {'MAPE':>8s} {'Pearson r':>10s}   (gate: MAPE <= {GATE_MAPE_PCT:.0f}%)"
+    )
+    for fam, st in report.families.items():
+        click.echo(f"{fam:8s} {st.cases:5d} {st.mape_pct:7.2f}% {st.pearson_r:10.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="mtiasim", standalone_mode=False)
+        return 0
+    except MtiasimError as err:
+        if DEBUG["on"]:
+            raise
+        click.echo(f"mtiasim: error: {err}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("mtiasim: aborted", err=True)
+        return 130
+    except click.ClickException as err:
+        if DEBUG["on"]:
+            raise
+        ctx = getattr(err, "ctx", None)
+        where = f" ({ctx.command_path})" if ctx is not None else ""
+        click.echo(f"mtiasim: error{where}: {err.format_message()}", err=True)
+        return 2
+    except click.exceptions.Exit as ex:
+        return ex.exit_code
+    except Exception as err:  # an internal bug: still one line, the traceback on request
+        if DEBUG["on"]:
+            raise
+        click.echo(
+            f"mtiasim: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

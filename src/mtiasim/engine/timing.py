@@ -1,0 +1,848 @@
+"""Timing: one constraint graph, three fidelities.
+
+Every node (command instance) starts when (a) its core has issued it, (b) the unit it needs is free (DPE, SE
+and MLU run one command at a time; the DMA engine a few), and (c) the first item of every stream it reads has
+arrived. It ends after its own work, and no earlier than one item after the end of each producer it streams
+from (or, for a reduction, after the upstream partial has crossed its link). Barriers release when every
+participant's earlier commands have completed. The control core launches jobs one after another; a job's PEs
+start one after another.
+
+- `event`: a fluid discrete-event simulation. Data movement is a flow; flows of a multicast group move in
+  lockstep as one bundle; the shared resources (SRAM slices, LPDDR5 channels, NoC lanes, Fabric Interfaces,
+  host link) are divided among the active bundles by max-min fairness, with each bundle also capped by its
+  memory latency (bytes in flight), its issue rate and its consumer's pace. Rates change only at events.
+- `analytic`: the same graph with every flow at its uncontended rate, combined with the aggregate bound of
+  each shared resource (total bytes / capacity). A lower bound of `event` by construction.
+- `roofline`: per job, the larger of the per-PE average unit work and the raw bytes per memory level at peak
+  bandwidth; jobs chained along their dependencies. No latency, no launch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtiasim.engine.resolve import Node, Resolved, job_order
+from mtiasim.engine.resources import ResourceMap, resource_map
+from mtiasim.engine.work import Work, WorkModel, upstream_of
+from mtiasim.hw import Chip
+from mtiasim.hw.peaks import dram_bytes_per_s, sram_bytes_per_s
+from mtiasim.isa import Barrier, Program
+
+INF = float("inf")
+EPS = 1e-15
+FIDELITIES = ("roofline", "analytic", "event")
+
+# attribution classes
+DISPATCH = "dispatch"
+ISSUE = "issue"
+LATENCY = "latency"
+COMPUTE = "compute"
+
+
+@dataclass
+class JobTiming:
+    name: str
+    kind: str
+    start_s: float
+    end_s: float
+    pes: int
+    attribution: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def bound(self) -> str:
+        if not self.attribution:
+            return COMPUTE
+        return max(self.attribution.items(), key=lambda kv: kv[1])[0]
+
+
+@dataclass
+class TimingResult:
+    fidelity: str
+    seconds: float
+    jobs: list[JobTiming]
+    node_start: np.ndarray
+    node_end: np.ndarray
+    counters: dict[str, float]
+    resource_bytes: dict[str, float]  # effective bytes put on each resource class
+    resource_utilization: dict[str, float]  # busiest resource of each class: bytes / (capacity * span)
+    events: int = 0
+
+    @property
+    def attribution(self) -> dict[str, float]:
+        total: dict[str, float] = defaultdict(float)
+        for j in self.jobs:
+            for k, v in j.attribution.items():
+                total[k] += v
+        return dict(total)
+
+    @property
+    def bound(self) -> str:
+        att = self.attribution
+        return max(att.items(), key=lambda kv: kv[1])[0] if att else COMPUTE
+
+
+class TimingModel:
+    """The constraint graph and the per-node work of a resolved program."""
+
+    def __init__(self, program: Program, resolved: Resolved, chip: Chip, data: dict[str, np.ndarray]) -> None:
+        self.program = program
+        self.resolved = resolved
+        self.chip = chip
+        self.rmap: ResourceMap = resource_map(chip)
+        self.wm = WorkModel(program, resolved, chip, self.rmap, data)
+        nodes = resolved.nodes
+        self.nodes = nodes
+        self.works: list[Work] = [self.wm.work(n) for n in nodes]
+        self.n = len(nodes)
+        self._constraints()
+        self._bundles()
+        self._uncontended()
+
+    # ----------------------------------------------------------------------------------- graph build
+
+    def _constraints(self) -> None:
+        nodes, works = self.nodes, self.works
+        n = self.n
+        self.core_prev = np.full(n, -1, dtype=np.int64)
+        self.core_next = np.full(n, -1, dtype=np.int64)
+        self.unit_prev = np.full(n, -1, dtype=np.int64)
+        self.unit_next: list[list[int]] = [[] for _ in range(n)]
+        by_core: dict[tuple, list[Node]] = defaultdict(list)
+        for node in nodes:
+            by_core[(node.job, node.pe, node.core)].append(node)
+        for lst in by_core.values():
+            lst.sort(key=lambda x: x.pos)
+            for a, b in zip(lst, lst[1:], strict=False):
+                self.core_prev[b.id] = a.id
+                self.core_next[a.id] = b.id
+        self.core_lists = by_core
+        by_unit: dict[tuple, list[Node]] = defaultdict(list)
+        for node in sorted(nodes, key=lambda x: x.order):
+            unit = works[node.id].unit
+            if unit in ("none",):
+                continue
+            by_unit[(node.job, node.pe, unit)].append(node)
+        slots = self.chip.dma.concurrent_commands
+        for (_job, _pe, unit), lst in by_unit.items():
+            k = slots if unit == "dma" else 1
+            for i in range(k, len(lst)):
+                self.unit_prev[lst[i].id] = lst[i - k].id
+                self.unit_next[lst[i - k].id].append(lst[i].id)
+        self.producers: list[list[int]] = []
+        self.consumers: list[list[int]] = [[] for _ in range(n)]
+        self.stream_consumers: list[list[int]] = [[] for _ in range(n)]
+        for node in nodes:
+            prods = sorted({p for p, _k in node.producers if p != node.id and p >= 0})
+            self.producers.append(prods)
+            for p in prods:
+                self.consumers[p].append(node.id)
+                if p not in node.resident_producers:
+                    self.stream_consumers[p].append(node.id)
+        self.reduce_from = np.full(n, -1, dtype=np.int64)
+        for node in nodes:
+            if node.reduce_from is not None and upstream_of(node) is not None:
+                self.reduce_from[node.id] = node.reduce_from
+        # barriers: each barrier node waits for the earlier nodes of its core since the previous barrier
+        self.barrier_before: dict[int, list[int]] = {}
+        for lst in by_core.values():
+            since: list[int] = []
+            for node in lst:
+                if isinstance(node.cmd, Barrier):
+                    self.barrier_before[node.id] = since
+                    since = []
+                else:
+                    since.append(node.id)
+        # job structure: resolve numbered the jobs in dependency order
+        self.job_of = np.array([nd.job for nd in nodes], dtype=np.int64)
+        self.jobs = job_order(self.program)
+        self.pe_rank: dict[tuple[int, tuple[int, int]], int] = {}
+        for ji, job in enumerate(self.jobs):
+            for rank, pe in enumerate(sorted(job.pes)):
+                self.pe_rank[(ji, pe)] = rank
+
+    def _bundles(self) -> None:
+        """Group flows of one multicast group (transitively) into lockstep bundles."""
+        parent = list(range(self.n))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for group in self.resolved.mcast_groups:
+            ids = [nid for nid, _ti in group]
+            for other in ids[1:]:
+                ra, rb = find(ids[0]), find(other)
+                if ra != rb:
+                    parent[rb] = ra
+        members: dict[int, list[int]] = defaultdict(list)
+        for i in range(self.n):
+            if self.works[i].is_flow:
+                members[find(i)].append(i)
+        self.bundles: list[list[int]] = list(members.values())
+        self.bundle_of = np.full(self.n, -1, dtype=np.int64)
+        for b, mem in enumerate(self.bundles):
+            for i in mem:
+                self.bundle_of[i] = b
+        nb, nr = len(self.bundles), self.rmap.n
+        self.b_bytes = np.zeros(nb)
+        self.b_usage = np.zeros((nb, nr))
+        self.b_latency = np.zeros(nb)
+        self.b_cap = np.full(nb, INF)
+        self.b_cap_kind: list[str] = [""] * nb
+        for b, mem in enumerate(self.bundles):
+            seen: set[tuple] = set()
+            usage = np.zeros(nr)
+            total = 0.0
+            for i in mem:
+                w = self.works[i]
+                total += w.bytes
+                for part in w.parts:
+                    if part.key in seen:
+                        continue
+                    seen.add(part.key)
+                    for r, v in part.usage.items():
+                        usage[r] += v
+                for r, v in w.own_usage.items():
+                    usage[r] += v
+            self.b_bytes[b] = total
+            self.b_usage[b] = usage / total
+            self.b_latency[b] = max(self.works[i].latency_s for i in mem)
+            for i in mem:
+                w = self.works[i]
+                cap = w.cap_bps * total / w.bytes
+                if cap < self.b_cap[b]:
+                    self.b_cap[b], self.b_cap_kind[b] = cap, w.cap_kind or LATENCY
+
+    def own_compute_s(self, i: int) -> float:
+        w = self.works[i]
+        return max(w.busy_s, w.issue_s) + w.latency_s + self.stall_s[i]
+
+    def _uncontended(self) -> None:
+        """Uncontended rate of every bundle (with consumer back-pressure), and per-node item times."""
+        cap_res = self.rmap.capacity
+        nb = len(self.bundles)
+        self.b_rate0 = np.zeros(nb)
+        self.b_kind0: list[str] = [""] * nb
+        for b, mem in enumerate(self.bundles):
+            u = self.b_usage[b]
+            nz = u > 0
+            res_rate = INF
+            kind = ""
+            if nz.any():
+                rates = cap_res[nz] / u[nz]
+                k = int(np.argmin(rates))
+                res_rate = float(rates[k])
+                kind = self.rmap.klass[int(np.flatnonzero(nz)[k])]
+            cap, ckind = self.b_cap[b], self.b_cap_kind[b]
+            # a consumer that pops what the flow delivers caps its pace (finite circular buffers), unless the
+            # CB is too small to overlap the two at all (then they alternate, see below)
+            for i in mem:
+                for c in self.stream_consumers[i]:
+                    if self.works[c].is_flow or self.alternating(i, c):
+                        continue
+                    d = max(self.works[c].busy_s, self.works[c].issue_s)
+                    if d > 0:
+                        bp = self.b_bytes[b] / d
+                        if bp < cap:
+                            cap, ckind = bp, self.works[c].klass
+            self.b_cap[b], self.b_cap_kind[b] = cap, ckind
+            if cap < res_rate:
+                self.b_rate0[b], self.b_kind0[b] = cap, ckind
+            else:
+                self.b_rate0[b], self.b_kind0[b] = res_rate, kind
+        self.first_item_s = np.zeros(self.n)
+        self.tail_s = np.zeros(self.n)
+        self.item_s = np.zeros(self.n)
+        for i in range(self.n):
+            w = self.works[i]
+            items = max(w.items, 1)
+            b = self.bundle_of[i]
+            if b >= 0:
+                rate_node = self.b_rate0[b] * w.bytes / self.b_bytes[b]
+                self.item_s[i] = w.bytes / items / max(rate_node, EPS)
+                self.first_item_s[i] = w.latency_s + self.item_s[i]
+                self.tail_s[i] = w.latency_s + self.item_s[i]
+            else:
+                self.item_s[i] = max(w.busy_s, w.issue_s) / items
+                self.first_item_s[i] = w.latency_s + self.item_s[i]
+                self.tail_s[i] = self.item_s[i] * w.granule
+        # producer and consumer that alternate: every granule pays the producer's latency and the
+        # consumer's processing in turn; the producer stalls meanwhile, the consumer waits for whole granules
+        self.stall_s = np.zeros(self.n)
+        for c in range(self.n):
+            for p in self.stream_consumers_of(c):
+                if not self.alternating(p, c):
+                    continue
+                _cap, tiles = self.nodes[c].in_cb[p]
+                wc = self.works[c]
+                chunks = max(1.0, tiles / wc.granule)
+                chunk_s = self.item_s[c] * wc.granule
+                self.stall_s[p] += (chunks - 1.0) * (self.works[p].latency_s + chunk_s)
+                self.first_item_s[p] = self.works[p].latency_s + self.item_s[p] * wc.granule
+
+    def stream_consumers_of(self, c: int) -> list[int]:
+        return [p for p in self.producers[c] if p not in self.nodes[c].resident_producers]
+
+    def alternating(self, p: int, c: int) -> bool:
+        """True when the CB between p and c holds fewer than two of c's granules (no double buffering)."""
+        info = self.nodes[c].in_cb.get(p)
+        if info is None:
+            return False
+        cap, tiles = info
+        g = self.works[c].granule
+        return tiles > cap and cap < 2 * g
+
+    def counters(self) -> dict[str, float]:
+        total: dict[str, float] = defaultdict(float)
+        for w in self.works:
+            for k, v in w.counters.items():
+                total[k] += v
+        return dict(total)
+
+
+# =========================================================================================== simulation
+
+
+class _Sim:
+    """The event loop. With `share=False` every bundle runs at its uncontended rate (analytic fidelity)."""
+
+    START, OWN_END, FLOW_DONE, FINAL, ACTIVATE = range(5)
+
+    def __init__(self, m: TimingModel, share: bool) -> None:
+        self.m = m
+        self.share = share
+        n = m.n
+        self.start = np.full(n, np.nan)
+        self.end = np.full(n, np.nan)
+        self.issue_at = np.full(n, np.nan)
+        self.cand = np.full(n, -INF)
+        self.start_reason: list[tuple] = [("launch",)] * n
+        self.end_reason: list[tuple] = [("own",)] * n
+        self.need = np.array(
+            [1 + (m.unit_prev[i] >= 0) + len(m.producers[i]) for i in range(n)], dtype=np.int64
+        )
+        self.pending_end = np.array(
+            [len(m.producers[i]) + (m.reduce_from[i] >= 0) for i in range(n)], dtype=np.int64
+        )
+        self.own_done = np.full(n, np.nan)
+        self.end_waiters: list[list[int]] = [[] for _ in range(n)]
+        self.heap: list = []
+        self.seq = 0
+        self.events = 0
+        nb = len(m.bundles)
+        self.b_ready = np.zeros(nb, dtype=np.int64)
+        self.b_ready_t = np.full(nb, -INF)
+        self.b_ready_by = np.full(nb, -1, dtype=np.int64)
+        self.b_remaining = m.b_bytes.copy()
+        self.b_rate = np.zeros(nb)
+        self.b_version = np.zeros(nb, dtype=np.int64)
+        self.b_active: list[int] = []
+        self.b_last = 0.0
+        self.b_class_time: list[dict[str, float]] = [defaultdict(float) for _ in range(nb)]
+        self.b_kind: list[str] = [""] * nb
+        # barriers: each waits for its issue and for the earlier nodes of its core
+        self.barrier_need = {bid: len(before) + 1 for bid, before in m.barrier_before.items()}
+        self.barrier_arrival: dict[int, float] = {}
+        self.barrier_arrival_by: dict[int, int] = {}
+        self.barrier_binding: dict[int, tuple[int, int]] = {}
+        self.after_barrier: dict[int, list[int]] = defaultdict(list)
+        for bid, before in m.barrier_before.items():
+            for x in before:
+                self.after_barrier[x].append(bid)
+        nj = len(m.jobs)
+        self.job_launch = np.full(nj, np.nan)
+        self.job_end = np.full(nj, np.nan)
+        self.job_left = np.array([len(ids) for ids in m.resolved.job_nodes], dtype=np.int64)
+        self.job_index = {job.name: ji for ji, job in enumerate(m.jobs)}
+        self.job_deps_left = [len(job.deps) for job in m.jobs]
+        self.ccp_free = 0.0
+
+    def push(self, t: float, kind: int, ident: int, version: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, ident, version))
+
+    def run(self) -> None:
+        for ji in range(len(self.m.jobs)):
+            if self.job_deps_left[ji] == 0:
+                self._launch(ji, 0.0)
+        while self.heap:
+            t, _s, kind, ident, version = heapq.heappop(self.heap)
+            self.events += 1
+            if kind == self.START:
+                self._on_start(ident, t)
+            elif kind == self.OWN_END:
+                self._on_own_end(ident, t)
+            elif kind == self.FLOW_DONE:
+                if version == self.b_version[ident]:
+                    self._on_flow_done(ident, t)
+            elif kind == self.FINAL:
+                self._finalize(ident, t)
+            else:
+                self._activate_bundle(ident, t)
+        if np.isnan(self.end).any():
+            stuck = int(np.flatnonzero(np.isnan(self.end))[0])
+            raise RuntimeError(f"timing simulation stalled at {self.m.nodes[stuck].where}")
+
+    # ------------------------------------------------------------------------------------ jobs, issue
+
+    def _launch(self, ji: int, ready: float) -> None:
+        m, d = self.m, self.m.chip.dispatch
+        t = max(ready, self.ccp_free)
+        self.ccp_free = t + d.job_launch_ns * 1e-9
+        self.job_launch[ji] = t
+        ids = m.resolved.job_nodes[ji]
+        if not ids:
+            self._job_done(ji, self.ccp_free)
+            return
+        for i in ids:
+            if m.core_prev[i] < 0:
+                rank = m.pe_rank[(ji, m.nodes[i].pe)]
+                self._set_issue(i, self.ccp_free + rank * d.per_pe_ns * 1e-9, ("launch",))
+
+    def _job_done(self, ji: int, t_last: float) -> None:
+        m = self.m
+        self.job_end[ji] = t_last + m.chip.dispatch.job_end_ns * 1e-9
+        name = m.jobs[ji].name
+        for jj, job in enumerate(m.jobs):
+            if name in job.deps:
+                self.job_deps_left[jj] -= 1
+                if self.job_deps_left[jj] == 0:
+                    self._launch(jj, max(self.job_end[self.job_index[dep]] for dep in job.deps))
+
+    def _set_issue(self, i: int, t: float, reason: tuple) -> None:
+        """Node i's core reaches it at time t (its issue window starts)."""
+        m = self.m
+        while True:
+            self.issue_at[i] = t
+            if isinstance(m.nodes[i].cmd, Barrier):
+                self._barrier_progress(i, t, -1)
+                return
+            self._resolve_dep(i, t, reason)
+            nxt = int(m.core_next[i])
+            if nxt < 0:
+                return
+            i, t, reason = nxt, t + m.works[i].issue_s, ("issue", i)
+
+    def _resolve_dep(self, i: int, t: float, reason: tuple) -> None:
+        if t >= self.cand[i]:
+            self.cand[i] = t
+            self.start_reason[i] = reason
+        self.need[i] -= 1
+        if self.need[i] == 0:
+            self.push(self.cand[i], self.START, i)
+
+    # ------------------------------------------------------------------------------------ node life
+
+    def _on_start(self, i: int, t: float) -> None:
+        m = self.m
+        b = int(m.bundle_of[i])
+        if b < 0:
+            self.start[i] = t
+            self._notify_started(i)
+            self.push(t + m.own_compute_s(i), self.OWN_END, i)
+            return
+        self.b_ready[b] += 1
+        if t >= self.b_ready_t[b]:
+            self.b_ready_t[b], self.b_ready_by[b] = t, i
+        if self.b_ready[b] < len(m.bundles[b]):
+            return
+        start = float(self.b_ready_t[b])
+        by = int(self.b_ready_by[b])
+        for j in m.bundles[b]:
+            self.start[j] = start
+            if j != by:
+                self.start_reason[j] = ("bundle", by)
+        for j in m.bundles[b]:
+            self._notify_started(j)
+        self.push(start + m.b_latency[b], self.ACTIVATE, b)
+
+    def _notify_started(self, i: int) -> None:
+        t = self.start[i] + self.m.first_item_s[i]
+        for c in self.m.consumers[i]:
+            self._resolve_dep(c, t, ("item", i))
+
+    def _activate_bundle(self, b: int, t: float) -> None:
+        self._advance(t)
+        self.b_active.append(b)
+        self._rerate(t)
+
+    def _on_flow_done(self, b: int, t: float) -> None:
+        self._advance(t)
+        self.b_remaining[b] = 0.0
+        self.b_active.remove(b)
+        self._rerate(t)
+        for j in self.m.bundles[b]:
+            stall = self.m.stall_s[j]
+            if stall > 0:
+                self.push(t + stall, self.OWN_END, j)
+            else:
+                self._on_own_end(j, t)
+
+    def _advance(self, t: float) -> None:
+        dt = t - self.b_last
+        if dt > 0:
+            for b in self.b_active:
+                self.b_remaining[b] = max(0.0, self.b_remaining[b] - self.b_rate[b] * dt)
+                self.b_class_time[b][self.b_kind[b]] += dt
+        self.b_last = t
+
+    def _rerate(self, t: float) -> None:
+        m = self.m
+        active = self.b_active
+        if not active:
+            return
+        if self.share:
+            rates, kinds = _maxmin(m, active)
+        else:
+            rates, kinds = m.b_rate0[active], [m.b_kind0[b] for b in active]
+        for k, b in enumerate(active):
+            self.b_rate[b], self.b_kind[b] = rates[k], kinds[k]
+            self.b_version[b] += 1
+            self.push(t + self.b_remaining[b] / max(rates[k], EPS), self.FLOW_DONE, b, int(self.b_version[b]))
+
+    def _on_own_end(self, i: int, t: float) -> None:
+        m = self.m
+        self.own_done[i] = t
+        if self.pending_end[i] == 0:
+            self._complete(i)
+            return
+        deps = list(m.producers[i]) + ([int(m.reduce_from[i])] if m.reduce_from[i] >= 0 else [])
+        for p in deps:
+            if np.isnan(self.end[p]):
+                self.end_waiters[p].append(i)
+            else:
+                self._end_dep_done(i)
+
+    def _end_dep_done(self, i: int) -> None:
+        self.pending_end[i] -= 1
+        if self.pending_end[i] == 0:
+            self._complete(i)
+
+    def _complete(self, i: int) -> None:
+        m = self.m
+        t = self.own_done[i]
+        reason: tuple = ("own",)
+        for p in m.producers[i]:
+            tp = self.end[p] + m.tail_s[i]
+            if tp > t:
+                t, reason = tp, ("dep", p)
+        r = int(m.reduce_from[i])
+        if r >= 0:
+            link_s, hop_s = m.wm.reduce_link_s(m.nodes[i].cmd)  # type: ignore[arg-type]
+            tp = self.end[r] + link_s + hop_s + m.tail_s[i]
+            if tp > t:
+                t, reason = tp, ("dep", r)
+        self.end_reason[i] = reason
+        if t > self.own_done[i]:
+            self.push(t, self.FINAL, i)
+        else:
+            self._finalize(i, t)
+
+    def _finalize(self, i: int, t: float) -> None:
+        m = self.m
+        self.end[i] = t
+        for nxt in m.unit_next[i]:
+            self._resolve_dep(nxt, t, ("unit", i))
+        waiters, self.end_waiters[i] = self.end_waiters[i], []
+        for w in waiters:
+            self._end_dep_done(w)
+        for bid in self.after_barrier.get(i, ()):
+            self._barrier_progress(bid, t, i)
+        self._node_done(int(m.job_of[i]))
+
+    def _node_done(self, ji: int) -> None:
+        self.job_left[ji] -= 1
+        if self.job_left[ji] == 0:
+            ids = self.m.resolved.job_nodes[ji]
+            self._job_done(ji, float(np.nanmax(self.end[ids])))
+
+    def _barrier_progress(self, bid: int, t: float, by: int) -> None:
+        m = self.m
+        if t >= self.barrier_arrival.get(bid, -INF):
+            self.barrier_arrival[bid], self.barrier_arrival_by[bid] = t, by
+        self.barrier_need[bid] -= 1
+        if self.barrier_need[bid]:
+            return
+        group = [bid, *m.nodes[bid].barrier_peers]
+        if any(self.barrier_need[g] for g in group):
+            return
+        binding = max(group, key=lambda g: self.barrier_arrival[g])
+        release = self.barrier_arrival[binding]
+        for g in group:
+            self.start[g] = self.end[g] = release
+            self.barrier_binding[g] = (binding, self.barrier_arrival_by[binding])
+        for g in group:
+            nxt = int(m.core_next[g])
+            if nxt >= 0:
+                self._set_issue(nxt, release, ("barrier", g))
+            for w in self.after_barrier.get(g, ()):
+                self._barrier_progress(w, release, g)
+            self._node_done(int(m.job_of[g]))
+
+
+def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str]]:
+    """Max-min fair rates (bytes/s of each bundle) on the shared resources, with per-bundle caps."""
+    u = m.b_usage[active]
+    cap = m.b_cap[active].copy()
+    remaining = m.rmap.capacity.copy()
+    k = len(active)
+    rate = np.zeros(k)
+    frozen = np.zeros(k, dtype=bool)
+    kinds = [""] * k
+    level = 0.0
+    for _ in range(k + 2):
+        live = ~frozen
+        if not live.any():
+            break
+        demand = u[live].sum(axis=0)
+        use = demand > 0
+        t_res = np.full(remaining.size, INF)
+        t_res[use] = remaining[use] / demand[use]
+        r_idx = int(np.argmin(t_res))
+        dt_res = t_res[r_idx]
+        dt_cap = float((cap[live] - level).min())
+        dt = min(dt_res, dt_cap)
+        if not math.isfinite(dt):
+            rate[live] = 0.0
+            break
+        level += dt
+        remaining = np.maximum(remaining - demand * dt, 0.0)
+        rate[live] = level
+        newly = np.zeros(k, dtype=bool)
+        if dt_cap <= dt_res + EPS:
+            hit = live & (cap - level <= level * 1e-12 + EPS)
+            for j in np.flatnonzero(hit):
+                kinds[j] = m.b_cap_kind[active[j]]
+            newly |= hit
+        saturated = use & (remaining <= m.rmap.capacity * 1e-12)
+        if saturated.any():
+            touching = live & (u[:, saturated] > 0).any(axis=1)
+            sat_idx = np.flatnonzero(saturated)
+            for j in np.flatnonzero(touching & ~newly):
+                r = sat_idx[int(np.argmax(u[j, sat_idx]))]
+                kinds[j] = m.rmap.klass[int(r)]
+            newly |= touching
+        if not newly.any():
+            # numerical corner: freeze the bundles on the tightest resource
+            touching = live & (u[:, r_idx] > 0)
+            for j in np.flatnonzero(touching):
+                kinds[j] = m.rmap.klass[r_idx]
+            newly |= touching if touching.any() else live
+        frozen |= newly
+    return rate, kinds
+
+
+# ========================================================================================== attribution
+
+
+def _attribute(m: TimingModel, sim: _Sim) -> list[dict[str, float]]:
+    """Walk each job's critical path backwards and charge every second of it to one class.
+
+    The walk alternates between a node's end (its own work, or the producer it waited for), its start
+    (the constraint that released it: issue, unit, first item of a stream, a barrier) and its issue (the
+    core's chain of earlier issue windows). The charges add up to the job's time.
+    """
+    out: list[dict[str, float]] = []
+    for ji in range(len(m.jobs)):
+        att: dict[str, float] = defaultdict(float)
+        ids = m.resolved.job_nodes[ji]
+        launch = sim.job_launch[ji]
+        if not ids:
+            att[DISPATCH] += sim.job_end[ji] - launch
+            out.append(dict(att))
+            continue
+        last = float(np.nanmax(sim.end[ids]))
+        att[DISPATCH] += sim.job_end[ji] - last
+        cur, mode = int(ids[int(np.nanargmax(sim.end[ids]))]), "end"
+        for _ in range(4 * m.n + 8):
+            if mode == "end" and isinstance(m.nodes[cur].cmd, Barrier):
+                mode = "barrier"
+            if mode == "end":
+                er = sim.end_reason[cur]
+                if er[0] == "dep":
+                    p = er[1]
+                    att[_node_class(m, sim, cur)] += max(0.0, sim.end[cur] - sim.end[p])
+                    cur = p
+                else:
+                    _charge_own(m, sim, cur, att)
+                    mode = "start"
+                continue
+            if mode == "start":
+                sr = sim.start_reason[cur]
+                t = sim.start[cur]
+                if sr[0] == "launch":
+                    att[DISPATCH] += max(0.0, t - launch)
+                    break
+                if sr[0] == "issue":
+                    att[ISSUE] += max(0.0, t - sim.issue_at[sr[1]])
+                    cur, mode = sr[1], "issue"
+                elif sr[0] == "barrier":
+                    cur, mode = sr[1], "barrier"
+                elif sr[0] == "unit":
+                    cur, mode = sr[1], "end"
+                elif sr[0] == "item":
+                    att[_node_class(m, sim, sr[1])] += max(0.0, t - sim.start[sr[1]])
+                    cur = sr[1]
+                elif sr[0] == "bundle":
+                    cur = sr[1]
+                else:
+                    break
+                continue
+            if mode == "issue":
+                prev = int(m.core_prev[cur])
+                if prev < 0:
+                    att[DISPATCH] += max(0.0, sim.issue_at[cur] - launch)
+                    break
+                if isinstance(m.nodes[prev].cmd, Barrier):
+                    cur, mode = prev, "barrier"
+                else:
+                    att[ISSUE] += max(0.0, sim.issue_at[cur] - sim.issue_at[prev])
+                    cur = prev
+                continue
+            # at a barrier: continue from whatever released it
+            binding, by = sim.barrier_binding[cur]
+            if by >= 0:
+                cur, mode = by, "end"
+            else:
+                cur, mode = binding, "issue"
+        out.append(dict(att))
+    return out
+
+
+def _node_class(m: TimingModel, sim: _Sim, i: int) -> str:
+    b = m.bundle_of[i]
+    if b >= 0:
+        ct = sim.b_class_time[b]
+        if ct:
+            return max(ct.items(), key=lambda kv: kv[1])[0] or LATENCY
+        return m.b_kind0[b] or LATENCY
+    w = m.works[i]
+    if w.issue_s > w.busy_s:
+        return ISSUE
+    return w.klass if w.klass not in ("dma", "sync") else COMPUTE
+
+
+def _charge_own(m: TimingModel, sim: _Sim, i: int, att: dict[str, float]) -> None:
+    dur = max(0.0, sim.end[i] - sim.start[i])
+    if dur <= 0:
+        return
+    b = m.bundle_of[i]
+    if b >= 0:
+        lat = min(m.b_latency[b], dur)
+        att[LATENCY] += lat
+        stall = min(m.stall_s[i], dur - lat)
+        att[COMPUTE] += stall  # waiting for the consumer that alternates with it
+        rest = dur - lat - stall
+        ct = sim.b_class_time[b]
+        tot = sum(ct.values())
+        if tot > 0:
+            for k, v in ct.items():
+                att[k or LATENCY] += rest * v / tot
+        else:
+            att[m.b_kind0[b] or LATENCY] += rest
+        return
+    att[_node_class(m, sim, i)] += dur
+
+
+# ============================================================================================ drivers
+
+
+def simulate(model: TimingModel, fidelity: str) -> TimingResult:
+    if fidelity not in FIDELITIES:
+        raise ValueError(fidelity)
+    if fidelity == "roofline":
+        return _roofline(model)
+    sim = _Sim(model, share=(fidelity == "event"))
+    sim.run()
+    att = _attribute(model, sim)
+    jobs = []
+    for ji, job in enumerate(model.jobs):
+        jobs.append(
+            JobTiming(
+                job.name, job.kind, float(sim.job_launch[ji]), float(sim.job_end[ji]), len(job.pes), att[ji]
+            )
+        )
+    seconds = float(np.nanmax(sim.job_end)) if len(jobs) else 0.0
+    res_bytes, res_util = _resource_use(model, seconds)
+    if fidelity == "analytic":
+        # each shared resource bounds the whole run: total effective bytes / capacity, after the launches
+        bound = _resource_bound(model)
+        first_launch = float(np.nanmin(sim.job_launch)) + model.chip.dispatch.job_launch_ns * 1e-9
+        if bound + first_launch > seconds and jobs:
+            extra = bound + first_launch - seconds
+            jobs[-1].end_s += extra
+            jobs[-1].attribution[_resource_bound_class(model)] = (
+                jobs[-1].attribution.get(_resource_bound_class(model), 0.0) + extra
+            )
+            seconds += extra
+    return TimingResult(
+        fidelity, seconds, jobs, sim.start, sim.end, model.counters(), res_bytes, res_util, sim.events
+    )
+
+
+def _resource_bound(m: TimingModel) -> float:
+    if not len(m.bundles):
+        return 0.0
+    total = (m.b_usage * m.b_bytes[:, None]).sum(axis=0)
+    return float((total / m.rmap.capacity).max())
+
+
+def _resource_bound_class(m: TimingModel) -> str:
+    total = (m.b_usage * m.b_bytes[:, None]).sum(axis=0)
+    return m.rmap.klass[int(np.argmax(total / m.rmap.capacity))]
+
+
+def _resource_use(m: TimingModel, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
+    if not len(m.bundles) or seconds <= 0:
+        return {}, {}
+    total = (m.b_usage * m.b_bytes[:, None]).sum(axis=0)
+    by_bytes: dict[str, float] = defaultdict(float)
+    util: dict[str, float] = defaultdict(float)
+    for r, v in enumerate(total):
+        k = m.rmap.klass[r]
+        by_bytes[k] += float(v)
+        util[k] = max(util[k], float(v / (m.rmap.capacity[r] * seconds)))
+    return dict(by_bytes), dict(util)
+
+
+def _roofline(m: TimingModel) -> TimingResult:
+    chip = m.chip
+    job_time = []
+    for ji, job in enumerate(m.jobs):
+        ids = m.resolved.job_nodes[ji]
+        n_pe = max(len(job.pes), 1)
+        unit_busy: dict[str, float] = defaultdict(float)
+        sram_b = dram_b = 0.0
+        for i in ids:
+            w = m.works[i]
+            if w.unit in ("dpe", "se", "mlu"):
+                unit_busy[w.unit] += w.busy_s
+            c = w.counters
+            sram_b += c.get("sram_read_bytes", 0.0) + c.get("sram_write_bytes", 0.0)
+            dram_b += c.get("dram_read_bytes", 0.0) + c.get("dram_write_bytes", 0.0)
+        terms = {COMPUTE: max([v / n_pe for v in unit_busy.values()] + [0.0])}
+        terms["sram"] = sram_b / sram_bytes_per_s(chip)
+        terms["dram"] = dram_b / dram_bytes_per_s(chip)
+        kind = max(terms.items(), key=lambda kv: kv[1])
+        job_time.append((kind[1], kind[0]))
+    finish: dict[str, float] = {}
+    jobs = []
+    for ji, job in enumerate(m.jobs):
+        start = max([finish[d] for d in job.deps] + [0.0])
+        t, k = job_time[ji]
+        finish[job.name] = start + t
+        jobs.append(JobTiming(job.name, job.kind, start, start + t, len(job.pes), {k: t}))
+    seconds = max(finish.values()) if finish else 0.0
+    n = m.n
+    return TimingResult("roofline", seconds, jobs, np.zeros(n), np.zeros(n), m.counters(), {}, {})

@@ -1,0 +1,554 @@
+"""What each command costs: closed forms for work inside a PE, byte flows for shared resources.
+
+For every resolved node this module gives a `Work`: the unit it occupies and for how long at full rate, the
+time its core spends issuing it (every loop iteration is one command to the Command Processor), its startup
+latency, and, for data movement, the bytes it puts on each shared resource (SRAM slices, LPDDR5 channels,
+NoC lanes, Fabric Interfaces) plus the rate caps that latency and issue impose. The timing fidelities
+(roofline, analytic, event) all start from these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtiasim.dtypes import DType
+from mtiasim.engine.cache import LruCache
+from mtiasim.engine.memmodel import dram_channel_bytes, hashed_target, sram_slice_bytes
+from mtiasim.engine.resolve import Node, Resolved, _upstream
+from mtiasim.engine.resources import ResourceMap
+from mtiasim.errors import ProgramError
+from mtiasim.hw import Chip
+from mtiasim.hw.peaks import dpe_macs_per_cycle, se_ops_per_cycle
+from mtiasim.isa import (
+    Barrier,
+    CbPop,
+    CoreWork,
+    DmaGather,
+    DmaIn,
+    DmaOut,
+    DmaPeer,
+    Level,
+    MatMul,
+    MluConcat,
+    MluReshape,
+    MluTranspose,
+    PeId,
+    Program,
+    SeMap,
+    SeMinMax,
+    SeOp,
+    SePool,
+    TensorDecl,
+)
+from mtiasim.isa.memory import stream_bytes, stream_runs
+
+INF = float("inf")
+
+SE_OPS_PER_ELEMENT = {
+    SeOp.COPY: 1,
+    SeOp.CAST: 1,
+    SeOp.QUANTIZE: 2,
+    SeOp.DEQUANTIZE: 2,
+    SeOp.RELU: 1,
+    SeOp.TANH: 3,
+    SeOp.SIGMOID: 3,
+    SeOp.ADD: 1,
+    SeOp.MUL: 1,
+}
+POOL_OPS_PER_ELEMENT = 3  # dequantize (multiply, add) and accumulate
+
+
+@dataclass
+class FlowPart:
+    """Memory-side usage of one stream; a multicast group's members share one part (read once)."""
+
+    key: tuple
+    usage: dict[int, float]
+
+
+@dataclass
+class Work:
+    unit: str  # dma, dpe, se, mlu, core, none
+    klass: str  # attribution class of its own busy time: compute, issue, ...
+    busy_s: float = 0.0
+    issue_s: float = 0.0
+    items: int = 1
+    latency_s: float = 0.0
+    bytes: float = 0.0
+    parts: list[FlowPart] = field(default_factory=list)
+    own_usage: dict[int, float] = field(default_factory=dict)
+    cap_bps: float = INF
+    cap_kind: str = ""
+    granule: float = 1.0  # items the unit needs present to start one command iteration
+    counters: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_flow(self) -> bool:
+        return self.bytes > 0 and self.unit == "dma"
+
+
+def _add(usage: dict[int, float], index: int, amount: float) -> None:
+    if amount:
+        usage[index] = usage.get(index, 0.0) + amount
+
+
+class WorkModel:
+    """Computes the `Work` of every node of a resolved program on a chip."""
+
+    def __init__(
+        self, program: Program, resolved: Resolved, chip: Chip, rmap: ResourceMap, data: dict[str, np.ndarray]
+    ) -> None:
+        self.program = program
+        self.data = data
+        self.resolved = resolved
+        self.chip = chip
+        self.rmap = rmap
+        self.cyc = 1.0 / chip.hz
+        self.gather_hits: dict[int, np.ndarray] = {}
+        self._stream_cache: dict[tuple, tuple[float, dict[int, float], float]] = {}
+        self._simulate_cache()
+
+    # ----------------------------------------------------------------------------------------- helpers
+
+    def _level_latency_s(self, decl: TensorDecl) -> float:
+        sram_s = self.chip.sram.latency_cycles * self.cyc
+        if decl.level == Level.SRAM:
+            return sram_s
+        return self.chip.dram.latency_ns * 1e-9 + (sram_s if decl.cached else 0.0)
+
+    def _hops_s(self, pe: PeId) -> float:
+        r, c = pe
+        dist = min(r, self.chip.grid.rows - 1 - r, c, self.chip.grid.cols - 1 - c) + 1
+        return dist * self.chip.noc.hop_latency_cycles * self.cyc
+
+    def _memory_usage(
+        self, decl: TensorDecl, starts, lengths, scale, random_rows: bool = False
+    ) -> tuple[dict[int, float], np.ndarray]:
+        """Bytes per slice or channel resource, and bytes per side of the grid they enter from."""
+        rm = self.rmap
+        usage: dict[int, float] = {}
+        side_bytes = np.zeros(4)
+        if decl.level == Level.SRAM:
+            per = sram_slice_bytes(self.chip, starts, lengths, scale)
+            for s, b in enumerate(per):
+                _add(usage, rm.slice0 + s, b)
+                side_bytes[rm.slice_side(s)] += b
+        else:
+            per = dram_channel_bytes(self.chip, starts, lengths, scale, random_rows=random_rows)
+            for c, b in enumerate(per):
+                _add(usage, rm.channel0 + c, b)
+            raw = np.zeros(self.chip.dram.channels)
+            g = self.chip.dram.interleave_bytes
+            # raw bytes by channel side, for the lanes (the NoC carries data, not activations)
+            np.add.at(
+                raw,
+                hashed_target(np.asarray(starts) // g, self.chip.dram.channels),
+                np.asarray(lengths, dtype=np.float64),
+            )
+            raw *= scale
+            for c, b in enumerate(raw):
+                side_bytes[rm.channel_side(c)] += b
+        return usage, side_bytes
+
+    def _lanes(
+        self, side_bytes: np.ndarray, pes: list[PeId], axis: str | None, inbound: bool
+    ) -> dict[int, float]:
+        """NoC entry lanes used: data enters the grid at the target's column (N/S) or row (E/W); a multicast
+        enters once and is replicated along its row or column (spread over the entry points it can use)."""
+        usage: dict[int, float] = {}
+        for side in range(4):
+            b = side_bytes[side]
+            if not b:
+                continue
+            along_cols = side in (0, 1)
+            if axis is None:
+                targets = [self.rmap.lane(side, pe, inbound) for pe in pes]
+                share = b  # unicast: every target receives the whole stream
+            elif (axis == "row") == along_cols:
+                targets = [self.rmap.lane(side, pe, inbound) for pe in pes]
+                share = b / len(pes)  # the replication runs across the entry lanes: spread over them
+            else:
+                targets = [self.rmap.lane(side, pes[0], inbound)]
+                share = b
+            for t in targets:
+                _add(usage, t, share)
+        return usage
+
+    def _stream_part(
+        self, decl: TensorDecl, stream, pes: list[PeId], axis: str | None, inbound: bool
+    ) -> tuple[float, dict[int, float]]:
+        key = (decl.name, stream, tuple(pes), axis, inbound)
+        hit = self._stream_cache.get(key)
+        if hit is not None:
+            return hit[0], hit[1]
+        nbytes = float(stream_bytes(decl, stream))
+        runs = stream_runs(decl, stream)
+        usage, side = self._memory_usage(decl, runs.sample_starts, runs.sample_lengths, runs.sample_scale)
+        for k, v in self._lanes(side, pes, axis, inbound).items():
+            _add(usage, k, v)
+        self._stream_cache[key] = (nbytes, usage, runs.mean_run_bytes)
+        return nbytes, usage
+
+    # ------------------------------------------------------------------------------------------ cache
+
+    def _simulate_cache(self) -> None:
+        """Run every cached-table gather through one LRU model of the SRAM in cache mode."""
+        gathers = []
+        for node in self.resolved.nodes:
+            if isinstance(node.cmd, DmaGather):
+                decl = self.program.tensors[node.cmd.table]
+                if decl.level == Level.DRAM and decl.cached:
+                    gathers.append(node)
+        if not gathers:
+            return
+        line = self.chip.sram.cache_line_bytes
+        sram_used = sum(t.nbytes for t in self.program.tensors.values() if t.level == Level.SRAM)
+        cache = LruCache(max(0, self.chip.sram.bytes - sram_used) // line)
+        history = []
+        for name, rows in self.program.cache_history.items():
+            decl = self.program.tensors.get(name)
+            if decl is None or not decl.cached:
+                continue
+            history.append(_row_lines(decl, np.asarray(rows, dtype=np.int64), line)[0])
+        if history:
+            cache.warm(np.concatenate(history))
+        # interleave the PEs' accesses by their relative position, as concurrent PEs would issue them
+        line_ids, row_of, owner, pos = [], [], [], []
+        for node in gathers:
+            cmd = node.cmd
+            decl = self.program.tensors[cmd.table]
+            rows = self._gather_rows(node)
+            lines, row_index = _row_lines(decl, rows, line)
+            line_ids.append(lines)
+            row_of.append(row_index)
+            owner.append(np.full(lines.size, node.id, dtype=np.int64))
+            pos.append((row_index + 0.5) / max(rows.size, 1))
+        all_lines = np.concatenate(line_ids)
+        all_owner = np.concatenate(owner)
+        all_row = np.concatenate(row_of)
+        order = np.argsort(np.concatenate(pos), kind="stable")
+        hits = np.empty(all_lines.size, dtype=bool)
+        hits[order] = cache.run(all_lines[order])
+        for node in gathers:
+            mask = all_owner == node.id
+            self.gather_hits[node.id] = np.stack([all_row[mask], hits[mask]], axis=1)
+
+    def _gather_rows(self, node: Node) -> np.ndarray:
+        cmd = node.cmd
+        assert isinstance(cmd, DmaGather)
+        data = self.data.get(cmd.indices)
+        if data is None:
+            raise ProgramError(
+                f"{node.where}: timing needs the index tensor {cmd.indices!r} (index streams drive the cache model)"
+            )
+        return data.reshape(-1)[cmd.start : cmd.start + cmd.count].astype(np.int64) + cmd.table_row_offset
+
+    # ------------------------------------------------------------------------------------------- work
+
+    def work(self, node: Node) -> Work:
+        cmd = node.cmd
+        fn = getattr(self, "_w_" + type(cmd).__name__)
+        return fn(node, cmd)
+
+    def _issue(self, commands: float, extra_cycles: float = 0.0) -> float:
+        return (commands * self.chip.core.cycles_per_command + extra_cycles) * self.cyc
+
+    def _w_DmaIn(self, node: Node, cmd: DmaIn) -> Work:
+        w = Work("dma", "dma", items=cmd.iterations)
+        lat = 0.0
+        for ti, tr in enumerate(cmd.transfers):
+            decl = self.program.tensors[tr.stream.tensor]
+            gid = node.mcast_group[ti] if node.mcast_group else None
+            if gid is not None and tr.multicast is not None:
+                members = [self.resolved.nodes[n].pe for n, _ in self.resolved.mcast_groups[gid]]
+                nbytes, usage = self._stream_part(decl, tr.stream, sorted(members), tr.multicast.axis, True)
+                key: tuple = ("mcast", gid)
+            else:
+                nbytes, usage = self._stream_part(decl, tr.stream, [node.pe], None, True)
+                key = ("node", node.id, ti)
+            w.parts.append(FlowPart(key, usage))
+            w.bytes += nbytes
+            lat = max(lat, self._level_latency_s(decl))
+            leader = gid is None or node.id == min(n for n, _ in self.resolved.mcast_groups[gid])
+            if leader:  # memory is read once per multicast group
+                _count_read(w.counters, decl, nbytes)
+        _add(w.own_usage, self.rmap.fi_in(node.pe), w.bytes)
+        w.counters["noc_bytes"] = w.bytes
+        w.counters["ls_write_bytes"] = w.bytes
+        w.latency_s = lat + self._hops_s(node.pe)
+        w.issue_s = self._issue(cmd.iterations * len(cmd.transfers), self.chip.dma.setup_cycles)
+        w.counters["commands"] = cmd.iterations * len(cmd.transfers)
+        self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
+        return w
+
+    def _w_DmaOut(self, node: Node, cmd: DmaOut) -> Work:
+        decl = self.program.tensors[cmd.stream.tensor]
+        w = Work("dma", "dma", items=cmd.stream.n_tiles)
+        nbytes, usage = self._stream_part(decl, cmd.stream, [node.pe], None, False)
+        w.parts.append(FlowPart(("node", node.id, 0), usage))
+        w.bytes = nbytes
+        _add(w.own_usage, self.rmap.fi_out(node.pe), nbytes)
+        w.latency_s = self._level_latency_s(decl) + self._hops_s(node.pe)
+        w.issue_s = self._issue(cmd.stream.n_tiles, self.chip.dma.setup_cycles)
+        w.counters.update(noc_bytes=nbytes, ls_read_bytes=nbytes, commands=cmd.stream.n_tiles)
+        _count_write(w.counters, decl, nbytes)
+        self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
+        return w
+
+    def _w_DmaPeer(self, node: Node, cmd: DmaPeer) -> Work:
+        shape, dt = node.in_shape or (1, 1), node.in_dtype or DType.INT8
+        nbytes = float(cmd.n_tiles * shape[0] * shape[1] * dt.itemsize)
+        w = Work("dma", "dma", items=cmd.n_tiles, bytes=nbytes)
+        _add(w.own_usage, self.rmap.fi_in(node.pe), nbytes)
+        _add(w.own_usage, self.rmap.fi_out(cmd.src_pe), nbytes)
+        dist = abs(node.pe[0] - cmd.src_pe[0]) + abs(node.pe[1] - cmd.src_pe[1])
+        w.latency_s = (
+            dist * self.chip.noc.hop_latency_cycles + 2 * self.chip.sram.latency_cycles / 3
+        ) * self.cyc
+        w.issue_s = self._issue(cmd.n_tiles, self.chip.dma.setup_cycles)
+        w.counters.update(noc_bytes=nbytes, ls_read_bytes=nbytes, ls_write_bytes=nbytes, commands=cmd.n_tiles)
+        self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
+        return w
+
+    def _w_DmaGather(self, node: Node, cmd: DmaGather) -> Work:
+        chip = self.chip
+        decl = self.program.tensors[cmd.table]
+        idx = self.program.tensors[cmd.indices]
+        w = Work("dma", "dma", items=max(cmd.count, 1))
+        row_bytes = decl.pitch
+        rows = self._gather_rows(node)
+        n = rows.size
+        nbytes = float(n * decl.cols * decl.dtype.itemsize)
+        usage: dict[int, float] = {}
+        side = np.zeros(4)
+        sram_lat = chip.sram.latency_cycles * self.cyc
+        if n:
+            max_sample = 8192
+            pick = (
+                rows if n <= max_sample else rows[np.linspace(0, n - 1, max_sample).round().astype(np.int64)]
+            )
+            scale = n / pick.size
+            starts = decl.address + pick * row_bytes
+            lengths = np.full(pick.size, decl.cols * decl.dtype.itemsize, dtype=np.int64)
+            if decl.level == Level.DRAM and decl.cached:
+                hit_frac = self._cached_rows(node, decl, usage, side)
+                miss = 1.0 - hit_frac
+                latency = sram_lat + miss * chip.dram.latency_ns * 1e-9
+            else:
+                u, side = self._memory_usage(decl, starts, lengths, scale, random_rows=True)
+                usage.update(u)
+                latency = self._level_latency_s(decl)
+                hit_frac = 1.0 if decl.level == Level.SRAM else 0.0
+            w.counters["cache_hit_rows"] = hit_frac * n
+        else:
+            latency = sram_lat
+        # the index list itself is read from its tensor
+        idx_bytes = float(cmd.count * idx.dtype.itemsize)
+        _add(
+            usage,
+            self.rmap.slice0
+            + int(hashed_target(np.array([idx.address // chip.sram.interleave_bytes]), chip.sram.slices)[0]),
+            idx_bytes,
+        )
+        for k, v in self._lanes(side, [node.pe], None, True).items():
+            _add(usage, k, v)
+        w.parts.append(FlowPart(("node", node.id, 0), usage))
+        w.bytes = nbytes
+        _add(w.own_usage, self.rmap.fi_in(node.pe), nbytes)
+        w.latency_s = latency + self._hops_s(node.pe)
+        w.issue_s = (chip.dma.setup_cycles + n * chip.core.cycles_per_gather_row) * self.cyc
+        per_row = decl.cols * decl.dtype.itemsize
+        self._caps(w, chip.dma.outstanding_rows * per_row / max(w.latency_s, 1e-12), "latency")
+        w.counters.update(noc_bytes=nbytes, ls_write_bytes=nbytes, commands=n, gathered_rows=n)
+        _count_read(w.counters, decl, nbytes)
+        return w
+
+    def _cached_rows(self, node: Node, decl: TensorDecl, usage: dict[int, float], side: np.ndarray) -> float:
+        """Fill usage for a gather through the SRAM cache; return the fraction of rows that hit."""
+        chip = self.chip
+        rm = self.rmap
+        line = chip.sram.cache_line_bytes
+        rec = self.gather_hits[node.id]  # (row position, hit) per line access
+        rows = self._gather_rows(node)
+        lines, _ = _row_lines(decl, rows, line)
+        hit = rec[:, 1].astype(bool)
+        # every line is read from its SRAM slice; missing lines are first filled from LPDDR5
+        starts = lines * line
+        lens = np.full(lines.size, line, dtype=np.int64)
+        slice_usage = sram_slice_bytes(chip, starts, lens, 1.0)
+        for s, b in enumerate(slice_usage):
+            _add(usage, rm.slice0 + s, b)
+            side[rm.slice_side(s)] += b
+        if (~hit).any():
+            miss_starts = starts[~hit]
+            chan = dram_channel_bytes(chip, miss_starts, lens[~hit], 1.0, random_rows=True)
+            for c, b in enumerate(chan):
+                _add(usage, rm.channel0 + c, b)
+            fill = sram_slice_bytes(chip, miss_starts, lens[~hit], 1.0)
+            for s, b in enumerate(fill):
+                _add(usage, rm.slice0 + s, b)
+        row_hit = np.ones(rows.size, dtype=bool)
+        np.logical_and.at(row_hit, rec[:, 0].astype(np.int64), hit)
+        return float(row_hit.mean()) if rows.size else 1.0
+
+    def _w_MatMul(self, node: Node, cmd: MatMul) -> Work:
+        chip = self.chip
+        d = chip.dpe
+        sub = (
+            math.ceil(cmd.tile_m / d.block_m)
+            * math.ceil(cmd.tile_n / d.block_n)
+            * math.ceil(cmd.tile_k / d.block_k)
+        )
+        cycles_per_sub = d.block_m * d.block_n * d.block_k / dpe_macs_per_cycle(chip, cmd.dtype)
+        acc_bytes = cmd.tile_m * cmd.tile_n * 4
+        drain = acc_bytes / chip.re.bytes_per_cycle
+        busy_cycles = cmd.blocks * cmd.steps * sub * cycles_per_sub + drain
+        w = Work("dpe", "compute", items=cmd.blocks * cmd.steps)
+        w.busy_s = busy_cycles * self.cyc
+        w.latency_s = d.pipeline_latency_cycles * self.cyc
+        commands = cmd.blocks * (cmd.steps * sub + 2 + (1 if cmd.bias_cb is not None else 0))
+        w.issue_s = self._issue(commands)
+        macs = cmd.blocks * cmd.steps * sub * d.block_m * d.block_n * d.block_k
+        in_bytes = cmd.blocks * cmd.steps * (cmd.tile_m + cmd.tile_n) * cmd.tile_k * cmd.dtype.itemsize
+        w.counters.update(
+            {
+                f"dpe_macs_{cmd.dtype.value}": float(macs),
+                "ls_read_bytes": float(in_bytes),
+                "commands": commands,
+            }
+        )
+        if cmd.out_cb is not None:
+            out_dt = cmd.out_dtype or cmd.acc_dtype
+            w.counters["ls_write_bytes"] = float(cmd.blocks * cmd.tile_m * cmd.tile_n * out_dt.itemsize)
+        else:
+            w.counters["reduction_bytes"] = float(cmd.blocks * acc_bytes)
+        return w
+
+    def reduce_link_s(self, cmd: MatMul) -> tuple[float, float]:
+        """(time to send one partial block over a reduction link, hop latency)."""
+        acc_bytes = cmd.tile_m * cmd.tile_n * 4
+        return (
+            acc_bytes / self.chip.reduction.link_bytes_per_cycle * self.cyc,
+            self.chip.reduction.hop_latency_cycles * self.cyc,
+        )
+
+    def _se(self, elems: float, ops_per: float, dtype: DType, commands: int) -> tuple[float, float]:
+        chip = self.chip
+        busy = elems * ops_per / se_ops_per_cycle(chip, dtype) + commands * chip.se.command_overhead_cycles
+        return busy * self.cyc, elems * ops_per
+
+    def _w_SeMap(self, node: Node, cmd: SeMap) -> Work:
+        shape, dt = node.in_shape or (1, 1), node.in_dtype or DType.FP16
+        elems = float(cmd.n_tiles * shape[0] * shape[1])
+        w = Work("se", "compute", items=cmd.n_tiles)
+        w.busy_s, ops = self._se(elems, SE_OPS_PER_ELEMENT[cmd.op], dt, cmd.n_tiles)
+        w.issue_s = self._issue(cmd.n_tiles)
+        w.latency_s = self.chip.se.command_overhead_cycles * self.cyc
+        n_in = 2 if cmd.src2 is not None else 1
+        w.counters.update(
+            se_ops=ops,
+            ls_read_bytes=elems * dt.itemsize * n_in,
+            ls_write_bytes=elems * cmd.out_dtype.itemsize,
+            commands=cmd.n_tiles,
+        )
+        return w
+
+    def _w_SeMinMax(self, node: Node, cmd: SeMinMax) -> Work:
+        shape, dt = node.in_shape or (1, 1), node.in_dtype or DType.FP16
+        elems = float(cmd.n_tiles * shape[0] * shape[1])
+        w = Work("se", "compute", items=cmd.n_tiles)
+        w.busy_s, ops = self._se(elems, 1, dt, cmd.n_tiles)
+        w.issue_s = self._issue(cmd.n_tiles)
+        w.counters.update(se_ops=ops, ls_read_bytes=elems * dt.itemsize, commands=cmd.n_tiles)
+        return w
+
+    def _w_SePool(self, node: Node, cmd: SePool) -> Work:
+        chip = self.chip
+        per_cmd = chip.se.accumulate_max_rows
+        accumulates = sum(max(1, math.ceil(n / per_cmd)) for n in cmd.lengths)
+        commands = accumulates + len(cmd.lengths)
+        elems = float(cmd.rows * cmd.dim)
+        w = Work("se", "compute", items=max(cmd.rows, 1))
+        mean_len = cmd.rows / max(len(cmd.lengths), 1)
+        w.granule = max(1.0, min(float(per_cmd), mean_len))
+        busy, ops = self._se(elems, POOL_OPS_PER_ELEMENT, DType.FP16, commands)
+        out_elems = len(cmd.lengths) * cmd.dim
+        w.busy_s = busy + out_elems / se_ops_per_cycle(chip, DType.FP16) * self.cyc
+        w.issue_s = self._issue(commands)
+        w.latency_s = chip.se.command_overhead_cycles * self.cyc
+        w.counters.update(
+            se_ops=ops + out_elems,
+            ls_read_bytes=float(cmd.rows * (cmd.dim + 4)),
+            ls_write_bytes=float(out_elems * cmd.out_dtype.itemsize),
+            commands=commands,
+        )
+        return w
+
+    def _mlu(self, node: Node, n_tiles: int, nbytes: float) -> Work:
+        w = Work("mlu", "compute", items=n_tiles)
+        w.busy_s = nbytes / self.chip.mlu.bytes_per_cycle * self.cyc
+        w.issue_s = self._issue(n_tiles)
+        w.counters.update(mlu_bytes=nbytes, ls_read_bytes=nbytes, ls_write_bytes=nbytes, commands=n_tiles)
+        return w
+
+    def _tile_bytes(self, node: Node) -> float:
+        shape, dt = node.in_shape or (1, 1), node.in_dtype or DType.INT8
+        return float(shape[0] * shape[1] * dt.itemsize)
+
+    def _w_MluTranspose(self, node: Node, cmd: MluTranspose) -> Work:
+        return self._mlu(node, cmd.n_tiles, cmd.n_tiles * self._tile_bytes(node))
+
+    def _w_MluConcat(self, node: Node, cmd: MluConcat) -> Work:
+        return self._mlu(node, cmd.n_tiles, len(cmd.srcs) * cmd.n_tiles * self._tile_bytes(node))
+
+    def _w_MluReshape(self, node: Node, cmd: MluReshape) -> Work:
+        return self._mlu(node, cmd.n_tiles, cmd.n_tiles * self._tile_bytes(node))
+
+    def _w_CbPop(self, node: Node, cmd: CbPop) -> Work:
+        return Work("none", "issue", issue_s=self._issue(1), counters={"commands": 1})
+
+    def _w_Barrier(self, node: Node, cmd: Barrier) -> Work:
+        return Work("none", "sync")
+
+    def _w_CoreWork(self, node: Node, cmd: CoreWork) -> Work:
+        t = cmd.cycles * self.cyc
+        return Work("core", "issue", busy_s=t, issue_s=t)
+
+    def _caps(self, w: Work, latency_cap: float, kind: str) -> None:
+        caps = [(latency_cap, kind)]
+        if w.issue_s > 0 and w.bytes > 0:
+            caps.append((w.bytes / w.issue_s, "issue"))
+        cap, k = min(caps)
+        w.cap_bps, w.cap_kind = cap, k
+
+
+def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cache-line ids touched by each row (in order), and the row position each line access belongs to."""
+    start = decl.address + rows * decl.pitch
+    end = start + decl.cols * decl.dtype.itemsize
+    l0, l1 = start // line, (end - 1) // line
+    counts = (l1 - l0 + 1).astype(np.int64)
+    row_pos = np.repeat(np.arange(rows.size), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    lines = l0[row_pos] + (np.arange(int(counts.sum())) - first)
+    return lines.astype(np.int64), row_pos
+
+
+def _count_read(counters: dict[str, float], decl: TensorDecl, nbytes: float) -> None:
+    key = "sram_read_bytes" if decl.level == Level.SRAM or decl.cached else "dram_read_bytes"
+    counters[key] = counters.get(key, 0.0) + nbytes
+
+
+def _count_write(counters: dict[str, float], decl: TensorDecl, nbytes: float) -> None:
+    key = "sram_write_bytes" if decl.level == Level.SRAM else "dram_write_bytes"
+    counters[key] = counters.get(key, 0.0) + nbytes
+
+
+def upstream_of(node: Node) -> PeId | None:
+    cmd = node.cmd
+    if isinstance(cmd, MatMul) and cmd.reduce_in is not None:
+        return _upstream(node.pe, cmd.reduce_in)
+    return None

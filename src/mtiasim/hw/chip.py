@@ -1,0 +1,385 @@
+"""The typed chip description: plain, validated values plus a provenance record for every one of them.
+
+A preset is a TOML file whose leaves are tables ``{value, provenance, source, note}``. Loading checks every key
+(unknown keys and impossible values are errors naming the key) and every provenance (a `published` value names
+its source, a `derived` or `assumed` one says how or why in its note, a `calibrated` one names the script).
+Code reads the plain values (``chip.dpe.int8_macs_per_cycle``); reports read ``chip.provenance``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from mtiasim.errors import ConfigError
+
+ProvenanceKind = Literal["published", "derived", "assumed", "calibrated", "user"]
+PROVENANCE_KINDS: tuple[str, ...] = ("published", "derived", "assumed", "calibrated", "user")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where one configuration value comes from."""
+
+    kind: str
+    source: str | None = None
+    note: str | None = None
+
+    def describe(self) -> str:
+        parts = [self.kind]
+        if self.source:
+            parts.append(self.source)
+        if self.note:
+            parts.append(self.note)
+        return ": ".join(parts[:2]) + (f" ({parts[2]})" if len(parts) > 2 else "")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Identity(_Section):
+    process_nm: PositiveInt
+    year: PositiveInt
+    quotes_1024_based: bool
+
+
+class Clock(_Section):
+    frequency_ghz: PositiveFloat
+    max_frequency_ghz: PositiveFloat
+
+    @model_validator(mode="after")
+    def _max_not_below_nominal(self) -> Clock:
+        if self.max_frequency_ghz < self.frequency_ghz:
+            raise ValueError("max_frequency_ghz is below frequency_ghz")
+        return self
+
+
+class Grid(_Section):
+    rows: int = Field(gt=0, le=64)
+    cols: int = Field(gt=0, le=64)
+
+
+class Core(_Section):
+    cores_per_pe: int = Field(ge=1, le=8)
+    vector_register_bytes: PositiveInt
+    cycles_per_command: PositiveFloat
+    cycles_per_gather_row: PositiveFloat
+    command_queue_depth: PositiveInt
+
+
+class Dpe(_Section):
+    int8_macs_per_cycle: PositiveInt
+    fp16_macs_per_cycle: PositiveInt
+    bf16_macs_per_cycle: PositiveInt
+    block_m: PositiveInt
+    block_n: PositiveInt
+    block_k: PositiveInt
+    pipeline_latency_cycles: float = Field(ge=0)
+
+
+class Re(_Section):
+    accumulator_banks: PositiveInt
+    bank_rows: PositiveInt
+    bank_cols: PositiveInt
+    bytes_per_cycle: PositiveFloat
+
+
+class Se(_Section):
+    int8_ops_per_cycle: PositiveFloat
+    fp16_ops_per_cycle: PositiveFloat
+    fp32_ops_per_cycle: PositiveFloat
+    accumulate_max_rows: PositiveInt
+    lut_segments: PositiveInt
+    command_overhead_cycles: float = Field(ge=0)
+
+
+class Vector(_Section):
+    int8_ops_per_cycle: PositiveFloat
+    fp16_ops_per_cycle: PositiveFloat
+    fp32_ops_per_cycle: PositiveFloat
+
+
+class Mlu(_Section):
+    bytes_per_cycle: PositiveFloat
+
+
+class LocalMemory(_Section):
+    bytes: PositiveInt
+    bytes_per_cycle: PositiveFloat
+    max_circular_buffers: PositiveInt
+
+
+class Sram(_Section):
+    bytes: PositiveInt
+    slices: PositiveInt
+    slice_bytes_per_cycle: PositiveFloat
+    latency_cycles: float = Field(ge=0)
+    interleave_bytes: PositiveInt
+    access_bytes: PositiveInt
+    cache_line_bytes: PositiveInt
+
+
+class Dram(_Section):
+    bytes: PositiveInt
+    channels: PositiveInt
+    channel_width_bits: PositiveInt
+    transfer_rate_mts: PositiveFloat
+    latency_ns: float = Field(ge=0)
+    page_bytes: PositiveInt
+    burst_bytes: PositiveInt
+    activate_ns: float = Field(ge=0)
+    stream_efficiency: float = Field(gt=0, le=1)
+    interleave_bytes: PositiveInt
+
+
+class Noc(_Section):
+    lane_bytes_per_cycle: PositiveFloat
+    fi_bytes_per_cycle: PositiveFloat
+    hop_latency_cycles: float = Field(ge=0)
+    multicast: Literal["row_col", "none"]
+
+
+class Reduction(_Section):
+    link_bytes_per_cycle: PositiveFloat
+    hop_latency_cycles: float = Field(ge=0)
+
+
+class Dma(_Section):
+    outstanding_bytes: PositiveInt
+    outstanding_rows: PositiveFloat
+    setup_cycles: float = Field(ge=0)
+    concurrent_commands: PositiveInt
+
+
+class Dispatch(_Section):
+    job_launch_ns: float = Field(ge=0)
+    per_pe_ns: float = Field(ge=0)
+    job_end_ns: float = Field(ge=0)
+
+
+class Host(_Section):
+    pcie_generation: PositiveInt
+    pcie_lanes: PositiveInt
+    bandwidth_gbps: PositiveFloat
+    latency_ns: float = Field(ge=0)
+
+
+class Power(_Section):
+    tdp_w: PositiveFloat
+    card_power_w: PositiveFloat
+    server_power_w: PositiveFloat
+    cards_per_server: PositiveInt
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "identity": Identity,
+    "clock": Clock,
+    "grid": Grid,
+    "core": Core,
+    "dpe": Dpe,
+    "re": Re,
+    "se": Se,
+    "vector": Vector,
+    "mlu": Mlu,
+    "local_memory": LocalMemory,
+    "sram": Sram,
+    "dram": Dram,
+    "noc": Noc,
+    "reduction": Reduction,
+    "dma": Dma,
+    "dispatch": Dispatch,
+    "host": Host,
+    "power": Power,
+}
+
+
+class Chip(BaseModel):
+    """A validated chip configuration. Values are plain; `provenance` maps 'section.key' to its origin."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str
+    identity: Identity
+    clock: Clock
+    grid: Grid
+    core: Core
+    dpe: Dpe
+    re: Re
+    se: Se
+    vector: Vector
+    mlu: Mlu
+    local_memory: LocalMemory
+    sram: Sram
+    dram: Dram
+    noc: Noc
+    reduction: Reduction
+    dma: Dma
+    dispatch: Dispatch
+    host: Host
+    power: Power
+    provenance: dict[str, Provenance] = Field(default_factory=dict, repr=False)
+
+    @property
+    def n_pes(self) -> int:
+        return self.grid.rows * self.grid.cols
+
+    @property
+    def hz(self) -> float:
+        """Core clock in cycles per second."""
+        return self.clock.frequency_ghz * 1e9
+
+    def value(self, key: str) -> Any:
+        """The plain value of 'section.key'."""
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or name not in SECTIONS[section].model_fields:
+            raise ConfigError(f"{self.name}: unknown configuration key {key!r}")
+        return getattr(getattr(self, section), name)
+
+    def with_values(self, overrides: dict[str, Any], provenance_kind: str = "user") -> Chip:
+        """A copy with some 'section.key' values replaced (what-if studies), re-validated."""
+        data = self.model_dump(exclude={"provenance"})
+        prov = dict(self.provenance)
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if section not in SECTIONS or name not in SECTIONS[section].model_fields:
+                raise ConfigError(f"{self.name}: unknown configuration key {key!r}")
+            data[section][name] = value
+            prov[key] = Provenance(
+                provenance_kind, note="set by the user" if provenance_kind == "user" else None
+            )
+        return _validate(data, prov, where=f"{self.name} (overrides)")
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "missing key"
+    return f"{where}: {loc}: {msg}"
+
+
+def _validate(data: dict[str, Any], prov: dict[str, Provenance], where: str) -> Chip:
+    try:
+        return Chip.model_validate({**data, "provenance": prov})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, where)) from None
+
+
+_PARAM_KEYS = {"value", "provenance", "source", "note"}
+
+
+def _parse_param(raw: Any, key: str, where: str) -> tuple[Any, Provenance]:
+    if not isinstance(raw, dict) or "value" not in raw:
+        raise ConfigError(f"{where}: {key}: expected a table {{value, provenance, source|note}}")
+    extra = set(raw) - _PARAM_KEYS
+    if extra:
+        raise ConfigError(
+            f"{where}: {key}: unknown field {sorted(extra)[0]!r} (allowed: {sorted(_PARAM_KEYS)})"
+        )
+    kind = raw.get("provenance")
+    if kind not in PROVENANCE_KINDS:
+        raise ConfigError(
+            f"{where}: {key}: provenance must be one of {', '.join(PROVENANCE_KINDS)}, got {kind!r}"
+        )
+    source, note = raw.get("source"), raw.get("note")
+    if kind == "published" and not source:
+        raise ConfigError(f"{where}: {key}: a published value must name its source")
+    if kind == "calibrated" and not source:
+        raise ConfigError(f"{where}: {key}: a calibrated value must name the script that fits it")
+    if kind in ("derived", "assumed") and not note:
+        raise ConfigError(f"{where}: {key}: a {kind} value must say how or why in its note")
+    return raw["value"], Provenance(kind, source, note)
+
+
+def _read_toml(path: Path | resources.abc.Traversable, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{where}: not valid TOML: {err}") from None
+
+
+def _flatten(
+    doc: dict[str, Any], where: str
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Provenance]]:
+    meta: dict[str, Any] = {}
+    values: dict[str, dict[str, Any]] = {}
+    prov: dict[str, Provenance] = {}
+    for top, body in doc.items():
+        if top in ("name", "description", "inherit"):
+            meta[top] = body
+            continue
+        if top not in SECTIONS:
+            raise ConfigError(f"{where}: {top}: unknown section (known: {', '.join(SECTIONS)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: {top}: expected a section table")
+        for key, raw in body.items():
+            dotted = f"{top}.{key}"
+            if key not in SECTIONS[top].model_fields:
+                raise ConfigError(f"{where}: {dotted}: unknown key")
+            value, p = _parse_param(raw, dotted, where)
+            values.setdefault(top, {})[key] = value
+            prov[dotted] = p
+    return meta, values, prov
+
+
+def load_chip_file(path: str | Path) -> Chip:
+    """Load a chip preset from a TOML file (a user's own chip, or a what-if variant of a preset)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such chip file")
+    return _load(_read_toml(p, str(p)), str(p.name))
+
+
+def _load(doc: dict[str, Any], where: str) -> Chip:
+    meta, values, prov = _flatten(doc, where)
+    parent = meta.get("inherit")
+    if parent is not None:
+        base = load_chip(parent)
+        merged = base.model_dump(exclude={"provenance"})
+        base_prov = {
+            k: Provenance("assumed", None, f"carried over from {base.name} ({v.describe()})")
+            for k, v in base.provenance.items()
+        }
+        for section, entries in values.items():
+            merged[section].update(entries)
+        values = merged
+        prov = {**base_prov, **prov}
+    for field in ("name", "description"):
+        if field not in meta:
+            raise ConfigError(f"{where}: {field}: missing key")
+    data: dict[str, Any] = {"name": meta["name"], "description": meta["description"], **values}
+    return _validate(data, prov, where)
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("mtiasim.hw").joinpath("presets")
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_chip(name: str) -> Chip:
+    """Load a shipped preset by name ('mtia-v1', 'mtia-2i') or a TOML file by path."""
+    if name.endswith(".toml"):
+        return load_chip_file(name)
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(f"unknown chip {name!r} (known: {', '.join(names)}; or give a .toml file)")
+    path = resources.files("mtiasim.hw").joinpath("presets", f"{name}.toml")
+    return _load(_read_toml(path, f"{name}.toml"), f"{name}.toml")

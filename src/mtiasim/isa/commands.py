@@ -1,0 +1,324 @@
+"""The PE command set: what a PE's two RISC-V cores issue to its Command Processor.
+
+A command may stand for a whole tile loop (as in the ISCA'23 FC pseudo-code): `DmaIn` moves a stream of tiles,
+`MatMul` runs the k-loop of several output blocks. So the number of commands grows with PEs and operators, not
+with MACs, while the engine still charges the cores for issuing every iteration.
+
+Data moves through circular buffers (CBs) in a PE's local store. A CB is a FIFO of tiles: producers (DMA, DPE
+via the RE, SE, MLU) push tiles, consumers read them. A consumer in `stream` mode pops each tile after use; in
+`resident` mode it reads tiles by index without popping (stationary operands), and a later `CbPop` frees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from mtiasim.dtypes import DType
+from mtiasim.isa.memory import TileStream
+
+PeId = tuple[int, int]
+"""A PE by its (row, col) in the chip grid."""
+
+
+class Direction(StrEnum):
+    """Directions of the reduction network, which only runs north->south and west->east."""
+
+    EAST = "east"
+    SOUTH = "south"
+
+    def step(self, pe: PeId) -> PeId:
+        r, c = pe
+        return (r, c + 1) if self is Direction.EAST else (r + 1, c)
+
+
+class Operand(StrEnum):
+    """How a compute command reads a CB: consume tiles in order, or index tiles that stay in the CB."""
+
+    STREAM = "stream"
+    RESIDENT = "resident"
+
+
+@dataclass(frozen=True, slots=True)
+class Multicast:
+    """Identical requests of PEs on one row or one column, coalesced by the NoC into one memory read."""
+
+    axis: str  # "row" or "col"
+    members: tuple[PeId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One tile stream of a DMA loop, from global memory into a CB of the issuing PE."""
+
+    cb: int
+    stream: TileStream
+    multicast: Multicast | None = None
+
+
+# ---------------------------------------------------------------------------------------------- DMA commands
+
+
+@dataclass(frozen=True, slots=True)
+class DmaIn:
+    """A DMA loop: each iteration moves the next tile of every transfer into its CB (SRAM/DRAM -> LS)."""
+
+    transfers: tuple[Transfer, ...]
+
+    @staticmethod
+    def one(cb: int, stream: TileStream, multicast: Multicast | None = None) -> DmaIn:
+        return DmaIn((Transfer(cb, stream, multicast),))
+
+    @property
+    def iterations(self) -> int:
+        return self.transfers[0].stream.n_tiles
+
+
+@dataclass(frozen=True, slots=True)
+class DmaOut:
+    """A DMA loop that pops tiles from a CB and writes them to global memory (ragged edges are clipped)."""
+
+    cb: int
+    stream: TileStream
+
+
+@dataclass(frozen=True, slots=True)
+class DmaGather:
+    """Embedding-row gather: for each index, the core computes the row address and issues one row DMA.
+
+    Pushes `count` tiles of shape [1, row elements] (the table's rows, e.g. FBGEMM int8 rows with their fp16
+    scale and bias at the head) into `cb`. Indices are ``indices[start : start + count]``; a row index is
+    offset by ``table_row_offset`` (the table's first row inside a batched table tensor).
+    """
+
+    cb: int
+    table: str
+    indices: str
+    start: int
+    count: int
+    table_row_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DmaPeer:
+    """A DMA loop that pops tiles from another PE's CB (over the NoC) into a CB of this PE."""
+
+    cb: int
+    src_pe: PeId
+    src_cb: int
+    n_tiles: int
+
+
+# --------------------------------------------------------------------------------------- compute commands
+
+
+@dataclass(frozen=True, slots=True)
+class MatMul:
+    """A DPE + RE loop over output blocks: ``for im in m_blocks: for jn in n_blocks: acc = bias; for s in
+    steps: acc += A(im, s) @ B(jn, s).T``; then the block goes to the next PE (`reduce_out`) or, converted to
+    `out_dtype`, to `out_cb`.
+
+    The DPE dots rows with rows: A tiles are [tile_m, tile_k] and B tiles [tile_n, tile_k], both k-innermost
+    (B is a weight in nn.Linear's [out, in] layout). In `stream` mode a CB delivers one tile per use, in
+    iteration order (m outer, n inner, step innermost). In `resident` mode A(im, s) is tile ``im*steps + s`` and
+    B(jn, s) tile ``jn*steps + s`` from the CB head; they are not popped. `reduce_in` adds the partial block
+    arriving over the reduction network from the upstream PE (west of an EAST chain, north of a SOUTH chain).
+    Integer results with an `out_scale` are requantized: round half to even, saturate.
+    """
+
+    a_cb: int
+    b_cb: int
+    dtype: DType
+    m_blocks: int
+    n_blocks: int
+    steps: int
+    tile_m: int
+    tile_n: int
+    tile_k: int
+    a_mode: Operand = Operand.STREAM
+    b_mode: Operand = Operand.STREAM
+    bias_cb: int | None = None
+    reduce_in: Direction | None = None
+    reduce_out: Direction | None = None
+    out_cb: int | None = None
+    out_dtype: DType | None = None
+    out_scale: float | None = None
+
+    @property
+    def blocks(self) -> int:
+        return self.m_blocks * self.n_blocks
+
+    @property
+    def acc_dtype(self) -> DType:
+        return DType.INT32 if self.dtype == DType.INT8 else DType.FP32
+
+
+class SeOp(StrEnum):
+    """SIMD Engine elementwise operations. Nonlinears (tanh, sigmoid) go through the SE's LUT."""
+
+    COPY = "copy"
+    CAST = "cast"
+    QUANTIZE = "quantize"
+    DEQUANTIZE = "dequantize"
+    RELU = "relu"
+    TANH = "tanh"
+    SIGMOID = "sigmoid"
+    ADD = "add"
+    MUL = "mul"
+
+
+UNARY_SE_OPS = frozenset(
+    {SeOp.COPY, SeOp.CAST, SeOp.QUANTIZE, SeOp.DEQUANTIZE, SeOp.RELU, SeOp.TANH, SeOp.SIGMOID}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SeMap:
+    """An SE loop over `n_tiles` tiles: ``dst = op(src[, src2])``, converting to `out_dtype`.
+
+    Quantize: ``q = saturate(round_half_even(x / scale) + zero_point)``. Dequantize: ``(q - zero_point) * scale``.
+    If `scale_cb` is set, the scale and zero point come from the 1x2 tile [min, max] at its head (dynamic
+    quantization: asymmetric int8 covering [min(min, 0), max(max, 0)]); the tile stays (free it with CbPop).
+    """
+
+    op: SeOp
+    src: int
+    dst: int
+    n_tiles: int
+    out_dtype: DType
+    src2: int | None = None
+    scale: float = 1.0
+    zero_point: int = 0
+    scale_cb: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeMinMax:
+    """An SE reduction over `n_tiles` tiles (popped); pushes one [1, 2] fp32 tile [min, max] into `dst`."""
+
+    src: int
+    dst: int
+    n_tiles: int
+
+
+class PoolMode(StrEnum):
+    SUM = "sum"
+    MEAN = "mean"
+
+
+@dataclass(frozen=True, slots=True)
+class SePool:
+    """EmbeddingBag pooling on the SE: dequantize FBGEMM int8 rows (fp16 scale and bias at the row head) and
+    accumulate them into bags, at most `accumulate_max_rows` rows per SE accumulate command.
+
+    `lengths` gives the rows of each bag (rows arrive in `src` in bag order); one [1, dim] tile per bag goes to
+    `dst` in `out_dtype`. Per-sample weights (fp32) are ``weights[weights_start : ...]`` if `weights` is set.
+    """
+
+    src: int
+    dst: int
+    lengths: tuple[int, ...]
+    dim: int
+    mode: PoolMode
+    out_dtype: DType
+    weights: str | None = None
+    weights_start: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(self.lengths)
+
+
+@dataclass(frozen=True, slots=True)
+class MluTranspose:
+    """MLU loop: each [r, c] tile of `src` becomes a [c, r] tile in `dst`."""
+
+    src: int
+    dst: int
+    n_tiles: int
+
+
+@dataclass(frozen=True, slots=True)
+class MluConcat:
+    """MLU loop: the i-th tiles of every source CB are joined along `axis` (0 rows, 1 columns) into one tile."""
+
+    srcs: tuple[int, ...]
+    dst: int
+    n_tiles: int
+    axis: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class MluReshape:
+    """MLU loop: each tile is reshaped (same elements, row-major) to `shape`."""
+
+    src: int
+    dst: int
+    n_tiles: int
+    shape: tuple[int, int]
+
+
+# -------------------------------------------------------------------------------- CB and sync commands
+
+
+@dataclass(frozen=True, slots=True)
+class CbPop:
+    """Move a CB's read pointer past `n` tiles (frees resident operands)."""
+
+    cb: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Synchronise: scope 'cores' waits for the PE's other core; scope 'group' for every PE of `group`.
+
+    Every command issued before the barrier (by the cores taking part) completes before any command after it.
+    """
+
+    scope: str  # "cores" or "group"
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CoreWork:
+    """Scalar or vector code on the issuing core itself (address arithmetic, control), in core cycles."""
+
+    cycles: float
+    what: str = ""
+
+
+Command = (
+    DmaIn
+    | DmaOut
+    | DmaGather
+    | DmaPeer
+    | MatMul
+    | SeMap
+    | SeMinMax
+    | SePool
+    | MluTranspose
+    | MluConcat
+    | MluReshape
+    | CbPop
+    | Barrier
+    | CoreWork
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CbDecl:
+    """A circular buffer: an id and a byte range of the PE's local store."""
+
+    cb: int
+    offset_bytes: int
+    size_bytes: int
+
+
+@dataclass(slots=True)
+class PeProgram:
+    """What one PE runs in a job: its CBs and the command list of each of its two cores."""
+
+    pe: PeId
+    cbs: tuple[CbDecl, ...]
+    cores: tuple[list[Command], list[Command]] = field(default_factory=lambda: ([], []))

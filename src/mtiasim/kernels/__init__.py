@@ -1,0 +1,1 @@
+"""Kernels: operators -> command programs for a PE sub-grid."""

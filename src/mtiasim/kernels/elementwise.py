@@ -1,0 +1,152 @@
+"""Elementwise operators on the SIMD Engine: quantize, dequantize, ReLU, tanh, sigmoid, add, mul, cast.
+
+Each PE takes a rectangle of tiles of the tensor's 2-D view; core 0 loops the DMA of tiles in, core 1 has the
+SE transform them and DMAs the results out, through circular buffers four tiles deep.
+
+Dynamic quantization (scale from the data) takes two passes, since v1's SE quantizes with a given scale and
+has no fused min/max (ISCA'25 lists that as new in 2i): every PE reduces its tiles to [min, max] and writes
+them out, all PEs meet at a barrier, then each reads the partials, reduces them, re-reads its input and
+quantizes it. PE 0 also writes the global [min, max] (the quantization parameters) out.
+"""
+
+from __future__ import annotations
+
+from mtiasim.dtypes import DType
+from mtiasim.errors import UsageError
+from mtiasim.hw import Chip
+from mtiasim.isa import (
+    Barrier,
+    CbPop,
+    DmaIn,
+    DmaOut,
+    Job,
+    PeProgram,
+    SeMap,
+    SeMinMax,
+    SeOp,
+    TensorDecl,
+    TileStream,
+    loop,
+)
+from mtiasim.kernels.common import Region, cb_layout
+from mtiasim.kernels.tiling import grid_loops, tile_shape
+
+CB_IN, CB_IN2, CB_OUT, CB_MM, CB_Q = 0, 1, 2, 3, 4
+DEPTH = 4
+
+
+def _pes(region: Region) -> list[tuple[int, int]]:
+    return [region.pe(r, c) for r in range(region.rows) for c in range(region.cols)]
+
+
+def elementwise_job(
+    chip: Chip,
+    name: str,
+    op: SeOp,
+    x: TensorDecl,
+    out: TensorDecl,
+    *,
+    y: TensorDecl | None = None,
+    scale: float = 1.0,
+    zero_point: int = 0,
+    region: Region | None = None,
+) -> Job:
+    """``out = op(x[, y])`` with a static scale for (de)quantization."""
+    region = region or Region.whole(chip)
+    region.check(chip)
+    if x.shape != out.shape or (y is not None and y.shape != x.shape):
+        raise UsageError(
+            f"{name}: elementwise shapes differ: {x.shape}, {out.shape}" + (f", {y.shape}" if y else "")
+        )
+    binary = op in (SeOp.ADD, SeOp.MUL)
+    if binary != (y is not None):
+        raise UsageError(f"{name}: {op.value} takes {'two inputs' if binary else 'one input'}")
+    tile = tile_shape(x.rows, x.cols, max(x.dtype.itemsize, out.dtype.itemsize))
+    loops = grid_loops(x.rows, x.cols, tile, region.size)
+    pes = {}
+    for pe, lp in zip(_pes(region), loops, strict=False):
+        tb_in = tile[0] * tile[1] * x.dtype.itemsize
+        sizes = {CB_IN: DEPTH * tb_in, CB_OUT: DEPTH * tile[0] * tile[1] * out.dtype.itemsize}
+        if y is not None:
+            sizes[CB_IN2] = DEPTH * tile[0] * tile[1] * y.dtype.itemsize
+        prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
+        n = lp.n
+        prog.cores[0].append(DmaIn.one(CB_IN, TileStream(x.name, tile, lp)))
+        if y is not None:
+            prog.cores[0].append(DmaIn.one(CB_IN2, TileStream(y.name, tile, lp)))
+        prog.cores[1].append(
+            SeMap(
+                op,
+                CB_IN,
+                CB_OUT,
+                n,
+                out.dtype,
+                src2=CB_IN2 if y is not None else None,
+                scale=scale,
+                zero_point=zero_point,
+            )
+        )
+        prog.cores[1].append(DmaOut(CB_OUT, TileStream(out.name, tile, lp)))
+        pes[pe] = prog
+    return Job(name, op.value, pes, work={"elements": float(x.rows * x.cols)})
+
+
+def dynamic_quantize_job(
+    chip: Chip,
+    name: str,
+    x: TensorDecl,
+    out: TensorDecl,
+    partials: TensorDecl,
+    qparams: TensorDecl,
+    *,
+    region: Region | None = None,
+) -> Job:
+    """``out = quantize(x)`` with asymmetric int8 parameters from the tensor's own [min, max].
+
+    `partials` is an [n_pes, 2] fp32 scratch tensor; `qparams` a [1, 2] fp32 output holding [min, max].
+    """
+    region = region or Region.whole(chip)
+    region.check(chip)
+    if out.dtype != DType.INT8 or x.shape != out.shape:
+        raise UsageError(f"{name}: quantize writes int8 of the input's shape")
+    tile = tile_shape(x.rows, x.cols, x.dtype.itemsize)
+    loops = grid_loops(x.rows, x.cols, tile, region.size)
+    pe_list = _pes(region)[: len(loops)]
+    if partials.shape != (len(pe_list), 2) or partials.dtype != DType.FP32:
+        raise UsageError(f"{name}: partials must be [{len(pe_list)}, 2] fp32")
+    if qparams.shape != (1, 2) or qparams.dtype != DType.FP32:
+        raise UsageError(f"{name}: qparams must be [1, 2] fp32")
+    group = "quantize"
+    pes = {}
+    for i, (pe, lp) in enumerate(zip(pe_list, loops, strict=True)):
+        tb_in = tile[0] * tile[1] * x.dtype.itemsize
+        sizes = {
+            CB_IN: DEPTH * tb_in,
+            CB_OUT: DEPTH * tile[0] * tile[1],
+            CB_MM: max(2 * 8, 8 * len(pe_list)),
+            CB_Q: 64,
+        }
+        prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
+        c0, c1 = prog.cores
+        n = lp.n
+        xs = TileStream(x.name, tile, lp)
+        # pass 1: local [min, max] -> partials[i]
+        c0.append(DmaIn.one(CB_IN, xs))
+        c1.append(SeMinMax(CB_IN, CB_MM, n))
+        c1.append(DmaOut(CB_MM, TileStream(partials.name, (1, 2), loop((i, 0)))))
+        c0.append(Barrier("group", group))
+        c1.append(Barrier("group", group))
+        # pass 2: global [min, max], then quantize a second read of the input
+        c0.append(DmaIn.one(CB_MM, TileStream(partials.name, (1, 2), loop((0, 0), (len(pe_list), 1, 0)))))
+        c1.append(SeMinMax(CB_MM, CB_Q, len(pe_list)))
+        c0.append(DmaIn.one(CB_IN, xs))
+        c1.append(SeMap(SeOp.QUANTIZE, CB_IN, CB_OUT, n, DType.INT8, scale_cb=CB_Q))
+        c1.append(DmaOut(CB_OUT, TileStream(out.name, tile, lp)))
+        if i == 0:
+            c1.append(DmaOut(CB_Q, TileStream(qparams.name, (1, 2), loop((0, 0)))))
+        else:
+            c1.append(CbPop(CB_Q, 1))
+        pes[pe] = prog
+    return Job(
+        name, "quantize", pes, groups={group: tuple(pe_list)}, work={"elements": float(x.rows * x.cols)}
+    )

@@ -1,0 +1,133 @@
+"""Table-batched EmbeddingBag (TBE) on int8 rows in FBGEMM's layout.
+
+All tables live in one [sum of rows, 4 + dim] uint8 tensor (each row: fp16 scale, fp16 bias, then dim bytes),
+in SRAM, or in LPDDR5 reached through the SRAM in cache mode. Bags are laid out table-major, as FBGEMM's
+``(indices, offsets[T*B + 1])`` and torchrec's KeyedJaggedTensor. The bags are shared out over the PEs by
+lookups (with a per-bag cost), contiguously.
+
+On each PE, core 0 loops over its bags' indices: it reads an index from the local store, computes the row's
+address and issues the row's DMA (v1 has no indexed DMA, ISCA'25). Core 1 has the SE dequantize and
+accumulate the rows of a bag (at most 32 rows per SE accumulate command on v1), then DMAs the pooled row out.
+The row buffer holds one accumulate group, so gathering and pooling take turns: small bags expose the
+memory latency, as ISCA'23 §7 observed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtiasim.dtypes import DType
+from mtiasim.errors import UsageError
+from mtiasim.hw import Chip
+from mtiasim.isa import (
+    DmaGather,
+    DmaOut,
+    Job,
+    PeId,
+    PeProgram,
+    PoolMode,
+    SePool,
+    TensorDecl,
+    TileStream,
+    loop,
+)
+from mtiasim.kernels.common import Region, cb_layout
+
+CB_ROWS, CB_OUT = 0, 1
+PER_BAG_COST_ROWS = 4.0  # a bag costs about as much as this many lookups (set-up, pooled-row write)
+
+
+def _split_bags(lengths: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Contiguous bag ranges with about equal work (lookups plus a per-bag cost)."""
+    work = np.cumsum(lengths.astype(np.float64) + PER_BAG_COST_ROWS)
+    total = float(work[-1]) if work.size else 0.0
+    bounds = [0]
+    for p in range(1, parts):
+        bounds.append(int(np.searchsorted(work, total * p / parts, side="left")) + 1)
+    bounds.append(lengths.size)
+    bounds = np.maximum.accumulate(np.clip(bounds, 0, lengths.size)).tolist()
+    return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
+
+
+def tbe_job(
+    chip: Chip,
+    name: str,
+    table: TensorDecl,
+    indices: TensorDecl,
+    out: TensorDecl,
+    *,
+    offsets: np.ndarray,
+    table_rows: list[int],
+    batch: int,
+    dim: int,
+    mode: PoolMode = PoolMode.SUM,
+    weights: TensorDecl | None = None,
+    region: Region | None = None,
+) -> Job:
+    """The job pooling ``T = len(table_rows)`` tables for `batch` samples into ``out[batch, T * dim]``."""
+    region = region or Region.whole(chip)
+    region.check(chip)
+    n_tables = len(table_rows)
+    if table.dtype != DType.UINT8 or table.cols != dim + 4:
+        raise UsageError(
+            f"{name}: table {table.name!r} must be uint8 rows of 4 + {dim} bytes (FBGEMM int8 layout)"
+        )
+    if sum(table_rows) != table.rows:
+        raise UsageError(
+            f"{name}: table rows {sum(table_rows)} do not match tensor {table.name!r} ({table.rows})"
+        )
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.shape != (n_tables * batch + 1,):
+        raise UsageError(
+            f"{name}: offsets must have tables*batch+1 = {n_tables * batch + 1} entries, got {offsets.size}"
+        )
+    lengths = np.diff(offsets)
+    if offsets[0] != 0 or (lengths < 0).any():
+        raise UsageError(f"{name}: offsets must start at 0 and never decrease")
+    n_idx = indices.rows * indices.cols
+    if offsets[-1] > n_idx:
+        raise UsageError(f"{name}: offsets reach {int(offsets[-1])} but there are {n_idx} indices")
+    if out.shape != (batch, n_tables * dim):
+        raise UsageError(f"{name}: output must be [{batch}, {n_tables * dim}], got {list(out.shape)}")
+    row_start = np.concatenate([[0], np.cumsum(table_rows)]).astype(np.int64)
+    pe_list = [region.pe(r, c) for r in range(region.rows) for c in range(region.cols)]
+    ranges = _split_bags(lengths, len(pe_list))
+    row_bytes = table.cols * table.dtype.itemsize
+    pes: dict[PeId, PeProgram] = {}
+    for pe, (j0, j1) in zip(pe_list, ranges, strict=False):
+        sizes = {CB_ROWS: chip.se.accumulate_max_rows * row_bytes, CB_OUT: 2 * dim * out.dtype.itemsize}
+        prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
+        j = j0
+        while j < j1:
+            t = j // batch
+            seg_end = min(j1, (t + 1) * batch)
+            lens = tuple(int(x) for x in lengths[j:seg_end])
+            start, count = int(offsets[j]), int(offsets[seg_end] - offsets[j])
+            if count:
+                prog.cores[0].append(
+                    DmaGather(CB_ROWS, table.name, indices.name, start, count, int(row_start[t]))
+                )
+            prog.cores[1].append(
+                SePool(
+                    CB_ROWS,
+                    CB_OUT,
+                    lens,
+                    dim,
+                    mode,
+                    out.dtype,
+                    weights=weights.name if weights is not None else None,
+                    weights_start=start,
+                )
+            )
+            b0 = j - t * batch
+            prog.cores[1].append(
+                DmaOut(CB_OUT, TileStream(out.name, (1, dim), loop((b0, t * dim), (seg_end - j, 1, 0))))
+            )
+            j = seg_end
+        pes[pe] = prog
+    return Job(
+        name,
+        "tbe",
+        pes,
+        work={"lookups": float(offsets[-1]), "row_bytes": float(offsets[-1]) * row_bytes},
+    )

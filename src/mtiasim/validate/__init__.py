@@ -1,0 +1,183 @@
+"""Validation against published MTIA v1 silicon measurements (ISCA'23 Figs 10, 12, 13).
+
+The published cases ship as package data (`data/*.csv`, with their source in `data/SOURCE.md`). Each case is
+run through the same microbenchmark the CLI runs; only this comparison reads the published numbers, never the
+model. Per family (FC in SRAM, FC in LPDDR5, TBE, other operators): MAPE and Pearson r.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from mtiasim.bench.gemm import bench_gemm
+from mtiasim.bench.ops import bench_op
+from mtiasim.bench.tbe import bench_tbe
+from mtiasim.errors import UsageError
+
+FAMILIES = ("fc_sram", "fc_dram", "tbe", "ops")
+GATE_MAPE_PCT = 15.0
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    label: str
+    args: dict[str, Any]
+    published: float
+    unit: str
+    metric: str  # the benchmark's JSON key compared with `published`
+    source: str
+
+
+@dataclass
+class FamilyStats:
+    mape_pct: float
+    pearson_r: float
+    cases: int
+
+
+@dataclass
+class Report:
+    fidelity: str
+    chip: str
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    families: dict[str, FamilyStats] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chip": self.chip,
+            "fidelity": self.fidelity,
+            "gate_mape_pct": GATE_MAPE_PCT,
+            "families": {
+                k: {"mape_pct": round(v.mape_pct, 3), "pearson_r": round(v.pearson_r, 4), "cases": v.cases}
+                for k, v in self.families.items()
+            },
+            "cases": self.cases,
+        }
+
+    def passed(self) -> bool:
+        return all(f.mape_pct <= GATE_MAPE_PCT for f in self.families.values())
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    text = resources.files("mtiasim.validate").joinpath("data", name).read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines()))
+
+
+def cases() -> list[Case]:
+    """Every published case, in file order."""
+    out: list[Case] = []
+    for r in _rows("fc.csv"):
+        m, k, n = int(r["m"]), int(r["k"]), int(r["n"])
+        fam = "fc_sram" if r["placement"] == "sram" else "fc_dram"
+        out.append(
+            Case(
+                fam,
+                f"fc {m}x{k}x{n} {r['dtype']} {r['placement']}",
+                {"m": m, "k": k, "n": n, "dtype": r["dtype"], "placement": r["placement"]},
+                float(r["target_tops"]),
+                "TOPS",
+                "tops",
+                "ISCA23 Fig 10 (TOPS/W x 65 W)",
+            )
+        )
+    for r in _rows("tbe.csv"):
+        b, lp, rows, d = int(r["batch"]), int(r["pooling"]), int(r["rows"]), int(r["dim"])
+        out.append(
+            Case(
+                "tbe",
+                f"tbe B{b} L{lp} rows {rows} D{d}",
+                {"batch": b, "pooling": lp, "rows": rows, "dim": d},
+                float(r["target_gbps"]),
+                "GB/s",
+                "gbps",
+                "ISCA23 Fig 12 (GB/s/W x 65 W)",
+            )
+        )
+    for r in _rows("ops.csv"):
+        out.append(
+            Case(
+                "ops",
+                f"{r['op']} {r['m']}x{r['k']}x{r['n']} {r['placement']}",
+                {
+                    "op": r["op"],
+                    "m": int(r["m"]),
+                    "k": int(r["k"]),
+                    "n": int(r["n"]),
+                    "placement": r["placement"],
+                },
+                float(r["published_gbps"]),
+                "GB/s",
+                "gbps",
+                "ISCA23 Fig 13",
+            )
+        )
+    return out
+
+
+def predict(case: Case, chip: Any = "mtia-v1", fidelity: str = "event") -> dict[str, Any]:
+    fn: Callable[..., dict[str, Any]] = {
+        "fc_sram": bench_gemm,
+        "fc_dram": bench_gemm,
+        "tbe": bench_tbe,
+        "ops": bench_op,
+    }[case.family]
+    return fn(**case.args, chip=chip, fidelity=fidelity)
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def validate(
+    chip: Any = "mtia-v1",
+    fidelity: str = "event",
+    families: Iterable[str] | None = None,
+    progress: Callable[[int, int, Case], None] | None = None,
+) -> Report:
+    wanted = tuple(families) if families else FAMILIES
+    for f in wanted:
+        if f not in FAMILIES:
+            raise UsageError(f"--family: unknown family {f!r} (known: {', '.join(FAMILIES)})")
+    todo = [c for c in cases() if c.family in wanted]
+    chip_name = chip if isinstance(chip, str) else chip.name
+    report = Report(fidelity, chip_name)
+    per: dict[str, list[tuple[float, float]]] = {}
+    for i, case in enumerate(todo):
+        if progress:
+            progress(i, len(todo), case)
+        res = predict(case, chip, fidelity)
+        pred = float(res[case.metric])
+        err = (pred - case.published) / case.published * 100.0
+        report.cases.append(
+            {
+                "family": case.family,
+                "case": case.label,
+                "unit": case.unit,
+                "published": case.published,
+                "predicted": round(pred, 4),
+                "error_pct": round(err, 3),
+                "bound": res.get("bound"),
+                "seconds": res.get("seconds"),
+                "source": case.source,
+            }
+        )
+        per.setdefault(case.family, []).append((case.published, pred))
+    for fam, pairs in per.items():
+        pub = [p for p, _ in pairs]
+        pred = [q for _, q in pairs]
+        mape = sum(abs(q - p) / p for p, q in pairs) / len(pairs) * 100.0
+        report.families[fam] = FamilyStats(mape, pearson(pub, pred), len(pairs))
+    return report
