@@ -181,7 +181,9 @@ def _common(f):
 @click.option(
     "--out-dtype", default=None, help="Output dtype (default: int8 requantized, or the input's float)."
 )
-@click.option("--variant", default="ws", show_default=True, help="ws (weight-stationary) or os (streaming).")
+@click.option(
+    "--variant", default="auto", show_default=True, help="auto, ws (weight-stationary) or os (streaming)."
+)
 @_common
 def bench_gemm_cmd(m, k, n, dtype, placement, out_dtype, variant, chip_name, fidelity, mode, as_json) -> None:
     """C[M,N] = A[M,K] @ W[N,K].T on the chip."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,3 +73,18 @@ def timing_fields(result: ExecutionResult, chip: Chip) -> dict[str, Any]:
 
 def base_fields(chip: Chip, mode: str, fidelity: str) -> dict[str, Any]:
     return {"chip": chip.name, "mode": mode, "fidelity": fidelity}
+
+
+@dataclass
+class Prepared:
+    """A benchmark ready to run: its program and inputs, and how to turn a result into the JSON fields."""
+
+    chip: Chip
+    program: Program
+    inputs: dict[str, np.ndarray]
+    mode: str
+    fidelity: str
+    summarize: Callable[[ExecutionResult], dict[str, Any]]
+
+    def run(self) -> dict[str, Any]:
+        return self.summarize(run(self.program, self.chip, self.mode, self.fidelity, self.inputs))

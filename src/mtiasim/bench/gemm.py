@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from mtiasim.bench.core import (
+    Prepared,
     base_fields,
     check_run,
     level,
     memory_plan,
     positive,
     resolve_chip,
-    run,
     timing_fields,
 )
 from mtiasim.dtypes import DType
@@ -37,7 +37,11 @@ def int8_out_scale(k: int) -> float:
     return 127.0 / (3.0 * sigma)
 
 
-def bench_gemm(
+def bench_gemm(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return prepare_gemm(*args, **kwargs).run()
+
+
+def prepare_gemm(
     m: int,
     k: int,
     n: int,
@@ -47,15 +51,15 @@ def bench_gemm(
     fidelity: str = "event",
     mode: str = "timing",
     out_dtype: str | None = None,
-    variant: str = "ws",
+    variant: str = "auto",
     seed: int = 0,
-) -> dict[str, Any]:
+) -> Prepared:
     m, k, n = positive("m", m), positive("k", k), positive("n", n)
     dt = DType.parse(dtype, "--dtype")
     if dt not in DPE_DTYPES:
         raise UsageError(f"--dtype: the DPE multiplies int8, fp16 or bf16, not {dtype}")
-    if variant not in VARIANTS:
-        raise UsageError(f"--variant: unknown GEMM variant {variant!r} (known: {', '.join(VARIANTS)})")
+    if variant not in (*VARIANTS, "auto"):
+        raise UsageError(f"--variant: unknown GEMM variant {variant!r} (known: auto, {', '.join(VARIANTS)})")
     lvl = level(placement)
     check_run(mode, fidelity)
     chip_ = resolve_chip(chip)
@@ -86,18 +90,28 @@ def bench_gemm(
                 "A": rng.standard_normal((m, k)).astype(dt.numpy),
                 "W": rng.standard_normal((n, k)).astype(dt.numpy),
             }
-    result = run(program, chip_, mode, fidelity, inputs)
-    out: dict[str, Any] = {"kind": "gemm", "m": m, "k": k, "n": n, "dtype": dt.value, "out_dtype": odt.value}
-    out["placement"] = lvl.value
-    out.update(base_fields(chip_, mode, fidelity))
-    out.update(timing_fields(result, chip_))
-    macs = float(m) * n * k
-    out["macs"] = macs
-    out["tops"] = 2 * macs / out["seconds"] / 1e12 if out["seconds"] else None
-    out["mapping"] = mapping.describe()
-    if result.outputs is not None:
-        out["check"] = _check(inputs, result.outputs["C"], dt, odt, scale)
-    return out
+
+    def summarize(result) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": "gemm",
+            "m": m,
+            "k": k,
+            "n": n,
+            "dtype": dt.value,
+            "out_dtype": odt.value,
+        }
+        out["placement"] = lvl.value
+        out.update(base_fields(chip_, mode, fidelity))
+        out.update(timing_fields(result, chip_))
+        macs = float(m) * n * k
+        out["macs"] = macs
+        out["tops"] = 2 * macs / out["seconds"] / 1e12 if out["seconds"] else None
+        out["mapping"] = mapping.describe()
+        if result.outputs is not None:
+            out["check"] = _check(inputs, result.outputs["C"], dt, odt, scale)
+        return out
+
+    return Prepared(chip_, program, inputs, mode, fidelity, summarize)
 
 
 def _check(inputs, got: np.ndarray, dt: DType, odt: DType, scale: float | None) -> dict[str, Any]:

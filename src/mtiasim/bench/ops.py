@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from mtiasim.bench.core import (
+    Prepared,
     base_fields,
     check_run,
     level,
     memory_plan,
     positive,
     resolve_chip,
-    run,
     timing_fields,
 )
 from mtiasim.dtypes import DType
@@ -40,12 +40,17 @@ from mtiasim.isa import Level, Program, SeOp
 from mtiasim.kernels.bmm import bmm_job
 from mtiasim.kernels.elementwise import dynamic_quantize_job, elementwise_job
 from mtiasim.kernels.layout import concat_job, transpose_job
+from mtiasim.kernels.tiling import grid_loops, tile_shape
 
 OPS = ("batchmatmul", "transpose", "concat", "quantize", "dequantize", "tanh", "sigmoid", "relu")
 DEQUANT_SCALE, DEQUANT_ZERO = 0.02, 3
 
 
-def bench_op(
+def bench_op(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return prepare_op(*args, **kwargs).run()
+
+
+def prepare_op(
     op: str,
     m: int = 256,
     k: int = 128,
@@ -56,7 +61,7 @@ def bench_op(
     fidelity: str = "event",
     mode: str = "timing",
     seed: int = 0,
-) -> dict[str, Any]:
+) -> Prepared:
     if op not in OPS:
         raise UsageError(f"unknown op {op!r} (known: {', '.join(OPS)})")
     m, k, n = positive("m", m), positive("k", k), positive("n", n)
@@ -85,7 +90,6 @@ def bench_op(
 
     if op == "batchmatmul":
         a, b = plan.add("A", shape, dt, lvl), plan.add("B", shape, dt, lvl)
-        out_dt = DType.FP16 if dt == DType.INT8 else dt
         out_dt = DType.INT32 if dt == DType.INT8 else dt
         c = plan.add("C", (m, k, k), out_dt, lvl)
         job = bmm_job(chip_, op, a, b, c)
@@ -106,10 +110,7 @@ def bench_op(
         data("X2", dt, shape)
     elif op == "quantize":
         x, y = plan.add("X", shape, dt, lvl), plan.add("Y", shape, DType.INT8, lvl)
-        n_pes = chip_.n_pes
-        from mtiasim.kernels.tiling import grid_loops, tile_shape
-
-        parts = len(grid_loops(x.rows, x.cols, tile_shape(x.rows, x.cols, e), n_pes))
+        parts = len(grid_loops(x.rows, x.cols, tile_shape(x.rows, x.cols, e), chip_.n_pes))
         part = plan.add("partials", (parts, 2), DType.FP32, Level.SRAM)
         qp = plan.add("qparams", (1, 2), DType.FP32, Level.SRAM)
         job = dynamic_quantize_job(chip_, op, x, y, part, qp)
@@ -126,23 +127,26 @@ def bench_op(
         nbytes = 2 * elems * e
         data("X", dt, shape)
     program = Program(f"{op} {m}x{k}x{n}", plan.tensors, [job])
-    result = run(program, chip_, mode, fidelity, inputs)
-    res: dict[str, Any] = {
-        "kind": "op",
-        "op": op,
-        "m": m,
-        "k": k,
-        "n": n,
-        "dtype": dt.value,
-        "placement": lvl.value,
-    }
-    res.update(base_fields(chip_, mode, fidelity))
-    res.update(timing_fields(result, chip_))
-    res["bytes"] = float(nbytes)
-    res["gbps"] = nbytes / res["seconds"] / 1e9 if res["seconds"] else None
-    if result.outputs is not None:
-        res["check"] = _check(op, inputs, result.outputs, dt, chip_)
-    return res
+
+    def summarize(result) -> dict[str, Any]:
+        res: dict[str, Any] = {
+            "kind": "op",
+            "op": op,
+            "m": m,
+            "k": k,
+            "n": n,
+            "dtype": dt.value,
+            "placement": lvl.value,
+        }
+        res.update(base_fields(chip_, mode, fidelity))
+        res.update(timing_fields(result, chip_))
+        res["bytes"] = float(nbytes)
+        res["gbps"] = nbytes / res["seconds"] / 1e9 if res["seconds"] else None
+        if result.outputs is not None:
+            res["check"] = _check(op, inputs, result.outputs, dt, chip_)
+        return res
+
+    return Prepared(chip_, program, inputs, mode, fidelity, summarize)
 
 
 def _check(op: str, inputs, outputs, dt: DType, chip: Chip) -> dict[str, Any]:

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from mtiasim.bench.core import base_fields, check_run, memory_plan, positive, resolve_chip, run, timing_fields
+from mtiasim.bench.core import (
+    Prepared,
+    base_fields,
+    check_run,
+    memory_plan,
+    positive,
+    resolve_chip,
+    timing_fields,
+)
 from mtiasim.dtypes import DType
 from mtiasim.engine.numerics import fbgemm_rows_dequantize, fbgemm_rows_quantize
 from mtiasim.errors import UsageError
@@ -32,7 +40,11 @@ HISTORY_LINE_FACTOR = 2.0
 HISTORY_MAX_ROWS = 3_000_000
 
 
-def bench_tbe(
+def bench_tbe(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return prepare_tbe(*args, **kwargs).run()
+
+
+def prepare_tbe(
     batch: int,
     pooling: int,
     rows: int,
@@ -48,7 +60,7 @@ def bench_tbe(
     fidelity: str = "event",
     mode: str = "timing",
     seed: int = 0,
-) -> dict[str, Any]:
+) -> Prepared:
     batch, rows, dim, tables = (
         positive("batch", batch),
         positive("rows", rows, 1 << 34),
@@ -118,32 +130,35 @@ def bench_tbe(
                 f"(limit {FUNCTIONAL_TABLE_LIMIT_BYTES / 2**30:.0f} GiB): lower --rows or --tables, or use --mode timing"
             )
         inputs["tables"] = fbgemm_rows_quantize(rng.standard_normal((rows * tables, dim)).astype(np.float32))
-    result = run(program, chip_, mode, fidelity, inputs)
-    res: dict[str, Any] = {
-        "kind": "tbe",
-        "batch": batch,
-        "pooling": pooling,
-        "rows": rows,
-        "dim": dim,
-        "tables": tables,
-        "placement": placement,
-        "distribution": distribution,
-        "pool_mode": pmode.value,
-        "weighted": weighted,
-    }
-    res.update(base_fields(chip_, mode, fidelity))
-    res.update(timing_fields(result, chip_))
-    res["lookups"] = n_idx
-    res["row_bytes_read"] = float(n_idx * row_bytes)
-    res["gbps"] = n_idx * row_bytes / res["seconds"] / 1e9 if res["seconds"] else None
-    counters = res.get("counters", {})
-    if counters.get("gathered_rows"):
-        res["cache_hit_rate"] = counters.get("cache_hit_rows", 0.0) / counters["gathered_rows"]
-    if result.outputs is not None:
-        res["check"] = _check(
-            inputs, result.outputs["out"], per_table + row_start, lengths, tables, batch, dim, pmode
-        )
-    return res
+
+    def summarize(result) -> dict[str, Any]:
+        res: dict[str, Any] = {
+            "kind": "tbe",
+            "batch": batch,
+            "pooling": pooling,
+            "rows": rows,
+            "dim": dim,
+            "tables": tables,
+            "placement": placement,
+            "distribution": distribution,
+            "pool_mode": pmode.value,
+            "weighted": weighted,
+        }
+        res.update(base_fields(chip_, mode, fidelity))
+        res.update(timing_fields(result, chip_))
+        res["lookups"] = n_idx
+        res["row_bytes_read"] = float(n_idx * row_bytes)
+        res["gbps"] = n_idx * row_bytes / res["seconds"] / 1e9 if res["seconds"] else None
+        counters = res.get("counters", {})
+        if counters.get("gathered_rows"):
+            res["cache_hit_rate"] = counters.get("cache_hit_rows", 0.0) / counters["gathered_rows"]
+        if result.outputs is not None:
+            res["check"] = _check(
+                inputs, result.outputs["out"], per_table + row_start, lengths, tables, batch, dim, pmode
+            )
+        return res
+
+    return Prepared(chip_, program, inputs, mode, fidelity, summarize)
 
 
 def _history(

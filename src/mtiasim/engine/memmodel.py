@@ -71,35 +71,47 @@ def sram_slice_bytes(chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale:
     return out * scale
 
 
-def dram_channel_bytes(
+def dram_channel_parts(
     chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float, random_rows: bool = False
-) -> np.ndarray:
-    """Effective channel bytes (bursts + activation time + stream losses) per LPDDR5 channel.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(burst bytes, row activations) per LPDDR5 channel for the sampled runs, scaled to the whole.
 
     `random_rows` marks independent accesses (embedding rows, cache-line fills): each opens its own page.
+    Otherwise consecutive accesses to the same page of a channel share one activation.
     """
     d = chip.dram
     g, p0, p1 = _pieces(starts, lengths, d.interleave_bytes)
-    out = np.zeros(d.channels, dtype=np.float64)
+    bursts = np.zeros(d.channels, dtype=np.float64)
+    acts = np.zeros(d.channels, dtype=np.float64)
     if not g.size:
-        return out
+        return bursts, acts
     channel = hashed_target(g, d.channels)
     local = (g // d.channels) * d.interleave_bytes + (p0 % d.interleave_bytes)
     page = local // d.page_bytes
     b = d.burst_bytes
-    burst_bytes = ((-(-p1 // b) - p0 // b) * b).astype(np.float64)
-    np.add.at(out, channel, burst_bytes)
+    np.add.at(bursts, channel, ((-(-p1 // b) - p0 // b) * b).astype(np.float64))
     if random_rows:
-        # a new page per access (run), on the channel of its first piece
         run_first = np.ones(g.size, dtype=bool)
         run_first[1:] = p0[1:] != p1[:-1]
-        activations = np.bincount(channel[run_first], minlength=d.channels).astype(np.float64)
+        acts = np.bincount(channel[run_first], minlength=d.channels).astype(np.float64)
     else:
         order = np.argsort(channel, kind="stable")
         ch_sorted, pg_sorted = channel[order], page[order]
         new = np.ones(g.size, dtype=bool)
         new[1:] = (ch_sorted[1:] != ch_sorted[:-1]) | (pg_sorted[1:] != pg_sorted[:-1])
-        activations = np.bincount(ch_sorted[new], minlength=d.channels).astype(np.float64)
+        acts = np.bincount(ch_sorted[new], minlength=d.channels).astype(np.float64)
+    return bursts * scale, acts * scale
+
+
+def dram_effective_bytes(chip: Chip, bursts: np.ndarray, activations: np.ndarray) -> np.ndarray:
+    """Channel time expressed in bytes: bursts plus activation time, divided by the stream efficiency."""
+    d = chip.dram
     act_bytes = d.activate_ns * 1e-9 * dram_channel_bytes_per_s(chip)
-    out += activations * act_bytes
-    return out * scale / d.stream_efficiency
+    return (bursts + activations * act_bytes) / d.stream_efficiency
+
+
+def dram_channel_bytes(
+    chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float, random_rows: bool = False
+) -> np.ndarray:
+    """Effective channel bytes (bursts + activation time + stream losses) per LPDDR5 channel."""
+    return dram_effective_bytes(chip, *dram_channel_parts(chip, starts, lengths, scale, random_rows))

@@ -1,7 +1,8 @@
 """Numerics of the fixed-function units.
 
 - DPE: INT8 x INT8 products summed exactly in INT32; FP16/BF16 inputs with FP32 accumulation.
-- RE/SE requantization and quantization: round half to even, then saturate to the integer range.
+- RE/SE requantization and quantization: round half to even, then saturate to the integer range. The SE
+  scales in FP32 (torch.quantize_per_tensor scales in double, so the two can differ by one step on exact ties).
 - SE nonlinears (tanh, sigmoid): a lookup table of `segments` linear pieces over a clamped input range,
   evaluated in FP32. Documented error (tested): with 64 segments over [-8, 8], max |error| <= 6.0e-3 for
   tanh and <= 7.5e-4 for sigmoid, before the rounding of the output to its dtype.

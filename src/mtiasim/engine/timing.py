@@ -28,7 +28,7 @@ import numpy as np
 
 from mtiasim.engine.resolve import Node, Resolved, job_order
 from mtiasim.engine.resources import ResourceMap, resource_map
-from mtiasim.engine.work import Work, WorkModel, upstream_of
+from mtiasim.engine.work import Memo, Work, WorkModel, upstream_of
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dram_bytes_per_s, sram_bytes_per_s
 from mtiasim.isa import Barrier, Program
@@ -93,12 +93,20 @@ class TimingResult:
 class TimingModel:
     """The constraint graph and the per-node work of a resolved program."""
 
-    def __init__(self, program: Program, resolved: Resolved, chip: Chip, data: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        program: Program,
+        resolved: Resolved,
+        chip: Chip,
+        data: dict[str, np.ndarray],
+        memo: Memo | None = None,
+    ) -> None:
         self.program = program
         self.resolved = resolved
         self.chip = chip
         self.rmap: ResourceMap = resource_map(chip)
-        self.wm = WorkModel(program, resolved, chip, self.rmap, data)
+        self.wm = WorkModel(program, resolved, chip, self.rmap, data, memo)
+        self.memo = self.wm.memo
         nodes = resolved.nodes
         self.nodes = nodes
         self.works: list[Work] = [self.wm.work(n) for n in nodes]
@@ -351,6 +359,8 @@ class _Sim:
         self.b_last = 0.0
         self.b_class_time: list[dict[str, float]] = [defaultdict(float) for _ in range(nb)]
         self.b_kind: list[str] = [""] * nb
+        self.b_kind_since = np.zeros(nb)
+        self.dirty = False
         # barriers: each waits for its issue and for the earlier nodes of its core
         self.barrier_need = {bid: len(before) + 1 for bid, before in m.barrier_before.items()}
         self.barrier_arrival: dict[int, float] = {}
@@ -376,8 +386,9 @@ class _Sim:
         for ji in range(len(self.m.jobs)):
             if self.job_deps_left[ji] == 0:
                 self._launch(ji, 0.0)
-        while self.heap:
-            t, _s, kind, ident, version = heapq.heappop(self.heap)
+        heap = self.heap
+        while heap:
+            t, _s, kind, ident, version = heapq.heappop(heap)
             self.events += 1
             if kind == self.START:
                 self._on_start(ident, t)
@@ -390,6 +401,9 @@ class _Sim:
                 self._finalize(ident, t)
             else:
                 self._activate_bundle(ident, t)
+            # re-solve the shared rates once per instant, after every event at that instant
+            if self.dirty and (not heap or heap[0][0] > t):
+                self._rerate(t)
         if np.isnan(self.end).any():
             stuck = int(np.flatnonzero(np.isnan(self.end))[0])
             raise RuntimeError(f"timing simulation stalled at {self.m.nodes[stuck].where}")
@@ -475,13 +489,16 @@ class _Sim:
     def _activate_bundle(self, b: int, t: float) -> None:
         self._advance(t)
         self.b_active.append(b)
-        self._rerate(t)
+        self.b_rate[b] = -1.0  # no completion scheduled yet
+        self.dirty = True
 
     def _on_flow_done(self, b: int, t: float) -> None:
         self._advance(t)
+        self._set_kind(b, "", t)
         self.b_remaining[b] = 0.0
         self.b_active.remove(b)
-        self._rerate(t)
+        self.b_version[b] += 1
+        self.dirty = True
         for j in self.m.bundles[b]:
             stall = self.m.stall_s[j]
             if stall > 0:
@@ -491,14 +508,22 @@ class _Sim:
 
     def _advance(self, t: float) -> None:
         dt = t - self.b_last
-        if dt > 0:
-            for b in self.b_active:
-                self.b_remaining[b] = max(0.0, self.b_remaining[b] - self.b_rate[b] * dt)
-                self.b_class_time[b][self.b_kind[b]] += dt
+        if dt > 0 and self.b_active:
+            act = np.fromiter(self.b_active, dtype=np.int64, count=len(self.b_active))
+            self.b_remaining[act] = np.maximum(0.0, self.b_remaining[act] - self.b_rate[act] * dt)
         self.b_last = t
+
+    def _set_kind(self, b: int, kind: str, t: float) -> None:
+        """Charge the time since the bundle's last change to what limited it then."""
+        if self.b_kind[b] != kind or kind == "":
+            if self.b_kind[b]:
+                self.b_class_time[b][self.b_kind[b]] += t - self.b_kind_since[b]
+            self.b_kind[b] = kind
+            self.b_kind_since[b] = t
 
     def _rerate(self, t: float) -> None:
         m = self.m
+        self.dirty = False
         active = self.b_active
         if not active:
             return
@@ -507,7 +532,11 @@ class _Sim:
         else:
             rates, kinds = m.b_rate0[active], [m.b_kind0[b] for b in active]
         for k, b in enumerate(active):
-            self.b_rate[b], self.b_kind[b] = rates[k], kinds[k]
+            old = self.b_rate[b]
+            self._set_kind(b, kinds[k], t)
+            if old >= 0 and abs(rates[k] - old) <= 1e-12 * max(old, 1.0):
+                continue  # its completion event still stands
+            self.b_rate[b] = rates[k]
             self.b_version[b] += 1
             self.push(t + self.b_remaining[b] / max(rates[k], EPS), self.FLOW_DONE, b, int(self.b_version[b]))
 
@@ -592,54 +621,66 @@ class _Sim:
 
 
 def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str]]:
-    """Max-min fair rates (bytes/s of each bundle) on the shared resources, with per-bundle caps."""
-    u = m.b_usage[active]
-    cap = m.b_cap[active].copy()
-    remaining = m.rmap.capacity.copy()
+    """Max-min fair rates (bytes/s of each bundle) on the shared resources, with per-bundle caps.
+
+    Progressive filling, solved one saturation event at a time: with the live bundles sorted by cap, the
+    resource use at a common level L is ``sum(u * cap) over bundles capped below L + L * sum(u) over the rest``,
+    piecewise linear in L, so the level at which the first resource fills is found for all cap intervals at
+    once. The bundles on that resource stop there; the others go on with what is left.
+    """
+    u_all = m.b_usage[active]
+    cols = np.flatnonzero(u_all.any(axis=0))
+    u = u_all[:, cols]
+    remaining = m.rmap.capacity[cols].astype(np.float64).copy()
+    cap = m.b_cap[active]
     k = len(active)
     rate = np.zeros(k)
-    frozen = np.zeros(k, dtype=bool)
     kinds = [""] * k
-    level = 0.0
-    for _ in range(k + 2):
-        live = ~frozen
-        if not live.any():
+    live = np.ones(k, dtype=bool)
+    klass = m.rmap.klass
+    cap_kind = [m.b_cap_kind[b] for b in active]
+    n_res = cols.size
+    while live.any():
+        idx = np.flatnonzero(live)
+        order = idx[np.argsort(cap[idx], kind="stable")]
+        c = cap[order]
+        uu = u[order]
+        finite_c = np.where(np.isfinite(c), c, 0.0)
+        zeros = np.zeros((1, n_res))
+        pre = np.vstack([zeros, np.cumsum(uu * finite_c[:, None], axis=0)])
+        suf = np.vstack([np.cumsum(uu[::-1], axis=0)[::-1], zeros])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lstar = np.where(suf > 0, (remaining[None, :] - pre) / np.where(suf > 0, suf, 1.0), INF)
+        lmin = lstar.min(axis=1) if n_res else np.full(order.size + 1, INF)
+        upper = np.append(c, INF)
+        ok = np.flatnonzero(lmin <= upper * (1 + 1e-12) + EPS)
+        if ok.size == 0 or not math.isfinite(lmin[ok[0]]):
+            for i, b in enumerate(order.tolist()):
+                rate[b] = c[i] if math.isfinite(c[i]) else 0.0
+                kinds[b] = cap_kind[b]
             break
-        demand = u[live].sum(axis=0)
-        use = demand > 0
-        t_res = np.full(remaining.size, INF)
-        t_res[use] = remaining[use] / demand[use]
-        r_idx = int(np.argmin(t_res))
-        dt_res = t_res[r_idx]
-        dt_cap = float((cap[live] - level).min())
-        dt = min(dt_res, dt_cap)
-        if not math.isfinite(dt):
-            rate[live] = 0.0
+        j = int(ok[0])
+        level = float(lmin[j])
+        fixed = []
+        for i in range(j):  # capped below the level
+            b = int(order[i])
+            rate[b], kinds[b] = c[i], cap_kind[b]
+            fixed.append(b)
+        sat = np.flatnonzero(lstar[j] <= level * (1 + 1e-9) + EPS)
+        on_sat = uu[j:][:, sat] > 0
+        hit_rows = np.flatnonzero(on_sat.any(axis=1))
+        which = sat[np.argmax(uu[j:][hit_rows][:, sat], axis=1)] if hit_rows.size else []
+        for row, r in zip(hit_rows.tolist(), list(which), strict=True):
+            b = int(order[j + row])
+            rate[b], kinds[b] = level, klass[int(cols[int(r)])]
+            fixed.append(b)
+        if not fixed:  # numerical corner
+            for b in order.tolist():
+                rate[b], kinds[b] = level, klass[int(cols[int(sat[0])])] if sat.size else cap_kind[b]
             break
-        level += dt
-        remaining = np.maximum(remaining - demand * dt, 0.0)
-        rate[live] = level
-        newly = np.zeros(k, dtype=bool)
-        if dt_cap <= dt_res + EPS:
-            hit = live & (cap - level <= level * 1e-12 + EPS)
-            for j in np.flatnonzero(hit):
-                kinds[j] = m.b_cap_kind[active[j]]
-            newly |= hit
-        saturated = use & (remaining <= m.rmap.capacity * 1e-12)
-        if saturated.any():
-            touching = live & (u[:, saturated] > 0).any(axis=1)
-            sat_idx = np.flatnonzero(saturated)
-            for j in np.flatnonzero(touching & ~newly):
-                r = sat_idx[int(np.argmax(u[j, sat_idx]))]
-                kinds[j] = m.rmap.klass[int(r)]
-            newly |= touching
-        if not newly.any():
-            # numerical corner: freeze the bundles on the tightest resource
-            touching = live & (u[:, r_idx] > 0)
-            for j in np.flatnonzero(touching):
-                kinds[j] = m.rmap.klass[r_idx]
-            newly |= touching if touching.any() else live
-        frozen |= newly
+        fixed_arr = np.asarray(fixed)
+        remaining = np.maximum(remaining - (u[fixed_arr] * rate[fixed_arr][:, None]).sum(axis=0), 0.0)
+        live[fixed_arr] = False
     return rate, kinds
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from mtiasim.dtypes import DType
 from mtiasim.engine.cache import LruCache
-from mtiasim.engine.memmodel import dram_channel_bytes, hashed_target, sram_slice_bytes
+from mtiasim.engine.memmodel import dram_channel_parts, dram_effective_bytes, hashed_target, sram_slice_bytes
 from mtiasim.engine.resolve import Node, Resolved, _upstream
 from mtiasim.engine.resources import ResourceMap
 from mtiasim.errors import ProgramError
@@ -90,6 +90,26 @@ class Work:
         return self.bytes > 0 and self.unit == "dma"
 
 
+@dataclass
+class MemParts:
+    """Where an access pattern's bytes land, before the calibrated DRAM costs are applied."""
+
+    slices: np.ndarray | None  # effective bytes per SRAM slice
+    bursts: np.ndarray | None  # burst bytes per LPDDR5 channel
+    activations: np.ndarray | None  # row activations per LPDDR5 channel
+    side_bytes: np.ndarray  # data bytes entering the grid from each side (N, S, E, W)
+
+
+@dataclass
+class Memo:
+    """Work-model results that do not depend on calibrated constants, reusable across timing runs of the
+    same resolved program (calibration, design sweeps over clocks or latencies)."""
+
+    streams: dict[tuple, tuple[float, MemParts]] = field(default_factory=dict)
+    gathers: dict[int, tuple] = field(default_factory=dict)
+    cache_hits: dict[int, np.ndarray] | None = None
+
+
 def _add(usage: dict[int, float], index: int, amount: float) -> None:
     if amount:
         usage[index] = usage.get(index, 0.0) + amount
@@ -99,7 +119,13 @@ class WorkModel:
     """Computes the `Work` of every node of a resolved program on a chip."""
 
     def __init__(
-        self, program: Program, resolved: Resolved, chip: Chip, rmap: ResourceMap, data: dict[str, np.ndarray]
+        self,
+        program: Program,
+        resolved: Resolved,
+        chip: Chip,
+        rmap: ResourceMap,
+        data: dict[str, np.ndarray],
+        memo: Memo | None = None,
     ) -> None:
         self.program = program
         self.data = data
@@ -107,9 +133,11 @@ class WorkModel:
         self.chip = chip
         self.rmap = rmap
         self.cyc = 1.0 / chip.hz
-        self.gather_hits: dict[int, np.ndarray] = {}
-        self._stream_cache: dict[tuple, tuple[float, dict[int, float], float]] = {}
-        self._simulate_cache()
+        self.memo = memo if memo is not None else Memo()
+        if self.memo.cache_hits is None:
+            self.memo.cache_hits = {}
+            self._simulate_cache()
+        self.gather_hits = self.memo.cache_hits
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -124,34 +152,45 @@ class WorkModel:
         dist = min(r, self.chip.grid.rows - 1 - r, c, self.chip.grid.cols - 1 - c) + 1
         return dist * self.chip.noc.hop_latency_cycles * self.cyc
 
+    def _memory_parts(self, decl: TensorDecl, starts, lengths, scale, random_rows: bool = False) -> MemParts:
+        rm = self.rmap
+        side = np.zeros(4)
+        if decl.level == Level.SRAM:
+            per = sram_slice_bytes(self.chip, starts, lengths, scale)
+            for s_, b in enumerate(per):
+                side[rm.slice_side(s_)] += b
+            return MemParts(per, None, None, side)
+        bursts, acts = dram_channel_parts(self.chip, starts, lengths, scale, random_rows=random_rows)
+        raw = np.zeros(self.chip.dram.channels)
+        g = self.chip.dram.interleave_bytes
+        # data bytes by channel side, for the lanes (the NoC carries data, not activations)
+        np.add.at(
+            raw,
+            hashed_target(np.asarray(starts) // g, self.chip.dram.channels),
+            np.asarray(lengths, dtype=np.float64),
+        )
+        raw *= scale
+        for c, b in enumerate(raw):
+            side[rm.channel_side(c)] += b
+        return MemParts(None, bursts, acts, side)
+
+    def _usage(self, parts: MemParts) -> dict[int, float]:
+        usage: dict[int, float] = {}
+        if parts.slices is not None:
+            for s_, b in enumerate(parts.slices):
+                _add(usage, self.rmap.slice0 + s_, float(b))
+        if parts.bursts is not None:
+            eff = dram_effective_bytes(self.chip, parts.bursts, parts.activations)
+            for c, b in enumerate(eff):
+                _add(usage, self.rmap.channel0 + c, float(b))
+        return usage
+
     def _memory_usage(
         self, decl: TensorDecl, starts, lengths, scale, random_rows: bool = False
     ) -> tuple[dict[int, float], np.ndarray]:
         """Bytes per slice or channel resource, and bytes per side of the grid they enter from."""
-        rm = self.rmap
-        usage: dict[int, float] = {}
-        side_bytes = np.zeros(4)
-        if decl.level == Level.SRAM:
-            per = sram_slice_bytes(self.chip, starts, lengths, scale)
-            for s, b in enumerate(per):
-                _add(usage, rm.slice0 + s, b)
-                side_bytes[rm.slice_side(s)] += b
-        else:
-            per = dram_channel_bytes(self.chip, starts, lengths, scale, random_rows=random_rows)
-            for c, b in enumerate(per):
-                _add(usage, rm.channel0 + c, b)
-            raw = np.zeros(self.chip.dram.channels)
-            g = self.chip.dram.interleave_bytes
-            # raw bytes by channel side, for the lanes (the NoC carries data, not activations)
-            np.add.at(
-                raw,
-                hashed_target(np.asarray(starts) // g, self.chip.dram.channels),
-                np.asarray(lengths, dtype=np.float64),
-            )
-            raw *= scale
-            for c, b in enumerate(raw):
-                side_bytes[rm.channel_side(c)] += b
-        return usage, side_bytes
+        parts = self._memory_parts(decl, starts, lengths, scale, random_rows)
+        return self._usage(parts), parts.side_bytes
 
     def _lanes(
         self, side_bytes: np.ndarray, pes: list[PeId], axis: str | None, inbound: bool
@@ -180,16 +219,17 @@ class WorkModel:
     def _stream_part(
         self, decl: TensorDecl, stream, pes: list[PeId], axis: str | None, inbound: bool
     ) -> tuple[float, dict[int, float]]:
-        key = (decl.name, stream, tuple(pes), axis, inbound)
-        hit = self._stream_cache.get(key)
-        if hit is not None:
-            return hit[0], hit[1]
-        nbytes = float(stream_bytes(decl, stream))
-        runs = stream_runs(decl, stream)
-        usage, side = self._memory_usage(decl, runs.sample_starts, runs.sample_lengths, runs.sample_scale)
-        for k, v in self._lanes(side, pes, axis, inbound).items():
+        key = (decl.name, decl.address, decl.level, stream)
+        hit = self.memo.streams.get(key)
+        if hit is None:
+            runs = stream_runs(decl, stream)
+            parts = self._memory_parts(decl, runs.sample_starts, runs.sample_lengths, runs.sample_scale)
+            hit = (float(stream_bytes(decl, stream)), parts)
+            self.memo.streams[key] = hit
+        nbytes, parts = hit
+        usage = self._usage(parts)
+        for k, v in self._lanes(parts.side_bytes, pes, axis, inbound).items():
             _add(usage, k, v)
-        self._stream_cache[key] = (nbytes, usage, runs.mean_run_bytes)
         return nbytes, usage
 
     # ------------------------------------------------------------------------------------------ cache
@@ -234,7 +274,7 @@ class WorkModel:
         hits[order] = cache.run(all_lines[order])
         for node in gathers:
             mask = all_owner == node.id
-            self.gather_hits[node.id] = np.stack([all_row[mask], hits[mask]], axis=1)
+            self.memo.cache_hits[node.id] = np.stack([all_row[mask], hits[mask]], axis=1)
 
     def _gather_rows(self, node: Node) -> np.ndarray:
         cmd = node.cmd
@@ -318,81 +358,76 @@ class WorkModel:
         decl = self.program.tensors[cmd.table]
         idx = self.program.tensors[cmd.indices]
         w = Work("dma", "dma", items=max(cmd.count, 1))
-        row_bytes = decl.pitch
-        rows = self._gather_rows(node)
-        n = rows.size
-        nbytes = float(n * decl.cols * decl.dtype.itemsize)
-        usage: dict[int, float] = {}
-        side = np.zeros(4)
-        sram_lat = chip.sram.latency_cycles * self.cyc
-        if n:
-            max_sample = 8192
-            pick = (
-                rows if n <= max_sample else rows[np.linspace(0, n - 1, max_sample).round().astype(np.int64)]
-            )
-            scale = n / pick.size
-            starts = decl.address + pick * row_bytes
-            lengths = np.full(pick.size, decl.cols * decl.dtype.itemsize, dtype=np.int64)
-            if decl.level == Level.DRAM and decl.cached:
-                hit_frac = self._cached_rows(node, decl, usage, side)
-                miss = 1.0 - hit_frac
-                latency = sram_lat + miss * chip.dram.latency_ns * 1e-9
-            else:
-                u, side = self._memory_usage(decl, starts, lengths, scale, random_rows=True)
-                usage.update(u)
-                latency = self._level_latency_s(decl)
-                hit_frac = 1.0 if decl.level == Level.SRAM else 0.0
-            w.counters["cache_hit_rows"] = hit_frac * n
-        else:
-            latency = sram_lat
+        memo = self.memo.gathers.get(node.id)
+        if memo is None:
+            memo = self._gather_parts(node, decl)
+            self.memo.gathers[node.id] = memo
+        n, hit_frac, parts = memo
+        per_row = decl.cols * decl.dtype.itemsize
+        nbytes = float(n * per_row)
+        usage = self._usage(parts)
         # the index list itself is read from its tensor
-        idx_bytes = float(cmd.count * idx.dtype.itemsize)
-        _add(
-            usage,
-            self.rmap.slice0
-            + int(hashed_target(np.array([idx.address // chip.sram.interleave_bytes]), chip.sram.slices)[0]),
-            idx_bytes,
+        idx_slice = int(
+            hashed_target(np.array([idx.address // chip.sram.interleave_bytes]), chip.sram.slices)[0]
         )
-        for k, v in self._lanes(side, [node.pe], None, True).items():
+        _add(usage, self.rmap.slice0 + idx_slice, float(cmd.count * idx.dtype.itemsize))
+        for k, v in self._lanes(parts.side_bytes, [node.pe], None, True).items():
             _add(usage, k, v)
         w.parts.append(FlowPart(("node", node.id, 0), usage))
         w.bytes = nbytes
         _add(w.own_usage, self.rmap.fi_in(node.pe), nbytes)
+        sram_s = chip.sram.latency_cycles * self.cyc
+        if decl.level == Level.SRAM:
+            latency = sram_s
+        elif decl.cached:
+            latency = sram_s + (1.0 - hit_frac) * chip.dram.latency_ns * 1e-9
+        else:
+            latency = chip.dram.latency_ns * 1e-9
         w.latency_s = latency + self._hops_s(node.pe)
         w.issue_s = (chip.dma.setup_cycles + n * chip.core.cycles_per_gather_row) * self.cyc
-        per_row = decl.cols * decl.dtype.itemsize
         self._caps(w, chip.dma.outstanding_rows * per_row / max(w.latency_s, 1e-12), "latency")
         w.counters.update(noc_bytes=nbytes, ls_write_bytes=nbytes, commands=n, gathered_rows=n)
+        w.counters["cache_hit_rows"] = hit_frac * n
         _count_read(w.counters, decl, nbytes)
         return w
 
-    def _cached_rows(self, node: Node, decl: TensorDecl, usage: dict[int, float], side: np.ndarray) -> float:
-        """Fill usage for a gather through the SRAM cache; return the fraction of rows that hit."""
+    def _gather_parts(self, node: Node, decl: TensorDecl) -> tuple[int, float, MemParts]:
+        """(rows, fraction of rows that hit the SRAM cache, where the bytes land) of one gather."""
+        rows = self._gather_rows(node)
+        n = rows.size
+        if n == 0:
+            return 0, 1.0, MemParts(None, None, None, np.zeros(4))
+        if decl.level == Level.DRAM and decl.cached:
+            return n, *self._cached_parts(node, decl, rows)
+        max_sample = 8192
+        pick = rows if n <= max_sample else rows[np.linspace(0, n - 1, max_sample).round().astype(np.int64)]
+        starts = decl.address + pick * decl.pitch
+        lengths = np.full(pick.size, decl.cols * decl.dtype.itemsize, dtype=np.int64)
+        parts = self._memory_parts(decl, starts, lengths, n / pick.size, random_rows=True)
+        return n, (1.0 if decl.level == Level.SRAM else 0.0), parts
+
+    def _cached_parts(self, node: Node, decl: TensorDecl, rows: np.ndarray) -> tuple[float, MemParts]:
+        """A gather through the SRAM cache: every line is read from its slice; missing lines are first
+        filled from LPDDR5 (one row activation each)."""
         chip = self.chip
         rm = self.rmap
         line = chip.sram.cache_line_bytes
         rec = self.gather_hits[node.id]  # (row position, hit) per line access
-        rows = self._gather_rows(node)
         lines, _ = _row_lines(decl, rows, line)
         hit = rec[:, 1].astype(bool)
-        # every line is read from its SRAM slice; missing lines are first filled from LPDDR5
         starts = lines * line
         lens = np.full(lines.size, line, dtype=np.int64)
-        slice_usage = sram_slice_bytes(chip, starts, lens, 1.0)
-        for s, b in enumerate(slice_usage):
-            _add(usage, rm.slice0 + s, b)
-            side[rm.slice_side(s)] += b
+        slices = sram_slice_bytes(chip, starts, lens, 1.0)
+        side = np.zeros(4)
+        for s_, b in enumerate(slices):
+            side[rm.slice_side(s_)] += b
+        bursts = acts = None
         if (~hit).any():
-            miss_starts = starts[~hit]
-            chan = dram_channel_bytes(chip, miss_starts, lens[~hit], 1.0, random_rows=True)
-            for c, b in enumerate(chan):
-                _add(usage, rm.channel0 + c, b)
-            fill = sram_slice_bytes(chip, miss_starts, lens[~hit], 1.0)
-            for s, b in enumerate(fill):
-                _add(usage, rm.slice0 + s, b)
+            bursts, acts = dram_channel_parts(chip, starts[~hit], lens[~hit], 1.0, random_rows=True)
+            slices = slices + sram_slice_bytes(chip, starts[~hit], lens[~hit], 1.0)
         row_hit = np.ones(rows.size, dtype=bool)
         np.logical_and.at(row_hit, rec[:, 0].astype(np.int64), hit)
-        return float(row_hit.mean()) if rows.size else 1.0
+        return float(row_hit.mean()), MemParts(slices, bursts, acts, side)
 
     def _w_MatMul(self, node: Node, cmd: MatMul) -> Work:
         chip = self.chip

@@ -345,7 +345,7 @@ def load_chip_file(path: str | Path) -> Chip:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such chip file")
-    return _load(_read_toml(p, str(p)), str(p.name))
+    return _load(_read_toml(p, str(p)), str(p))
 
 
 def _load(doc: dict[str, Any], where: str) -> Chip:

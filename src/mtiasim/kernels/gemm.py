@@ -195,10 +195,18 @@ def choose_mapping(
     out_dtype: DType,
     levels: tuple[Level, Level],
     region: Region,
-    variant: str = "ws",
+    variant: str = "auto",
 ) -> GemmMapping:
+    """The sub-grid partition with the best kernel estimate. Variant `auto`: weight-stationary when the
+    weights sit in SRAM (the v1 library's FC), else whichever variant the estimate prefers (LPDDR5 traffic
+    decides: `ws` saves W re-reads but must split K to fit its chunks, which re-reads A)."""
+    if variant == "auto":
+        if levels[1] == Level.SRAM:
+            return choose_mapping(chip, M, K, N, dtype, out_dtype, levels, region, "ws")
+        options = [choose_mapping(chip, M, K, N, dtype, out_dtype, levels, region, v) for v in VARIANTS]
+        return min(options, key=lambda mp: _estimate_s(chip, mp, M, K, N, dtype, out_dtype, levels))
     if variant not in VARIANTS:
-        raise UsageError(f"unknown GEMM variant {variant!r} (known: {', '.join(VARIANTS)})")
+        raise UsageError(f"unknown GEMM variant {variant!r} (known: auto, {', '.join(VARIANTS)})")
     best: tuple[float, int, GemmMapping] | None = None
     for rows_m, rows_n in itertools.product(range(1, region.rows + 1), repeat=2):
         if rows_m * rows_n > region.rows:
@@ -227,7 +235,7 @@ def gemm_job(
     bias: TensorDecl | None = None,
     region: Region | None = None,
     mapping: GemmMapping | None = None,
-    variant: str = "ws",
+    variant: str = "auto",
 ) -> Job:
     """The job computing ``c = a @ w.T (+ bias)`` on a sub-grid of `region` (default: the whole grid)."""
     region = region or Region.whole(chip)
