@@ -1,0 +1,327 @@
+"""The command set's rules (errors with exact messages) and the timing engine's properties."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtiasim.bench.gemm import prepare_gemm
+from mtiasim.bench.ops import OPS, prepare_op
+from mtiasim.bench.tbe import prepare_tbe
+from mtiasim.dtypes import DType
+from mtiasim.engine import execute
+from mtiasim.engine.resolve import resolve
+from mtiasim.engine.timing import TimingModel, simulate
+from mtiasim.errors import CapacityError, ProgramError
+from mtiasim.hw import load_chip
+from mtiasim.hw.peaks import dram_channel_bytes_per_s
+from mtiasim.isa import (
+    Barrier,
+    CbDecl,
+    CbPop,
+    Direction,
+    DmaIn,
+    DmaOut,
+    Job,
+    Level,
+    MatMul,
+    MemoryPlan,
+    Multicast,
+    Operand,
+    PeProgram,
+    Program,
+    SeMap,
+    SeOp,
+    TileStream,
+    loop,
+)
+
+CHIP = load_chip("mtia-v1")
+
+
+def plan():
+    return MemoryPlan(CHIP.sram.bytes, CHIP.dram.bytes)
+
+
+def program(tensors, pes, groups=None):
+    return Program("p", tensors, [Job("j", "test", pes, groups=groups or {})])
+
+
+def stream(name, rows, cols, tile=(64, 64)):
+    return TileStream(name, tile, loop((0, 0), (rows // tile[0], tile[0], 0), (cols // tile[1], 0, tile[1])))
+
+
+def copy_pe(pe, x, y, cb_bytes=16384, n_rows=256, n_cols=256):
+    prog = PeProgram(pe, (CbDecl(0, 0, cb_bytes),), ([], []))
+    prog.cores[0].append(DmaIn.one(0, stream(x, n_rows, n_cols)))
+    prog.cores[1].append(DmaOut(0, stream(y, n_rows, n_cols)))
+    return prog
+
+
+# ------------------------------------------------------------------------------------------ rule errors
+
+
+def test_deadlock_names_what_each_core_waits_for():
+    p = plan()
+    p.add("X", (256, 256), DType.FP16, Level.SRAM)
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 16384), CbDecl(1, 16384, 16384)), ([], []))
+    prog.cores[1].append(SeMap(SeOp.RELU, 0, 1, 4, DType.FP16))
+    with pytest.raises(ProgramError) as e:
+        resolve(program(p.tensors, {(0, 0): prog}), CHIP)
+    assert str(e.value) == "job j: deadlock: PE(0, 0) core 1 command 0 (SeMap) waits for 4 tiles in CB 0 (has 0)"
+
+
+def test_unconsumed_tiles_are_an_error():
+    p = plan()
+    p.add("X", (256, 256), DType.INT8, Level.SRAM)
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 8192),), ([DmaIn.one(0, stream("X", 256, 256))], []))
+    with pytest.raises(ProgramError, match=r"^job j: PE\(0, 0\) CB 0 ends the job with 16 unconsumed tiles$"):
+        resolve(program(p.tensors, {(0, 0): prog}), CHIP)
+
+
+def test_circular_buffers_must_fit_the_local_store():
+    prog = PeProgram((2, 3), (CbDecl(0, 0, 100_000), CbDecl(1, 100_000, 40_000)), ([], []))
+    with pytest.raises(CapacityError) as e:
+        resolve(program({}, {(2, 3): prog}), CHIP)
+    assert str(e.value) == "job j: PE(2, 3) CB 1 [100000, 140000) exceeds the 128 KiB local store"
+
+
+def test_overlapping_circular_buffers():
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 4096), CbDecl(1, 2048, 4096)), ([], []))
+    with pytest.raises(ProgramError, match=r"CB 0 and CB 1 overlap in the local store"):
+        resolve(program({}, {(0, 0): prog}), CHIP)
+
+
+def test_tile_larger_than_its_buffer():
+    p = plan()
+    p.add("X", (256, 256), DType.FP32, Level.SRAM)
+    p.add("Y", (256, 256), DType.FP32, Level.SRAM)
+    with pytest.raises(CapacityError) as e:
+        resolve(program(p.tensors, {(0, 0): copy_pe((0, 0), "X", "Y", cb_bytes=8192)}), CHIP)
+    assert str(e.value) == (
+        "job j: PE(0, 0) core 0 command 0 (DmaIn): a 64x64 fp32 tile (16384 B) does not fit CB 0 (8192 B)"
+    )
+
+
+def test_resident_operand_must_fit():
+    p = plan()
+    p.add("A", (64, 4096), DType.INT8, Level.SRAM)
+    p.add("W", (64, 4096), DType.INT8, Level.SRAM)
+    p.add("C", (64, 64), DType.INT32, Level.SRAM)
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 8192), CbDecl(1, 8192, 65536), CbDecl(2, 73728, 32768)), ([], []))
+    steps = 4096 // 32
+    prog.cores[0].append(DmaIn.one(1, TileStream("W", (64, 32), loop((0, 0), (steps, 0, 32)))))
+    prog.cores[0].append(DmaIn.one(0, TileStream("A", (64, 32), loop((0, 0), (steps, 0, 32)))))
+    prog.cores[1].append(MatMul(0, 1, DType.INT8, 1, 1, steps, 64, 64, 32, b_mode=Operand.RESIDENT, out_cb=2))
+    prog.cores[1].append(DmaOut(2, TileStream("C", (64, 64), loop((0, 0)))))
+    prog.cores[1].append(CbPop(1, steps))
+    with pytest.raises(CapacityError) as e:
+        resolve(program(p.tensors, {(0, 0): prog}), CHIP)
+    assert "128 resident tiles of 2048 B (256.0 KiB) exceed CB 1 (64.0 KiB)" in str(e.value)
+
+
+def test_multicast_members_must_issue_the_same_stream():
+    p = plan()
+    p.add("X", (256, 256), DType.FP16, Level.SRAM)
+    p.add("Y", (512, 256), DType.FP16, Level.SRAM)
+    pes = {}
+    for c in range(2):
+        prog = PeProgram((0, c), (CbDecl(0, 0, 16384),), ([], []))
+        rows = 256 if c == 0 else 128  # the second PE asks for a different stream
+        prog.cores[0].append(DmaIn.one(0, stream("X", rows, 256), Multicast("row", ((0, 0), (0, 1)))))
+        prog.cores[1].append(DmaOut(0, TileStream("Y", (64, 64), loop((c * 256, 0), (rows // 64, 64, 0), (4, 0, 64)))))
+        pes[(0, c)] = prog
+    with pytest.raises(ProgramError, match=r"multicast transfer #0 differs from the one PE\(0, 0\) issues"):
+        resolve(program(p.tensors, pes), CHIP)
+
+
+def test_multicast_group_must_be_one_row_or_column():
+    p = plan()
+    p.add("X", (256, 256), DType.FP16, Level.SRAM)
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 16384),), ([], []))
+    prog.cores[0].append(DmaIn.one(0, stream("X", 256, 256), Multicast("row", ((0, 0), (1, 1)))))
+    with pytest.raises(ProgramError, match=r"is not one row \(the NoC coalesces same-row or same-column requests only\)"):
+        resolve(program(p.tensors, {(0, 0): prog, (1, 1): PeProgram((1, 1), (), ([], []))}), CHIP)
+
+
+def test_reduction_must_stay_in_the_job():
+    p = plan()
+    p.add("A", (64, 32), DType.INT8, Level.SRAM)
+    prog = PeProgram((0, 7), (CbDecl(0, 0, 4096), CbDecl(1, 4096, 4096)), ([], []))
+    prog.cores[0].append(DmaIn((*DmaIn.one(0, TileStream("A", (64, 32), loop((0, 0)))).transfers, *DmaIn.one(1, TileStream("A", (64, 32), loop((0, 0)))).transfers)))
+    prog.cores[1].append(MatMul(0, 1, DType.INT8, 1, 1, 1, 64, 64, 32, reduce_out=Direction.EAST))
+    with pytest.raises(ProgramError, match=r"reduce_out east leads to PE\(0, 8\), which is not in the job"):
+        resolve(program(p.tensors, {(0, 7): prog}), CHIP)
+
+
+def test_sram_overflow_names_tensor_and_residents():
+    p = plan()
+    p.add("W", (8192, 8192), DType.INT8, Level.SRAM)
+    with pytest.raises(CapacityError) as e:
+        p.add("A", (8192, 16384), DType.INT8, Level.SRAM)
+    assert str(e.value) == "tensor 'A' (128.0 MiB) does not fit SRAM (128 MiB, 64.0 MiB in use: W 64.0 MiB)"
+
+
+def test_barrier_needs_every_participant():
+    prog = PeProgram((0, 0), (), ([Barrier("cores")], []))
+    with pytest.raises(ProgramError, match=r"deadlock: PE\(0, 0\) core 0 command 0 \(Barrier\) waits for the other participants"):
+        resolve(program({}, {(0, 0): prog}), CHIP)
+
+
+def test_too_many_circular_buffers():
+    cbs = tuple(CbDecl(i, i * 64, 64) for i in range(17))
+    with pytest.raises(CapacityError, match=r"declares 17 circular buffers, the limit is 16"):
+        resolve(program({}, {(0, 0): PeProgram((0, 0), cbs, ([], []))}), CHIP)
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def test_uncontended_dma_matches_its_closed_form():
+    p = plan()
+    p.add("X", (256, 256), DType.INT8, Level.SRAM)
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 8192),), ([DmaIn.one(0, stream("X", 256, 256))], [CbPop(0, 16)]))
+    prg = program(p.tensors, {(0, 0): prog})
+    hz = CHIP.hz
+    latency = CHIP.sram.latency_cycles / hz + CHIP.noc.hop_latency_cycles / hz  # corner PE: one hop
+    issue = (CHIP.dma.setup_cycles + 16 * CHIP.core.cycles_per_command) / hz
+    rate = min(
+        CHIP.noc.fi_bytes_per_cycle * hz,  # its Fabric Interface
+        CHIP.dma.outstanding_bytes / latency,  # bytes in flight / latency
+        CHIP.sram.slices * CHIP.sram.slice_bytes_per_cycle * hz,
+        65536 / issue,  # the core issues one DMA per tile
+    )
+    pop = CHIP.core.cycles_per_command / hz  # the consumer's last step after the last tile
+    expect = (CHIP.dispatch.job_launch_ns + CHIP.dispatch.job_end_ns) * 1e-9 + latency + 65536 / rate + pop
+    for fidelity in ("analytic", "event"):
+        t = execute(prg, CHIP, fidelity=fidelity).timing
+        assert math.isclose(t.seconds, expect, rel_tol=1e-9), fidelity
+
+
+def test_dram_contention_divides_the_channels():
+    # 64 PEs stream 1 MiB each from LPDDR5 at once: the channels, not the PEs, set the pace
+    p = plan()
+    pes = {}
+    for r in range(8):
+        for c in range(8):
+            name = f"X{r}{c}"
+            p.add(name, (1024, 1024), DType.INT8, Level.DRAM)
+            prog = PeProgram((r, c), (CbDecl(0, 0, 16384),), ([DmaIn.one(0, TileStream(name, (16, 1024), loop((0, 0), (64, 16, 0))))], [CbPop(0, 64)]))
+            pes[(r, c)] = prog
+    prg = program(p.tensors, pes)
+    event = execute(prg, CHIP, fidelity="event").timing
+    analytic = execute(prg, CHIP, fidelity="analytic").timing
+    total = 64 * 2**20
+    # long sequential runs: one activation per page; channel time = bytes (+activations) / efficiency
+    pages = total / CHIP.dram.page_bytes
+    channel_bytes = (total + pages * CHIP.dram.activate_ns * 1e-9 * dram_channel_bytes_per_s(CHIP)) / CHIP.dram.stream_efficiency
+    bound = channel_bytes / (CHIP.dram.channels * dram_channel_bytes_per_s(CHIP))
+    overhead = (CHIP.dispatch.job_launch_ns + CHIP.dispatch.job_end_ns) * 1e-9
+    assert event.seconds >= analytic.seconds
+    assert bound + overhead <= event.seconds <= (bound + overhead) * 1.03
+    assert event.bound == "dram"
+
+
+def _three(prep):
+    resolved = resolve(prep.program, prep.chip)
+    return [simulate(TimingModel(prep.program, resolved, prep.chip, prep.inputs), f).seconds for f in ("roofline", "analytic", "event")]
+
+
+@given(st.integers(1, 2048), st.integers(1, 2048), st.integers(1, 2048), st.sampled_from(["int8", "fp16"]), st.sampled_from(["sram", "dram"]))
+@settings(max_examples=30)
+def test_fidelities_are_ordered_for_gemm(m, k, n, dtype, placement):
+    roof, ana, ev = _three(prepare_gemm(m, k, n, dtype, placement))
+    assert 0 < roof <= ana * (1 + 1e-9)
+    assert ana <= ev * (1 + 1e-9)
+
+
+@given(st.sampled_from(OPS), st.integers(1, 300), st.integers(1, 130), st.integers(1, 70), st.sampled_from(["sram", "dram"]))
+@settings(max_examples=25)
+def test_fidelities_are_ordered_for_ops(op, m, k, n, placement):
+    roof, ana, ev = _three(prepare_op(op, m, k, n, placement))
+    assert 0 < roof <= ana * (1 + 1e-9) and ana <= ev * (1 + 1e-9)
+
+
+@given(st.integers(1, 300), st.integers(1, 60), st.sampled_from([100, 10_000, 1_000_000]), st.sampled_from([16, 64, 128]))
+@settings(max_examples=15)
+def test_fidelities_are_ordered_for_tbe(batch, pooling, rows, dim):
+    roof, ana, ev = _three(prepare_tbe(batch, pooling, rows, dim, tables=2))
+    assert 0 < roof <= ana * (1 + 1e-9) and ana <= ev * (1 + 1e-9)
+
+
+def test_compute_bound_gemm_approaches_the_dpe_peak():
+    prep = prepare_gemm(4096, 4096, 4096, "int8", "sram")
+    res = prep.run()
+    peak = CHIP.n_pes * CHIP.dpe.int8_macs_per_cycle * CHIP.hz
+    compute = 4096**3 / peak
+    assert res["bound"] == "compute"
+    assert compute <= res["seconds"] <= compute * 1.1
+    fp16 = prepare_gemm(4096, 4096, 4096, "fp16", "sram").run()
+    assert fp16["seconds"] >= 1.9 * compute  # FP16 runs the DPE at half the INT8 rate
+
+
+def test_matmul_closed_form_cycles():
+    from mtiasim.engine.resources import resource_map
+    from mtiasim.engine.work import WorkModel
+
+    p = plan()
+    p.add("A", (128, 96), DType.FP16, Level.SRAM)
+    p.add("W", (64, 96), DType.FP16, Level.SRAM)
+    p.add("C", (128, 64), DType.FP32, Level.SRAM)
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 32768), CbDecl(1, 32768, 32768), CbDecl(2, 65536, 65536)), ([], []))
+    prog.cores[0].append(DmaIn.one(0, TileStream("A", (64, 32), loop((0, 0), (2, 64, 0), (3, 0, 32)))))
+    prog.cores[0].append(DmaIn.one(1, TileStream("W", (64, 32), loop((0, 0), (2, 0, 0), (3, 0, 32)))))
+    prog.cores[1].append(MatMul(0, 1, DType.FP16, 2, 1, 3, 64, 64, 32, out_cb=2))
+    prog.cores[1].append(DmaOut(2, TileStream("C", (64, 64), loop((0, 0), (2, 64, 0)))))
+    prg = program(p.tensors, {(0, 0): prog})
+    resolved = resolve(prg, CHIP)
+    wm = WorkModel(prg, resolved, CHIP, resource_map(CHIP), {})
+    mm = next(n for n in resolved.nodes if isinstance(n.cmd, MatMul))
+    w = wm.work(mm)
+    blocks = 2 * 1 * 3 * 4  # output blocks x steps x (2x2 DPE blocks per step)
+    cycles = blocks * 32**3 / CHIP.dpe.fp16_macs_per_cycle + 64 * 64 * 4 / CHIP.re.bytes_per_cycle
+    assert math.isclose(w.busy_s, cycles / CHIP.hz)
+    assert w.counters["dpe_macs_fp16"] == blocks * 32**3
+
+
+def test_barrier_orders_both_cores():
+    p = plan()
+    p.add("X", (256, 256), DType.FP16, Level.SRAM)
+    p.add("Y", (256, 256), DType.FP16, Level.SRAM)
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 16384),), ([], []))
+    prog.cores[0].extend([DmaIn.one(0, stream("X", 256, 256)), Barrier("cores")])
+    prog.cores[1].extend([Barrier("cores"), DmaOut(0, stream("Y", 256, 256))])
+    res = execute(program(p.tensors, {(0, 0): prog}), CHIP)
+    nodes = res.resolved.nodes
+    dma_in = next(n.id for n in nodes if isinstance(n.cmd, DmaIn))
+    dma_out = next(n.id for n in nodes if isinstance(n.cmd, DmaOut))
+    assert res.timing.node_start[dma_out] >= res.timing.node_end[dma_in]
+
+
+def test_runs_are_deterministic():
+    a = prepare_tbe(64, 20, 1_000_000, 64, tables=4).run()
+    b = prepare_tbe(64, 20, 1_000_000, 64, tables=4).run()
+    assert a == b
+    assert prepare_gemm(300, 200, 100).run() == prepare_gemm(300, 200, 100).run()
+
+
+def test_small_buffers_make_producer_and_consumer_alternate():
+    from mtiasim.isa import DmaGather, PoolMode, SePool
+
+    def tbe_like(rows_cb_rows):
+        p = plan()
+        p.add("T", (1000, 260), DType.UINT8, Level.SRAM)
+        p.add("I", (64 * 32,), DType.INT32, Level.SRAM)
+        p.add("O", (64, 256), DType.FP16, Level.SRAM)
+        prog = PeProgram((0, 0), (CbDecl(0, 0, rows_cb_rows * 260), CbDecl(1, 65536, 1024)), ([], []))
+        prog.cores[0].append(DmaGather(0, "T", "I", 0, 64 * 32))
+        prog.cores[1].append(SePool(0, 1, (32,) * 64, 256, PoolMode.SUM, DType.FP16))
+        prog.cores[1].append(DmaOut(1, TileStream("O", (1, 256), loop((0, 0), (64, 1, 0)))))
+        return program(p.tensors, {(0, 0): prog})
+
+    idx = {"I": np.arange(64 * 32, dtype=np.int32) % 1000}
+    single = execute(tbe_like(32), CHIP, inputs=idx).timing.seconds
+    double = execute(tbe_like(64), CHIP, inputs=idx).timing.seconds
+    assert single > double * 1.3  # one bag of buffer: gather and pool take turns
