@@ -43,7 +43,8 @@ BOUNDS = {
     "dram.activate_ns": (0.0, 30.0),
     "dram.stream_efficiency": (0.5, 1.0),
     "dma.outstanding_rows": (1.0, 64.0),
-    "dispatch.job_launch_ns": (200.0, 12000.0),
+    "dispatch.job_launch_ns": (20.0, 12000.0),
+    "host.launch_ns": (100.0, 20000.0),
     "sram.latency_cycles": (20.0, 600.0),
     "dram.latency_ns": (60.0, 1500.0),
 }

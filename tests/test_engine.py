@@ -70,7 +70,9 @@ def test_deadlock_names_what_each_core_waits_for():
     prog.cores[1].append(SeMap(SeOp.RELU, 0, 1, 4, DType.FP16))
     with pytest.raises(ProgramError) as e:
         resolve(program(p.tensors, {(0, 0): prog}), CHIP)
-    assert str(e.value) == "job j: deadlock: PE(0, 0) core 1 command 0 (SeMap) waits for 4 tiles in CB 0 (has 0)"
+    assert (
+        str(e.value) == "job j: deadlock: PE(0, 0) core 1 command 0 (SeMap) waits for 4 tiles in CB 0 (has 0)"
+    )
 
 
 def test_unconsumed_tiles_are_an_error():
@@ -131,7 +133,9 @@ def test_multicast_members_must_issue_the_same_stream():
         prog = PeProgram((0, c), (CbDecl(0, 0, 16384),), ([], []))
         rows = 256 if c == 0 else 128  # the second PE asks for a different stream
         prog.cores[0].append(DmaIn.one(0, stream("X", rows, 256), Multicast("row", ((0, 0), (0, 1)))))
-        prog.cores[1].append(DmaOut(0, TileStream("Y", (64, 64), loop((c * 256, 0), (rows // 64, 64, 0), (4, 0, 64)))))
+        prog.cores[1].append(
+            DmaOut(0, TileStream("Y", (64, 64), loop((c * 256, 0), (rows // 64, 64, 0), (4, 0, 64))))
+        )
         pes[(0, c)] = prog
     with pytest.raises(ProgramError, match=r"multicast transfer #0 differs from the one PE\(0, 0\) issues"):
         resolve(program(p.tensors, pes), CHIP)
@@ -142,7 +146,9 @@ def test_multicast_group_must_be_one_row_or_column():
     p.add("X", (256, 256), DType.FP16, Level.SRAM)
     prog = PeProgram((0, 0), (CbDecl(0, 0, 16384),), ([], []))
     prog.cores[0].append(DmaIn.one(0, stream("X", 256, 256), Multicast("row", ((0, 0), (1, 1)))))
-    with pytest.raises(ProgramError, match=r"is not one row \(the NoC coalesces same-row or same-column requests only\)"):
+    with pytest.raises(
+        ProgramError, match=r"is not one row \(the NoC coalesces same-row or same-column requests only\)"
+    ):
         resolve(program(p.tensors, {(0, 0): prog, (1, 1): PeProgram((1, 1), (), ([], []))}), CHIP)
 
 
@@ -150,7 +156,14 @@ def test_reduction_must_stay_in_the_job():
     p = plan()
     p.add("A", (64, 32), DType.INT8, Level.SRAM)
     prog = PeProgram((0, 7), (CbDecl(0, 0, 4096), CbDecl(1, 4096, 4096)), ([], []))
-    prog.cores[0].append(DmaIn((*DmaIn.one(0, TileStream("A", (64, 32), loop((0, 0)))).transfers, *DmaIn.one(1, TileStream("A", (64, 32), loop((0, 0)))).transfers)))
+    prog.cores[0].append(
+        DmaIn(
+            (
+                *DmaIn.one(0, TileStream("A", (64, 32), loop((0, 0)))).transfers,
+                *DmaIn.one(1, TileStream("A", (64, 32), loop((0, 0)))).transfers,
+            )
+        )
+    )
     prog.cores[1].append(MatMul(0, 1, DType.INT8, 1, 1, 1, 64, 64, 32, reduce_out=Direction.EAST))
     with pytest.raises(ProgramError, match=r"reduce_out east leads to PE\(0, 8\), which is not in the job"):
         resolve(program(p.tensors, {(0, 7): prog}), CHIP)
@@ -166,7 +179,10 @@ def test_sram_overflow_names_tensor_and_residents():
 
 def test_barrier_needs_every_participant():
     prog = PeProgram((0, 0), (), ([Barrier("cores")], []))
-    with pytest.raises(ProgramError, match=r"deadlock: PE\(0, 0\) core 0 command 0 \(Barrier\) waits for the other participants"):
+    with pytest.raises(
+        ProgramError,
+        match=r"deadlock: PE\(0, 0\) core 0 command 0 \(Barrier\) waits for the other participants",
+    ):
         resolve(program({}, {(0, 0): prog}), CHIP)
 
 
@@ -194,7 +210,8 @@ def test_uncontended_dma_matches_its_closed_form():
         65536 / issue,  # the core issues one DMA per tile
     )
     pop = CHIP.core.cycles_per_command / hz  # the consumer's last step after the last tile
-    expect = (CHIP.dispatch.job_launch_ns + CHIP.dispatch.job_end_ns) * 1e-9 + latency + 65536 / rate + pop
+    launch = (CHIP.host.launch_ns + CHIP.dispatch.job_launch_ns + CHIP.dispatch.job_end_ns) * 1e-9
+    expect = launch + latency + 65536 / rate + pop
     for fidelity in ("analytic", "event"):
         t = execute(prg, CHIP, fidelity=fidelity).timing
         assert math.isclose(t.seconds, expect, rel_tol=1e-9), fidelity
@@ -208,7 +225,11 @@ def test_dram_contention_divides_the_channels():
         for c in range(8):
             name = f"X{r}{c}"
             p.add(name, (1024, 1024), DType.INT8, Level.DRAM)
-            prog = PeProgram((r, c), (CbDecl(0, 0, 16384),), ([DmaIn.one(0, TileStream(name, (16, 1024), loop((0, 0), (64, 16, 0))))], [CbPop(0, 64)]))
+            prog = PeProgram(
+                (r, c),
+                (CbDecl(0, 0, 16384),),
+                ([DmaIn.one(0, TileStream(name, (16, 1024), loop((0, 0), (64, 16, 0))))], [CbPop(0, 64)]),
+            )
             pes[(r, c)] = prog
     prg = program(p.tensors, pes)
     event = execute(prg, CHIP, fidelity="event").timing
@@ -216,9 +237,11 @@ def test_dram_contention_divides_the_channels():
     total = 64 * 2**20
     # long sequential runs: one activation per page; channel time = bytes (+activations) / efficiency
     pages = total / CHIP.dram.page_bytes
-    channel_bytes = (total + pages * CHIP.dram.activate_ns * 1e-9 * dram_channel_bytes_per_s(CHIP)) / CHIP.dram.stream_efficiency
+    channel_bytes = (
+        total + pages * CHIP.dram.activate_ns * 1e-9 * dram_channel_bytes_per_s(CHIP)
+    ) / CHIP.dram.stream_efficiency
     bound = channel_bytes / (CHIP.dram.channels * dram_channel_bytes_per_s(CHIP))
-    overhead = (CHIP.dispatch.job_launch_ns + CHIP.dispatch.job_end_ns) * 1e-9
+    overhead = (CHIP.host.launch_ns + CHIP.dispatch.job_launch_ns + CHIP.dispatch.job_end_ns) * 1e-9
     assert event.seconds >= analytic.seconds
     assert bound + overhead <= event.seconds <= (bound + overhead) * 1.03
     assert event.bound == "dram"
@@ -226,10 +249,19 @@ def test_dram_contention_divides_the_channels():
 
 def _three(prep):
     resolved = resolve(prep.program, prep.chip)
-    return [simulate(TimingModel(prep.program, resolved, prep.chip, prep.inputs), f).seconds for f in ("roofline", "analytic", "event")]
+    return [
+        simulate(TimingModel(prep.program, resolved, prep.chip, prep.inputs), f).seconds
+        for f in ("roofline", "analytic", "event")
+    ]
 
 
-@given(st.integers(1, 2048), st.integers(1, 2048), st.integers(1, 2048), st.sampled_from(["int8", "fp16"]), st.sampled_from(["sram", "dram"]))
+@given(
+    st.integers(1, 2048),
+    st.integers(1, 2048),
+    st.integers(1, 2048),
+    st.sampled_from(["int8", "fp16"]),
+    st.sampled_from(["sram", "dram"]),
+)
 @settings(max_examples=30)
 def test_fidelities_are_ordered_for_gemm(m, k, n, dtype, placement):
     roof, ana, ev = _three(prepare_gemm(m, k, n, dtype, placement))
@@ -237,14 +269,25 @@ def test_fidelities_are_ordered_for_gemm(m, k, n, dtype, placement):
     assert ana <= ev * (1 + 1e-9)
 
 
-@given(st.sampled_from(OPS), st.integers(1, 300), st.integers(1, 130), st.integers(1, 70), st.sampled_from(["sram", "dram"]))
+@given(
+    st.sampled_from(OPS),
+    st.integers(1, 300),
+    st.integers(1, 130),
+    st.integers(1, 70),
+    st.sampled_from(["sram", "dram"]),
+)
 @settings(max_examples=25)
 def test_fidelities_are_ordered_for_ops(op, m, k, n, placement):
     roof, ana, ev = _three(prepare_op(op, m, k, n, placement))
     assert 0 < roof <= ana * (1 + 1e-9) and ana <= ev * (1 + 1e-9)
 
 
-@given(st.integers(1, 300), st.integers(1, 60), st.sampled_from([100, 10_000, 1_000_000]), st.sampled_from([16, 64, 128]))
+@given(
+    st.integers(1, 300),
+    st.integers(1, 60),
+    st.sampled_from([100, 10_000, 1_000_000]),
+    st.sampled_from([16, 64, 128]),
+)
 @settings(max_examples=15)
 def test_fidelities_are_ordered_for_tbe(batch, pooling, rows, dim):
     roof, ana, ev = _three(prepare_tbe(batch, pooling, rows, dim, tables=2))
@@ -270,7 +313,9 @@ def test_matmul_closed_form_cycles():
     p.add("A", (128, 96), DType.FP16, Level.SRAM)
     p.add("W", (64, 96), DType.FP16, Level.SRAM)
     p.add("C", (128, 64), DType.FP32, Level.SRAM)
-    prog = PeProgram((0, 0), (CbDecl(0, 0, 32768), CbDecl(1, 32768, 32768), CbDecl(2, 65536, 65536)), ([], []))
+    prog = PeProgram(
+        (0, 0), (CbDecl(0, 0, 32768), CbDecl(1, 32768, 32768), CbDecl(2, 65536, 65536)), ([], [])
+    )
     prog.cores[0].append(DmaIn.one(0, TileStream("A", (64, 32), loop((0, 0), (2, 64, 0), (3, 0, 32)))))
     prog.cores[0].append(DmaIn.one(1, TileStream("W", (64, 32), loop((0, 0), (2, 0, 0), (3, 0, 32)))))
     prog.cores[1].append(MatMul(0, 1, DType.FP16, 2, 1, 3, 64, 64, 32, out_cb=2))

@@ -78,7 +78,11 @@ def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
 
 
 def draw_indices(
-    rows_per_table: list[int], lengths: np.ndarray, batch: int, dist: IndexDistribution, seed: int
+    rows_per_table: list[int],
+    lengths: np.ndarray,
+    batch: int,
+    dist: IndexDistribution,
+    seed: int | tuple[int, ...],
 ) -> np.ndarray:
     """Indices (per-table row numbers) for bags laid out table-major, as FBGEMM's TBE and torchrec's KJT."""
     rng = np.random.default_rng(seed)

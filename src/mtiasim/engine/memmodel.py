@@ -91,9 +91,10 @@ def dram_channel_parts(
     b = d.burst_bytes
     np.add.at(bursts, channel, ((-(-p1 // b) - p0 // b) * b).astype(np.float64))
     if random_rows:
-        run_first = np.ones(g.size, dtype=bool)
-        run_first[1:] = p0[1:] != p1[:-1]
-        acts = np.bincount(channel[run_first], minlength=d.channels).astype(np.float64)
+        # every run opens a page on each channel (and each page) it touches
+        opens = np.ones(g.size, dtype=bool)
+        opens[1:] = (p0[1:] != p1[:-1]) | (channel[1:] != channel[:-1]) | (page[1:] != page[:-1])
+        acts = np.bincount(channel[opens], minlength=d.channels).astype(np.float64)
     else:
         order = np.argsort(channel, kind="stable")
         ch_sorted, pg_sorted = channel[order], page[order]

@@ -39,6 +39,7 @@ FIDELITIES = ("roofline", "analytic", "event")
 
 # attribution classes
 DISPATCH = "dispatch"
+QUEUE = "queue"  # waiting for the PEs to finish an earlier job
 ISSUE = "issue"
 LATENCY = "latency"
 COMPUTE = "compute"
@@ -176,6 +177,10 @@ class TimingModel:
         for ji, job in enumerate(self.jobs):
             for rank, pe in enumerate(sorted(job.pes)):
                 self.pe_rank[(ji, pe)] = rank
+        self.first_nodes: dict[tuple[int, tuple[int, int]], list[int]] = defaultdict(list)
+        for node in nodes:
+            if self.core_prev[node.id] < 0:
+                self.first_nodes[(node.job, node.pe)].append(node.id)
 
     def _bundles(self) -> None:
         """Group flows of one multicast group (transitively) into lockstep bundles."""
@@ -293,11 +298,14 @@ class TimingModel:
                 if not self.alternating(p, c):
                     continue
                 _cap, tiles = self.nodes[c].in_cb[p]
-                wc = self.works[c]
+                wc, wp = self.works[c], self.works[p]
                 chunks = max(1.0, tiles / wc.granule)
                 chunk_s = self.item_s[c] * wc.granule
-                self.stall_s[p] += (chunks - 1.0) * (self.works[p].latency_s + chunk_s)
-                self.first_item_s[p] = self.works[p].latency_s + self.item_s[p] * wc.granule
+                # a granule waits for its slowest item: with misses, for a miss unless all its items hit
+                expected = wp.latency_s - (1.0 - wp.hit_frac) * wp.miss_latency_s
+                granule_latency = expected + (1.0 - wp.hit_frac**wc.granule) * wp.miss_latency_s
+                self.stall_s[p] += (chunks - 1.0) * (granule_latency + chunk_s)
+                self.first_item_s[p] = granule_latency + self.item_s[p] * wc.granule
 
     def stream_consumers_of(self, c: int) -> list[int]:
         return [p for p in self.producers[c] if p not in self.nodes[c].resident_producers]
@@ -377,12 +385,20 @@ class _Sim:
         self.job_index = {job.name: ji for ji, job in enumerate(m.jobs)}
         self.job_deps_left = [len(job.deps) for job in m.jobs]
         self.ccp_free = 0.0
+        # a PE runs one job at a time: later jobs on it wait for it (their launch may overlap)
+        self.launch_done = np.full(nj, np.nan)
+        self.job_last = np.full(nj, np.nan)
+        self.pe_owner: dict[tuple[int, int], int] = {}
+        self.pe_queue: dict[tuple[int, int], list[int]] = defaultdict(list)
+        self.pe_start_reason: dict[tuple[int, tuple[int, int]], str] = {}
 
     def push(self, t: float, kind: int, ident: int, version: int = 0) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, ident, version))
 
     def run(self) -> None:
+        # the host submits the request; the control core then launches its jobs
+        self.ccp_free = self.m.chip.host.launch_ns * 1e-9
         for ji in range(len(self.m.jobs)):
             if self.job_deps_left[ji] == 0:
                 self._launch(ji, 0.0)
@@ -411,22 +427,45 @@ class _Sim:
     # ------------------------------------------------------------------------------------ jobs, issue
 
     def _launch(self, ji: int, ready: float) -> None:
+        """The control core launches jobs one after another; a job's PEs start once launched and free."""
         m, d = self.m, self.m.chip.dispatch
         t = max(ready, self.ccp_free)
         self.ccp_free = t + d.job_launch_ns * 1e-9
         self.job_launch[ji] = t
-        ids = m.resolved.job_nodes[ji]
-        if not ids:
+        self.launch_done[ji] = self.ccp_free
+        if not m.resolved.job_nodes[ji]:
             self._job_done(ji, self.ccp_free)
             return
-        for i in ids:
-            if m.core_prev[i] < 0:
-                rank = m.pe_rank[(ji, m.nodes[i].pe)]
-                self._set_issue(i, self.ccp_free + rank * d.per_pe_ns * 1e-9, ("launch",))
+        for pe in sorted(m.jobs[ji].pes):
+            if pe in self.pe_owner:
+                self.pe_queue[pe].append(ji)
+            else:
+                self._start_pe(ji, pe, self.ccp_free, ("launch",))
+
+    def _start_pe(self, ji: int, pe: tuple[int, int], free_at: float, reason: tuple) -> None:
+        """The control core signals a job's PEs one after another; a busy PE's monitor starts it when free."""
+        m = self.m
+        self.pe_owner[pe] = ji
+        signalled = self.launch_done[ji] + m.pe_rank[(ji, pe)] * m.chip.dispatch.per_pe_ns * 1e-9
+        if signalled >= free_at:
+            reason = ("launch",)
+        self.pe_start_reason[(ji, pe)] = reason[0]
+        start = max(free_at, signalled)
+        for i in m.first_nodes.get((ji, pe), ()):
+            self._set_issue(i, start, reason)
 
     def _job_done(self, ji: int, t_last: float) -> None:
         m = self.m
+        self.job_last[ji] = t_last
         self.job_end[ji] = t_last + m.chip.dispatch.job_end_ns * 1e-9
+        for pe in sorted(m.jobs[ji].pes):
+            if self.pe_owner.get(pe) != ji:
+                continue
+            del self.pe_owner[pe]
+            queue = self.pe_queue.get(pe)
+            if queue:
+                nxt = queue.pop(0)
+                self._start_pe(nxt, pe, t_last, ("pe_free", ji))
         name = m.jobs[ji].name
         for jj, job in enumerate(m.jobs):
             if name in job.deps:
@@ -725,6 +764,9 @@ def _attribute(m: TimingModel, sim: _Sim) -> list[dict[str, float]]:
                 if sr[0] == "launch":
                     att[DISPATCH] += max(0.0, t - launch)
                     break
+                if sr[0] == "pe_free":  # waiting for the previous job on the same PEs
+                    att[QUEUE] += max(0.0, t - launch)
+                    break
                 if sr[0] == "issue":
                     att[ISSUE] += max(0.0, t - sim.issue_at[sr[1]])
                     cur, mode = sr[1], "issue"
@@ -743,7 +785,8 @@ def _attribute(m: TimingModel, sim: _Sim) -> list[dict[str, float]]:
             if mode == "issue":
                 prev = int(m.core_prev[cur])
                 if prev < 0:
-                    att[DISPATCH] += max(0.0, sim.issue_at[cur] - launch)
+                    origin = sim.pe_start_reason.get((ji, m.nodes[cur].pe), "launch")
+                    att[QUEUE if origin == "pe_free" else DISPATCH] += max(0.0, sim.issue_at[cur] - launch)
                     break
                 if isinstance(m.nodes[prev].cmd, Barrier):
                     cur, mode = prev, "barrier"
@@ -808,12 +851,13 @@ def simulate(model: TimingModel, fidelity: str) -> TimingResult:
     sim.run()
     att = _attribute(model, sim)
     jobs = []
+    host_s = model.chip.host.launch_ns * 1e-9
     for ji, job in enumerate(model.jobs):
-        jobs.append(
-            JobTiming(
-                job.name, job.kind, float(sim.job_launch[ji]), float(sim.job_end[ji]), len(job.pes), att[ji]
-            )
-        )
+        start = float(sim.job_launch[ji])
+        if start <= host_s * (1 + 1e-12):  # launched right after the host's submission: that is its cost too
+            att[ji][DISPATCH] = att[ji].get(DISPATCH, 0.0) + start
+            start = 0.0
+        jobs.append(JobTiming(job.name, job.kind, start, float(sim.job_end[ji]), len(job.pes), att[ji]))
     seconds = float(np.nanmax(sim.job_end)) if len(jobs) else 0.0
     res_bytes, res_util = _resource_use(model, seconds)
     if fidelity == "analytic":

@@ -83,6 +83,8 @@ class Work:
     cap_bps: float = INF
     cap_kind: str = ""
     granule: float = 1.0  # items the unit needs present to start one command iteration
+    hit_frac: float = 1.0  # gathers: rows that hit the SRAM cache; a miss adds `miss_latency_s`
+    miss_latency_s: float = 0.0
     counters: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -253,8 +255,14 @@ class WorkModel:
             if decl is None or not decl.cached:
                 continue
             history.append(_row_lines(decl, np.asarray(rows, dtype=np.int64), line)[0])
+        if self.program.cache_state is not None:
+            cache.warm_lines = (
+                np.asarray(self.program.cache_state, dtype=np.int64)[-cache.capacity :]
+                if cache.capacity
+                else cache.warm_lines
+            )
         if history:
-            cache.warm(np.concatenate(history))
+            cache.warm(np.concatenate([cache.warm_lines, *history]))
         # interleave the PEs' accesses by their relative position, as concurrent PEs would issue them
         line_ids, row_of, owner, pos = [], [], [], []
         for node in gathers:
@@ -381,6 +389,7 @@ class WorkModel:
             latency = sram_s
         elif decl.cached:
             latency = sram_s + (1.0 - hit_frac) * chip.dram.latency_ns * 1e-9
+            w.hit_frac, w.miss_latency_s = hit_frac, chip.dram.latency_ns * 1e-9
         else:
             latency = chip.dram.latency_ns * 1e-9
         w.latency_s = latency + self._hops_s(node.pe)

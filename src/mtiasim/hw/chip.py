@@ -176,6 +176,7 @@ class Host(_Section):
     pcie_lanes: PositiveInt
     bandwidth_gbps: PositiveFloat
     latency_ns: float = Field(ge=0)
+    launch_ns: float = Field(ge=0)
 
 
 class Power(_Section):

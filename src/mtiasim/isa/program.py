@@ -37,14 +37,16 @@ class Job:
 class Program:
     """Tensors in SRAM / LPDDR5 and the jobs that use them.
 
-    `cache_history` gives, per LPDDR5 table reached through the SRAM cache, the row indices of earlier
-    accesses (oldest first): it sets the cache's warm state at the start of the run. Absent: a cold cache.
+    `cache_state` is the SRAM cache's content at the start of the run, as line ids (address // line bytes),
+    least recently used first; None is a cold cache. `cache_history` is the alternative: per cached table, the
+    row indices of earlier accesses (oldest first), replayed to warm the cache.
     """
 
     name: str
     tensors: dict[str, TensorDecl]
     jobs: list[Job]
     cache_history: dict[str, np.ndarray] = field(default_factory=dict)
+    cache_state: np.ndarray | None = None
 
     def tensor(self, name: str, where: str = "") -> TensorDecl:
         try:

@@ -8,8 +8,8 @@ lookups (with a per-bag cost), contiguously.
 On each PE, core 0 loops over its bags' indices: it reads an index from the local store, computes the row's
 address and issues the row's DMA (v1 has no indexed DMA, ISCA'25). Core 1 has the SE dequantize and
 accumulate the rows of a bag (at most 32 rows per SE accumulate command on v1), then DMAs the pooled row out.
-The row buffer holds one accumulate group, so gathering and pooling take turns: small bags expose the
-memory latency, as ISCA'23 §7 observed.
+The row buffer holds one accumulate group (a bag, up to 32 rows), so gathering and pooling take turns and
+every bag waits for its slowest row: small bags expose the memory latency, as ISCA'23 §7 observed.
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ def tbe_job(
     row_bytes = table.cols * table.dtype.itemsize
     pes: dict[PeId, PeProgram] = {}
     for pe, (j0, j1) in zip(pe_list, ranges, strict=False):
-        sizes = {CB_ROWS: chip.se.accumulate_max_rows * row_bytes, CB_OUT: 2 * dim * out.dtype.itemsize}
+        # one SE accumulate group of rows: the next bag's rows wait for this bag's pooling
+        group = int(min(chip.se.accumulate_max_rows, max(1, lengths[j0:j1].max(initial=1))))
+        sizes = {CB_ROWS: group * row_bytes, CB_OUT: 2 * dim * out.dtype.itemsize}
         prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
         j = j0
         while j < j1:
