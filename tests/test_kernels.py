@@ -38,7 +38,7 @@ regions = st.sampled_from([Region(0, 0, 8, 8), Region(0, 0, 2, 3), Region(3, 4, 
     st.integers(1, 200),
     st.integers(1, 300),
     st.integers(1, 200),
-    st.sampled_from(["ws", "os"]),
+    st.sampled_from(["ws", "is", "os"]),
     regions,
     st.booleans(),
     st.integers(0, 1000),
@@ -97,7 +97,7 @@ def test_gemm_k_split_reduction_chain():
         p.add("W", (n, k), DType.INT8, Level.SRAM),
         p.add("C", (m, n), DType.INT32, Level.SRAM),
     )
-    for variant in ("ws", "os"):
+    for variant in ("ws", "is", "os"):
         job = gemm_job(CHIP, "fc", a, w, c, mapping=GemmMapping(2, 1, 2, 4, variant))
         assert any(
             cmd.reduce_out is not None

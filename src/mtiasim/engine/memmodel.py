@@ -73,35 +73,48 @@ def sram_slice_bytes(chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale:
 
 def dram_channel_parts(
     chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float, random_rows: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """(burst bytes, row activations) per LPDDR5 channel for the sampled runs, scaled to the whole.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(burst bytes, activations alone, activations interleaved) per LPDDR5 channel, scaled to the whole.
 
-    `random_rows` marks independent accesses (embedding rows, cache-line fills): each opens its own page.
-    Otherwise consecutive accesses to the same page of a channel share one activation.
+    Alone, a stream keeps a page open while its next accesses stay in it (activations = page changes in the
+    stream's own order on each channel). Interleaved with many other streams, every access opens each page it
+    touches (a page left open is closed by others before the stream comes back). The timing engine blends the
+    two by how many streams share the memory. `random_rows` accesses (embedding rows, cache fills) are
+    independent: both counts are per access.
     """
     d = chip.dram
     g, p0, p1 = _pieces(starts, lengths, d.interleave_bytes)
-    bursts = np.zeros(d.channels, dtype=np.float64)
-    acts = np.zeros(d.channels, dtype=np.float64)
+    zeros = np.zeros(d.channels, dtype=np.float64)
     if not g.size:
-        return bursts, acts
+        return zeros, zeros.copy(), zeros.copy()
     channel = hashed_target(g, d.channels)
     local = (g // d.channels) * d.interleave_bytes + (p0 % d.interleave_bytes)
     page = local // d.page_bytes
     b = d.burst_bytes
+    bursts = np.zeros(d.channels, dtype=np.float64)
     np.add.at(bursts, channel, ((-(-p1 // b) - p0 // b) * b).astype(np.float64))
+    # interleaved: each access (run) opens every (channel, page) it touches once
+    new_run = np.ones(g.size, dtype=bool)
+    new_run[1:] = p0[1:] != p1[:-1]
+    run = np.cumsum(new_run)
+    key = (run.astype(np.int64) * d.channels + channel) * (int(page.max()) + 1) + page
+    _u, first = np.unique(key, return_index=True)
+    interleaved = np.bincount(channel[first], minlength=d.channels).astype(np.float64)
     if random_rows:
-        # every run opens a page on each channel (and each page) it touches
-        opens = np.ones(g.size, dtype=bool)
-        opens[1:] = (p0[1:] != p1[:-1]) | (channel[1:] != channel[:-1]) | (page[1:] != page[:-1])
-        acts = np.bincount(channel[opens], minlength=d.channels).astype(np.float64)
+        alone = interleaved
     else:
         order = np.argsort(channel, kind="stable")
         ch_sorted, pg_sorted = channel[order], page[order]
         new = np.ones(g.size, dtype=bool)
         new[1:] = (ch_sorted[1:] != ch_sorted[:-1]) | (pg_sorted[1:] != pg_sorted[:-1])
-        acts = np.bincount(ch_sorted[new], minlength=d.channels).astype(np.float64)
-    return bursts * scale, acts * scale
+        alone = np.bincount(ch_sorted[new], minlength=d.channels).astype(np.float64)
+    return bursts * scale, alone * scale, np.maximum(interleaved, alone) * scale
+
+
+def row_hit_survival(chip: Chip, streams: int) -> float:
+    """Chance that a stream's open page is still open when it returns, with `streams` streams sharing the
+    channels' banks (each other stream's access in between lands on a random bank)."""
+    return (1.0 - 1.0 / chip.dram.banks_per_channel) ** max(0, streams - 1)
 
 
 def dram_effective_bytes(chip: Chip, bursts: np.ndarray, activations: np.ndarray) -> np.ndarray:
@@ -112,7 +125,9 @@ def dram_effective_bytes(chip: Chip, bursts: np.ndarray, activations: np.ndarray
 
 
 def dram_channel_bytes(
-    chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float, random_rows: bool = False
+    chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float, random_rows: bool = False, streams: int = 1
 ) -> np.ndarray:
     """Effective channel bytes (bursts + activation time + stream losses) per LPDDR5 channel."""
-    return dram_effective_bytes(chip, *dram_channel_parts(chip, starts, lengths, scale, random_rows))
+    bursts, alone, interleaved = dram_channel_parts(chip, starts, lengths, scale, random_rows)
+    keep = row_hit_survival(chip, streams)
+    return dram_effective_bytes(chip, bursts, alone + (interleaved - alone) * (1 - keep))

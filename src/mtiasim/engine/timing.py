@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mtiasim.engine.memmodel import row_hit_survival
 from mtiasim.engine.resolve import Node, Resolved, job_order
 from mtiasim.engine.resources import ResourceMap, resource_map
 from mtiasim.engine.work import Memo, Work, WorkModel, upstream_of
@@ -114,6 +115,7 @@ class TimingModel:
         self.n = len(nodes)
         self._constraints()
         self._bundles()
+        self.b_dram_mask = self.b_dram
         self._uncontended()
 
     # ----------------------------------------------------------------------------------- graph build
@@ -210,12 +212,14 @@ class TimingModel:
         nb, nr = len(self.bundles), self.rmap.n
         self.b_bytes = np.zeros(nb)
         self.b_usage = np.zeros((nb, nr))
+        self.b_extra = np.zeros((nb, nr))  # LPDDR5 page re-opens when other streams interleave
         self.b_latency = np.zeros(nb)
         self.b_cap = np.full(nb, INF)
         self.b_cap_kind: list[str] = [""] * nb
         for b, mem in enumerate(self.bundles):
             seen: set[tuple] = set()
             usage = np.zeros(nr)
+            extra = np.zeros(nr)
             total = 0.0
             for i in mem:
                 w = self.works[i]
@@ -226,16 +230,25 @@ class TimingModel:
                     seen.add(part.key)
                     for r, v in part.usage.items():
                         usage[r] += v
+                    for r, v in part.extra.items():
+                        extra[r] += v
                 for r, v in w.own_usage.items():
                     usage[r] += v
             self.b_bytes[b] = total
             self.b_usage[b] = usage / total
+            self.b_extra[b] = extra / total
             self.b_latency[b] = max(self.works[i].latency_s for i in mem)
             for i in mem:
                 w = self.works[i]
                 cap = w.cap_bps * total / w.bytes
                 if cap < self.b_cap[b]:
                     self.b_cap[b], self.b_cap_kind[b] = cap, w.cap_kind or LATENCY
+
+    @property
+    def b_dram(self) -> np.ndarray:
+        """Bundles that stream from or to LPDDR5."""
+        sl = slice(self.rmap.channel0, self.rmap.channel0 + self.chip.dram.channels)
+        return (self.b_usage[:, sl] > 0).any(axis=1)
 
     def own_compute_s(self, i: int) -> float:
         w = self.works[i]
@@ -668,6 +681,10 @@ def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str]]:
     once. The bundles on that resource stop there; the others go on with what is left.
     """
     u_all = m.b_usage[active]
+    dram_streams = int(m.b_dram_mask[active].sum())
+    if dram_streams > 1:
+        # other streams close each stream's open pages: blend towards one activation per access
+        u_all = u_all + (1.0 - row_hit_survival(m.chip, dram_streams)) * m.b_extra[active]
     cols = np.flatnonzero(u_all.any(axis=0))
     u = u_all[:, cols]
     remaining = m.rmap.capacity[cols].astype(np.float64).copy()

@@ -63,10 +63,14 @@ POOL_OPS_PER_ELEMENT = 3  # dequantize (multiply, add) and accumulate
 
 @dataclass
 class FlowPart:
-    """Memory-side usage of one stream; a multicast group's members share one part (read once)."""
+    """Memory-side usage of one stream; a multicast group's members share one part (read once).
+
+    `extra` is the LPDDR5 channel time (in bytes) the stream adds when other streams close its open pages.
+    """
 
     key: tuple
     usage: dict[int, float]
+    extra: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,8 +102,9 @@ class MemParts:
 
     slices: np.ndarray | None  # effective bytes per SRAM slice
     bursts: np.ndarray | None  # burst bytes per LPDDR5 channel
-    activations: np.ndarray | None  # row activations per LPDDR5 channel
+    activations: np.ndarray | None  # row activations per LPDDR5 channel, the stream alone
     side_bytes: np.ndarray  # data bytes entering the grid from each side (N, S, E, W)
+    interleaved: np.ndarray | None = None  # row activations when many streams interleave
 
 
 @dataclass
@@ -162,7 +167,7 @@ class WorkModel:
             for s_, b in enumerate(per):
                 side[rm.slice_side(s_)] += b
             return MemParts(per, None, None, side)
-        bursts, acts = dram_channel_parts(self.chip, starts, lengths, scale, random_rows=random_rows)
+        bursts, acts, inter = dram_channel_parts(self.chip, starts, lengths, scale, random_rows=random_rows)
         raw = np.zeros(self.chip.dram.channels)
         g = self.chip.dram.interleave_bytes
         # data bytes by channel side, for the lanes (the NoC carries data, not activations)
@@ -174,7 +179,7 @@ class WorkModel:
         raw *= scale
         for c, b in enumerate(raw):
             side[rm.channel_side(c)] += b
-        return MemParts(None, bursts, acts, side)
+        return MemParts(None, bursts, acts, side, inter)
 
     def _usage(self, parts: MemParts) -> dict[int, float]:
         usage: dict[int, float] = {}
@@ -186,6 +191,17 @@ class WorkModel:
             for c, b in enumerate(eff):
                 _add(usage, self.rmap.channel0 + c, float(b))
         return usage
+
+    def _extra(self, parts: MemParts) -> dict[int, float]:
+        """LPDDR5 channel bytes a stream adds when interleaving with others closes its pages."""
+        out: dict[int, float] = {}
+        if parts.bursts is not None and parts.interleaved is not None:
+            more = parts.interleaved - parts.activations
+            if more.any():
+                eff = dram_effective_bytes(self.chip, np.zeros_like(more), more)
+                for c, b in enumerate(eff):
+                    _add(out, self.rmap.channel0 + c, float(b))
+        return out
 
     def _memory_usage(
         self, decl: TensorDecl, starts, lengths, scale, random_rows: bool = False
@@ -232,7 +248,7 @@ class WorkModel:
         usage = self._usage(parts)
         for k, v in self._lanes(parts.side_bytes, pes, axis, inbound).items():
             _add(usage, k, v)
-        return nbytes, usage
+        return nbytes, usage, self._extra(parts)
 
     # ------------------------------------------------------------------------------------------ cache
 
@@ -312,12 +328,12 @@ class WorkModel:
             gid = node.mcast_group[ti] if node.mcast_group else None
             if gid is not None and tr.multicast is not None:
                 members = [self.resolved.nodes[n].pe for n, _ in self.resolved.mcast_groups[gid]]
-                nbytes, usage = self._stream_part(decl, tr.stream, sorted(members), tr.multicast.axis, True)
+                nbytes, usage, extra = self._stream_part(decl, tr.stream, sorted(members), tr.multicast.axis, True)
                 key: tuple = ("mcast", gid)
             else:
-                nbytes, usage = self._stream_part(decl, tr.stream, [node.pe], None, True)
+                nbytes, usage, extra = self._stream_part(decl, tr.stream, [node.pe], None, True)
                 key = ("node", node.id, ti)
-            w.parts.append(FlowPart(key, usage))
+            w.parts.append(FlowPart(key, usage, extra))
             w.bytes += nbytes
             lat = max(lat, self._level_latency_s(decl))
             leader = gid is None or node.id == min(n for n, _ in self.resolved.mcast_groups[gid])
@@ -335,8 +351,8 @@ class WorkModel:
     def _w_DmaOut(self, node: Node, cmd: DmaOut) -> Work:
         decl = self.program.tensors[cmd.stream.tensor]
         w = Work("dma", "dma", items=cmd.stream.n_tiles)
-        nbytes, usage = self._stream_part(decl, cmd.stream, [node.pe], None, False)
-        w.parts.append(FlowPart(("node", node.id, 0), usage))
+        nbytes, usage, extra = self._stream_part(decl, cmd.stream, [node.pe], None, False)
+        w.parts.append(FlowPart(("node", node.id, 0), usage, extra))
         w.bytes = nbytes
         _add(w.own_usage, self.rmap.fi_out(node.pe), nbytes)
         w.latency_s = self._level_latency_s(decl) + self._hops_s(node.pe)
@@ -432,7 +448,7 @@ class WorkModel:
             side[rm.slice_side(s_)] += b
         bursts = acts = None
         if (~hit).any():
-            bursts, acts = dram_channel_parts(chip, starts[~hit], lens[~hit], 1.0, random_rows=True)
+            bursts, acts, _inter = dram_channel_parts(chip, starts[~hit], lens[~hit], 1.0, random_rows=True)
             slices = slices + sram_slice_bytes(chip, starts[~hit], lens[~hit], 1.0)
         row_hit = np.ones(rows.size, dtype=bool)
         np.logical_and.at(row_hit, rec[:, 0].astype(np.int64), hit)

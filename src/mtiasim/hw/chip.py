@@ -140,6 +140,7 @@ class Dram(_Section):
     transfer_rate_mts: PositiveFloat
     latency_ns: float = Field(ge=0)
     page_bytes: PositiveInt
+    banks_per_channel: PositiveInt
     burst_bytes: PositiveInt
     activate_ns: float = Field(ge=0)
     stream_efficiency: float = Field(gt=0, le=1)

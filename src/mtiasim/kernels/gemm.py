@@ -8,16 +8,19 @@ network; the last PE of the chain converts the block (requantized INT8, INT32, F
 out. A tiles are multicast along rows, W tiles along columns: each is read from memory once per group of PEs
 that need it at the same time.
 
-Two loop structures share that partition of the grid:
+Three loop structures share that partition of the grid:
 
-- `ws` (weight-stationary, the default): each PE loads a chunk of its W slice into its local store (a column of
-  PEs shares the load by multicast), the two cores synchronise, then A streams past it; chunk after chunk, as
-  many as the 128 KB local store needs. The weight load is a phase of its own, as ISCA'23's FC measurements
-  show (time ~ launch + |W| / SRAM bandwidth + MACs / peak).
+- `ws` (weight-stationary): each PE loads a chunk of its W slice into its local store (a column of PEs shares
+  the load by multicast), the two cores synchronise, then A streams past it; chunk after chunk, as many as the
+  128 KB local store needs. The weight load is a phase of its own, as ISCA'23's FC measurements show (time ~
+  launch + |W| / SRAM bandwidth + MACs / peak). The v1 library's FC when the weights sit in SRAM.
+- `is` (activation-stationary): each PE keeps a 64-row block of A resident and streams W past it, W read once
+  per m-block (the least traffic when W does not fit on chip).
 - `os` (output-stationary streaming): A and W tiles both stream, W re-read for every m-block; no load phase.
 
-The sub-grid shape is chosen from the problem's shape by the kernel's own cost estimate (compute per PE,
-memory traffic after multicast, Fabric Interface load), as a compiler would.
+Tiles are 64 rows by `tile_k` columns: 32 (one DPE block, the published kernel) or wider, so that DMAs from
+LPDDR5 read longer contiguous runs. The sub-grid shape, variant and tile width are chosen by the kernel's own
+cost estimate (compute per PE, memory traffic after multicast, LPDDR5 run efficiency), as a compiler would.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ CB_A, CB_B, CB_C, CB_BIAS = 0, 1, 2, 3
 STREAM_DEPTH_TILES = 4
 OUT_DEPTH_TILES = 2
 DPE_DTYPES = (DType.INT8, DType.FP16, DType.BF16)
-VARIANTS = ("ws", "os")
+VARIANTS = ("ws", "is", "os")
+TILE_K_CHOICES = (32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class GemmMapping:
     cols_n: int
     k_split: int
     variant: str = "ws"
+    tile_k: int = 32
 
     @property
     def rows(self) -> int:
@@ -78,7 +83,7 @@ class GemmMapping:
     def describe(self) -> str:
         return (
             f"{self.variant}: {self.rows}x{self.cols} PEs (M over {self.rows_m}, N over "
-            f"{self.rows_n}x{self.cols_n}, K over {self.k_split})"
+            f"{self.rows_n}x{self.cols_n}, K over {self.k_split}), tiles 64x{self.tile_k}"
         )
 
 
@@ -96,10 +101,10 @@ class _Part:
         )
 
 
-def tiles(chip: Chip) -> tuple[int, int, int]:
-    """Tile sizes (m, n, k): 2x2 DPE blocks of output per accumulator set, one block deep in k."""
+def tiles(chip: Chip, tile_k: int | None = None) -> tuple[int, int, int]:
+    """Tile sizes (m, n, k): 2x2 DPE blocks of output per accumulator set, `tile_k` (default one block) deep."""
     d = chip.dpe
-    return 2 * d.block_m, 2 * d.block_n, d.block_k
+    return 2 * d.block_m, 2 * d.block_n, tile_k or d.block_k
 
 
 def _parts(
@@ -118,22 +123,44 @@ def _parts(
     return out
 
 
-def _fixed_cb_bytes(chip: Chip, dtype: DType, out_dtype: DType, bias: bool) -> int:
-    tm, tn, tk = tiles(chip)
-    acc = 4
-    return (
-        STREAM_DEPTH_TILES * tm * tk * dtype.itemsize
-        + OUT_DEPTH_TILES * tm * tn * out_dtype.itemsize
-        + (OUT_DEPTH_TILES * tn * acc if bias else 0)
-    )
+def _out_cb_bytes(chip: Chip, out_dtype: DType, bias: bool) -> int:
+    tm, tn, _tk = tiles(chip)
+    return OUT_DEPTH_TILES * tm * tn * out_dtype.itemsize + (OUT_DEPTH_TILES * tn * 4 if bias else 0)
 
 
-def ws_chunk_blocks(chip: Chip, k_steps: int, dtype: DType, out_dtype: DType, bias: bool) -> int:
-    """How many 64-wide n-blocks of a W slice k_steps deep fit the local store next to the other CBs."""
-    tm, tn, tk = tiles(chip)
-    budget = chip.local_memory.bytes - _fixed_cb_bytes(chip, dtype, out_dtype, bias) - 256
-    per_block = tn * tk * k_steps * dtype.itemsize
+def stream_depth(chip: Chip, tile_bytes: int, streams: int, reserved: int) -> int:
+    """Tiles per streaming CB: four (double buffering with slack) if they fit, else two, else none."""
+    for depth in (STREAM_DEPTH_TILES, 2):
+        if streams * depth * tile_bytes + reserved <= chip.local_memory.bytes - 256:
+            return depth
+    return 0
+
+
+def ws_chunk_blocks(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool) -> int:
+    """How many 64-wide n-blocks of a W slice k_steps x tile_k deep fit the local store next to the other CBs."""
+    tm, tn, _ = tiles(chip)
+    budget = chip.local_memory.bytes - 2 * tm * tile_k * dtype.itemsize - _out_cb_bytes(chip, out_dtype, bias) - 256
+    per_block = tn * tile_k * k_steps * dtype.itemsize
     return max(0, budget // per_block)
+
+
+def is_blocks_resident(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool) -> int:
+    """How many 64-row A blocks (k_steps x tile_k deep) fit next to a 2-deep W stream: 2, 1 or 0."""
+    tm, tn, _ = tiles(chip)
+    budget = chip.local_memory.bytes - 2 * tn * tile_k * dtype.itemsize - _out_cb_bytes(chip, out_dtype, bias) - 256
+    block = tm * tile_k * k_steps * dtype.itemsize
+    return int(min(2, max(0, budget // block)))
+
+
+def memory_bytes_per_s(chip: Chip, level: Level, run_bytes: float) -> float:
+    """What a stream of `run_bytes`-long contiguous accesses gets from a memory level (the kernel's model)."""
+    if level == Level.SRAM:
+        return sram_bytes_per_s(chip)
+    d = chip.dram
+    piece = min(run_bytes, d.interleave_bytes)
+    ch = dram_bytes_per_s(chip) / d.channels
+    busy = piece / ch + d.activate_ns * 1e-9
+    return dram_bytes_per_s(chip) * (piece / ch) / busy * d.stream_efficiency
 
 
 def _estimate_s(
@@ -147,7 +174,7 @@ def _estimate_s(
     levels: tuple[Level, Level],
 ) -> float:
     """The kernel's own cost estimate of a mapping (not the engine's timing)."""
-    tm, tn, tk = tiles(chip)
+    tm, tn, tk = tiles(chip, mapping.tile_k)
     ks = split(K, mapping.k_split, tk)
     if any(hi <= lo for lo, hi in ks):
         return math.inf
@@ -158,32 +185,36 @@ def _estimate_s(
     kb = max(cdiv(hi - lo, tk) for lo, hi in ks)
     if mb == 0 or nb == 0:
         return math.inf
-    block_cycles = (
-        4 * chip.dpe.block_m * chip.dpe.block_n * chip.dpe.block_k / dpe_macs_per_cycle(chip, dtype)
-    )
-    compute = mb * nb * kb * block_cycles / chip.hz
     item = dtype.itemsize
-    bw_a = sram_bytes_per_s(chip) if levels[0] == Level.SRAM else 0.5 * dram_bytes_per_s(chip)
-    bw_w = sram_bytes_per_s(chip) if levels[1] == Level.SRAM else 0.5 * dram_bytes_per_s(chip)
-    # A is re-read for every n-block of a PE by each row group sharing its m-range
-    a_time = M * K * item * nb * mapping.rows_n / bw_a
+    if stream_depth(chip, tm * tk * item, 2, _out_cb_bytes(chip, out_dtype, False)) == 0:
+        return math.inf
+    block_cycles = 4 * chip.dpe.block_m * chip.dpe.block_n * chip.dpe.block_k / dpe_macs_per_cycle(chip, dtype)
+    compute = mb * nb * kb * (tk / chip.dpe.block_k) * block_cycles / chip.hz
+    run = K * item if tk >= K else tk * item
+    bw_a = memory_bytes_per_s(chip, levels[0], run)
+    bw_w = memory_bytes_per_s(chip, levels[1], run)
+    a_once = M * K * item * mapping.rows_n  # each row group of PEs sharing an m-range reads it
+    w_once = N * K * item
     fi = mb * nb * kb * (tm + tn) * tk * item / (chip.noc.fi_bytes_per_cycle * chip.hz)
     pes = mapping.rows * mapping.cols
-    fixed = (
-        pes * chip.dispatch.per_pe_ns * 1e-9
-        + (mapping.k_split - 1)
-        * (chip.reduction.hop_latency_cycles + tm * tn * 4 / chip.reduction.link_bytes_per_cycle)
-        / chip.hz
-    )
+    fixed = pes * chip.dispatch.per_pe_ns * 1e-9 + (mapping.k_split - 1) * (
+        chip.reduction.hop_latency_cycles + tm * tn * 4 / chip.reduction.link_bytes_per_cycle
+    ) / chip.hz
+    sync = 2 * chip.sram.latency_cycles / chip.hz
     if mapping.variant == "os":
-        w_time = N * K * item * mb / bw_w
-        return max(compute, a_time + w_time, fi) + fixed
-    per_chunk = ws_chunk_blocks(chip, kb, dtype, out_dtype, False)
+        return max(compute, a_once * nb / bw_a + w_once * mb / bw_w, fi) + fixed
+    if mapping.variant == "is":
+        held = is_blocks_resident(chip, kb, tk, dtype, out_dtype, False)
+        if held == 0:
+            return math.inf
+        a_block = a_once / max(1, mb) / bw_a
+        stream = max(compute, a_once / bw_a + w_once * mb / bw_w, fi)
+        return stream + (a_block + sync) * (mb if held == 1 else 1) + fixed
+    per_chunk = ws_chunk_blocks(chip, kb, tk, dtype, out_dtype, False)
     if per_chunk == 0:
         return math.inf
     chunks = cdiv(nb, per_chunk)
-    w_time = N * K * item / bw_w
-    return w_time + max(compute, a_time, fi) + fixed + chunks * 2 * chip.sram.latency_cycles / chip.hz
+    return w_once / bw_w + max(compute, a_once * nb / bw_a, fi) + fixed + chunks * sync
 
 
 def choose_mapping(
@@ -197,9 +228,11 @@ def choose_mapping(
     region: Region,
     variant: str = "auto",
 ) -> GemmMapping:
-    """The sub-grid partition with the best kernel estimate. Variant `auto`: weight-stationary when the
-    weights sit in SRAM (the v1 library's FC), else whichever variant the estimate prefers (LPDDR5 traffic
-    decides: `ws` saves W re-reads but must split K to fit its chunks, which re-reads A)."""
+    """The partition, loop structure and tile width with the best kernel estimate.
+
+    Variant `auto`: weight-stationary with one-block tiles when the weights sit in SRAM (the v1 library's FC,
+    as measured); otherwise whichever variant and tile width the estimate prefers (LPDDR5 traffic decides).
+    """
     if variant == "auto":
         if levels[1] == Level.SRAM:
             return choose_mapping(chip, M, K, N, dtype, out_dtype, levels, region, "ws")
@@ -207,18 +240,22 @@ def choose_mapping(
         return min(options, key=lambda mp: _estimate_s(chip, mp, M, K, N, dtype, out_dtype, levels))
     if variant not in VARIANTS:
         raise UsageError(f"unknown GEMM variant {variant!r} (known: auto, {', '.join(VARIANTS)})")
+    widths = (chip.dpe.block_k,) if Level.DRAM not in levels else tuple(
+        w for w in TILE_K_CHOICES if w % chip.dpe.block_k == 0
+    )
     best: tuple[float, int, GemmMapping] | None = None
-    for rows_m, rows_n in itertools.product(range(1, region.rows + 1), repeat=2):
-        if rows_m * rows_n > region.rows:
-            continue
-        for k_split, cols_n in itertools.product(range(1, region.cols + 1), repeat=2):
-            if k_split * cols_n > region.cols:
+    for tile_k in widths:
+        for rows_m, rows_n in itertools.product(range(1, region.rows + 1), repeat=2):
+            if rows_m * rows_n > region.rows:
                 continue
-            mapping = GemmMapping(rows_m, rows_n, cols_n, k_split, variant)
-            est = _estimate_s(chip, mapping, M, K, N, dtype, out_dtype, levels)
-            key = (est * (1 + 1e-9), mapping.rows * mapping.cols, mapping)
-            if best is None or key[:2] < best[:2]:
-                best = key
+            for k_split, cols_n in itertools.product(range(1, region.cols + 1), repeat=2):
+                if k_split * cols_n > region.cols:
+                    continue
+                mapping = GemmMapping(rows_m, rows_n, cols_n, k_split, variant, tile_k)
+                est = _estimate_s(chip, mapping, M, K, N, dtype, out_dtype, levels)
+                key = (est * (1 + 1e-9), mapping.rows * mapping.cols, mapping)
+                if best is None or key[:2] < best[:2]:
+                    best = key
     if best is None or not math.isfinite(best[0]):
         raise UsageError(f"GEMM {M}x{K}x{N} {dtype.value}: no {variant} mapping fits region {region}")
     return best[2]
@@ -255,9 +292,7 @@ def gemm_job(
     if dtype == DType.INT8 and c.dtype in (DType.INT8, DType.UINT8) and out_scale is None:
         raise UsageError(f"{name}: an int8 output needs a requantization scale")
     if bias is not None and (bias.shape != (1, N) or bias.dtype != acc):
-        raise UsageError(
-            f"{name}: bias must be [1, {N}] {acc.value}, got {list(bias.shape)} {bias.dtype.value}"
-        )
+        raise UsageError(f"{name}: bias must be [1, {N}] {acc.value}, got {list(bias.shape)} {bias.dtype.value}")
     mapping = mapping or choose_mapping(chip, M, K, N, dtype, c.dtype, (a.level, w.level), region, variant)
     if mapping.rows > region.rows or mapping.cols > region.cols:
         raise UsageError(f"{name}: mapping {mapping} does not fit region {region}")
@@ -268,43 +303,36 @@ class _Builder:
     def __init__(self, chip, name, a, w, c, out_scale, bias, region, mapping, acc) -> None:
         self.chip, self.name, self.a, self.w, self.c = chip, name, a, w, c
         self.out_scale, self.bias, self.region, self.mapping, self.acc = out_scale, bias, region, mapping, acc
-        self.tm, self.tn, self.tk = tiles(chip)
+        self.tm, self.tn, self.tk = tiles(chip, mapping.tile_k)
         M, K = a.shape
         N = w.shape[0]
         self.parts = _parts(mapping, M, K, N, self.tm, self.tn, self.tk)
         self.active = {rc: p for rc, p in self.parts.items() if p.m[1] > p.m[0] and p.n[1] > p.n[0]}
+        self.item = a.dtype.itemsize
 
     # streams ---------------------------------------------------------------------------------------
 
-    def a_stream(self, p: _Part, n_repeat: int) -> TileStream:
-        mb, _nb, kb = p.blocks(self.tm, self.tn, self.tk)
+    def a_stream(self, p: _Part, m0: int, mb: int, n_repeat: int) -> TileStream:
+        _mb, _nb, kb = p.blocks(self.tm, self.tn, self.tk)
         return TileStream(
-            self.a.name,
-            (self.tm, self.tk),
-            loop((p.m[0], p.k[0]), (mb, self.tm, 0), (n_repeat, 0, 0), (kb, 0, self.tk)),
+            self.a.name, (self.tm, self.tk), loop((m0, p.k[0]), (mb, self.tm, 0), (n_repeat, 0, 0), (kb, 0, self.tk))
         )
 
     def w_stream(self, p: _Part, n0: int, nb: int, m_repeat: int) -> TileStream:
         _mb, _nb, kb = p.blocks(self.tm, self.tn, self.tk)
         return TileStream(
-            self.w.name,
-            (self.tn, self.tk),
-            loop((n0, p.k[0]), (m_repeat, 0, 0), (nb, self.tn, 0), (kb, 0, self.tk)),
+            self.w.name, (self.tn, self.tk), loop((n0, p.k[0]), (m_repeat, 0, 0), (nb, self.tn, 0), (kb, 0, self.tk))
         )
 
-    def c_stream(self, p: _Part, n0: int, nb: int) -> TileStream:
-        mb, _nb, _kb = p.blocks(self.tm, self.tn, self.tk)
-        return TileStream(
-            self.c.name, (self.tm, self.tn), loop((p.m[0], n0), (mb, self.tm, 0), (nb, 0, self.tn))
-        )
+    def c_stream(self, p: _Part, m0: int, mb: int, n0: int, nb: int) -> TileStream:
+        return TileStream(self.c.name, (self.tm, self.tn), loop((m0, n0), (mb, self.tm, 0), (nb, 0, self.tn)))
 
-    def bias_stream(self, p: _Part, n0: int, nb: int) -> TileStream:
-        mb, _nb, _kb = p.blocks(self.tm, self.tn, self.tk)
+    def bias_stream(self, p: _Part, mb: int, n0: int, nb: int) -> TileStream:
         assert self.bias is not None
         return TileStream(self.bias.name, (1, self.tn), loop((0, n0), (mb, 0, 0), (nb, 0, self.tn)))
 
     def groups(self, key_fn) -> dict[tuple, list[PeId]]:
-        """PEs that issue the identical stream in the same row (axis 0) or column (axis 1)."""
+        """PEs that issue the identical stream in the same row or column."""
         out: dict[tuple, list[PeId]] = {}
         for rc, p in self.active.items():
             for key in key_fn(rc, p):
@@ -317,9 +345,15 @@ class _Builder:
 
     # common pieces --------------------------------------------------------------------------------
 
-    def matmul(self, p: _Part, kpart: int, nb: int, b_mode: Operand) -> MatMul:
-        mb, _nb, kb = p.blocks(self.tm, self.tn, self.tk)
-        last = kpart == self.mapping.k_split - 1
+    def kpart(self, rc: tuple[int, int]) -> int:
+        return rc[1] % self.mapping.k_split
+
+    def last(self, rc: tuple[int, int]) -> bool:
+        return self.kpart(rc) == self.mapping.k_split - 1
+
+    def matmul(self, rc, p: _Part, mb: int, nb: int, a_mode: Operand, b_mode: Operand) -> MatMul:
+        _mb, _nb, kb = p.blocks(self.tm, self.tn, self.tk)
+        kpart, last = self.kpart(rc), self.last(rc)
         return MatMul(
             CB_A,
             CB_B,
@@ -330,6 +364,7 @@ class _Builder:
             self.tm,
             self.tn,
             self.tk,
+            a_mode=a_mode,
             b_mode=b_mode,
             bias_cb=CB_BIAS if self.bias is not None and kpart == 0 else None,
             reduce_in=Direction.EAST if kpart > 0 else None,
@@ -339,47 +374,60 @@ class _Builder:
             out_scale=self.out_scale if last else None,
         )
 
-    def program(self, rc: tuple[int, int], w_cb_bytes: int) -> PeProgram:
+    def program(self, rc: tuple[int, int], a_bytes: int, w_bytes: int) -> PeProgram:
         pe = self.region.pe(*rc)
-        kpart = rc[1] % self.mapping.k_split
-        item = self.a.dtype.itemsize
-        sizes = {CB_A: STREAM_DEPTH_TILES * self.tm * self.tk * item, CB_B: w_cb_bytes}
-        if kpart == self.mapping.k_split - 1:
+        sizes = {CB_A: a_bytes, CB_B: w_bytes}
+        if self.last(rc):
             sizes[CB_C] = OUT_DEPTH_TILES * self.tm * self.tn * self.c.dtype.itemsize
-        if self.bias is not None and kpart == 0:
+        if self.bias is not None and self.kpart(rc) == 0:
             sizes[CB_BIAS] = OUT_DEPTH_TILES * self.tn * self.acc.itemsize
         return PeProgram(pe, cb_layout(self.chip, pe, sizes, self.name), ([], []))
 
+    def tail(self, prog: PeProgram, rc, p: _Part, m0: int, mb: int, n0: int, nb: int) -> None:
+        """Bias load before, the output DMA after a MatMul over [m0, +mb blocks) x [n0, +nb blocks)."""
+        if self.last(rc):
+            prog.cores[1].append(DmaOut(CB_C, self.c_stream(p, m0, mb, n0, nb)))
+
+    def bias_load(self, prog: PeProgram, rc, p: _Part, mb: int, n0: int, nb: int) -> None:
+        if self.bias is not None and self.kpart(rc) == 0:
+            prog.cores[0].append(DmaIn.one(CB_BIAS, self.bias_stream(p, mb, n0, nb)))
+
     def build(self) -> Job:
-        pes = self._build_ws() if self.mapping.variant == "ws" else self._build_os()
+        build = {"ws": self._build_ws, "os": self._build_os, "is": self._build_is}[self.mapping.variant]
+        pes = build()
         M, K = self.a.shape
         N = self.w.shape[0]
         return Job(
             self.name,
             "gemm",
             pes,
-            work={
-                "macs": float(M) * N * K,
-                "useful_bytes": float(self.a.nbytes + self.w.nbytes + self.c.nbytes),
-            },
+            work={"macs": float(M) * N * K, "useful_bytes": float(self.a.nbytes + self.w.nbytes + self.c.nbytes)},
         )
+
+    def depth(self) -> int:
+        reserved = _out_cb_bytes(self.chip, self.c.dtype, self.bias is not None)
+        d = stream_depth(self.chip, self.tm * self.tk * self.item, 2, reserved)
+        if d == 0:
+            raise UsageError(f"{self.name}: 64x{self.tk} tiles do not fit the local store twice over")
+        return d
 
     # output-stationary streaming -----------------------------------------------------------------
 
     def _build_os(self) -> dict[PeId, PeProgram]:
         tm, tn, tk = self.tm, self.tn, self.tk
-        a_groups = self.groups(lambda rc, p: [(rc[0], self.a_stream(p, p.blocks(tm, tn, tk)[1]))])
-        w_groups = self.groups(
-            lambda rc, p: [
-                (rc[1], self.w_stream(p, p.n[0], p.blocks(tm, tn, tk)[1], p.blocks(tm, tn, tk)[0]))
-            ]
-        )
+        depth = self.depth()
         pes = {}
+
+        def streams(p):
+            mb, nb, _kb = p.blocks(tm, tn, tk)
+            return self.a_stream(p, p.m[0], mb, nb), self.w_stream(p, p.n[0], nb, mb)
+
+        a_groups = self.groups(lambda rc, p: [(rc[0], streams(p)[0])])
+        w_groups = self.groups(lambda rc, p: [(rc[1], streams(p)[1])])
         for rc, p in self.active.items():
             mb, nb, _kb = p.blocks(tm, tn, tk)
-            kpart = rc[1] % self.mapping.k_split
-            prog = self.program(rc, STREAM_DEPTH_TILES * tn * tk * self.a.dtype.itemsize)
-            sa, sw = self.a_stream(p, nb), self.w_stream(p, p.n[0], nb, mb)
+            prog = self.program(rc, depth * tm * tk * self.item, depth * tn * tk * self.item)
+            sa, sw = streams(p)
             prog.cores[0].append(
                 DmaIn(
                     (
@@ -388,11 +436,9 @@ class _Builder:
                     )
                 )
             )
-            if self.bias is not None and kpart == 0:
-                prog.cores[0].append(DmaIn.one(CB_BIAS, self.bias_stream(p, p.n[0], nb)))
-            prog.cores[1].append(self.matmul(p, kpart, nb, Operand.STREAM))
-            if kpart == self.mapping.k_split - 1:
-                prog.cores[1].append(DmaOut(CB_C, self.c_stream(p, p.n[0], nb)))
+            self.bias_load(prog, rc, p, mb, p.n[0], nb)
+            prog.cores[1].append(self.matmul(rc, p, mb, nb, Operand.STREAM, Operand.STREAM))
+            self.tail(prog, rc, p, p.m[0], mb, p.n[0], nb)
             pes[prog.pe] = prog
         return pes
 
@@ -400,8 +446,8 @@ class _Builder:
 
     def _chunks(self, p: _Part) -> list[tuple[int, int]]:
         """(first n, n-blocks) of each W chunk a PE holds in turn."""
-        mb, nb, kb = p.blocks(self.tm, self.tn, self.tk)
-        per = ws_chunk_blocks(self.chip, kb, self.a.dtype, self.c.dtype, self.bias is not None)
+        _mb, nb, kb = p.blocks(self.tm, self.tn, self.tk)
+        per = ws_chunk_blocks(self.chip, kb, self.tk, self.a.dtype, self.c.dtype, self.bias is not None)
         if per == 0:
             raise UsageError(
                 f"{self.name}: a {self.tn}-wide W block {kb * self.tk} deep does not fit the local store; "
@@ -411,35 +457,77 @@ class _Builder:
 
     def _build_ws(self) -> dict[PeId, PeProgram]:
         tm, tn, tk = self.tm, self.tn, self.tk
-        item = self.a.dtype.itemsize
         chunks = {rc: self._chunks(p) for rc, p in self.active.items()}
-        a_groups = self.groups(
-            lambda rc, p: [(rc[0], q, self.a_stream(p, n)) for q, (_n0, n) in enumerate(chunks[rc])]
-        )
+
+        def a_of(p, n):
+            mb, _nb, _kb = p.blocks(tm, tn, tk)
+            return self.a_stream(p, p.m[0], mb, n)
+
+        a_groups = self.groups(lambda rc, p: [(rc[0], q, a_of(p, n)) for q, (_n0, n) in enumerate(chunks[rc])])
         w_groups = self.groups(
             lambda rc, p: [(rc[1], q, self.w_stream(p, n0, n, 1)) for q, (n0, n) in enumerate(chunks[rc])]
         )
         pes = {}
         for rc, p in self.active.items():
-            _mb, _nb, kb = p.blocks(tm, tn, tk)
-            kpart = rc[1] % self.mapping.k_split
+            mb, _nb, kb = p.blocks(tm, tn, tk)
             most = max(n for _n0, n in chunks[rc])
-            prog = self.program(rc, most * tn * tk * kb * item)
+            prog = self.program(rc, 2 * tm * tk * self.item, most * tn * tk * kb * self.item)
             core0, core1 = prog.cores
             for q, (n0, n) in enumerate(chunks[rc]):
                 sw = self.w_stream(p, n0, n, 1)
                 core0.append(DmaIn.one(CB_B, sw, self.multicast("col", w_groups[(rc[1], q, sw)])))
                 core0.append(Barrier("cores"))
                 core1.append(Barrier("cores"))
-                sa = self.a_stream(p, n)
+                sa = a_of(p, n)
                 core0.append(DmaIn.one(CB_A, sa, self.multicast("row", a_groups[(rc[0], q, sa)])))
-                if self.bias is not None and kpart == 0:
-                    core0.append(DmaIn.one(CB_BIAS, self.bias_stream(p, n0, n)))
-                core1.append(self.matmul(p, kpart, n, Operand.RESIDENT))
-                if kpart == self.mapping.k_split - 1:
-                    core1.append(DmaOut(CB_C, self.c_stream(p, n0, n)))
+                self.bias_load(prog, rc, p, mb, n0, n)
+                core1.append(self.matmul(rc, p, mb, n, Operand.STREAM, Operand.RESIDENT))
+                self.tail(prog, rc, p, p.m[0], mb, n0, n)
                 core1.append(CbPop(CB_B, n * kb))
                 core0.append(Barrier("cores"))
                 core1.append(Barrier("cores"))
+            pes[prog.pe] = prog
+        return pes
+
+    # activation-stationary ---------------------------------------------------------------------
+
+    def _build_is(self) -> dict[PeId, PeProgram]:
+        tm, tn, tk = self.tm, self.tn, self.tk
+        first = next(iter(self.active.values()))
+        kb0 = first.blocks(tm, tn, tk)[2]
+        held = is_blocks_resident(self.chip, kb0, tk, self.a.dtype, self.c.dtype, self.bias is not None)
+        if held == 0:
+            raise UsageError(f"{self.name}: a 64-row A block {kb0 * tk} deep does not fit the local store")
+
+        def blocks_of(p):
+            mb, nb, _kb = p.blocks(tm, tn, tk)
+            return [(p.m[0] + i * tm, p.n[0], nb) for i in range(mb)]
+
+        a_groups = self.groups(
+            lambda rc, p: [(rc[0], i, self.a_stream(p, m0, 1, 1)) for i, (m0, _n0, _nb) in enumerate(blocks_of(p))]
+        )
+        w_groups = self.groups(
+            lambda rc, p: [(rc[1], i, self.w_stream(p, n0, nb, 1)) for i, (_m0, n0, nb) in enumerate(blocks_of(p))]
+        )
+        pes = {}
+        for rc, p in self.active.items():
+            _mb, _nb, kb = p.blocks(tm, tn, tk)
+            prog = self.program(rc, held * tm * tk * kb * self.item, 2 * tn * tk * self.item)
+            core0, core1 = prog.cores
+            for i, (m0, n0, nb) in enumerate(blocks_of(p)):
+                sa = self.a_stream(p, m0, 1, 1)
+                core0.append(DmaIn.one(CB_A, sa, self.multicast("row", a_groups[(rc[0], i, sa)])))
+                if held == 1:
+                    core0.append(Barrier("cores"))
+                    core1.append(Barrier("cores"))
+                sw = self.w_stream(p, n0, nb, 1)
+                core0.append(DmaIn.one(CB_B, sw, self.multicast("col", w_groups[(rc[1], i, sw)])))
+                self.bias_load(prog, rc, p, 1, n0, nb)
+                core1.append(self.matmul(rc, p, 1, nb, Operand.RESIDENT, Operand.STREAM))
+                self.tail(prog, rc, p, m0, 1, n0, nb)
+                core1.append(CbPop(CB_A, kb))
+                if held == 1:
+                    core0.append(Barrier("cores"))
+                    core1.append(Barrier("cores"))
             pes[prog.pe] = prog
         return pes
