@@ -47,7 +47,10 @@ BOUNDS = {
     "host.launch_ns": (100.0, 20000.0),
     "sram.latency_cycles": (20.0, 600.0),
     "dram.latency_ns": (60.0, 1500.0),
+    "sram.cache_line_bytes": (64.0, 256.0),
 }
+# calibrated values with a few discrete choices: tried one by one around the continuous fit
+DISCRETE = {"sram.cache_line_bytes": (64, 128, 256)}
 
 
 @dataclass
@@ -123,7 +126,7 @@ def family_mape(preps: list[Prepared], chip: Chip) -> dict[str, float]:
 
 
 def calibrated_keys(chip: Chip) -> list[str]:
-    keys = [k for k, v in chip.provenance.items() if v.kind == "calibrated"]
+    keys = [k for k, v in chip.provenance.items() if v.kind == "calibrated" and k not in DISCRETE]
     missing = [k for k in keys if k not in BOUNDS]
     if missing:
         sys.exit(f"calibrate.py: no bounds for calibrated key(s) {missing}")
@@ -183,6 +186,16 @@ def main() -> int:
     base = load_chip("mtia-v1")
     keys = calibrated_keys(base)
     t0 = time.time()
+    for key, choices in DISCRETE.items():
+        scores = {}
+        for choice in choices:
+            trial = base.with_values({key: choice}, provenance_kind="calibrated")
+            scores[choice] = np.mean(list(family_mape(prepare_all(trial), trial).values()))
+            print(f"{key} = {choice}: mean family MAPE {scores[choice]:.2f}%", flush=True)
+        best_choice = min(scores, key=scores.get)
+        base = base.with_values({key: best_choice}, provenance_kind="calibrated")
+        if not args.dry_run:
+            write_back(base, [key])
     preps = prepare_all(base)
     print(f"prepared {len(preps)} cases in {time.time() - t0:.1f} s; fitting {', '.join(keys)}")
     ev = Evaluator(preps, max(1, min(args.processes, os.cpu_count() or 1)))

@@ -17,7 +17,22 @@ def run(capsys, *argv):
 
 
 def test_bench_gemm_json(capsys):
-    code, out, err = run(capsys, "bench", "gemm", "--m", "256", "--k", "512", "--n", "128", "--dtype", "int8", "--placement", "sram", "--json")
+    code, out, err = run(
+        capsys,
+        "bench",
+        "gemm",
+        "--m",
+        "256",
+        "--k",
+        "512",
+        "--n",
+        "128",
+        "--dtype",
+        "int8",
+        "--placement",
+        "sram",
+        "--json",
+    )
     assert code == 0, err
     res = json.loads(out)
     for key in ("seconds", "tops", "macs", "bound"):
@@ -28,13 +43,43 @@ def test_bench_gemm_json(capsys):
 
 
 def test_bench_gemm_functional_check(capsys):
-    code, out, _ = run(capsys, "bench", "gemm", "--m", "100", "--k", "70", "--n", "90", "--dtype", "fp16", "--mode", "both", "--json")
+    code, out, _ = run(
+        capsys,
+        "bench",
+        "gemm",
+        "--m",
+        "100",
+        "--k",
+        "70",
+        "--n",
+        "90",
+        "--dtype",
+        "fp16",
+        "--mode",
+        "both",
+        "--json",
+    )
     assert code == 0
     assert json.loads(out)["check"]["passed"] is True
 
 
 def test_bench_tbe_json(capsys):
-    code, out, err = run(capsys, "bench", "tbe", "--batch", "64", "--pooling", "20", "--rows", "1000", "--dim", "64", "--tables", "2", "--json")
+    code, out, err = run(
+        capsys,
+        "bench",
+        "tbe",
+        "--batch",
+        "64",
+        "--pooling",
+        "20",
+        "--rows",
+        "1000",
+        "--dim",
+        "64",
+        "--tables",
+        "2",
+        "--json",
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["gbps"] == pytest.approx(res["lookups"] * (64 + 4) / res["seconds"] / 1e9)
@@ -43,7 +88,9 @@ def test_bench_tbe_json(capsys):
 
 @pytest.mark.parametrize("op", ["batchmatmul", "transpose", "concat", "quantize", "dequantize", "tanh"])
 def test_bench_op_json(capsys, op):
-    code, out, err = run(capsys, "bench", "op", op, "--m", "256", "--k", "128", "--n", "32", "--placement", "dram", "--json")
+    code, out, err = run(
+        capsys, "bench", "op", op, "--m", "256", "--k", "128", "--n", "32", "--placement", "dram", "--json"
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["gbps"] == pytest.approx(res["bytes"] / res["seconds"] / 1e9)
@@ -94,16 +141,66 @@ def test_suite_bad_cell_names_the_line(tmp_path, capsys):
     "argv, message",
     [
         (["bench", "gemm", "--m", "0", "--k", "8", "--n", "8"], "--m: must be positive, got 0"),
-        (["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--dtype", "int4"], "--dtype: unknown dtype 'int4' (known: int8, uint8, int32, int64, fp16, bf16, fp32)"),
-        (["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--placement", "hbm"], "--placement: unknown placement 'hbm' (known: sram, dram)"),
-        (["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--chip", "mtia-v9"], "unknown chip 'mtia-v9' (known: mtia-2i, mtia-v1; or give a .toml file)"),
-        (["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--fidelity", "exact"], "--fidelity: unknown fidelity 'exact' (known: roofline, analytic, event)"),
-        (["bench", "gemm", "--m", "99999999999", "--k", "8", "--n", "8"], "--m: 99999999999 is absurdly large (limit 16777216)"),
-        (["bench", "op", "softmax"], "unknown op 'softmax' (known: batchmatmul, transpose, concat, quantize, dequantize, tanh, sigmoid, relu)"),
-        (["bench", "tbe", "--batch", "8", "--pooling", "0", "--rows", "10", "--dim", "8"], "--pooling: must be positive, got 0"),
-        (["bench", "tbe", "--batch", "8", "--pooling", "2", "--rows", "10", "--dim", "8", "--placement", "hbm"], "--placement: unknown TBE placement 'hbm' (known: cache, sram, dram)"),
         (
-            ["bench", "tbe", "--batch", "8", "--pooling", "2", "--rows", "100000000", "--dim", "64", "--mode", "both"],
+            ["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--dtype", "int4"],
+            "--dtype: unknown dtype 'int4' (known: int8, uint8, int32, int64, fp16, bf16, fp32)",
+        ),
+        (
+            ["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--placement", "hbm"],
+            "--placement: unknown placement 'hbm' (known: sram, dram, dram-direct)",
+        ),
+        (
+            ["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--chip", "mtia-v9"],
+            "unknown chip 'mtia-v9' (known: mtia-2i, mtia-v1; or give a .toml file)",
+        ),
+        (
+            ["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--fidelity", "exact"],
+            "--fidelity: unknown fidelity 'exact' (known: roofline, analytic, event)",
+        ),
+        (
+            ["bench", "gemm", "--m", "99999999999", "--k", "8", "--n", "8"],
+            "--m: 99999999999 is absurdly large (limit 16777216)",
+        ),
+        (
+            ["bench", "op", "softmax"],
+            "unknown op 'softmax' (known: batchmatmul, transpose, concat, quantize, dequantize, tanh, sigmoid, relu)",
+        ),
+        (
+            ["bench", "tbe", "--batch", "8", "--pooling", "0", "--rows", "10", "--dim", "8"],
+            "--pooling: must be positive, got 0",
+        ),
+        (
+            [
+                "bench",
+                "tbe",
+                "--batch",
+                "8",
+                "--pooling",
+                "2",
+                "--rows",
+                "10",
+                "--dim",
+                "8",
+                "--placement",
+                "hbm",
+            ],
+            "--placement: unknown TBE placement 'hbm' (known: cache, sram, dram)",
+        ),
+        (
+            [
+                "bench",
+                "tbe",
+                "--batch",
+                "8",
+                "--pooling",
+                "2",
+                "--rows",
+                "100000000",
+                "--dim",
+                "64",
+                "--mode",
+                "both",
+            ],
             "functional TBE needs the whole 6.3 GiB table in memory (limit 2 GiB): lower --rows or --tables, or use --mode timing",
         ),
     ],
@@ -116,13 +213,29 @@ def test_bad_input_is_one_line_with_status_2(capsys, argv, message):
 
 
 def test_tensor_that_cannot_fit_sram(capsys):
-    code, _, err = run(capsys, "bench", "gemm", "--m", "16384", "--k", "16384", "--n", "16384", "--placement", "sram")
+    code, _, err = run(
+        capsys, "bench", "gemm", "--m", "16384", "--k", "16384", "--n", "16384", "--placement", "sram"
+    )
     assert code == 2
     assert err == "mtiasim: error: tensor 'A' (256.0 MiB) does not fit SRAM (128 MiB, 0.0 MiB in use)\n"
 
 
 def test_tbe_table_that_cannot_fit_sram(capsys):
-    code, _, err = run(capsys, "bench", "tbe", "--batch", "8", "--pooling", "2", "--rows", "10000000", "--dim", "64", "--placement", "sram")
+    code, _, err = run(
+        capsys,
+        "bench",
+        "tbe",
+        "--batch",
+        "8",
+        "--pooling",
+        "2",
+        "--rows",
+        "10000000",
+        "--dim",
+        "64",
+        "--placement",
+        "sram",
+    )
     assert code == 2
     assert err == "mtiasim: error: tensor 'tables' (648.5 MiB) does not fit SRAM (128 MiB, 0.0 MiB in use)\n"
 
@@ -155,5 +268,10 @@ def test_chip_show(capsys):
     assert "dpe_int8_tops" in out and "quoted 102.4" in out
     code, out, _ = run(capsys, "chip", "show", "mtia-v1", "--json")
     doc = json.loads(out)
-    assert doc["parameters"]["sram.bytes"] == {"value": 134217728, "provenance": "published", "source": "ISCA23 §3.4 (128 MB)", "note": None}
+    assert doc["parameters"]["sram.bytes"] == {
+        "value": 134217728,
+        "provenance": "published",
+        "source": "ISCA23 §3.4 (128 MB)",
+        "note": None,
+    }
     assert any(p["name"] == "sram_gbps" and p["quoted"] == pytest.approx(800.0) for p in doc["peaks"])

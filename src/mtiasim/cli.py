@@ -261,7 +261,7 @@ def bench_tbe_cmd(
 @click.option("--k", type=int, default=128, show_default=True)
 @click.option("--n", type=int, default=32, show_default=True)
 @click.option("--placement", default="sram", show_default=True, help="sram or dram.")
-@click.option("--dtype", default="fp16", show_default=True)
+@click.option("--dtype", default=None, help="Float dtype (default fp32 for quantize/dequantize, else fp16).")
 @_common
 def bench_op_cmd(op, m, k, n, placement, dtype, chip_name, fidelity, mode, as_json) -> None:
     """batchmatmul, transpose, concat, quantize, dequantize, tanh, sigmoid, relu on a [m, k, n] tensor."""

@@ -54,7 +54,12 @@ def steady_state_lines(
     r = np.arange(n_rows, dtype=np.int64)
     l0 = (table.address + r * pitch) // line_bytes
     l1 = (table.address + r * pitch + row_bytes - 1) // line_bytes
-    size = (l1 - l0 + 1).astype(np.float64)
+    # lines a row adds to the cache: neighbours share their boundary lines, so on average row_bytes / line
+    size = (
+        np.full(n_rows, max(row_bytes, 1) / line_bytes)
+        if pitch == row_bytes
+        else (l1 - l0 + 1).astype(np.float64)
+    )
     touched = rate > 0
     if (size * touched).sum() <= capacity_lines:
         resident = np.flatnonzero(touched)

@@ -14,7 +14,7 @@ from mtiasim.hw import Chip, load_chip
 from mtiasim.isa import Level, MemoryPlan, Program
 
 MAX_DIM = 1 << 24
-PLACEMENTS = ("sram", "dram")
+PLACEMENTS = ("sram", "dram", "dram-direct")
 
 
 def positive(name: str, value: int, limit: int = MAX_DIM) -> int:
@@ -27,10 +27,14 @@ def positive(name: str, value: int, limit: int = MAX_DIM) -> int:
     return int(value)
 
 
-def level(placement: str, where: str = "--placement") -> Level:
+def level(placement: str, where: str = "--placement") -> tuple[Level, bool]:
+    """(memory level, reached through the SRAM cache). `dram` is LPDDR5 with the SRAM in cache mode (the
+    ISCA'23 set-up); `dram-direct` bypasses the cache."""
     if placement not in PLACEMENTS:
         raise UsageError(f"{where}: unknown placement {placement!r} (known: {', '.join(PLACEMENTS)})")
-    return Level(placement)
+    if placement == "sram":
+        return Level.SRAM, False
+    return Level.DRAM, placement == "dram"
 
 
 def resolve_chip(chip: str | Chip) -> Chip:

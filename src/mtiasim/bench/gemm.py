@@ -60,7 +60,7 @@ def prepare_gemm(
         raise UsageError(f"--dtype: the DPE multiplies int8, fp16 or bf16, not {dtype}")
     if variant not in (*VARIANTS, "auto"):
         raise UsageError(f"--variant: unknown GEMM variant {variant!r} (known: auto, {', '.join(VARIANTS)})")
-    lvl = level(placement)
+    lvl, cached = level(placement)
     check_run(mode, fidelity)
     chip_ = resolve_chip(chip)
     odt = DType.parse(out_dtype, "--out-dtype") if out_dtype else DEFAULT_OUT[dt]
@@ -70,11 +70,11 @@ def prepare_gemm(
             f"--out-dtype: a {dt.value} GEMM writes {' or '.join(a.value for a in allowed)}, not {odt.value}"
         )
     plan = memory_plan(chip_)
-    a = plan.add("A", (m, k), dt, lvl)
-    w = plan.add("W", (n, k), dt, lvl)
-    c = plan.add("C", (m, n), odt, lvl)
+    a = plan.add("A", (m, k), dt, lvl, cached=cached)
+    w = plan.add("W", (n, k), dt, lvl, cached=cached)
+    c = plan.add("C", (m, n), odt, lvl, cached=cached)
     scale = int8_out_scale(k) if odt == DType.INT8 else None
-    mapping = choose_mapping(chip_, m, k, n, dt, odt, (lvl, lvl), Region.whole(chip_), variant)
+    mapping = choose_mapping(chip_, m, k, n, dt, odt, (lvl, lvl), Region.whole(chip_), variant, cached)
     job = gemm_job(chip_, "gemm", a, w, c, out_scale=scale, mapping=mapping)
     program = Program(f"gemm {m}x{k}x{n} {dt.value}", plan.tensors, [job])
     inputs: dict[str, np.ndarray] = {}
@@ -100,7 +100,7 @@ def prepare_gemm(
             "dtype": dt.value,
             "out_dtype": odt.value,
         }
-        out["placement"] = lvl.value
+        out["placement"] = placement
         out.update(base_fields(chip_, mode, fidelity))
         out.update(timing_fields(result, chip_))
         macs = float(m) * n * k

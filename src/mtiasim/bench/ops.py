@@ -1,5 +1,6 @@
 """`mtiasim bench op NAME --m M --k K --n N`: the other operators ISCA'23 measured (Fig 13), on a [m, k, n]
-tensor (the paper's set-up: m=256, k=128, n=32), fp16 unless `--dtype` says otherwise.
+tensor (the paper's set-up: m=256, k=128, n=32). The float side is fp32 for quantize and dequantize (DLRM
+quantizes fp32 activations) and fp16 for the others, unless `--dtype` says otherwise.
 
 Bytes counted for ``gbps`` (bytes / seconds), one read of every input and one write of every output:
 
@@ -43,6 +44,7 @@ from mtiasim.kernels.layout import concat_job, transpose_job
 from mtiasim.kernels.tiling import grid_loops, tile_shape
 
 OPS = ("batchmatmul", "transpose", "concat", "quantize", "dequantize", "tanh", "sigmoid", "relu")
+DEFAULT_DTYPE = {"quantize": "fp32", "dequantize": "fp32"}
 DEQUANT_SCALE, DEQUANT_ZERO = 0.02, 3
 
 
@@ -56,7 +58,7 @@ def prepare_op(
     k: int = 128,
     n: int = 32,
     placement: str = "sram",
-    dtype: str = "fp16",
+    dtype: str | None = None,
     chip: str | Chip = "mtia-v1",
     fidelity: str = "event",
     mode: str = "timing",
@@ -65,12 +67,12 @@ def prepare_op(
     if op not in OPS:
         raise UsageError(f"unknown op {op!r} (known: {', '.join(OPS)})")
     m, k, n = positive("m", m), positive("k", k), positive("n", n)
-    dt = DType.parse(dtype, "--dtype")
+    dt = DType.parse(dtype or DEFAULT_DTYPE.get(op, "fp16"), "--dtype")
     if dt not in (DType.FP16, DType.BF16, DType.FP32) and op != "batchmatmul":
         raise UsageError(f"--dtype: {op} runs on fp16, bf16 or fp32 data, not {dtype}")
     if op == "batchmatmul" and dt not in (DType.FP16, DType.BF16, DType.INT8):
         raise UsageError(f"--dtype: batchmatmul runs on the DPE: int8, fp16 or bf16, not {dtype}")
-    lvl = level(placement)
+    lvl, cached = level(placement)
     check_run(mode, fidelity)
     chip_ = resolve_chip(chip)
     plan = memory_plan(chip_)
@@ -89,27 +91,30 @@ def prepare_op(
             inputs[name] = (rng.standard_normal(shp) * 2).astype(dtype.numpy)
 
     if op == "batchmatmul":
-        a, b = plan.add("A", shape, dt, lvl), plan.add("B", shape, dt, lvl)
+        a, b = plan.add("A", shape, dt, lvl, cached=cached), plan.add("B", shape, dt, lvl, cached=cached)
         out_dt = DType.INT32 if dt == DType.INT8 else dt
-        c = plan.add("C", (m, k, k), out_dt, lvl)
+        c = plan.add("C", (m, k, k), out_dt, lvl, cached=cached)
         job = bmm_job(chip_, op, a, b, c)
         nbytes = 2 * elems * e + m * k * k * out_dt.itemsize
         data("A", dt, shape)
         data("B", dt, shape)
     elif op == "transpose":
-        x, y = plan.add("X", shape, dt, lvl), plan.add("Y", (m, n, k), dt, lvl)
+        x, y = plan.add("X", shape, dt, lvl, cached=cached), plan.add("Y", (m, n, k), dt, lvl, cached=cached)
         job = transpose_job(chip_, op, x, y)
         nbytes = 2 * elems * e
         data("X", dt, shape)
     elif op == "concat":
-        x, y2 = plan.add("X", shape, dt, lvl), plan.add("X2", shape, dt, lvl)
-        y = plan.add("Y", (m, k, 2 * n), dt, lvl)
+        x, y2 = plan.add("X", shape, dt, lvl, cached=cached), plan.add("X2", shape, dt, lvl, cached=cached)
+        y = plan.add("Y", (m, k, 2 * n), dt, lvl, cached=cached)
         job = concat_job(chip_, op, x, y2, y)
         nbytes = 4 * elems * e
         data("X", dt, shape)
         data("X2", dt, shape)
     elif op == "quantize":
-        x, y = plan.add("X", shape, dt, lvl), plan.add("Y", shape, DType.INT8, lvl)
+        x, y = (
+            plan.add("X", shape, dt, lvl, cached=cached),
+            plan.add("Y", shape, DType.INT8, lvl, cached=cached),
+        )
         parts = len(grid_loops(x.rows, x.cols, tile_shape(x.rows, x.cols, e), chip_.n_pes))
         part = plan.add("partials", (parts, 2), DType.FP32, Level.SRAM)
         qp = plan.add("qparams", (1, 2), DType.FP32, Level.SRAM)
@@ -117,12 +122,15 @@ def prepare_op(
         nbytes = elems * (e + 1)
         data("X", dt, shape)
     elif op == "dequantize":
-        x, y = plan.add("X", shape, DType.INT8, lvl), plan.add("Y", shape, dt, lvl)
+        x, y = (
+            plan.add("X", shape, DType.INT8, lvl, cached=cached),
+            plan.add("Y", shape, dt, lvl, cached=cached),
+        )
         job = elementwise_job(chip_, op, SeOp.DEQUANTIZE, x, y, scale=DEQUANT_SCALE, zero_point=DEQUANT_ZERO)
         nbytes = elems * (1 + e)
         data("X", DType.INT8, shape)
     else:
-        x, y = plan.add("X", shape, dt, lvl), plan.add("Y", shape, dt, lvl)
+        x, y = plan.add("X", shape, dt, lvl, cached=cached), plan.add("Y", shape, dt, lvl, cached=cached)
         job = elementwise_job(chip_, op, SeOp(op), x, y)
         nbytes = 2 * elems * e
         data("X", dt, shape)
@@ -136,7 +144,7 @@ def prepare_op(
             "k": k,
             "n": n,
             "dtype": dt.value,
-            "placement": lvl.value,
+            "placement": placement,
         }
         res.update(base_fields(chip_, mode, fidelity))
         res.update(timing_fields(result, chip_))

@@ -59,13 +59,16 @@ def hashed_target(granule: np.ndarray, n: int) -> np.ndarray:
             return h
 
 
-def sram_slice_bytes(chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float) -> np.ndarray:
-    """Effective bytes per SRAM slice (access-granule rounded) for the sampled runs, scaled to the whole."""
+def sram_slice_bytes(
+    chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float, granule: int | None = None
+) -> np.ndarray:
+    """Effective bytes per SRAM slice (rounded to access granules, or to cache lines in cache mode) for the
+    sampled runs, scaled to the whole."""
     s = chip.sram
     g, p0, p1 = _pieces(starts, lengths, s.interleave_bytes)
     out = np.zeros(s.slices, dtype=np.float64)
     if g.size:
-        a = s.access_bytes
+        a = granule or s.access_bytes
         eff = (-(-p1 // a) - p0 // a) * a
         np.add.at(out, hashed_target(g, s.slices), eff.astype(np.float64))
     return out * scale
@@ -125,7 +128,12 @@ def dram_effective_bytes(chip: Chip, bursts: np.ndarray, activations: np.ndarray
 
 
 def dram_channel_bytes(
-    chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float, random_rows: bool = False, streams: int = 1
+    chip: Chip,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    scale: float,
+    random_rows: bool = False,
+    streams: int = 1,
 ) -> np.ndarray:
     """Effective channel bytes (bursts + activation time + stream losses) per LPDDR5 channel."""
     bursts, alone, interleaved = dram_channel_parts(chip, starts, lengths, scale, random_rows)

@@ -213,6 +213,7 @@ class TimingModel:
         self.b_bytes = np.zeros(nb)
         self.b_usage = np.zeros((nb, nr))
         self.b_extra = np.zeros((nb, nr))  # LPDDR5 page re-opens when other streams interleave
+        self.b_streams = np.zeros(nb)  # distinct LPDDR5 address streams (multicast groups count once)
         self.b_latency = np.zeros(nb)
         self.b_cap = np.full(nb, INF)
         self.b_cap_kind: list[str] = [""] * nb
@@ -232,6 +233,9 @@ class TimingModel:
                         usage[r] += v
                     for r, v in part.extra.items():
                         extra[r] += v
+                    lo, hi = self.rmap.channel0, self.rmap.channel0 + self.chip.dram.channels
+                    if any(lo <= r < hi for r in part.usage):
+                        self.b_streams[b] += 1
                 for r, v in w.own_usage.items():
                     usage[r] += v
             self.b_bytes[b] = total
@@ -681,7 +685,7 @@ def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str]]:
     once. The bundles on that resource stop there; the others go on with what is left.
     """
     u_all = m.b_usage[active]
-    dram_streams = int(m.b_dram_mask[active].sum())
+    dram_streams = int(m.b_streams[active].sum())
     if dram_streams > 1:
         # other streams close each stream's open pages: blend towards one activation per access
         u_all = u_all + (1.0 - row_hit_survival(m.chip, dram_streams)) * m.b_extra[active]

@@ -115,6 +115,7 @@ class Memo:
     streams: dict[tuple, tuple[float, MemParts]] = field(default_factory=dict)
     gathers: dict[int, tuple] = field(default_factory=dict)
     cache_hits: dict[int, np.ndarray] | None = None
+    dense_miss: dict[str, float] | None = None
 
 
 def _add(usage: dict[int, float], index: int, amount: float) -> None:
@@ -145,6 +146,8 @@ class WorkModel:
             self.memo.cache_hits = {}
             self._simulate_cache()
         self.gather_hits = self.memo.cache_hits
+        if self.memo.dense_miss is None:
+            self.memo.dense_miss = self._dense_misses()
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -152,7 +155,10 @@ class WorkModel:
         sram_s = self.chip.sram.latency_cycles * self.cyc
         if decl.level == Level.SRAM:
             return sram_s
-        return self.chip.dram.latency_ns * 1e-9 + (sram_s if decl.cached else 0.0)
+        if decl.cached:
+            miss = (self.memo.dense_miss or {}).get(decl.name, 1.0)
+            return sram_s + miss * self.chip.dram.latency_ns * 1e-9
+        return self.chip.dram.latency_ns * 1e-9
 
     def _hops_s(self, pe: PeId) -> float:
         r, c = pe
@@ -236,12 +242,15 @@ class WorkModel:
 
     def _stream_part(
         self, decl: TensorDecl, stream, pes: list[PeId], axis: str | None, inbound: bool
-    ) -> tuple[float, dict[int, float]]:
-        key = (decl.name, decl.address, decl.level, stream)
+    ) -> tuple[float, dict[int, float], dict[int, float]]:
+        key = (decl.name, decl.address, decl.level, decl.cached, inbound, stream)
         hit = self.memo.streams.get(key)
         if hit is None:
             runs = stream_runs(decl, stream)
-            parts = self._memory_parts(decl, runs.sample_starts, runs.sample_lengths, runs.sample_scale)
+            if decl.level == Level.DRAM and decl.cached:
+                parts = self._cached_stream_parts(decl, runs, inbound)
+            else:
+                parts = self._memory_parts(decl, runs.sample_starts, runs.sample_lengths, runs.sample_scale)
             hit = (float(stream_bytes(decl, stream)), parts)
             self.memo.streams[key] = hit
         nbytes, parts = hit
@@ -249,6 +258,57 @@ class WorkModel:
         for k, v in self._lanes(parts.side_bytes, pes, axis, inbound).items():
             _add(usage, k, v)
         return nbytes, usage, self._extra(parts)
+
+    def _cached_stream_parts(self, decl: TensorDecl, runs, inbound: bool) -> MemParts:
+        """A tile stream over an LPDDR5 tensor reached through the SRAM cache: every byte goes through its
+        slice in whole cache lines; reads miss to LPDDR5 in the tensor's miss fraction, writes are written
+        back (each line once)."""
+        chip = self.chip
+        slices = sram_slice_bytes(
+            chip, runs.sample_starts, runs.sample_lengths, runs.sample_scale, chip.sram.cache_line_bytes
+        )
+        side = np.zeros(4)
+        for s_, b in enumerate(slices):
+            side[self.rmap.slice_side(s_)] += b
+        miss = (self.memo.dense_miss or {}).get(decl.name, 1.0) if inbound else 1.0
+        bursts, alone, inter = dram_channel_parts(
+            chip, runs.sample_starts, runs.sample_lengths, runs.sample_scale
+        )
+        if inbound and miss < 1.0:
+            slices = slices * (1.0 + miss)  # misses are filled into their slice before the read
+        return MemParts(slices, bursts * miss, alone * miss, side, inter * miss)
+
+    def _dense_misses(self) -> dict[str, float]:
+        """Per LPDDR5 tensor read by tile streams through the SRAM cache: the fraction of its reads that
+        miss. The first read of every byte misses; re-reads hit while the cached tensors of the program fit
+        the cache (LRU over a larger footprint keeps the capacity's share of them)."""
+        reads: dict[str, float] = {}
+        footprint: dict[str, int] = {}
+        for node in self.resolved.nodes:
+            cmd = node.cmd
+            if isinstance(cmd, DmaIn):
+                for ti, tr in enumerate(cmd.transfers):
+                    decl = self.program.tensors[tr.stream.tensor]
+                    if not (decl.level == Level.DRAM and decl.cached):
+                        continue
+                    gid = node.mcast_group[ti] if node.mcast_group else None
+                    if gid is not None and node.id != min(n for n, _ in self.resolved.mcast_groups[gid]):
+                        continue  # one memory read per multicast group
+                    reads[decl.name] = reads.get(decl.name, 0.0) + stream_bytes(decl, tr.stream)
+                    footprint[decl.name] = decl.nbytes
+            elif isinstance(cmd, DmaOut):
+                decl = self.program.tensors[cmd.stream.tensor]
+                if decl.level == Level.DRAM and decl.cached:
+                    footprint[decl.name] = decl.nbytes
+        sram_used = sum(t.nbytes for t in self.program.tensors.values() if t.level == Level.SRAM)
+        capacity = max(0, self.chip.sram.bytes - sram_used)
+        total = sum(footprint.values())
+        keep = min(1.0, capacity / total) if total else 1.0
+        out = {}
+        for name, nbytes in reads.items():
+            first = min(1.0, footprint[name] / nbytes) if nbytes else 1.0
+            out[name] = 1.0 - (1.0 - first) * keep
+        return out
 
     # ------------------------------------------------------------------------------------------ cache
 
@@ -328,7 +388,9 @@ class WorkModel:
             gid = node.mcast_group[ti] if node.mcast_group else None
             if gid is not None and tr.multicast is not None:
                 members = [self.resolved.nodes[n].pe for n, _ in self.resolved.mcast_groups[gid]]
-                nbytes, usage, extra = self._stream_part(decl, tr.stream, sorted(members), tr.multicast.axis, True)
+                nbytes, usage, extra = self._stream_part(
+                    decl, tr.stream, sorted(members), tr.multicast.axis, True
+                )
                 key: tuple = ("mcast", gid)
             else:
                 nbytes, usage, extra = self._stream_part(decl, tr.stream, [node.pe], None, True)

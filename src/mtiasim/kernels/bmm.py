@@ -36,7 +36,9 @@ def _dims(*d):
     return tuple(x for x in d if x[0] > 1)
 
 
-def bmm_job(chip: Chip, name: str, a: TensorDecl, b: TensorDecl, c: TensorDecl, *, region: Region | None = None) -> Job:
+def bmm_job(
+    chip: Chip, name: str, a: TensorDecl, b: TensorDecl, c: TensorDecl, *, region: Region | None = None
+) -> Job:
     region = region or Region.whole(chip)
     region.check(chip)
     if len(a.shape) != 3 or a.shape != b.shape or c.shape != (a.shape[0], a.shape[1], a.shape[1]):
@@ -64,7 +66,9 @@ def bmm_job(chip: Chip, name: str, a: TensorDecl, b: TensorDecl, c: TensorDecl, 
         depth = 2 * per_batch if resident else DEPTH * tile_bytes
         sizes = {CB_A: depth, CB_B: depth, CB_C: out_bytes}
         prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
-        sc = TileStream(c.name, (tm, tm), TileLoop((b0 * k, 0), _dims((nb_batch, k, 0), (mb, tm, 0), (mb, 0, tm))))
+        sc = TileStream(
+            c.name, (tm, tm), TileLoop((b0 * k, 0), _dims((nb_batch, k, 0), (mb, tm, 0), (mb, 0, tm)))
+        )
         if resident:
             for bi in range(b0, b1):
                 sa = TileStream(a.name, (tm, tk), TileLoop((bi * k, 0), _dims((mb, tm, 0), (steps, 0, tk))))
@@ -91,14 +95,20 @@ def bmm_job(chip: Chip, name: str, a: TensorDecl, b: TensorDecl, c: TensorDecl, 
                 prog.cores[1].append(CbPop(CB_B, mb * steps))
         else:
             sa = TileStream(
-                a.name, (tm, tk), TileLoop((b0 * k, 0), _dims((nb_batch, k, 0), (mb, tm, 0), (mb, 0, 0), (steps, 0, tk)))
+                a.name,
+                (tm, tk),
+                TileLoop((b0 * k, 0), _dims((nb_batch, k, 0), (mb, tm, 0), (mb, 0, 0), (steps, 0, tk))),
             )
             sb = TileStream(
-                b.name, (tm, tk), TileLoop((b0 * k, 0), _dims((nb_batch, k, 0), (mb, 0, 0), (mb, tm, 0), (steps, 0, tk)))
+                b.name,
+                (tm, tk),
+                TileLoop((b0 * k, 0), _dims((nb_batch, k, 0), (mb, 0, 0), (mb, tm, 0), (steps, 0, tk))),
             )
             prog.cores[0].append(DmaIn((Transfer(CB_A, sa), Transfer(CB_B, sb))))
             for _ in range(nb_batch):
-                prog.cores[1].append(MatMul(CB_A, CB_B, a.dtype, mb, mb, steps, tm, tm, tk, out_cb=CB_C, out_dtype=c.dtype))
+                prog.cores[1].append(
+                    MatMul(CB_A, CB_B, a.dtype, mb, mb, steps, tm, tm, tk, out_cb=CB_C, out_dtype=c.dtype)
+                )
         prog.cores[1].append(DmaOut(CB_C, sc))
         pes[pe] = prog
     return Job(name, "batchmatmul", pes, work={"macs": float(m) * k * k * n})

@@ -139,15 +139,27 @@ def stream_depth(chip: Chip, tile_bytes: int, streams: int, reserved: int) -> in
 def ws_chunk_blocks(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool) -> int:
     """How many 64-wide n-blocks of a W slice k_steps x tile_k deep fit the local store next to the other CBs."""
     tm, tn, _ = tiles(chip)
-    budget = chip.local_memory.bytes - 2 * tm * tile_k * dtype.itemsize - _out_cb_bytes(chip, out_dtype, bias) - 256
+    budget = (
+        chip.local_memory.bytes
+        - 2 * tm * tile_k * dtype.itemsize
+        - _out_cb_bytes(chip, out_dtype, bias)
+        - 256
+    )
     per_block = tn * tile_k * k_steps * dtype.itemsize
     return max(0, budget // per_block)
 
 
-def is_blocks_resident(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool) -> int:
+def is_blocks_resident(
+    chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool
+) -> int:
     """How many 64-row A blocks (k_steps x tile_k deep) fit next to a 2-deep W stream: 2, 1 or 0."""
     tm, tn, _ = tiles(chip)
-    budget = chip.local_memory.bytes - 2 * tn * tile_k * dtype.itemsize - _out_cb_bytes(chip, out_dtype, bias) - 256
+    budget = (
+        chip.local_memory.bytes
+        - 2 * tn * tile_k * dtype.itemsize
+        - _out_cb_bytes(chip, out_dtype, bias)
+        - 256
+    )
     block = tm * tile_k * k_steps * dtype.itemsize
     return int(min(2, max(0, budget // block)))
 
@@ -163,6 +175,17 @@ def memory_bytes_per_s(chip: Chip, level: Level, run_bytes: float) -> float:
     return dram_bytes_per_s(chip) * (piece / ch) / busy * d.stream_efficiency
 
 
+def _read_s(chip: Chip, decl_level: Level, cached: bool, total: float, distinct: float, run: float) -> float:
+    """Time to read `total` bytes of which `distinct` are first touches: SRAM, LPDDR5, or LPDDR5 through the
+    SRAM cache (first touches from LPDDR5, every byte through the slices in whole cache lines)."""
+    if decl_level == Level.SRAM:
+        return total / sram_bytes_per_s(chip)
+    if not cached:
+        return total / memory_bytes_per_s(chip, Level.DRAM, run)
+    lines = max(1.0, chip.sram.cache_line_bytes / max(run, 1.0))
+    return max(distinct / memory_bytes_per_s(chip, Level.DRAM, run), total * lines / sram_bytes_per_s(chip))
+
+
 def _estimate_s(
     chip: Chip,
     mapping: GemmMapping,
@@ -172,6 +195,7 @@ def _estimate_s(
     dtype: DType,
     out_dtype: DType,
     levels: tuple[Level, Level],
+    cached: bool = False,
 ) -> float:
     """The kernel's own cost estimate of a mapping (not the engine's timing)."""
     tm, tn, tk = tiles(chip, mapping.tile_k)
@@ -188,33 +212,42 @@ def _estimate_s(
     item = dtype.itemsize
     if stream_depth(chip, tm * tk * item, 2, _out_cb_bytes(chip, out_dtype, False)) == 0:
         return math.inf
-    block_cycles = 4 * chip.dpe.block_m * chip.dpe.block_n * chip.dpe.block_k / dpe_macs_per_cycle(chip, dtype)
+    block_cycles = (
+        4 * chip.dpe.block_m * chip.dpe.block_n * chip.dpe.block_k / dpe_macs_per_cycle(chip, dtype)
+    )
     compute = mb * nb * kb * (tk / chip.dpe.block_k) * block_cycles / chip.hz
     run = K * item if tk >= K else tk * item
-    bw_a = memory_bytes_per_s(chip, levels[0], run)
-    bw_w = memory_bytes_per_s(chip, levels[1], run)
-    a_once = M * K * item * mapping.rows_n  # each row group of PEs sharing an m-range reads it
-    w_once = N * K * item
+    a_bytes, w_bytes = M * K * item, N * K * item
+    a_once = a_bytes * mapping.rows_n  # each row group of PEs sharing an m-range reads it
+
+    def a_read(times: float) -> float:
+        return _read_s(chip, levels[0], cached, a_once * times, a_bytes, run)
+
+    def w_read(times: float) -> float:
+        return _read_s(chip, levels[1], cached, w_bytes * times, w_bytes, run)
+
     fi = mb * nb * kb * (tm + tn) * tk * item / (chip.noc.fi_bytes_per_cycle * chip.hz)
     pes = mapping.rows * mapping.cols
-    fixed = pes * chip.dispatch.per_pe_ns * 1e-9 + (mapping.k_split - 1) * (
-        chip.reduction.hop_latency_cycles + tm * tn * 4 / chip.reduction.link_bytes_per_cycle
-    ) / chip.hz
+    fixed = (
+        pes * chip.dispatch.per_pe_ns * 1e-9
+        + (mapping.k_split - 1)
+        * (chip.reduction.hop_latency_cycles + tm * tn * 4 / chip.reduction.link_bytes_per_cycle)
+        / chip.hz
+    )
     sync = 2 * chip.sram.latency_cycles / chip.hz
     if mapping.variant == "os":
-        return max(compute, a_once * nb / bw_a + w_once * mb / bw_w, fi) + fixed
+        return max(compute, a_read(nb) + w_read(mb), fi) + fixed
     if mapping.variant == "is":
         held = is_blocks_resident(chip, kb, tk, dtype, out_dtype, False)
         if held == 0:
             return math.inf
-        a_block = a_once / max(1, mb) / bw_a
-        stream = max(compute, a_once / bw_a + w_once * mb / bw_w, fi)
-        return stream + (a_block + sync) * (mb if held == 1 else 1) + fixed
+        a_block = a_read(1) / max(1, mb)
+        return max(compute, a_read(1) + w_read(mb), fi) + (a_block + sync) * (mb if held == 1 else 1) + fixed
     per_chunk = ws_chunk_blocks(chip, kb, tk, dtype, out_dtype, False)
     if per_chunk == 0:
         return math.inf
     chunks = cdiv(nb, per_chunk)
-    return w_once / bw_w + max(compute, a_once * nb / bw_a, fi) + fixed + chunks * sync
+    return w_read(1) + max(compute, a_read(nb), fi) + fixed + chunks * sync
 
 
 def choose_mapping(
@@ -227,22 +260,28 @@ def choose_mapping(
     levels: tuple[Level, Level],
     region: Region,
     variant: str = "auto",
+    cached: bool = False,
 ) -> GemmMapping:
-    """The partition, loop structure and tile width with the best kernel estimate.
+    """The partition (and tile width) with the best kernel estimate for a loop structure.
 
-    Variant `auto`: weight-stationary with one-block tiles when the weights sit in SRAM (the v1 library's FC,
-    as measured); otherwise whichever variant and tile width the estimate prefers (LPDDR5 traffic decides).
+    Variant `auto` is the v1 library's FC: weight-stationary with one-block tiles, wherever the tensors sit
+    (ISCA'23's SRAM and LPDDR5 measurements both follow it). `is`, `os` and wider tiles are alternatives a
+    kernel writer can ask for.
     """
     if variant == "auto":
-        if levels[1] == Level.SRAM:
-            return choose_mapping(chip, M, K, N, dtype, out_dtype, levels, region, "ws")
-        options = [choose_mapping(chip, M, K, N, dtype, out_dtype, levels, region, v) for v in VARIANTS]
-        return min(options, key=lambda mp: _estimate_s(chip, mp, M, K, N, dtype, out_dtype, levels))
+        return _choose(chip, M, K, N, dtype, out_dtype, levels, region, "ws", cached, (chip.dpe.block_k,))
+    return _choose(chip, M, K, N, dtype, out_dtype, levels, region, variant, cached)
+
+
+def _choose(chip, M, K, N, dtype, out_dtype, levels, region, variant, cached, widths=None) -> GemmMapping:
     if variant not in VARIANTS:
         raise UsageError(f"unknown GEMM variant {variant!r} (known: auto, {', '.join(VARIANTS)})")
-    widths = (chip.dpe.block_k,) if Level.DRAM not in levels else tuple(
-        w for w in TILE_K_CHOICES if w % chip.dpe.block_k == 0
-    )
+    if widths is None:
+        widths = (
+            (chip.dpe.block_k,)
+            if Level.DRAM not in levels
+            else tuple(w for w in TILE_K_CHOICES if w % chip.dpe.block_k == 0)
+        )
     best: tuple[float, int, GemmMapping] | None = None
     for tile_k in widths:
         for rows_m, rows_n in itertools.product(range(1, region.rows + 1), repeat=2):
@@ -252,7 +291,7 @@ def choose_mapping(
                 if k_split * cols_n > region.cols:
                     continue
                 mapping = GemmMapping(rows_m, rows_n, cols_n, k_split, variant, tile_k)
-                est = _estimate_s(chip, mapping, M, K, N, dtype, out_dtype, levels)
+                est = _estimate_s(chip, mapping, M, K, N, dtype, out_dtype, levels, cached)
                 key = (est * (1 + 1e-9), mapping.rows * mapping.cols, mapping)
                 if best is None or key[:2] < best[:2]:
                     best = key
@@ -292,8 +331,13 @@ def gemm_job(
     if dtype == DType.INT8 and c.dtype in (DType.INT8, DType.UINT8) and out_scale is None:
         raise UsageError(f"{name}: an int8 output needs a requantization scale")
     if bias is not None and (bias.shape != (1, N) or bias.dtype != acc):
-        raise UsageError(f"{name}: bias must be [1, {N}] {acc.value}, got {list(bias.shape)} {bias.dtype.value}")
-    mapping = mapping or choose_mapping(chip, M, K, N, dtype, c.dtype, (a.level, w.level), region, variant)
+        raise UsageError(
+            f"{name}: bias must be [1, {N}] {acc.value}, got {list(bias.shape)} {bias.dtype.value}"
+        )
+    cached = a.cached or w.cached
+    mapping = mapping or choose_mapping(
+        chip, M, K, N, dtype, c.dtype, (a.level, w.level), region, variant, cached
+    )
     if mapping.rows > region.rows or mapping.cols > region.cols:
         raise UsageError(f"{name}: mapping {mapping} does not fit region {region}")
     return _Builder(chip, name, a, w, c, out_scale, bias, region, mapping, acc).build()
@@ -315,13 +359,17 @@ class _Builder:
     def a_stream(self, p: _Part, m0: int, mb: int, n_repeat: int) -> TileStream:
         _mb, _nb, kb = p.blocks(self.tm, self.tn, self.tk)
         return TileStream(
-            self.a.name, (self.tm, self.tk), loop((m0, p.k[0]), (mb, self.tm, 0), (n_repeat, 0, 0), (kb, 0, self.tk))
+            self.a.name,
+            (self.tm, self.tk),
+            loop((m0, p.k[0]), (mb, self.tm, 0), (n_repeat, 0, 0), (kb, 0, self.tk)),
         )
 
     def w_stream(self, p: _Part, n0: int, nb: int, m_repeat: int) -> TileStream:
         _mb, _nb, kb = p.blocks(self.tm, self.tn, self.tk)
         return TileStream(
-            self.w.name, (self.tn, self.tk), loop((n0, p.k[0]), (m_repeat, 0, 0), (nb, self.tn, 0), (kb, 0, self.tk))
+            self.w.name,
+            (self.tn, self.tk),
+            loop((n0, p.k[0]), (m_repeat, 0, 0), (nb, self.tn, 0), (kb, 0, self.tk)),
         )
 
     def c_stream(self, p: _Part, m0: int, mb: int, n0: int, nb: int) -> TileStream:
@@ -401,7 +449,10 @@ class _Builder:
             self.name,
             "gemm",
             pes,
-            work={"macs": float(M) * N * K, "useful_bytes": float(self.a.nbytes + self.w.nbytes + self.c.nbytes)},
+            work={
+                "macs": float(M) * N * K,
+                "useful_bytes": float(self.a.nbytes + self.w.nbytes + self.c.nbytes),
+            },
         )
 
     def depth(self) -> int:
@@ -463,7 +514,9 @@ class _Builder:
             mb, _nb, _kb = p.blocks(tm, tn, tk)
             return self.a_stream(p, p.m[0], mb, n)
 
-        a_groups = self.groups(lambda rc, p: [(rc[0], q, a_of(p, n)) for q, (_n0, n) in enumerate(chunks[rc])])
+        a_groups = self.groups(
+            lambda rc, p: [(rc[0], q, a_of(p, n)) for q, (_n0, n) in enumerate(chunks[rc])]
+        )
         w_groups = self.groups(
             lambda rc, p: [(rc[1], q, self.w_stream(p, n0, n, 1)) for q, (n0, n) in enumerate(chunks[rc])]
         )
@@ -504,10 +557,14 @@ class _Builder:
             return [(p.m[0] + i * tm, p.n[0], nb) for i in range(mb)]
 
         a_groups = self.groups(
-            lambda rc, p: [(rc[0], i, self.a_stream(p, m0, 1, 1)) for i, (m0, _n0, _nb) in enumerate(blocks_of(p))]
+            lambda rc, p: [
+                (rc[0], i, self.a_stream(p, m0, 1, 1)) for i, (m0, _n0, _nb) in enumerate(blocks_of(p))
+            ]
         )
         w_groups = self.groups(
-            lambda rc, p: [(rc[1], i, self.w_stream(p, n0, nb, 1)) for i, (_m0, n0, nb) in enumerate(blocks_of(p))]
+            lambda rc, p: [
+                (rc[1], i, self.w_stream(p, n0, nb, 1)) for i, (_m0, n0, nb) in enumerate(blocks_of(p))
+            ]
         )
         pes = {}
         for rc, p in self.active.items():

@@ -1,0 +1,82 @@
+"""The public validation gate, and the rule that the model never reads a published number."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from mtiasim.validate import FAMILIES, GATE_MAPE_PCT, cases, pearson, validate
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mtiasim"
+
+
+@pytest.fixture(scope="module")
+def report():
+    return validate()
+
+
+def test_every_public_case_is_run(report):
+    assert len(report.cases) == len(cases()) == 54
+    assert {c["family"] for c in report.cases} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_public_mape_gate(report, family):
+    stats = report.families[family]
+    assert stats.mape_pct <= GATE_MAPE_PCT, f"{family}: MAPE {stats.mape_pct:.1f}% > {GATE_MAPE_PCT}%"
+    assert stats.pearson_r > 0.7, f"{family}: Pearson r {stats.pearson_r:.3f}"
+
+
+def test_json_shape(report):
+    doc = report.to_json()
+    assert set(doc["families"]) == set(FAMILIES)
+    for fam in doc["families"].values():
+        assert set(fam) == {"mape_pct", "pearson_r", "cases"}
+    case = doc["cases"][0]
+    assert {"family", "case", "published", "predicted", "error_pct", "bound"} <= set(case)
+
+
+def test_pearson():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_model_never_reads_published_results():
+    # only the validation package and the CLI that prints it may touch the published data
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "validate" or rel.name == "cli.py":
+            continue
+        text = path.read_text()
+        assert "mtiasim.validate" not in _imports(path), rel
+        for marker in ("fc.csv", "tbe.csv", "ops.csv", "target_tops", "published_gbps"):
+            assert marker not in text, f"{rel} mentions {marker}"
+
+
+LAYERS = {
+    "hw": set(),
+    "isa": {"hw"},
+    "engine": {"hw", "isa"},
+    "kernels": {"hw", "isa"},
+}
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_imports_point_down(layer):
+    allowed = LAYERS[layer] | {layer, "errors", "dtypes"}
+    for path in (SRC / layer).rglob("*.py"):
+        for mod in _imports(path):
+            if mod.startswith("mtiasim."):
+                top = mod.split(".")[1]
+                assert top in allowed, f"{path.relative_to(SRC)} imports {mod}"
