@@ -47,7 +47,6 @@ BOUNDS = {
     "host.launch_ns": (100.0, 20000.0),
     "sram.latency_cycles": (20.0, 600.0),
     "dram.latency_ns": (60.0, 1500.0),
-    "sram.cache_line_bytes": (64.0, 256.0),
 }
 # calibrated values with a few discrete choices: tried one by one around the continuous fit
 DISCRETE = {"sram.cache_line_bytes": (64, 128, 256)}
