@@ -135,3 +135,8 @@ def test_with_values_rejects_unknown_and_impossible(v1):
         v1.with_values({"sram.size": 1})
     with pytest.raises(ConfigError, match=r"grid.rows: Input should be greater than 0"):
         v1.with_values({"grid.rows": 0})
+
+
+def test_inheriting_preset_keeps_its_own_name():
+    c = load_chip("mtia-2i")
+    assert c.name == "mtia-2i" and "2i" in c.description

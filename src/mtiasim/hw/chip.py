@@ -355,7 +355,7 @@ def _load(doc: dict[str, Any], where: str) -> Chip:
     parent = meta.get("inherit")
     if parent is not None:
         base = load_chip(parent)
-        merged = base.model_dump(exclude={"provenance"})
+        merged = base.model_dump(exclude={"provenance", "name", "description"})
         base_prov = {
             k: Provenance("assumed", None, f"carried over from {base.name} ({v.describe()})")
             for k, v in base.provenance.items()

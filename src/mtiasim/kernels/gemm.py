@@ -136,32 +136,27 @@ def stream_depth(chip: Chip, tile_bytes: int, streams: int, reserved: int) -> in
     return 0
 
 
-def ws_chunk_blocks(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool) -> int:
-    """How many 64-wide n-blocks of a W slice k_steps x tile_k deep fit the local store next to the other CBs."""
+def _resident_blocks(
+    chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool
+) -> int:
+    """How many 64-wide blocks of an operand k_steps x tile_k deep fit the local store next to a 2-deep
+    stream of the other operand and the output buffers (A and W blocks have the same size)."""
     tm, tn, _ = tiles(chip)
-    budget = (
-        chip.local_memory.bytes
-        - 2 * tm * tile_k * dtype.itemsize
-        - _out_cb_bytes(chip, out_dtype, bias)
-        - 256
-    )
+    reserved = 2 * tm * tile_k * dtype.itemsize + _out_cb_bytes(chip, out_dtype, bias) + 256
     per_block = tn * tile_k * k_steps * dtype.itemsize
-    return max(0, budget // per_block)
+    return max(0, (chip.local_memory.bytes - reserved) // per_block)
+
+
+def ws_chunk_blocks(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool) -> int:
+    """How many n-blocks of a W slice fit the local store at once (a weight-stationary chunk)."""
+    return _resident_blocks(chip, k_steps, tile_k, dtype, out_dtype, bias)
 
 
 def is_blocks_resident(
     chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool
 ) -> int:
-    """How many 64-row A blocks (k_steps x tile_k deep) fit next to a 2-deep W stream: 2, 1 or 0."""
-    tm, tn, _ = tiles(chip)
-    budget = (
-        chip.local_memory.bytes
-        - 2 * tn * tile_k * dtype.itemsize
-        - _out_cb_bytes(chip, out_dtype, bias)
-        - 256
-    )
-    block = tm * tile_k * k_steps * dtype.itemsize
-    return int(min(2, max(0, budget // block)))
+    """How many 64-row A blocks an activation-stationary PE holds at once: 2 (double buffered), 1 or 0."""
+    return int(min(2, _resident_blocks(chip, k_steps, tile_k, dtype, out_dtype, bias)))
 
 
 def memory_bytes_per_s(chip: Chip, level: Level, run_bytes: float) -> float:
