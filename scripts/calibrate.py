@@ -41,7 +41,7 @@ BOUNDS = {
     "core.cycles_per_command": (1.0, 40.0),
     "core.cycles_per_gather_row": (4.0, 300.0),
     "dram.activate_ns": (0.0, 30.0),
-    "dram.stream_efficiency": (0.5, 1.0),
+    "dram.stream_efficiency": (0.2, 1.0),
     "dma.outstanding_rows": (1.0, 64.0),
     "dispatch.job_launch_ns": (20.0, 12000.0),
     "host.launch_ns": (100.0, 20000.0),

@@ -257,6 +257,7 @@ class WorkModel:
         usage = self._usage(parts)
         for k, v in self._lanes(parts.side_bytes, pes, axis, inbound).items():
             _add(usage, k, v)
+        self._last_parts = parts
         return nbytes, usage, self._extra(parts)
 
     def _cached_stream_parts(self, decl: TensorDecl, runs, inbound: bool) -> MemParts:
@@ -400,7 +401,7 @@ class WorkModel:
             lat = max(lat, self._level_latency_s(decl))
             leader = gid is None or node.id == min(n for n, _ in self.resolved.mcast_groups[gid])
             if leader:  # memory is read once per multicast group
-                _count_read(w.counters, decl, nbytes)
+                _count_access(w.counters, "read", decl, nbytes, self._last_parts)
         _add(w.own_usage, self.rmap.fi_in(node.pe), w.bytes)
         w.counters["noc_bytes"] = w.bytes
         w.counters["ls_write_bytes"] = w.bytes
@@ -414,13 +415,14 @@ class WorkModel:
         decl = self.program.tensors[cmd.stream.tensor]
         w = Work("dma", "dma", items=cmd.stream.n_tiles)
         nbytes, usage, extra = self._stream_part(decl, cmd.stream, [node.pe], None, False)
+        parts = self._last_parts
         w.parts.append(FlowPart(("node", node.id, 0), usage, extra))
         w.bytes = nbytes
         _add(w.own_usage, self.rmap.fi_out(node.pe), nbytes)
         w.latency_s = self._level_latency_s(decl) + self._hops_s(node.pe)
         w.issue_s = self._issue(cmd.stream.n_tiles, self.chip.dma.setup_cycles)
         w.counters.update(noc_bytes=nbytes, ls_read_bytes=nbytes, commands=cmd.stream.n_tiles)
-        _count_write(w.counters, decl, nbytes)
+        _count_access(w.counters, "write", decl, nbytes, parts)
         self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
         return w
 
@@ -475,7 +477,7 @@ class WorkModel:
         self._caps(w, chip.dma.outstanding_rows * per_row / max(w.latency_s, 1e-12), "latency")
         w.counters.update(noc_bytes=nbytes, ls_write_bytes=nbytes, commands=n, gathered_rows=n)
         w.counters["cache_hit_rows"] = hit_frac * n
-        _count_read(w.counters, decl, nbytes)
+        _count_access(w.counters, "read", decl, nbytes, parts)
         return w
 
     def _gather_parts(self, node: Node, decl: TensorDecl) -> tuple[int, float, MemParts]:
@@ -659,14 +661,19 @@ def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarra
     return lines.astype(np.int64), row_pos
 
 
-def _count_read(counters: dict[str, float], decl: TensorDecl, nbytes: float) -> None:
-    key = "sram_read_bytes" if decl.level == Level.SRAM or decl.cached else "dram_read_bytes"
-    counters[key] = counters.get(key, 0.0) + nbytes
+def _count_access(counters: dict[str, float], kind: str, decl: TensorDecl, nbytes: float, parts: MemParts) -> None:
+    """Bytes moved per memory level: SRAM tensors in SRAM; LPDDR5 tensors in LPDDR5 bursts, plus, through
+    the cache, every line through its SRAM slice."""
+    def add(key: str, v: float) -> None:
+        if v:
+            counters[key] = counters.get(key, 0.0) + float(v)
 
-
-def _count_write(counters: dict[str, float], decl: TensorDecl, nbytes: float) -> None:
-    key = "sram_write_bytes" if decl.level == Level.SRAM else "dram_write_bytes"
-    counters[key] = counters.get(key, 0.0) + nbytes
+    if decl.level == Level.SRAM:
+        add(f"sram_{kind}_bytes", nbytes)
+        return
+    add(f"dram_{kind}_bytes", parts.bursts.sum() if parts.bursts is not None else 0.0)
+    if decl.cached and parts.slices is not None:
+        add(f"sram_{kind}_bytes", parts.slices.sum())
 
 
 def upstream_of(node: Node) -> PeId | None:
