@@ -31,7 +31,9 @@ def best_of(fn, repeats: int = REPEATS):
 
 
 def main() -> int:
-    print(f"mtiasim simulator benchmarks on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"mtiasim simulator benchmarks on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     rows = []
 
     # 1. the headline GEMM, timing mode (whole bench call: mapping choice, program build, resolve, timing)
@@ -43,15 +45,25 @@ def main() -> int:
     t_exec, result = best_of(lambda: execute(prep.program, prep.chip, mode="timing", fidelity="event"))
     commands = len(result.resolved.nodes)
     events = result.timing.events
-    rows.append((f"  engine: {commands} commands, {events} events", t_exec, f"{commands / t_exec:,.0f} commands/s, {events / t_exec:,.0f} events/s"))
+    rows.append(
+        (
+            f"  engine: {commands} commands, {events} events",
+            t_exec,
+            f"{commands / t_exec:,.0f} commands/s, {events / t_exec:,.0f} events/s",
+        )
+    )
 
     # 2. functional mode (numbers computed, bit-exact int8)
-    t, res = best_of(lambda: prepare_gemm(2048, 4096, 4096, "int8", "sram", mode="functional").run(), repeats=1)
+    t, res = best_of(
+        lambda: prepare_gemm(2048, 4096, 4096, "int8", "sram", mode="functional").run(), repeats=1
+    )
     rows.append(("bench gemm 2048x4096x4096 int8, functional", t, "goal <= 20 s"))
 
     # 3. a large TBE in timing mode (1M-row table, batch 2048, pooling 50)
     t, res = best_of(lambda: prepare_tbe(2048, 50, 1_000_000, 128).run(), repeats=1)
-    rows.append(("bench tbe B2048 L50 1M rows dim 128, timing (8 batches)", t, f"{res['gbps']:.0f} GB/s simulated"))
+    rows.append(
+        ("bench tbe B2048 L50 1M rows dim 128, timing (8 batches)", t, f"{res['gbps']:.0f} GB/s simulated")
+    )
 
     # 4. the CLI end to end (includes interpreter start-up and imports)
     script = Path(sys.executable).parent / "mtiasim"

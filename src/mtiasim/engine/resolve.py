@@ -109,11 +109,9 @@ class _Cb:
 
 
 class _JobState:
-    def __init__(self, job: Job, job_index: int, chip: Chip, resolver: _Resolver) -> None:
+    def __init__(self, job: Job, job_index: int) -> None:
         self.job = job
         self.index = job_index
-        self.chip = chip
-        self.r = resolver
         self.cbs: dict[tuple[PeId, int], _Cb] = {}
         self.links: dict[tuple[PeId, PeId], deque[tuple[int, int, object | None]]] = {}
         self.barriers: dict[tuple, set[int]] = {}
@@ -141,7 +139,7 @@ class _Resolver:
         return Resolved(self.nodes, self.job_nodes, self.mcast_groups, self.memory)
 
     def _resolve_job(self, job: Job, ji: int) -> None:
-        st = _JobState(job, ji, self.chip, self)
+        st = _JobState(job, ji)
         self._check_pes(job, st)
         queues: dict[tuple[PeId, int], list[int]] = {}
         ids: list[int] = []

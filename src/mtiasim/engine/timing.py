@@ -115,7 +115,6 @@ class TimingModel:
         self.n = len(nodes)
         self._constraints()
         self._bundles()
-        self.b_dram_mask = self.b_dram
         self._uncontended()
 
     # ----------------------------------------------------------------------------------- graph build
@@ -247,12 +246,6 @@ class TimingModel:
                 cap = w.cap_bps * total / w.bytes
                 if cap < self.b_cap[b]:
                     self.b_cap[b], self.b_cap_kind[b] = cap, w.cap_kind or LATENCY
-
-    @property
-    def b_dram(self) -> np.ndarray:
-        """Bundles that stream from or to LPDDR5."""
-        sl = slice(self.rmap.channel0, self.rmap.channel0 + self.chip.dram.channels)
-        return (self.b_usage[:, sl] > 0).any(axis=1)
 
     def own_compute_s(self, i: int) -> float:
         w = self.works[i]

@@ -661,9 +661,12 @@ def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarra
     return lines.astype(np.int64), row_pos
 
 
-def _count_access(counters: dict[str, float], kind: str, decl: TensorDecl, nbytes: float, parts: MemParts) -> None:
+def _count_access(
+    counters: dict[str, float], kind: str, decl: TensorDecl, nbytes: float, parts: MemParts
+) -> None:
     """Bytes moved per memory level: SRAM tensors in SRAM; LPDDR5 tensors in LPDDR5 bursts, plus, through
     the cache, every line through its SRAM slice."""
+
     def add(key: str, v: float) -> None:
         if v:
             counters[key] = counters.get(key, 0.0) + float(v)

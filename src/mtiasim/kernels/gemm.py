@@ -427,7 +427,7 @@ class _Builder:
         return PeProgram(pe, cb_layout(self.chip, pe, sizes, self.name), ([], []))
 
     def tail(self, prog: PeProgram, rc, p: _Part, m0: int, mb: int, n0: int, nb: int) -> None:
-        """Bias load before, the output DMA after a MatMul over [m0, +mb blocks) x [n0, +nb blocks)."""
+        """The output DMA after a MatMul over [m0, +mb blocks) x [n0, +nb blocks), on the chain's last PE."""
         if self.last(rc):
             prog.cores[1].append(DmaOut(CB_C, self.c_stream(p, m0, mb, n0, nb)))
 
