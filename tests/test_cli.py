@@ -147,7 +147,7 @@ def test_suite_bad_cell_names_the_line(tmp_path, capsys):
         ),
         (
             ["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--placement", "hbm"],
-            "--placement: unknown placement 'hbm' (known: sram, dram, dram-direct)",
+            "--placement: unknown placement 'hbm' (known: sram, dram, dram-cached, dram-direct)",
         ),
         (
             ["bench", "gemm", "--m", "8", "--k", "8", "--n", "8", "--chip", "mtia-v9"],

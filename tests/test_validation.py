@@ -80,3 +80,30 @@ def test_imports_point_down(layer):
             if mod.startswith("mtiasim."):
                 top = mod.split(".")[1]
                 assert top in allowed, f"{path.relative_to(SRC)} imports {mod}"
+
+
+def test_validation_runs_exactly_what_the_cli_runs(report, capsys):
+    """A user reproducing a published case with the CLI gets the validated prediction: `dram` means the
+    paper's set-up for each benchmark (FC through the SRAM cache, Fig 13 operators with it bypassed)."""
+    import json
+
+    from mtiasim.cli import main
+
+    for family, name, argv in (
+        (
+            "fc_dram",
+            "fc 128x1024x1024 int8 dram",
+            ["bench", "gemm", "--m", "128", "--k", "1024", "--n", "1024", "--placement", "dram"],
+        ),
+        (
+            "ops",
+            "quantize 256x128x32 dram",
+            ["bench", "op", "quantize", "--m", "256", "--k", "128", "--n", "32", "--placement", "dram"],
+        ),
+    ):
+        assert main([*argv, "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["sram_cache"] is (family == "fc_dram")
+        rate = res["tops"] if family == "fc_dram" else res["gbps"]
+        case = next(c for c in report.cases if c["family"] == family and c["case"] == name)
+        assert rate == pytest.approx(case["predicted"], abs=1e-4)

@@ -41,10 +41,17 @@ def _fmt_seconds(s: float | None) -> str:
     return f"{s:.3f} s"
 
 
+def _where(res: dict[str, Any]) -> str:
+    """The placement as run: `dram` resolves to the benchmark's published set-up, cached or not."""
+    if res["placement"] == "dram":
+        return "dram via the SRAM cache" if res.get("sram_cache") else "dram, SRAM cache bypassed"
+    return str(res["placement"])
+
+
 def _print_bench(res: dict[str, Any]) -> None:
     kind = res["kind"]
     if kind == "gemm":
-        head = f"gemm {res['m']}x{res['k']}x{res['n']} {res['dtype']} ({res['placement']}) on {res['chip']}"
+        head = f"gemm {res['m']}x{res['k']}x{res['n']} {res['dtype']} ({_where(res)}) on {res['chip']}"
         rate = f"{res['tops']:.2f} TOPS" if res.get("tops") else "-"
     elif kind == "tbe":
         head = (
@@ -53,7 +60,7 @@ def _print_bench(res: dict[str, Any]) -> None:
         )
         rate = f"{res['gbps']:.1f} GB/s of embedding rows"
     else:
-        head = f"{res['op']} {res['m']}x{res['k']}x{res['n']} {res['dtype']} ({res['placement']}) on {res['chip']}"
+        head = f"{res['op']} {res['m']}x{res['k']}x{res['n']} {res['dtype']} ({_where(res)}) on {res['chip']}"
         rate = f"{res['gbps']:.1f} GB/s"
     click.echo(head)
     click.echo(f"  time      {_fmt_seconds(res.get('seconds'))}   ({res['fidelity']}, {res['mode']})")
@@ -177,7 +184,12 @@ def _common(f):
 @click.option("--k", type=int, required=True)
 @click.option("--n", type=int, required=True)
 @click.option("--dtype", default="int8", show_default=True, help="int8, fp16 or bf16.")
-@click.option("--placement", default="sram", show_default=True, help="sram or dram.")
+@click.option(
+    "--placement",
+    default="sram",
+    show_default=True,
+    help="sram, dram (LPDDR5 via the SRAM cache, as ISCA'23 ran FC), dram-cached or dram-direct.",
+)
 @click.option(
     "--out-dtype", default=None, help="Output dtype (default: int8 requantized, or the input's float)."
 )
@@ -260,7 +272,12 @@ def bench_tbe_cmd(
 @click.option("--m", type=int, default=256, show_default=True)
 @click.option("--k", type=int, default=128, show_default=True)
 @click.option("--n", type=int, default=32, show_default=True)
-@click.option("--placement", default="sram", show_default=True, help="sram or dram.")
+@click.option(
+    "--placement",
+    default="sram",
+    show_default=True,
+    help="sram, dram (LPDDR5, SRAM cache bypassed, as ISCA'23 Fig 13), dram-cached or dram-direct.",
+)
 @click.option("--dtype", default=None, help="Float dtype (default fp32 for quantize/dequantize, else fp16).")
 @_common
 def bench_op_cmd(op, m, k, n, placement, dtype, chip_name, fidelity, mode, as_json) -> None:

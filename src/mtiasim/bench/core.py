@@ -14,7 +14,7 @@ from mtiasim.hw import Chip, load_chip
 from mtiasim.isa import Level, MemoryPlan, Program
 
 MAX_DIM = 1 << 24
-PLACEMENTS = ("sram", "dram", "dram-direct")
+PLACEMENTS = ("sram", "dram", "dram-cached", "dram-direct")
 
 
 def positive(name: str, value: int, limit: int = MAX_DIM) -> int:
@@ -27,14 +27,16 @@ def positive(name: str, value: int, limit: int = MAX_DIM) -> int:
     return int(value)
 
 
-def level(placement: str, where: str = "--placement") -> tuple[Level, bool]:
-    """(memory level, reached through the SRAM cache). `dram` is LPDDR5 with the SRAM in cache mode (the
-    ISCA'23 set-up); `dram-direct` bypasses the cache."""
+def level(placement: str, dram_cached: bool, where: str = "--placement") -> tuple[Level, bool]:
+    """(memory level, reached through the SRAM cache). `dram` is LPDDR5 as the benchmark's published set-up
+    uses it (`dram_cached`: through the SRAM in cache mode, or not); `dram-cached` and `dram-direct` choose."""
     if placement not in PLACEMENTS:
         raise UsageError(f"{where}: unknown placement {placement!r} (known: {', '.join(PLACEMENTS)})")
     if placement == "sram":
         return Level.SRAM, False
-    return Level.DRAM, placement == "dram"
+    if placement == "dram":
+        return Level.DRAM, dram_cached
+    return Level.DRAM, placement == "dram-cached"
 
 
 def resolve_chip(chip: str | Chip) -> Chip:

@@ -60,7 +60,7 @@ def prepare_gemm(
         raise UsageError(f"--dtype: the DPE multiplies int8, fp16 or bf16, not {dtype}")
     if variant not in (*VARIANTS, "auto"):
         raise UsageError(f"--variant: unknown GEMM variant {variant!r} (known: auto, {', '.join(VARIANTS)})")
-    lvl, cached = level(placement)
+    lvl, cached = level(placement, dram_cached=True)
     check_run(mode, fidelity)
     chip_ = resolve_chip(chip)
     odt = DType.parse(out_dtype, "--out-dtype") if out_dtype else DEFAULT_OUT[dt]
@@ -101,6 +101,7 @@ def prepare_gemm(
             "out_dtype": odt.value,
         }
         out["placement"] = placement
+        out["sram_cache"] = cached
         out.update(base_fields(chip_, mode, fidelity))
         out.update(timing_fields(result, chip_))
         macs = float(m) * n * k

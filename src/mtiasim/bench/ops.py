@@ -15,6 +15,10 @@ Bytes counted for ``gbps`` (bytes / seconds), one read of every input and one wr
 
 (e = bytes per element of `--dtype`). Dynamic quantization reads its input twice (min/max pass, then quantize);
 only one read is counted.
+
+`--placement dram` is the paper's set-up for these operators: tensors in LPDDR5 with the SRAM not caching them
+(ISCA'23 §6.1: the DRAM-resident operators sit on the LPDDR5 roofline); `dram-cached` goes through the SRAM
+cache instead.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def prepare_op(
         raise UsageError(f"--dtype: {op} runs on fp16, bf16 or fp32 data, not {dtype}")
     if op == "batchmatmul" and dt not in (DType.FP16, DType.BF16, DType.INT8):
         raise UsageError(f"--dtype: batchmatmul runs on the DPE: int8, fp16 or bf16, not {dtype}")
-    lvl, cached = level(placement)
+    lvl, cached = level(placement, dram_cached=False)
     check_run(mode, fidelity)
     chip_ = resolve_chip(chip)
     plan = memory_plan(chip_)
@@ -145,6 +149,7 @@ def prepare_op(
             "n": n,
             "dtype": dt.value,
             "placement": placement,
+            "sram_cache": cached,
         }
         res.update(base_fields(chip_, mode, fidelity))
         res.update(timing_fields(result, chip_))
