@@ -370,3 +370,141 @@ def test_small_buffers_make_producer_and_consumer_alternate():
     single = execute(tbe_like(32), CHIP, inputs=idx).timing.seconds
     double = execute(tbe_like(64), CHIP, inputs=idx).timing.seconds
     assert single > double * 1.3  # one bag of buffer: gather and pool take turns
+
+
+# ------------------------------------------------------------------------------- new commands and views
+
+
+def _bcast_program(period: int, pop: bool = True):
+    from mtiasim.isa import MemoryPlan as Plan
+
+    p = Plan(CHIP.sram.bytes, CHIP.dram.bytes)
+    p.add("X", (16, 32), DType.FP32, Level.SRAM)
+    p.add("Y", (1, 32), DType.FP32, Level.SRAM)
+    p.add("O", (16, 32), DType.FP32, Level.SRAM)
+    x_loop = loop((0, 0), (2, 8, 0), (2, 0, 16))  # 2x2 tiles of 8x16, row-major
+    y_loop = loop((0, 0), (2, 0, 16)) if period else loop((0, 0), (2, 0, 0), (2, 0, 16))
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 4096), CbDecl(1, 4096, 1024), CbDecl(2, 8192, 4096)), ([], []))
+    prog.cores[0].append(DmaIn.one(0, TileStream("X", (8, 16), x_loop)))
+    prog.cores[0].append(DmaIn.one(1, TileStream("Y", (1, 16), y_loop)))
+    prog.cores[1].append(SeMap(SeOp.ADD, 0, 2, 4, DType.FP32, src2=1, src2_period=period))
+    prog.cores[1].append(DmaOut(2, TileStream("O", (8, 16), x_loop)))
+    if period and pop:
+        prog.cores[1].append(CbPop(1, period))
+    return program(p.tensors, {(0, 0): prog})
+
+
+@pytest.mark.parametrize("period", [0, 2])
+def test_se_map_broadcasts_a_row_operand(period):
+    x = np.arange(16 * 32, dtype=np.float32).reshape(16, 32)
+    y = np.linspace(-1, 1, 32, dtype=np.float32).reshape(1, 32)
+    res = execute(_bcast_program(period), CHIP, mode="both", inputs={"X": x, "Y": y})
+    assert np.array_equal(res.outputs["O"], x + y)
+
+
+def test_resident_second_operand_must_be_freed():
+    with pytest.raises(ProgramError, match=r"^job j: PE\(0, 0\) CB 1 ends the job with 2 unconsumed tiles$"):
+        resolve(_bcast_program(2, pop=False), CHIP)
+
+
+def test_se_pool_checks_the_row_format():
+    from mtiasim.isa import DmaGather, PoolMode, RowFormat, SePool
+
+    p = plan()
+    p.add("T", (100, 68), DType.UINT8, Level.SRAM)
+    p.add("I", (8,), DType.INT32, Level.SRAM)
+    prog = PeProgram((0, 0), (CbDecl(0, 0, 8192), CbDecl(1, 8192, 1024)), ([], []))
+    prog.cores[0].append(DmaGather(0, "T", "I", 0, 8))
+    prog.cores[1].append(SePool(0, 1, (8,), 64, PoolMode.SUM, DType.FP32, row_format=RowFormat.INT8_ATEN))
+    with pytest.raises(ProgramError, match=r"rows are 68 uint8, expected int8_aten rows of 72 uint8$"):
+        resolve(program(p.tensors, {(0, 0): prog}), CHIP)
+
+
+def test_a_column_window_moves_one_run_per_row():
+    from mtiasim.isa.memory import stream_bytes, stream_runs
+
+    p = plan()
+    base = p.add("B", (64, 256), DType.FP16, Level.SRAM)
+    win = p.alias("W", base, (64, 100), col_offset=30)
+    s = TileStream("W", (64, 128), loop((0, 0)))  # one tile, clipped to the window's 100 columns
+    runs = stream_runs(win, s)
+    assert runs.n_runs == 64 and runs.bytes == 64 * 200 == stream_bytes(win, s)
+    assert runs.sample_starts[0] == base.address + 60 and runs.sample_starts[1] == base.address + 60 + 512
+    whole = stream_runs(base, TileStream("B", (64, 256), loop((0, 0))))
+    assert whole.n_runs == 1  # whole rows of a contiguous tensor: one run
+
+
+def _new_kernel_programs():
+    from mtiasim.indices import offsets_from_lengths
+    from mtiasim.isa import PoolMode, RowFormat
+    from mtiasim.kernels.elementwise import elementwise_job
+    from mtiasim.kernels.gemm import gemm_job
+    from mtiasim.kernels.layout import concat_job, copy_job, gather_columns_job, transpose_job
+    from mtiasim.kernels.tbe import tbe_job
+
+    out = []
+    for lvl in (Level.SRAM, Level.DRAM):
+        p = plan()
+        a, w = p.add("A", (300, 200), DType.INT8, lvl), p.add("W", (130, 200), DType.INT8, lvl)
+        s, c = p.add("s", (1, 130), DType.FP32, Level.SRAM), p.add("C", (300, 130), DType.FP16, lvl)
+        out.append((p, [gemm_job(CHIP, "g", a, w, c, out_scales=s, activation="tanh")], {}))
+        p = plan()
+        x, y = p.add("X", (500, 700), DType.FP16, lvl), p.add("Y", (1, 700), DType.FP16, lvl)
+        o = p.add("O", (500, 700), DType.FP16, lvl)
+        out.append((p, [elementwise_job(CHIP, "b", SeOp.MUL, x, o, y=y)], {}))
+        p = plan()
+        x = p.add("X", (256, 729), DType.FP16, lvl)
+        o = p.add("O", (256, 351), DType.FP16, lvl)
+        cols = [i * 27 + j for i in range(27) for j in range(i)]
+        out.append((p, [gather_columns_job(CHIP, "g", x, o, cols)], {}))
+        p = plan()
+        xs = [p.add(f"X{i}", (300, wd), DType.FP32, lvl) for i, wd in enumerate((64, 300, 7))]
+        o = p.add("O", (300, 371), DType.FP32, lvl)
+        out.append((p, [concat_job(CHIP, "c", xs, o)], {}))
+        p = plan()
+        x, o = p.add("X", (333, 517), DType.FP16, lvl), p.add("O", (517, 333), DType.FP16, lvl)
+        out.append((p, [transpose_job(CHIP, "t", x, o)], {}))
+        p = plan()
+        x, o = p.add("X", (400, 300), DType.FP32, lvl), p.add("O", (400, 500), DType.FP32, lvl)
+        out.append(
+            (
+                p,
+                [
+                    copy_job(
+                        CHIP, "c", p.alias("Xw", x, (400, 100), col_offset=7), p.alias("Ow", o, (400, 100))
+                    )
+                ],
+                {},
+            )
+        )
+        p = plan()
+        t = p.add("T", (10_000, 64), DType.FP32, Level.DRAM, cached=lvl == Level.DRAM)
+        idx = np.random.default_rng(0).integers(0, 10_000, 64 * 20).astype(np.int32)
+        i = p.add("I", (idx.size,), DType.INT32, Level.SRAM)
+        o = p.add("O", (64, 64), DType.FP32, Level.SRAM)
+        job = tbe_job(
+            CHIP,
+            "tbe",
+            t,
+            i,
+            o,
+            offsets=offsets_from_lengths(np.full(64, 20)),
+            table_rows=[10_000],
+            batch=64,
+            dim=64,
+            mode=PoolMode.MAX,
+            row_format=RowFormat.FP32,
+        )
+        out.append((p, [job], {"I": idx}))
+    return out
+
+
+def test_fidelities_are_ordered_for_the_new_kernels():
+    for p, jobs, data in _new_kernel_programs():
+        prg = Program("p", p.tensors, jobs)
+        resolved = resolve(prg, CHIP)
+        roof, ana, ev = (
+            simulate(TimingModel(prg, resolved, CHIP, data), f).seconds
+            for f in ("roofline", "analytic", "event")
+        )
+        assert 0 < roof <= ana * (1 + 1e-9) and ana <= ev * (1 + 1e-9), jobs[0].name

@@ -1,4 +1,18 @@
-"""mtiasim: an open, bit-accurate and timed model of Meta's MTIA inference accelerator."""
+"""mtiasim: an open, bit-accurate and timed model of Meta's MTIA inference accelerator.
+
+    import mtiasim
+    compiled = mtiasim.compile(model, example_inputs, chip="mtia-v1", mode="both", precision="int8")
+    outputs = compiled(*example_inputs)
+    compiled.report.latency_s
+
+`torch.compile(model, backend="mtiasim")` works once mtiasim is imported (or through the
+`torch_dynamo_backends` entry point). torch is imported only when these are used.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
 
 from mtiasim.errors import (
     CapacityError,
@@ -19,4 +33,24 @@ __all__ = [
     "UnsupportedOperatorError",
     "UsageError",
     "__version__",
+    "backend",
+    "compile",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "compile":
+        from mtiasim.runtime.api import compile
+
+        return compile
+    if name == "backend":
+        from mtiasim.runtime.backend import backend
+
+        return backend
+    raise AttributeError(f"module 'mtiasim' has no attribute {name!r}")
+
+
+if "torch" in sys.modules:  # the user works with torch already: make backend="mtiasim" known
+    from mtiasim.runtime.backend import register
+
+    register()

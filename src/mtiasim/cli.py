@@ -300,6 +300,85 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
         sys.stdout.flush()
 
 
+# -------------------------------------------------------------------------------------------------- run
+
+
+@cli.command("run")
+@click.argument("workload")
+@click.option("--batch", type=int, default=256, show_default=True, help="Samples per batch.")
+@click.option("--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset name or a TOML file.")
+@click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16.")
+@click.option("--mode", default="timing", show_default=True, help="timing, functional or both.")
+@click.option("--fidelity", default="event", show_default=True, help="roofline, analytic or event.")
+@click.option("--check", is_flag=True, help="Also compute the numbers and compare with PyTorch on the CPU.")
+@click.option(
+    "--max-rows", type=int, default=None, help="Cap every table (default: full size in timing mode)."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--warmup", type=int, default=1, show_default=True, help="Batches run first to warm the cache.")
+@click.option(
+    "--distribution", default="uniform", show_default=True, help="Index distribution: uniform, zipf."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, max_rows, seed, warmup, distribution,
+            as_json) -> None:  # fmt: skip
+    """Compile a zoo workload (see `mtiasim run --list`) and run one batch on the simulated chip."""
+    from mtiasim.runtime.run import run_workload
+
+    res = run_workload(
+        workload,
+        batch=batch,
+        chip=chip_name,
+        precision=precision,
+        mode=mode,
+        fidelity=fidelity,
+        check=check,
+        max_rows=max_rows,
+        seed=seed,
+        warmup=warmup,
+        distribution=distribution,
+    )
+    if as_json:
+        _emit_json(res)
+        return
+    _print_run(res)
+
+
+def _print_run(res: dict[str, Any]) -> None:
+    click.echo(
+        f"{res['workload']} batch {res['batch']} on {res['chip']} ({res['precision']}, {res['mode']}, "
+        f"{res['fidelity']}; tables {res['table_rows']})"
+    )
+    click.echo(
+        f"  latency     {res['latency_us']:.2f} us   (host {res['host_us']:.1f}, PCIe in {res['h2d_us']:.1f}, "
+        f"device {res['device_us']:.1f}, PCIe out {res['d2h_us']:.1f})"
+    )
+    click.echo(f"  throughput  {res['samples_per_s']:,.0f} samples/s")
+    click.echo(
+        f"  MACs        {res['macs']:.4g} per batch, {100 * res['mac_utilization']:.1f} % of the DPE peak"
+    )
+    att = res["attribution_us"]
+    total = sum(att.values()) or 1.0
+    shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(att.items(), key=lambda kv: -kv[1]))
+    click.echo(f"  bound       {res['bound']}   (time in {shares})")
+    click.echo("  memory plan")
+    for line in res["memory_plan"]:
+        click.echo("    " + line)
+    click.echo(f"  {'op':28s} {'kind':14s} {'lane':6s} {'PEs':>4s} {'start us':>10s} {'time us':>10s}  bound")
+    for op in res["ops"]:
+        click.echo(
+            f"  {op['name'][:28]:28s} {op['kind'][:14]:14s} {op['lane']:6s} {op['pes']:4d} {op['start_us']:10.2f} "
+            f"{op['time_us']:10.2f}  {op['bound']}"
+        )
+    if "check" in res:
+        c = res["check"]
+        verdict = "passed" if c["passed"] else "FAILED"
+        click.echo(
+            f"  check       max abs err {c['max_abs_err']:.3g}, max rel err {c['max_rel_err']:.3g}, "
+            f"tolerance {c['tolerance']:.3g}: {verdict}"
+        )
+
+
 # --------------------------------------------------------------------------------------------- validate
 
 

@@ -5,7 +5,8 @@
     result.timing.seconds        # time (timing / both)
 
 Timing mode needs no tensor data except index tensors (their values drive the SRAM cache model), so tables of
-tens of GB can stay virtual.
+tens of GB can stay virtual. In functional mode an alias (`MemoryPlan.alias`) is a numpy view of its base
+buffer: what a job writes through one name the next job reads through the other. Inputs go to base tensors.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mtiasim.engine.resolve import Resolved, resolve
 from mtiasim.engine.timing import FIDELITIES, JobTiming, TimingModel, TimingResult, simulate
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
-from mtiasim.isa import Program
+from mtiasim.isa import Program, TensorDecl
 
 MODES = ("functional", "timing", "both")
 
@@ -34,9 +35,27 @@ class ExecutionResult:
     resolved: Resolved
 
 
+def _alias_view(root_array: np.ndarray, root: TensorDecl, decl: TensorDecl) -> np.ndarray:
+    """The 2-D [rows, cols] numpy view of an alias into its base buffer's array (writes go through)."""
+    item = root.dtype.itemsize
+    row, rest = divmod(decl.address - root.address, root.pitch)
+    stride, odd = divmod(decl.pitch * root.cols, root.pitch)
+    start = row * root.cols + rest // item
+    if odd or rest % item or start + (decl.rows - 1) * stride + decl.cols > root_array.size:
+        raise UsageError(f"alias {decl.name!r}: its bytes do not lie inside {root.name!r} as a strided view")
+    flat = root_array.reshape(-1)[start:]
+    return np.lib.stride_tricks.as_strided(flat, (decl.rows, decl.cols), (stride * item, item))
+
+
 def _memory(program: Program, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     mem: dict[str, np.ndarray] = {}
     for name, decl in program.tensors.items():
+        if decl.base is not None:
+            if name in inputs:
+                raise UsageError(
+                    f"input {name!r} is an alias of {decl.base!r}: give the data for {decl.base!r}"
+                )
+            continue
         if name in inputs:
             arr = np.asarray(inputs[name])
             if tuple(arr.shape) != tuple(decl.shape):
@@ -50,6 +69,14 @@ def _memory(program: Program, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
             mem[name] = np.array(arr, copy=True).reshape(decl.rows, decl.cols)
         else:
             mem[name] = np.zeros((decl.rows, decl.cols), dtype=decl.dtype.numpy)
+    for name, decl in program.tensors.items():
+        if decl.base is not None:
+            root = program.tensors.get(decl.base)
+            if root is None or root.base is not None or root.dtype != decl.dtype:
+                raise UsageError(
+                    f"alias {name!r}: base {decl.base!r} is not a {decl.dtype.value} buffer of the program"
+                )
+            mem[name] = _alias_view(mem[decl.base], root, decl)
     return mem
 
 

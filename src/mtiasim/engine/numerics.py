@@ -6,6 +6,14 @@
 - SE nonlinears (tanh, sigmoid): a lookup table of `segments` linear pieces over a clamped input range,
   evaluated in FP32. Documented error (tested): with 64 segments over [-8, 8], max |error| <= 6.0e-3 for
   tanh and <= 7.5e-4 for sigmoid, before the rounding of the output to its dtype.
+- GEMM epilogue (`matmul_epilogue`): per-column fp32 scale, activation, conversion, as `MatMul` documents.
+- Embedding pooling (`pool_rows`), per row format. FBGEMM int8 rows: ``q*scale + bias`` (two FP32 roundings),
+  weighted, summed in order. ATen int8 rows: as FBGEMM's CPU kernels behind
+  ``torch.ops.quantized.embedding_bag_byte_rowwise_offsets``: per row ``acc = fma(scale*w, q, acc + bias*w)``
+  (bit-exact; FMA is emulated in float64, which could round differently only when the exact sum needs more
+  than 53 bits and lands on an FP32 tie, not seen in tests). FP16/FP32 rows: ``acc += x`` or
+  ``acc = fma(w, x, acc)``, as ``torch.nn.functional.embedding_bag`` on FP32 rows (bit-exact). Mean divides the
+  FP32 sum by the bag length; max takes the elementwise max of the rows as converted to FP32; empty bags are 0.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtiasim.dtypes import DType
+from mtiasim.isa import PoolMode, RowFormat
 
 INT8_MIN, INT8_MAX = -128, 127
 LUT_RANGE = 8.0
@@ -112,3 +121,128 @@ def fbgemm_rows_quantize(weights: np.ndarray) -> np.ndarray:
     q = np.clip(np.rint((w - bias.astype(np.float32)) / safe), 0, 255).astype(np.uint8)
     head = np.concatenate([scale, bias], axis=1).view(np.uint8)
     return np.concatenate([head, q], axis=1)
+
+
+def matmul_epilogue(
+    acc: np.ndarray,
+    out: DType,
+    *,
+    scales: np.ndarray | None = None,
+    out_scale: float | None = None,
+    activation: str | None = None,
+    segments: int = 64,
+) -> np.ndarray:
+    """A MatMul block's conversion with a per-column scale and/or an activation (see `isa.MatMul`).
+
+    `acc` [blocks, tm, tn] int32 or fp32 (bias and partials included); `scales` [blocks, 1, tn] fp32.
+    """
+    if scales is not None:
+        v = acc.astype(np.float32) * scales.astype(np.float32)
+    elif acc.dtype == np.int32 and out_scale is not None:
+        v = acc.astype(np.float64) * out_scale
+    else:
+        v = acc
+    if activation == "relu":
+        v = np.maximum(v, np.zeros((), dtype=v.dtype))
+    elif activation in ("sigmoid", "tanh"):
+        v = lut_apply(v, activation, segments)
+    elif activation is not None:
+        raise ValueError(activation)
+    return cast(v, out)
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """FP32 fused multiply-add ``a*b + c`` rounded once (float64 holds the product of two FP32 exactly)."""
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
+def aten_rows_split(rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ATen int8 rows ([n, dim + 8] uint8) -> (q [n, dim] fp32, scale [n, 1] fp32, bias [n, 1] fp32)."""
+    tail = np.ascontiguousarray(rows[:, dim : dim + 8]).view(np.float32)
+    return rows[:, :dim].astype(np.float32), tail[:, 0:1], tail[:, 1:2]
+
+
+def aten_rows_dequantize(rows: np.ndarray, dim: int) -> np.ndarray:
+    """ATen int8 rows -> fp32 [n, dim]: ``fma(scale, q, bias)`` (the first step of a pooled sum)."""
+    q, scale, bias = aten_rows_split(rows, dim)
+    return fma32(np.broadcast_to(scale, q.shape), q, np.broadcast_to(bias, q.shape))
+
+
+def aten_rows_quantize(weights: np.ndarray) -> np.ndarray:
+    """fp32 [rows, dim] -> ATen int8 rows [rows, dim + 8] (row-wise min/max, fp32 scale and bias at the tail),
+    as ``torch.ops.quantized.embedding_bag_byte_prepack``."""
+    w = np.asarray(weights, dtype=np.float32)
+    lo = w.min(axis=1, keepdims=True)
+    span = (w.max(axis=1, keepdims=True) - lo).astype(np.float32)
+    scale = (span / np.float32(255.0)).astype(np.float32)
+    inverse = (np.float32(255.0) / (span + np.float32(1e-8))).astype(np.float32)
+    q = np.clip(np.rint((w - lo) * inverse), 0, 255).astype(np.uint8)
+    tail = np.concatenate([scale, lo], axis=1).astype(np.float32).view(np.uint8)
+    return np.concatenate([q, tail], axis=1)
+
+
+def rows_to_float(rows: np.ndarray, fmt: RowFormat, dim: int) -> np.ndarray:
+    """Stored rows of `fmt` -> fp32 [n, dim] values."""
+    if fmt == RowFormat.INT8_FBGEMM:
+        return fbgemm_rows_dequantize(rows, dim)
+    if fmt == RowFormat.INT8_ATEN:
+        return aten_rows_dequantize(rows, dim)
+    return np.asarray(rows[:, :dim], dtype=np.float32)
+
+
+def _bag_starts(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def _sum_in_order(rows: np.ndarray, fmt: RowFormat, dim: int, lengths: np.ndarray, w) -> np.ndarray:
+    """Each bag's rows accumulated one after another, as FBGEMM's and ATen's CPU kernels do."""
+    out = np.zeros((lengths.size, dim), dtype=np.float32)
+    starts = _bag_starts(lengths)
+    if fmt == RowFormat.INT8_ATEN:
+        q, scale, bias = aten_rows_split(rows, dim)
+        if w is not None:
+            scale, bias = scale * w[:, None], bias * w[:, None]
+    else:
+        x = np.asarray(rows[:, :dim], dtype=np.float32)
+    for pos in range(int(lengths.max(initial=0))):
+        live = np.flatnonzero(lengths > pos)
+        r = starts[live] + pos
+        acc = out[live]
+        if fmt == RowFormat.INT8_ATEN:
+            out[live] = fma32(np.broadcast_to(scale[r], (r.size, dim)), q[r], acc + bias[r])
+        elif w is not None:
+            out[live] = fma32(np.broadcast_to(w[r, None], (r.size, dim)), x[r], acc)
+        else:
+            out[live] = acc + x[r]
+    return out
+
+
+def pool_rows(
+    rows: np.ndarray,
+    fmt: RowFormat,
+    dim: int,
+    lengths: np.ndarray,
+    mode: PoolMode,
+    weights: np.ndarray | None,
+) -> np.ndarray:
+    """EmbeddingBag of stored rows ([n, row cols], in bag order) -> fp32 [bags, dim] (see the module doc)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    w = None if weights is None else np.asarray(weights, dtype=np.float32)
+    nz = lengths > 0
+    if mode == PoolMode.MAX:
+        out = np.zeros((lengths.size, dim), dtype=np.float32)
+        if nz.any():
+            out[nz] = np.maximum.reduceat(rows_to_float(rows, fmt, dim), _bag_starts(lengths)[nz], axis=0)
+        return out
+    if fmt == RowFormat.INT8_FBGEMM:
+        vals = fbgemm_rows_dequantize(rows, dim) if rows.size else np.zeros((0, dim), np.float32)
+        if w is not None:
+            vals = vals * w[:, None]
+        out = np.zeros((lengths.size, dim), dtype=np.float32)
+        if nz.any():
+            out[nz] = np.add.reduceat(vals, _bag_starts(lengths)[nz], axis=0)
+    else:
+        out = _sum_in_order(rows, fmt, dim, lengths, w)
+    if mode == PoolMode.MEAN:
+        out[nz] = out[nz] / lengths[nz, None].astype(np.float32)
+    return out

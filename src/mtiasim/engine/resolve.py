@@ -47,6 +47,7 @@ from mtiasim.isa import (
     SeOp,
     SePool,
 )
+from mtiasim.isa.commands import EPILOGUE_ACTIVATIONS
 
 MATMUL_CHUNK_BYTES = 48 * 2**20
 
@@ -506,6 +507,10 @@ class _Resolver:
             raise ProgramError(f"{where}: empty matmul loop")
         if (cmd.reduce_out is None) == (cmd.out_cb is None):
             raise ProgramError(f"{where}: a MatMul sends its blocks either to out_cb or over reduce_out")
+        if (cmd.scale_cb is not None or cmd.activation is not None) and cmd.out_cb is None:
+            raise ProgramError(f"{where}: scale_cb and activation apply where blocks are converted (out_cb)")
+        if cmd.activation is not None and cmd.activation not in EPILOGUE_ACTIVATIONS:
+            raise ProgramError(f"{where}: activation {cmd.activation.value} is not relu, sigmoid or tanh")
         if cmd.reduce_in is not None:
             src = _upstream(node.pe, cmd.reduce_in)
             q = st.links.get((src, node.pe))
@@ -526,6 +531,10 @@ class _Resolver:
         if cmd.bias_cb is not None:
             bias_run, bias_segs = self._take(st, node, cmd.bias_cb, cmd.blocks, pop=True)
             self._check_tiles(st, node, bias_segs, cmd.bias_cb, (1, cmd.tile_n), cmd.acc_dtype, "bias tiles")
+        scale_run = None
+        if cmd.scale_cb is not None:
+            scale_run, scale_segs = self._take(st, node, cmd.scale_cb, cmd.blocks, pop=True)
+            self._check_tiles(st, node, scale_segs, cmd.scale_cb, (1, cmd.tile_n), DType.FP32, "scale tiles")
         partials = None
         if cmd.reduce_in is not None:
             src = _upstream(node.pe, cmd.reduce_in)
@@ -551,7 +560,8 @@ class _Resolver:
             out_dtype = cmd.out_dtype or cmd.acc_dtype
             data = None
             if acc is not None:
-                data = ArrayTiles(_convert_acc(acc, cmd, out_dtype))
+                scales = scale_run.get(0, cmd.blocks) if scale_run is not None else None
+                data = ArrayTiles(_convert_acc(acc, cmd, out_dtype, scales, self.chip.se.lut_segments))
             self._push(st, node, cmd.out_cb, cmd.blocks, (cmd.tile_m, cmd.tile_n), out_dtype, data)  # type: ignore[arg-type]
         return True
 
@@ -564,8 +574,15 @@ class _Resolver:
         if cmd.op in (SeOp.ADD, SeOp.MUL):
             if cmd.src2 is None:
                 raise ProgramError(f"{where}: {cmd.op.value} needs a second source CB")
-            run2, segs2 = self._take(st, node, cmd.src2, cmd.n_tiles, pop=True)
-            self._check_tiles(st, node, segs2, cmd.src2, shape, None, "second operand tiles")
+            if cmd.src2_period < 0:
+                raise ProgramError(f"{where}: negative src2_period")
+            resident = cmd.src2_period > 0
+            n2 = cmd.src2_period if resident else cmd.n_tiles
+            run2, segs2 = self._take(st, node, cmd.src2, n2, pop=not resident)
+            shape2 = (1, shape[1]) if segs2 and segs2[0].shape[0] == 1 else shape
+            self._check_tiles(st, node, segs2, cmd.src2, shape2, None, "second operand tiles")
+            if resident:
+                self._resident_fits(st, node, cmd.src2, n2, segs2)
         if cmd.op == SeOp.QUANTIZE and cmd.out_dtype not in (DType.INT8, DType.UINT8):
             raise ProgramError(f"{where}: quantize produces int8 or uint8, not {cmd.out_dtype.value}")
         qparams = None
@@ -579,7 +596,12 @@ class _Resolver:
         source = None
         if run is not None:
             x = run.get(0, cmd.n_tiles)
-            y = run2.get(0, cmd.n_tiles) if run2 is not None else None
+            y = None
+            if run2 is not None:
+                if cmd.src2_period:
+                    y = run2.take(np.arange(cmd.n_tiles) % cmd.src2_period)
+                else:
+                    y = run2.get(0, cmd.n_tiles)
             source = ArrayTiles(_se_compute(cmd, x, y, qparams, self.chip.se.lut_segments))
         self._push(st, node, cmd.dst, cmd.n_tiles, shape, cmd.out_dtype, source)
 
@@ -594,18 +616,24 @@ class _Resolver:
     def _se_pool(self, node: Node, cmd: SePool, st: _JobState) -> None:
         where = f"job {st.job.name}: {node.where}"
         run, segs = self._take(st, node, cmd.src, cmd.rows, pop=True)
-        if segs and (segs[0].shape[1] != cmd.dim + 4 or segs[0].dtype != DType.UINT8):
-            raise ProgramError(
-                f"{where}: rows are {segs[0].shape[1]} {segs[0].dtype.value}, expected FBGEMM int8 rows of {cmd.dim + 4} uint8"
-            )
+        fmt = cmd.row_format
+        cols, dt = fmt.row_cols(cmd.dim), fmt.dtype
+        for seg in segs:
+            if seg.shape != (1, cols) or seg.dtype != dt:
+                raise ProgramError(
+                    f"{where}: rows are {seg.shape[1]} {seg.dtype.value}, expected {fmt.value} rows of {cols} {dt.value}"
+                )
+        if cmd.weights is not None and cmd.mode == PoolMode.MAX:
+            raise ProgramError(f"{where}: per-sample weights need sum or mean pooling, not max")
         source = None
         if run is not None:
-            rows = run.get(0, cmd.rows)[:, 0, :] if cmd.rows else np.zeros((0, cmd.dim + 4), np.uint8)
+            rows = run.get(0, cmd.rows)[:, 0, :] if cmd.rows else np.zeros((0, cols), dt.numpy)
             w = None
             if cmd.weights is not None:
                 decl = self.program.tensor(cmd.weights, where)
                 w = self._array(decl.name).reshape(-1)[cmd.weights_start : cmd.weights_start + cmd.rows]
-            source = ArrayTiles(_pool(rows, cmd, w)[:, None, :])
+            pooled = nx.pool_rows(rows, fmt, cmd.dim, np.asarray(cmd.lengths), cmd.mode, w)
+            source = ArrayTiles(nx.cast(pooled, cmd.out_dtype)[:, None, :])
         self._push(st, node, cmd.dst, len(cmd.lengths), (1, cmd.dim), cmd.out_dtype, source)
 
     def _mlu_transpose(self, node: Node, cmd: MluTranspose, st: _JobState) -> None:
@@ -696,11 +724,13 @@ def _inputs(cmd: Command) -> list[tuple[int, int]]:
         need = [(cmd.a_cb, n_a), (cmd.b_cb, n_b)]
         if cmd.bias_cb is not None:
             need.append((cmd.bias_cb, cmd.blocks))
+        if cmd.scale_cb is not None:
+            need.append((cmd.scale_cb, cmd.blocks))
         return need
     if isinstance(cmd, SeMap):
         need = [(cmd.src, cmd.n_tiles)]
         if cmd.src2 is not None:
-            need.append((cmd.src2, cmd.n_tiles))
+            need.append((cmd.src2, cmd.src2_period or cmd.n_tiles))
         if cmd.scale_cb is not None:
             need.append((cmd.scale_cb, 1))
         return need
@@ -794,7 +824,14 @@ def _matmul_compute(
     return out
 
 
-def _convert_acc(acc: np.ndarray, cmd: MatMul, out_dtype: DType) -> np.ndarray:
+def _convert_acc(
+    acc: np.ndarray, cmd: MatMul, out_dtype: DType, scales: np.ndarray | None, segments: int
+) -> np.ndarray:
+    if scales is not None or cmd.activation is not None:
+        act = cmd.activation.value if cmd.activation is not None else None
+        return nx.matmul_epilogue(
+            acc, out_dtype, scales=scales, out_scale=cmd.out_scale, activation=act, segments=segments
+        )
     if acc.dtype == np.int32 and cmd.out_scale is not None:
         return nx.requantize_acc(acc, cmd.out_scale, out_dtype)
     if out_dtype == cmd.acc_dtype:
@@ -835,21 +872,6 @@ def _se_compute(cmd: SeMap, x: np.ndarray, y: np.ndarray | None, qparams, segmen
     else:
         raise ProgramError(f"unknown SE op {op}")
     return nx.cast(r, out)
-
-
-def _pool(rows: np.ndarray, cmd: SePool, weights: np.ndarray | None) -> np.ndarray:
-    vals = nx.fbgemm_rows_dequantize(rows, cmd.dim) if rows.size else np.zeros((0, cmd.dim), np.float32)
-    if weights is not None:
-        vals = vals * weights.astype(np.float32)[:, None]
-    lengths = np.asarray(cmd.lengths, dtype=np.int64)
-    out = np.zeros((len(lengths), cmd.dim), dtype=np.float32)
-    nz = lengths > 0
-    if nz.any():
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        out[nz] = np.add.reduceat(vals, starts[nz], axis=0)
-    if cmd.mode == PoolMode.MEAN:
-        out[nz] = out[nz] / lengths[nz, None].astype(np.float32)
-    return nx.cast(out, cmd.out_dtype)
 
 
 def _scatter(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run: TileRun) -> None:

@@ -37,6 +37,7 @@ from mtiasim.isa import (
     MluTranspose,
     PeId,
     Program,
+    RowFormat,
     SeMap,
     SeMinMax,
     SeOp,
@@ -59,6 +60,12 @@ SE_OPS_PER_ELEMENT = {
     SeOp.MUL: 1,
 }
 POOL_OPS_PER_ELEMENT = 3  # dequantize (multiply, add) and accumulate
+FLOAT_POOL_OPS_PER_ELEMENT = 1  # float rows: accumulate (weighted: one fused multiply-add) or max
+
+
+def own_bytes(tensors: dict[str, TensorDecl], level: Level) -> int:
+    """Bytes the tensors of a level occupy (aliases take none of their own)."""
+    return sum(t.nbytes for t in tensors.values() if t.level == level and t.base is None)
 
 
 @dataclass
@@ -156,7 +163,7 @@ class WorkModel:
         if decl.level == Level.SRAM:
             return sram_s
         if decl.cached:
-            miss = (self.memo.dense_miss or {}).get(decl.name, 1.0)
+            miss = (self.memo.dense_miss or {}).get(decl.root, 1.0)
             return sram_s + miss * self.chip.dram.latency_ns * 1e-9
         return self.chip.dram.latency_ns * 1e-9
 
@@ -271,7 +278,7 @@ class WorkModel:
         side = np.zeros(4)
         for s_, b in enumerate(slices):
             side[self.rmap.slice_side(s_)] += b
-        miss = (self.memo.dense_miss or {}).get(decl.name, 1.0) if inbound else 1.0
+        miss = (self.memo.dense_miss or {}).get(decl.root, 1.0) if inbound else 1.0
         bursts, alone, inter = dram_channel_parts(
             chip, runs.sample_starts, runs.sample_lengths, runs.sample_scale
         )
@@ -282,7 +289,8 @@ class WorkModel:
     def _dense_misses(self) -> dict[str, float]:
         """Per LPDDR5 tensor read by tile streams through the SRAM cache: the fraction of its reads that
         miss. The first read of every byte misses; re-reads hit while the cached tensors of the program fit
-        the cache (LRU over a larger footprint keeps the capacity's share of them)."""
+        the cache (LRU over a larger footprint keeps the capacity's share of them). Aliases count as the
+        buffer they view."""
         reads: dict[str, float] = {}
         footprint: dict[str, int] = {}
         for node in self.resolved.nodes:
@@ -295,13 +303,14 @@ class WorkModel:
                     gid = node.mcast_group[ti] if node.mcast_group else None
                     if gid is not None and node.id != min(n for n, _ in self.resolved.mcast_groups[gid]):
                         continue  # one memory read per multicast group
-                    reads[decl.name] = reads.get(decl.name, 0.0) + stream_bytes(decl, tr.stream)
-                    footprint[decl.name] = decl.nbytes
+                    root = decl.root
+                    reads[root] = reads.get(root, 0.0) + stream_bytes(decl, tr.stream)
+                    footprint[root] = self.program.tensors.get(root, decl).nbytes
             elif isinstance(cmd, DmaOut):
                 decl = self.program.tensors[cmd.stream.tensor]
                 if decl.level == Level.DRAM and decl.cached:
-                    footprint[decl.name] = decl.nbytes
-        sram_used = sum(t.nbytes for t in self.program.tensors.values() if t.level == Level.SRAM)
+                    footprint[decl.root] = self.program.tensors.get(decl.root, decl).nbytes
+        sram_used = own_bytes(self.program.tensors, Level.SRAM)
         capacity = max(0, self.chip.sram.bytes - sram_used)
         total = sum(footprint.values())
         keep = min(1.0, capacity / total) if total else 1.0
@@ -324,7 +333,7 @@ class WorkModel:
         if not gathers:
             return
         line = self.chip.sram.cache_line_bytes
-        sram_used = sum(t.nbytes for t in self.program.tensors.values() if t.level == Level.SRAM)
+        sram_used = own_bytes(self.program.tensors, Level.SRAM)
         cache = LruCache(max(0, self.chip.sram.bytes - sram_used) // line)
         history = []
         for name, rows in self.program.cache_history.items():
@@ -529,14 +538,23 @@ class WorkModel:
         cycles_per_sub = d.block_m * d.block_n * d.block_k / dpe_macs_per_cycle(chip, cmd.dtype)
         acc_bytes = cmd.tile_m * cmd.tile_n * 4
         drain = acc_bytes / chip.re.bytes_per_cycle
-        busy_cycles = cmd.blocks * cmd.steps * sub * cycles_per_sub + drain
+        dpe_cycles = cmd.blocks * cmd.steps * sub * cycles_per_sub
+        epi_ops = epilogue_ops_per_element(cmd)
+        if epi_ops:
+            # the RE converts a block while the DPE computes the next: a two-stage pipeline
+            epi_block = cmd.tile_m * cmd.tile_n * epi_ops / se_ops_per_cycle(chip, DType.FP32)
+            busy_cycles = max(dpe_cycles, cmd.blocks * epi_block) + epi_block + drain
+        else:
+            busy_cycles = dpe_cycles + drain
         w = Work("dpe", "compute", items=cmd.blocks * cmd.steps)
         w.busy_s = busy_cycles * self.cyc
         w.latency_s = d.pipeline_latency_cycles * self.cyc
-        commands = cmd.blocks * (cmd.steps * sub + 2 + (1 if cmd.bias_cb is not None else 0))
+        vectors = (cmd.bias_cb is not None) + (cmd.scale_cb is not None)
+        commands = cmd.blocks * (cmd.steps * sub + 2 + vectors)
         w.issue_s = self._issue(commands)
         macs = cmd.blocks * cmd.steps * sub * d.block_m * d.block_n * d.block_k
         in_bytes = cmd.blocks * cmd.steps * (cmd.tile_m + cmd.tile_n) * cmd.tile_k * cmd.dtype.itemsize
+        in_bytes += cmd.blocks * cmd.tile_n * 4 * vectors
         w.counters.update(
             {
                 f"dpe_macs_{cmd.dtype.value}": float(macs),
@@ -544,6 +562,8 @@ class WorkModel:
                 "commands": commands,
             }
         )
+        if epi_ops:
+            w.counters["epilogue_ops"] = float(cmd.blocks * cmd.tile_m * cmd.tile_n * epi_ops)
         if cmd.out_cb is not None:
             out_dt = cmd.out_dtype or cmd.acc_dtype
             w.counters["ls_write_bytes"] = float(cmd.blocks * cmd.tile_m * cmd.tile_n * out_dt.itemsize)
@@ -598,14 +618,18 @@ class WorkModel:
         w = Work("se", "compute", items=max(cmd.rows, 1))
         mean_len = cmd.rows / max(len(cmd.lengths), 1)
         w.granule = max(1.0, min(float(per_cmd), mean_len))
-        busy, ops = self._se(elems, POOL_OPS_PER_ELEMENT, DType.FP16, commands)
+        fmt = cmd.row_format
+        # int8 rows are dequantized on the SE's FP16 path; float rows accumulate at their own width
+        ops_per = POOL_OPS_PER_ELEMENT if fmt.is_int8 else FLOAT_POOL_OPS_PER_ELEMENT
+        rate_dtype = DType.FP32 if fmt == RowFormat.FP32 else DType.FP16
+        busy, ops = self._se(elems, ops_per, rate_dtype, commands)
         out_elems = len(cmd.lengths) * cmd.dim
         w.busy_s = busy + out_elems / se_ops_per_cycle(chip, DType.FP16) * self.cyc
         w.issue_s = self._issue(commands)
         w.latency_s = chip.se.command_overhead_cycles * self.cyc
         w.counters.update(
             se_ops=ops + out_elems,
-            ls_read_bytes=float(cmd.rows * (cmd.dim + 4)),
+            ls_read_bytes=float(cmd.rows * fmt.row_bytes(cmd.dim)),
             ls_write_bytes=float(out_elems * cmd.out_dtype.itemsize),
             commands=commands,
         )
@@ -647,6 +671,14 @@ class WorkModel:
             caps.append((w.bytes / w.issue_s, "issue"))
         cap, k = min(caps)
         w.cap_bps, w.cap_kind = cap, k
+
+
+def epilogue_ops_per_element(cmd: MatMul) -> int:
+    """SE-equivalent ops per output element of a MatMul's epilogue: the scale multiply and the activation."""
+    ops = 1 if cmd.scale_cb is not None else 0
+    if cmd.activation is not None:
+        ops += SE_OPS_PER_ELEMENT[cmd.activation]
+    return ops
 
 
 def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarray, np.ndarray]:

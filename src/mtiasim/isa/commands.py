@@ -124,6 +124,20 @@ class MatMul:
     B(jn, s) tile ``jn*steps + s`` from the CB head; they are not popped. `reduce_in` adds the partial block
     arriving over the reduction network from the upstream PE (west of an EAST chain, north of a SOUTH chain).
     Integer results with an `out_scale` are requantized: round half to even, saturate.
+
+    Epilogue (only where the block is converted, i.e. with `out_cb`): `scale_cb` streams one [1, tile_n] fp32
+    tile of per-column multipliers per block (as `bias_cb` streams bias tiles), `activation` is RELU, SIGMOID
+    or TANH. With either set, each element of a block (n = its column, acc including bias and partials) is:
+
+    - ``v = float32(acc) * scale[n]``, one float32 multiply: ``((acc + bias).to(torch.float32) * scale)`` in
+      torch, the integer sum ``acc + bias`` exact while it fits int32 (beyond, it wraps as the RE's adder);
+      without `scale_cb`, ``v = float64(acc) * out_scale`` for an integer accumulator with `out_scale` (the
+      requantization below), else ``v = acc``;
+    - ``y = max(v, 0)`` (RELU) or the SE's LUT of sigmoid/tanh on ``float32(v)`` (as `SeMap`), in float32;
+    - integer `out_dtype`: round half to even, saturate; float: ``float32(y)`` cast (round to nearest even).
+
+    The RE's output path applies it per block, pipelined with the DPE's next block, at the SE's FP32 rate
+    (one op per element for the scale, `engine.work.SE_OPS_PER_ELEMENT` of the activation).
     """
 
     a_cb: int
@@ -143,6 +157,8 @@ class MatMul:
     out_cb: int | None = None
     out_dtype: DType | None = None
     out_scale: float | None = None
+    scale_cb: int | None = None
+    activation: SeOp | None = None
 
     @property
     def blocks(self) -> int:
@@ -172,6 +188,9 @@ UNARY_SE_OPS = frozenset(
 )
 
 
+EPILOGUE_ACTIVATIONS = frozenset({SeOp.RELU, SeOp.SIGMOID, SeOp.TANH})
+
+
 @dataclass(frozen=True, slots=True)
 class SeMap:
     """An SE loop over `n_tiles` tiles: ``dst = op(src[, src2])``, converting to `out_dtype`.
@@ -179,6 +198,10 @@ class SeMap:
     Quantize: ``q = saturate(round_half_even(x / scale) + zero_point)``. Dequantize: ``(q - zero_point) * scale``.
     If `scale_cb` is set, the scale and zero point come from the 1x2 tile [min, max] at its head (dynamic
     quantization: asymmetric int8 covering [min(min, 0), max(max, 0)]); the tile stays (free it with CbPop).
+
+    Binary ops read `src2`: with ``src2_period == 0`` one tile per tile of `src`, popped; with ``src2_period =
+    p > 0`` the first p tiles of `src2` stay resident and tile i of `src` pairs with tile ``i % p`` (free them
+    with CbPop). A [1, c] second-operand tile is broadcast over the rows of an [r, c] tile (row broadcast).
     """
 
     op: SeOp
@@ -190,6 +213,7 @@ class SeMap:
     scale: float = 1.0
     zero_point: int = 0
     scale_cb: int | None = None
+    src2_period: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,17 +226,51 @@ class SeMinMax:
 
 
 class PoolMode(StrEnum):
+    """EmbeddingBag pooling; an empty bag pools to zeros in every mode (as torch's embedding_bag)."""
+
     SUM = "sum"
     MEAN = "mean"
+    MAX = "max"
+
+
+class RowFormat(StrEnum):
+    """How an embedding table stores a row of `dim` values.
+
+    - INT8_FBGEMM: uint8 [dim + 4]: fp16 scale, fp16 bias at the head, then dim bytes; ``x = q*scale + bias``.
+    - INT8_ATEN: uint8 [dim + 8]: dim bytes, then fp32 scale and fp32 bias at the tail, as
+      ``torch.ops.quantized.embedding_bag_byte_prepack`` writes them; ``x = q*scale + bias``.
+    - FP16, FP32: the dim values themselves.
+    """
+
+    INT8_FBGEMM = "int8_fbgemm"
+    INT8_ATEN = "int8_aten"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+    @property
+    def dtype(self) -> DType:
+        return {RowFormat.FP16: DType.FP16, RowFormat.FP32: DType.FP32}.get(self, DType.UINT8)
+
+    @property
+    def is_int8(self) -> bool:
+        return self in (RowFormat.INT8_FBGEMM, RowFormat.INT8_ATEN)
+
+    def row_cols(self, dim: int) -> int:
+        """Elements of one stored row (of `dtype`)."""
+        return dim + {RowFormat.INT8_FBGEMM: 4, RowFormat.INT8_ATEN: 8}.get(self, 0)
+
+    def row_bytes(self, dim: int) -> int:
+        return self.row_cols(dim) * self.dtype.itemsize
 
 
 @dataclass(frozen=True, slots=True)
 class SePool:
-    """EmbeddingBag pooling on the SE: dequantize FBGEMM int8 rows (fp16 scale and bias at the row head) and
-    accumulate them into bags, at most `accumulate_max_rows` rows per SE accumulate command.
+    """EmbeddingBag pooling on the SE: convert rows of `row_format` to fp32 (dequantize int8 rows) and
+    accumulate (or take the max of) them into bags, at most `accumulate_max_rows` rows per SE command.
 
     `lengths` gives the rows of each bag (rows arrive in `src` in bag order); one [1, dim] tile per bag goes to
-    `dst` in `out_dtype`. Per-sample weights (fp32) are ``weights[weights_start : ...]`` if `weights` is set.
+    `dst` in `out_dtype`. Per-sample weights (fp32) are ``weights[weights_start : ...]`` if `weights` is set
+    (sum and mean only). Numerics per format: see `mtiasim.engine.numerics.pool_rows`.
     """
 
     src: int
@@ -223,6 +281,7 @@ class SePool:
     out_dtype: DType
     weights: str | None = None
     weights_start: int = 0
+    row_format: RowFormat = RowFormat.INT8_FBGEMM
 
     @property
     def rows(self) -> int:

@@ -25,7 +25,10 @@ class Level(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TensorDecl:
-    """A tensor resident in global memory at a byte address of its level."""
+    """A tensor resident in global memory at a byte address of its level.
+
+    `base` names the buffer an alias views (see `MemoryPlan.alias`); None for a buffer of its own.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -34,6 +37,16 @@ class TensorDecl:
     address: int
     cached: bool = False
     row_pitch_bytes: int | None = None
+    base: str | None = None
+
+    @property
+    def root(self) -> str:
+        """The buffer holding the bytes: `base` for an alias, else the tensor itself."""
+        return self.base if self.base is not None else self.name
+
+    @property
+    def contiguous(self) -> bool:
+        return self.pitch == self.cols * self.dtype.itemsize
 
     @property
     def rows(self) -> int:

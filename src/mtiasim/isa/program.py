@@ -6,6 +6,8 @@ depends on have finished. Jobs on disjoint sub-grids may run at the same time.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,7 +85,9 @@ class MemoryPlan:
         decl = TensorDecl(name, tuple(shape), dtype, level, address, cached, row_pitch_bytes)
         if decl.end > self.capacity[level]:
             resident = ", ".join(
-                f"{t.name} {t.nbytes / 2**20:.1f} MiB" for t in self.tensors.values() if t.level == level
+                f"{t.name} {t.nbytes / 2**20:.1f} MiB"
+                for t in self.tensors.values()
+                if t.level == level and t.base is None
             )
             raise CapacityError(
                 f"tensor {name!r} ({decl.nbytes / 2**20:.1f} MiB) does not fit {level.value.upper()} "
@@ -91,6 +95,53 @@ class MemoryPlan:
                 + (f": {resident})" if resident else ")")
             )
         self.used[level] = decl.end
+        self.tensors[name] = decl
+        return decl
+
+    def alias(
+        self, name: str, base: TensorDecl | str, shape: Sequence[int], *, col_offset: int = 0
+    ) -> TensorDecl:
+        """A second view of `base`'s bytes, without a copy.
+
+        - reshape: `shape` holds as many elements as `base` (and ``col_offset == 0``); same address. `base` must
+          be contiguous unless the last dim stays the same;
+        - column window: `shape` = (rows, width) over `base` viewed 2-D [rows, cols], from column `col_offset`:
+          address ``base.address + col_offset * itemsize``, row pitch ``base.pitch``.
+
+        The alias's `base` is the underlying buffer (aliases of aliases resolve to it); it takes no memory.
+        """
+        if name in self.tensors:
+            raise UsageError(f"tensor {name!r} is declared twice")
+        key = base.name if isinstance(base, TensorDecl) else base
+        b = self.tensors.get(key)
+        if b is None:
+            raise UsageError(f"alias {name!r}: unknown base tensor {key!r}")
+        shape = tuple(int(d) for d in shape)
+        if not shape or any(d <= 0 for d in shape):
+            raise UsageError(f"alias {name!r}: shape {shape} has a non-positive dimension")
+        item = b.dtype.itemsize
+        rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+        cols = shape[-1]
+        if col_offset == 0 and rows * cols == b.rows * b.cols:
+            if cols == b.cols:
+                pitch = b.row_pitch_bytes
+            elif b.contiguous:
+                pitch = None
+            else:
+                raise UsageError(
+                    f"alias {name!r}: a reshape of {b.name!r} to {shape} needs a contiguous base "
+                    f"(row pitch {b.pitch} B for {b.cols} {b.dtype.value} columns)"
+                )
+            address = b.address
+        else:
+            if len(shape) != 2 or shape[0] != b.rows or col_offset < 0 or col_offset + cols > b.cols:
+                raise UsageError(
+                    f"alias {name!r}: {list(shape)} at column {col_offset} is neither a reshape nor a column "
+                    f"window of {b.name!r} (viewed [{b.rows}, {b.cols}])"
+                )
+            pitch = b.pitch
+            address = b.address + col_offset * item
+        decl = TensorDecl(name, shape, b.dtype, b.level, address, b.cached, pitch, b.root)
         self.tensors[name] = decl
         return decl
 

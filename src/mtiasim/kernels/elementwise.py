@@ -3,6 +3,10 @@
 Each PE takes a rectangle of tiles of the tensor's 2-D view; core 0 loops the DMA of tiles in, core 1 has the
 SE transform them and DMAs the results out, through circular buffers four tiles deep.
 
+A binary op's second operand is either of x's shape or a [1, N] row broadcast over x's [M, N] rows (a bias,
+a per-column scale): each PE reads the [1, tile cols] pieces of its column range once and keeps them resident
+while its tiles stream past (or, if they do not fit its local store, re-reads one per tile).
+
 Dynamic quantization (scale from the data) takes two passes, since v1's SE quantizes with a given scale and
 has no fused min/max (ISCA'25 lists that as new in 2i): every PE reduces its tiles to [min, max] and writes
 them out, all PEs meet at a barrier, then each reads the partials, reduces them, re-reads its input and
@@ -25,6 +29,7 @@ from mtiasim.isa import (
     SeMinMax,
     SeOp,
     TensorDecl,
+    TileLoop,
     TileStream,
     loop,
 )
@@ -51,10 +56,11 @@ def elementwise_job(
     zero_point: int = 0,
     region: Region | None = None,
 ) -> Job:
-    """``out = op(x[, y])`` with a static scale for (de)quantization."""
+    """``out = op(x[, y])`` with a static scale for (de)quantization; a [1, N] `y` broadcasts over x's rows."""
     region = region or Region.whole(chip)
     region.check(chip)
-    if x.shape != out.shape or (y is not None and y.shape != x.shape):
+    row_bcast = y is not None and y.shape != x.shape and y.rows == 1 and y.cols == x.cols
+    if x.shape != out.shape or (y is not None and y.shape != x.shape and not row_bcast):
         raise UsageError(
             f"{name}: elementwise shapes differ: {x.shape}, {out.shape}" + (f", {y.shape}" if y else "")
         )
@@ -67,13 +73,18 @@ def elementwise_job(
     for pe, lp in zip(_pes(region), loops, strict=False):
         tb_in = tile[0] * tile[1] * x.dtype.itemsize
         sizes = {CB_IN: DEPTH * tb_in, CB_OUT: DEPTH * tile[0] * tile[1] * out.dtype.itemsize}
-        if y is not None:
+        n = lp.n
+        y_stream, period = None, 0
+        if y is not None and row_bcast:
+            y_stream, period = _row_broadcast(chip, y, tile, lp, sum(sizes.values()))
+            sizes[CB_IN2] = max(period, DEPTH) * tile[1] * y.dtype.itemsize
+        elif y is not None:
+            y_stream = TileStream(y.name, tile, lp)
             sizes[CB_IN2] = DEPTH * tile[0] * tile[1] * y.dtype.itemsize
         prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
-        n = lp.n
         prog.cores[0].append(DmaIn.one(CB_IN, TileStream(x.name, tile, lp)))
-        if y is not None:
-            prog.cores[0].append(DmaIn.one(CB_IN2, TileStream(y.name, tile, lp)))
+        if y_stream is not None:
+            prog.cores[0].append(DmaIn.one(CB_IN2, y_stream))
         prog.cores[1].append(
             SeMap(
                 op,
@@ -84,11 +95,29 @@ def elementwise_job(
                 src2=CB_IN2 if y is not None else None,
                 scale=scale,
                 zero_point=zero_point,
+                src2_period=period,
             )
         )
         prog.cores[1].append(DmaOut(CB_OUT, TileStream(out.name, tile, lp)))
+        if period:
+            prog.cores[1].append(CbPop(CB_IN2, period))
         pes[pe] = prog
     return Job(name, op.value, pes, work={"elements": float(x.rows * x.cols)})
+
+
+def _row_broadcast(
+    chip: Chip, y: TensorDecl, tile: tuple[int, int], lp: TileLoop, used_bytes: int
+) -> tuple[TileStream, int]:
+    """The [1, tile cols] pieces of a row vector a PE's tiles need: (stream, resident count), or, when they do
+    not fit the local store next to the other buffers, one re-read per tile (count 0)."""
+    col_dims = [d for d in lp.dims if d[1] == 0 and d[2] != 0]
+    n_cols = col_dims[0][0] if col_dims else 1
+    piece = tile[1] * y.dtype.itemsize
+    if used_bytes + max(n_cols, DEPTH) * piece + 1024 <= chip.local_memory.bytes:
+        dims = ((n_cols, 0, tile[1]),) if n_cols > 1 else ()
+        return TileStream(y.name, (1, tile[1]), TileLoop((0, lp.base[1]), dims)), n_cols
+    dims = tuple((count, 0, dc) for count, _dr, dc in lp.dims)
+    return TileStream(y.name, (1, tile[1]), TileLoop((0, lp.base[1]), dims)), 0
 
 
 def dynamic_quantize_job(

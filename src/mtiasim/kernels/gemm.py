@@ -18,6 +18,10 @@ Three loop structures share that partition of the grid:
   per m-block (the least traffic when W does not fit on chip).
 - `os` (output-stationary streaming): A and W tiles both stream, W re-read for every m-block; no load phase.
 
+Epilogue: a per-column fp32 scale (`out_scales`, per-channel requantization) and an activation (relu, sigmoid,
+tanh) are applied where each block is converted, on the chain's last PE, which streams [1, 64] scale tiles in
+as the first PE streams bias tiles (see `isa.MatMul` for the exact arithmetic).
+
 Tiles are 64 rows by `tile_k` columns: 32 (one DPE block, the published kernel) or wider, so that DMAs from
 LPDDR5 read longer contiguous runs. The sub-grid shape, variant and tile width are chosen by the kernel's own
 cost estimate (compute per PE, memory traffic after multicast, LPDDR5 run efficiency), as a compiler would.
@@ -46,6 +50,7 @@ from mtiasim.isa import (
     Operand,
     PeId,
     PeProgram,
+    SeOp,
     TensorDecl,
     TileStream,
     Transfer,
@@ -53,12 +58,13 @@ from mtiasim.isa import (
 )
 from mtiasim.kernels.common import Region, cb_layout, cdiv, split
 
-CB_A, CB_B, CB_C, CB_BIAS = 0, 1, 2, 3
+CB_A, CB_B, CB_C, CB_BIAS, CB_SCALE = 0, 1, 2, 3, 4
 STREAM_DEPTH_TILES = 4
 OUT_DEPTH_TILES = 2
 DPE_DTYPES = (DType.INT8, DType.FP16, DType.BF16)
 VARIANTS = ("ws", "is", "os")
 TILE_K_CHOICES = (32, 64, 128, 256)
+ACTIVATIONS = {"none": None, "relu": SeOp.RELU, "sigmoid": SeOp.SIGMOID, "tanh": SeOp.TANH}
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,10 @@ def _parts(
     return out
 
 
-def _out_cb_bytes(chip: Chip, out_dtype: DType, bias: bool) -> int:
+def _out_cb_bytes(chip: Chip, out_dtype: DType, bias: int) -> int:
+    """Output buffer plus `bias` buffers of [1, 64] fp32 vectors (bias, scales; a bool counts as 0 or 1)."""
     tm, tn, _tk = tiles(chip)
-    return OUT_DEPTH_TILES * tm * tn * out_dtype.itemsize + (OUT_DEPTH_TILES * tn * 4 if bias else 0)
+    return OUT_DEPTH_TILES * tm * tn * out_dtype.itemsize + OUT_DEPTH_TILES * tn * 4 * int(bias)
 
 
 def stream_depth(chip: Chip, tile_bytes: int, streams: int, reserved: int) -> int:
@@ -136,9 +143,7 @@ def stream_depth(chip: Chip, tile_bytes: int, streams: int, reserved: int) -> in
     return 0
 
 
-def _resident_blocks(
-    chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool
-) -> int:
+def _resident_blocks(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: int) -> int:
     """How many 64-wide blocks of an operand k_steps x tile_k deep fit the local store next to a 2-deep
     stream of the other operand and the output buffers (A and W blocks have the same size)."""
     tm, tn, _ = tiles(chip)
@@ -147,13 +152,13 @@ def _resident_blocks(
     return max(0, (chip.local_memory.bytes - reserved) // per_block)
 
 
-def ws_chunk_blocks(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool) -> int:
+def ws_chunk_blocks(chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: int) -> int:
     """How many n-blocks of a W slice fit the local store at once (a weight-stationary chunk)."""
     return _resident_blocks(chip, k_steps, tile_k, dtype, out_dtype, bias)
 
 
 def is_blocks_resident(
-    chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: bool
+    chip: Chip, k_steps: int, tile_k: int, dtype: DType, out_dtype: DType, bias: int
 ) -> int:
     """How many 64-row A blocks an activation-stationary PE holds at once: 2 (double buffered), 1 or 0."""
     return int(min(2, _resident_blocks(chip, k_steps, tile_k, dtype, out_dtype, bias)))
@@ -307,8 +312,12 @@ def gemm_job(
     region: Region | None = None,
     mapping: GemmMapping | None = None,
     variant: str = "auto",
+    out_scales: TensorDecl | None = None,
+    activation: str = "none",
 ) -> Job:
-    """The job computing ``c = a @ w.T (+ bias)`` on a sub-grid of `region` (default: the whole grid)."""
+    """The job computing ``c = act((a @ w.T + bias) * out_scales)`` on a sub-grid of `region` (default: the
+    whole grid). `out_scales` is a [1, N] fp32 tensor of per-column multipliers, `activation` one of none,
+    relu, sigmoid, tanh; `out_scale` is a per-tensor requantization scale, exclusive with `out_scales`."""
     region = region or Region.whole(chip)
     region.check(chip)
     dtype = a.dtype
@@ -323,7 +332,20 @@ def gemm_job(
     if K2 != K or c.shape != (M, N):
         raise UsageError(f"{name}: shapes A{a.shape} W{w.shape} C{c.shape} do not chain (C = A @ W.T)")
     acc = DType.INT32 if dtype == DType.INT8 else DType.FP32
-    if dtype == DType.INT8 and c.dtype in (DType.INT8, DType.UINT8) and out_scale is None:
+    if activation not in ACTIVATIONS:
+        raise UsageError(f"{name}: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
+    if out_scales is not None and out_scale is not None:
+        raise UsageError(f"{name}: give either a per-tensor out_scale or per-column out_scales, not both")
+    if out_scales is not None and (out_scales.shape != (1, N) or out_scales.dtype != DType.FP32):
+        raise UsageError(
+            f"{name}: out_scales must be [1, {N}] fp32, got {list(out_scales.shape)} {out_scales.dtype.value}"
+        )
+    if (
+        dtype == DType.INT8
+        and c.dtype in (DType.INT8, DType.UINT8)
+        and out_scale is None
+        and out_scales is None
+    ):
         raise UsageError(f"{name}: an int8 output needs a requantization scale")
     if bias is not None and (bias.shape != (1, N) or bias.dtype != acc):
         raise UsageError(
@@ -335,13 +357,25 @@ def gemm_job(
     )
     if mapping.rows > region.rows or mapping.cols > region.cols:
         raise UsageError(f"{name}: mapping {mapping} does not fit region {region}")
-    return _Builder(chip, name, a, w, c, out_scale, bias, region, mapping, acc).build()
+    epilogue = _Epilogue(out_scales, ACTIVATIONS[activation])
+    return _Builder(chip, name, a, w, c, out_scale, bias, region, mapping, acc, epilogue).build()
+
+
+@dataclass(frozen=True)
+class _Epilogue:
+    scales: TensorDecl | None = None
+    activation: SeOp | None = None
 
 
 class _Builder:
-    def __init__(self, chip, name, a, w, c, out_scale, bias, region, mapping, acc) -> None:
+    def __init__(
+        self, chip, name, a, w, c, out_scale, bias, region, mapping, acc, epilogue=_Epilogue()
+    ) -> None:
         self.chip, self.name, self.a, self.w, self.c = chip, name, a, w, c
         self.out_scale, self.bias, self.region, self.mapping, self.acc = out_scale, bias, region, mapping, acc
+        self.scales, self.activation = epilogue.scales, epilogue.activation
+        # [1, 64] fp32 vector buffers a PE may hold next to its output buffer (bias, scales)
+        self.vectors = (bias is not None) + (self.scales is not None)
         self.tm, self.tn, self.tk = tiles(chip, mapping.tile_k)
         M, K = a.shape
         N = w.shape[0]
@@ -370,9 +404,9 @@ class _Builder:
     def c_stream(self, p: _Part, m0: int, mb: int, n0: int, nb: int) -> TileStream:
         return TileStream(self.c.name, (self.tm, self.tn), loop((m0, n0), (mb, self.tm, 0), (nb, 0, self.tn)))
 
-    def bias_stream(self, p: _Part, mb: int, n0: int, nb: int) -> TileStream:
-        assert self.bias is not None
-        return TileStream(self.bias.name, (1, self.tn), loop((0, n0), (mb, 0, 0), (nb, 0, self.tn)))
+    def vector_stream(self, decl: TensorDecl, mb: int, n0: int, nb: int) -> TileStream:
+        """A [1, N] vector's [1, 64] tiles, one per output block (m outer, n inner)."""
+        return TileStream(decl.name, (1, self.tn), loop((0, n0), (mb, 0, 0), (nb, 0, self.tn)))
 
     def groups(self, key_fn) -> dict[tuple, list[PeId]]:
         """PEs that issue the identical stream in the same row or column."""
@@ -415,6 +449,8 @@ class _Builder:
             out_cb=CB_C if last else None,
             out_dtype=self.c.dtype if last else None,
             out_scale=self.out_scale if last else None,
+            scale_cb=CB_SCALE if self.scales is not None and last else None,
+            activation=self.activation if last else None,
         )
 
     def program(self, rc: tuple[int, int], a_bytes: int, w_bytes: int) -> PeProgram:
@@ -424,6 +460,8 @@ class _Builder:
             sizes[CB_C] = OUT_DEPTH_TILES * self.tm * self.tn * self.c.dtype.itemsize
         if self.bias is not None and self.kpart(rc) == 0:
             sizes[CB_BIAS] = OUT_DEPTH_TILES * self.tn * self.acc.itemsize
+        if self.scales is not None and self.last(rc):
+            sizes[CB_SCALE] = OUT_DEPTH_TILES * self.tn * DType.FP32.itemsize
         return PeProgram(pe, cb_layout(self.chip, pe, sizes, self.name), ([], []))
 
     def tail(self, prog: PeProgram, rc, p: _Part, m0: int, mb: int, n0: int, nb: int) -> None:
@@ -432,8 +470,11 @@ class _Builder:
             prog.cores[1].append(DmaOut(CB_C, self.c_stream(p, m0, mb, n0, nb)))
 
     def bias_load(self, prog: PeProgram, rc, p: _Part, mb: int, n0: int, nb: int) -> None:
+        """The bias tiles (first PE of the chain) and scale tiles (last PE) of a MatMul's blocks."""
         if self.bias is not None and self.kpart(rc) == 0:
-            prog.cores[0].append(DmaIn.one(CB_BIAS, self.bias_stream(p, mb, n0, nb)))
+            prog.cores[0].append(DmaIn.one(CB_BIAS, self.vector_stream(self.bias, mb, n0, nb)))
+        if self.scales is not None and self.last(rc):
+            prog.cores[0].append(DmaIn.one(CB_SCALE, self.vector_stream(self.scales, mb, n0, nb)))
 
     def build(self) -> Job:
         build = {"ws": self._build_ws, "os": self._build_os, "is": self._build_is}[self.mapping.variant]
@@ -451,7 +492,7 @@ class _Builder:
         )
 
     def depth(self) -> int:
-        reserved = _out_cb_bytes(self.chip, self.c.dtype, self.bias is not None)
+        reserved = _out_cb_bytes(self.chip, self.c.dtype, self.vectors)
         d = stream_depth(self.chip, self.tm * self.tk * self.item, 2, reserved)
         if d == 0:
             raise UsageError(f"{self.name}: 64x{self.tk} tiles do not fit the local store twice over")
@@ -493,7 +534,7 @@ class _Builder:
     def _chunks(self, p: _Part) -> list[tuple[int, int]]:
         """(first n, n-blocks) of each W chunk a PE holds in turn."""
         _mb, nb, kb = p.blocks(self.tm, self.tn, self.tk)
-        per = ws_chunk_blocks(self.chip, kb, self.tk, self.a.dtype, self.c.dtype, self.bias is not None)
+        per = ws_chunk_blocks(self.chip, kb, self.tk, self.a.dtype, self.c.dtype, self.vectors)
         if per == 0:
             raise UsageError(
                 f"{self.name}: a {self.tn}-wide W block {kb * self.tk} deep does not fit the local store; "
@@ -543,7 +584,7 @@ class _Builder:
         tm, tn, tk = self.tm, self.tn, self.tk
         first = next(iter(self.active.values()))
         kb0 = first.blocks(tm, tn, tk)[2]
-        held = is_blocks_resident(self.chip, kb0, tk, self.a.dtype, self.c.dtype, self.bias is not None)
+        held = is_blocks_resident(self.chip, kb0, tk, self.a.dtype, self.c.dtype, self.vectors)
         if held == 0:
             raise UsageError(f"{self.name}: a 64-row A block {kb0 * tk} deep does not fit the local store")
 

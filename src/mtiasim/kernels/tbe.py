@@ -1,7 +1,10 @@
-"""Table-batched EmbeddingBag (TBE) on int8 rows in FBGEMM's layout.
+"""Table-batched EmbeddingBag (TBE) on int8 rows (FBGEMM's or ATen's layout) or fp16/fp32 rows.
 
-All tables live in one [sum of rows, 4 + dim] uint8 tensor (each row: fp16 scale, fp16 bias, then dim bytes),
-in SRAM, or in LPDDR5 reached through the SRAM in cache mode. Bags are laid out table-major, as FBGEMM's
+All tables of one embedding dim live in one [sum of rows, row cols] tensor (`RowFormat`: FBGEMM int8 rows are
+uint8 [4 + dim], fp16 scale and bias, then dim bytes; ATen int8 rows uint8 [dim + 8], the bytes then fp32 scale
+and bias; fp16/fp32 rows [dim]), in SRAM, or in LPDDR5 reached through the SRAM in cache mode. Tables of
+different dims need one job each. The output may be a column window of a wider tensor (`MemoryPlan.alias`):
+table t's pooled rows go to columns [t*dim, (t+1)*dim) of the window. Bags are laid out table-major, as FBGEMM's
 ``(indices, offsets[T*B + 1])`` and torchrec's KeyedJaggedTensor. The bags are shared out over the PEs by
 lookups (with a per-bag cost), contiguously.
 
@@ -26,6 +29,7 @@ from mtiasim.isa import (
     PeId,
     PeProgram,
     PoolMode,
+    RowFormat,
     SePool,
     TensorDecl,
     TileStream,
@@ -63,15 +67,23 @@ def tbe_job(
     mode: PoolMode = PoolMode.SUM,
     weights: TensorDecl | None = None,
     region: Region | None = None,
+    row_format: RowFormat = RowFormat.INT8_FBGEMM,
 ) -> Job:
     """The job pooling ``T = len(table_rows)`` tables for `batch` samples into ``out[batch, T * dim]``."""
     region = region or Region.whole(chip)
     region.check(chip)
     n_tables = len(table_rows)
-    if table.dtype != DType.UINT8 or table.cols != dim + 4:
+    row_format = RowFormat(row_format)
+    cols, dt = row_format.row_cols(dim), row_format.dtype
+    if table.dtype != dt or table.cols != cols:
         raise UsageError(
-            f"{name}: table {table.name!r} must be uint8 rows of 4 + {dim} bytes (FBGEMM int8 layout)"
+            f"{name}: table {table.name!r} is {table.dtype.value} [{table.rows}, {table.cols}]; "
+            f"{row_format.value} rows of dim {dim} are {dt.value} [rows, {cols}]"
         )
+    if weights is not None and mode == PoolMode.MAX:
+        raise UsageError(f"{name}: per-sample weights need sum or mean pooling, not max")
+    if out.dtype not in (DType.FP16, DType.BF16, DType.FP32):
+        raise UsageError(f"{name}: pooled rows are fp16, bf16 or fp32, not {out.dtype.value}")
     if sum(table_rows) != table.rows:
         raise UsageError(
             f"{name}: table rows {sum(table_rows)} do not match tensor {table.name!r} ({table.rows})"
@@ -119,6 +131,7 @@ def tbe_job(
                     out.dtype,
                     weights=weights.name if weights is not None else None,
                     weights_start=start,
+                    row_format=row_format,
                 )
             )
             b0 = j - t * batch

@@ -1,0 +1,62 @@
+"""The compiler: graph -> simplified graph -> numeric formats -> kernel ops -> device code (jobs, memory plan).
+
+compiled = compile_graph(graph, chip, Precision.parse("int8"), example_inputs)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mtiasim.compiler.codegen import Codegen, DeviceCode, TbeSpec, tbe_job_for
+from mtiasim.compiler.lower import Lowered, lower
+from mtiasim.compiler.precision import PRECISIONS, Formats, Precision, assign, ranges_of
+from mtiasim.compiler.simplify import simplify
+from mtiasim.frontend.reference import run_graph
+from mtiasim.hw import Chip
+from mtiasim.ir import Graph
+
+__all__ = [
+    "PRECISIONS",
+    "CompiledGraph",
+    "DeviceCode",
+    "Precision",
+    "TbeSpec",
+    "compile_graph",
+    "tbe_job_for",
+]
+
+
+@dataclass
+class CompiledGraph:
+    source: Graph
+    graph: Graph
+    formats: Formats
+    lowered: Lowered
+    code: DeviceCode
+
+
+def compile_graph(
+    graph: Graph, chip: Chip, precision: Precision, example_inputs: dict[str, torch.Tensor]
+) -> CompiledGraph:
+    """Compile `graph` for `chip`. `example_inputs` (the device inputs of one call) calibrate int8 scales,
+    size the per-call index space and the sub-grids."""
+    g = simplify(graph)
+    virtual = any(p.virtual for p in g.params.values())
+    ranges = None
+    if precision.int8 and not virtual:
+        ranges = ranges_of(run_graph(g, example_inputs, keep=True))
+    formats = assign(g, precision, ranges)
+    low = lower(g, formats)
+    index_bytes = 0
+    lookups: dict[str, int] = {}
+    for name, tables in low.lookups.items():
+        n = 0
+        for t in tables:
+            n += int(example_inputs[t.indices].numel()) if t.indices in example_inputs else 0
+        lookups[name] = n
+        index_bytes += n * (4 + (4 if any(t.weights for t in tables) else 0))
+    reserve = 2 * index_bytes + (1 << 20)
+    code = Codegen(low, chip, list(g.inputs), list(g.outputs), reserve).build(lookups)
+    return CompiledGraph(graph, g, formats, low, code)

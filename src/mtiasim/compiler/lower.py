@@ -1,0 +1,624 @@
+"""Lowering: graph ops -> kernel ops over buffers (what runs, what it reads and writes, where the bytes live).
+
+A kernel op (`KOp`) is one kernel invocation: an FC (`gemm`), a batched lookup (`tbe`, several tables of one
+row format and dim in one job, as FBGEMM's TBE), `bmm`, `eltwise` (SE: relu/sigmoid/tanh/add/mul/cast),
+`quantize`, `gather` (constant column gather), `transpose`, `copy`.
+
+Values live in buffers. Views cost nothing: a reshape is the same bytes, and a `cat` is laid out in place: each
+input is written by its producer straight into its column window of the output buffer (the TBE writes its
+tables' pooled rows where the interaction reads them). Where a view is impossible (an input or weight, a value
+two `cat`s want, a kernel that needs another shape) the lowering inserts a `copy`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtiasim.compiler.precision import Formats, quantize_bias, quantize_weight, rowwise_int8
+from mtiasim.dtypes import DType
+from mtiasim.errors import UnsupportedOperatorError
+from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
+from mtiasim.frontend.reference import tbe_table
+from mtiasim.ir import DYNAMIC, Graph, Node, Source, ValueKind
+
+# producers that can write their 2-D result into a column window of a wider buffer
+WINDOW_WRITERS = ("gemm", "tbe", "eltwise", "quantize", "copy", "gather", "cat")
+
+
+@dataclass
+class Buffer:
+    """Bytes on the device. `rows` x `cols` is its 2-D grid; `data` the constant contents of weights/tables."""
+
+    name: str
+    rows: int
+    cols: int
+    dtype: DType
+    role: str  # activation | input | weight | table | index | output
+    data: np.ndarray | None = field(default=None, repr=False)
+    virtual: bool = False
+    pitch_bytes: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * (self.pitch_bytes or self.cols * self.dtype.itemsize)
+
+
+@dataclass(frozen=True)
+class View:
+    """A value as columns [col0, col0 + cols) of `rows` rows of a buffer's grid (the whole buffer if it fills
+    it), with the value's logical shape."""
+
+    buffer: str
+    rows: int
+    col0: int
+    cols: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class KOp:
+    name: str
+    kind: str
+    reads: list[str]
+    writes: list[str]
+    attrs: dict[str, Any]
+    source: Source
+    lane: str = "joint"  # sparse (lookups) | dense (independent of lookups) | joint
+
+
+@dataclass
+class Lookup:
+    """One table of a batched lookup: where its rows are and which device inputs carry its bags."""
+
+    table: int  # position in the tbe buffer
+    rows: int
+    row_start: int  # first row in the packed buffer
+    indices: str
+    offsets: str | None
+    weights: str | None
+    include_last_offset: bool
+    padding_idx: int | None
+    one_per_bag: bool
+
+
+@dataclass
+class Lowered:
+    kops: list[KOp]
+    buffers: dict[str, Buffer]
+    views: dict[str, View]
+    lookups: dict[str, list[Lookup]]  # tbe kop name -> its tables
+    dtypes: dict[str, DType]
+
+
+def _natural(shape: tuple[int, ...]) -> tuple[int, int]:
+    if not shape:
+        return 1, 1
+    return (math.prod(shape[:-1]) if len(shape) > 1 else 1), shape[-1]
+
+
+class Lowering:
+    def __init__(self, graph: Graph, formats: Formats) -> None:
+        self.g = graph
+        self.fm = formats
+        self.kops: list[KOp] = []
+        self.buffers: dict[str, Buffer] = {}
+        self.views: dict[str, View] = {}
+        self.lookups: dict[str, list[Lookup]] = {}
+        self.dtypes = dict(formats.dtypes)
+        self.shapes = {v: tt.shape for v, tt in graph.values.items()}
+        self.producer_kind: dict[str, str] = {}
+        self.alias_of: dict[str, str] = {}  # value -> the value it is a reshape of (same bytes)
+        self.parent: dict[str, tuple[str, int, int]] = {}  # value -> (cat value, rows, col0)
+        self._uid = 0
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def fresh(self, base: str) -> str:
+        self._uid += 1
+        return f"{base}~{self._uid}"
+
+    def kop(
+        self, kind: str, reads: list[str], writes: list[str], attrs: dict, node: Node, name: str = ""
+    ) -> KOp:
+        op = KOp(name or node.name, kind, reads, writes, attrs, node.source)
+        self.kops.append(op)
+        for w in writes:
+            self.producer_kind[w] = kind
+        return op
+
+    def fail(self, node: Node, what: str) -> UnsupportedOperatorError:
+        return UnsupportedOperatorError(f"model {self.g.name}: {what} ({node.where()})")
+
+    # ------------------------------------------------------------------------------------------- ops
+    def run(self) -> Lowered:
+        for node in self.g.nodes:
+            getattr(self, "_op_" + node.op)(node)
+        self._group_lookups()
+        self._layout()
+        return Lowered(self.kops, self.buffers, self.views, self.lookups, self.dtypes)
+
+    def _op_linear(self, node: Node) -> None:
+        x, w = node.inputs[0], node.inputs[1]
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        y = node.outputs[0]
+        wp = self.g.params[w]
+        n_out, k = wp.type.shape
+        if len(self.shapes[x]) != 2:
+            rows = math.prod(self.shapes[x][:-1])
+            x2 = self.fresh(x)
+            self.shapes[x2] = (rows, k)
+            self.dtypes[x2] = self.dtypes[x]
+            self.alias_of[x2] = x
+            x = x2
+        attrs: dict[str, Any] = {"activation": node.attrs.get("activation", "none")}
+        fm = self.fm
+        if fm.precision.int8:
+            q = fm.quantized_inputs.get(node.inputs[0])
+            if q is not None:
+                if q not in self.producer_kind:
+                    self.dtypes[q] = DType.INT8
+                    self.shapes[q] = self.shapes[x]
+                    self.kop("quantize", [x], [q], {"scale": fm.scales[node.inputs[0]]}, node, name=q)
+                x = q
+            lq = fm.linears[node.name]
+            wname = f"{w}@int8"
+            if wname not in self.buffers:
+                data = None if wp.virtual else quantize_weight(wp.tensor)[0]
+                self.buffers[wname] = Buffer(wname, n_out, k, DType.INT8, "weight", data, wp.virtual)
+            reads = [x, wname]
+            if b is not None:
+                bname = f"{b}@int32:{node.name}"
+                data = None
+                if not wp.virtual and lq.w_scales is not None:
+                    data = quantize_bias(self.g.params[b].tensor, lq.x_scale, lq.w_scales).reshape(1, n_out)
+                self.buffers[bname] = Buffer(bname, 1, n_out, DType.INT32, "weight", data, wp.virtual)
+                reads.append(bname)
+            sname = f"{node.name}@scales"
+            data = None if lq.out_scales is None else lq.out_scales.reshape(1, n_out)
+            self.buffers[sname] = Buffer(sname, 1, n_out, DType.FP32, "weight", data, wp.virtual)
+            attrs.update(bias=b is not None, scales=sname)
+            self.kop("gemm", reads, [y], attrs, node)
+            return
+        fd = fm.precision.float_dtype
+        wname = f"{w}@{fd.value}"
+        if wname not in self.buffers:
+            data = None if wp.virtual else _to_numpy(wp.tensor, fd)
+            self.buffers[wname] = Buffer(wname, n_out, k, fd, "weight", data, wp.virtual)
+        reads = [x, wname]
+        if b is not None:
+            bname = f"{b}@fp32"
+            if bname not in self.buffers:
+                bp = self.g.params[b]
+                data = None if bp.virtual else _to_numpy(bp.tensor, DType.FP32).reshape(1, n_out)
+                self.buffers[bname] = Buffer(bname, 1, n_out, DType.FP32, "weight", data, bp.virtual)
+            reads.append(bname)
+        attrs.update(bias=b is not None, scales=None)
+        self.kop("gemm", reads, [y], attrs, node)
+
+    def _op_matmul(self, node: Node) -> None:
+        a, b = node.inputs
+        y = node.outputs[0]
+        sa, sb = self.shapes[a], self.shapes[b]
+        if not node.attrs.get("transpose_b"):
+            # b [.., K, N] -> b^T [.., N, K] on the MLU, then the transposed form
+            rank = len(sb)
+            bt = self.fresh(b + "_T")
+            self.shapes[bt] = tuple(sb[:-2]) + (sb[-1], sb[-2])
+            self.dtypes[bt] = self.dtypes[b]
+            self.kop("transpose", [b], [bt], {}, node, name=bt)
+            b, sb = bt, self.shapes[bt]
+            del rank
+        if len(sa) == 3:
+            if sa != sb:
+                raise self.fail(
+                    node, f"batched matmul of {list(sa)} by {list(sb)}^T needs equal operand shapes"
+                )
+            self.kop("bmm", [a, b], [y], {}, node)
+            return
+        self.kop(
+            "gemm",
+            [a, b],
+            [y],
+            {"activation": "none", "bias": False, "scales": None, "w_is_data": True},
+            node,
+        )
+
+    def _op_embedding_bag(self, node: Node) -> None:
+        w, idx = node.inputs[0], node.inputs[1]
+        offsets = node.inputs[2] if len(node.inputs) > 2 else None
+        weights = node.inputs[3] if len(node.inputs) > 3 else None
+        p = self.g.params[w]
+        rows, dim = p.type.shape
+        fmt = node.attrs["row_format"]
+        if fmt == "int8_aten":
+            dim -= 8
+        else:  # float tables are stored in the precision's row format (int8 rows for int8)
+            fmt = self.fm.precision.table_format
+        self.kop(
+            "lookup",
+            [idx] + ([offsets] if offsets else []) + ([weights] if weights else []),
+            [node.outputs[0]],
+            {
+                "param": w,
+                "rows": rows,
+                "dim": dim,
+                "mode": node.attrs["mode"],
+                "format": fmt,
+                "indices": idx,
+                "offsets": offsets,
+                "weights": weights,
+                "include_last_offset": node.attrs.get("include_last_offset", False),
+                "padding_idx": node.attrs.get("padding_idx"),
+                "one_per_bag": node.attrs.get("one_per_bag", False),
+            },
+            node,
+        )
+
+    def _op_tbe(self, node: Node) -> None:
+        # an FBGEMM batched op: its tables become individual lookups sharing one output (re-grouped below)
+        w, idx, off = node.inputs[:3]
+        weights = node.inputs[3] if len(node.inputs) > 3 else None
+        y = node.outputs[0]
+        tables = node.attrs["tables"]
+        batch = self.shapes[y][0]
+        col = 0
+        parts = []
+        for t, (start, dim, rows, row_bytes) in enumerate(tables):
+            part = self.fresh(f"{y}.t{t}")
+            self.shapes[part] = (batch, dim)
+            self.dtypes[part] = self.dtypes[y]
+            self.kop(
+                "lookup",
+                [idx, off] + ([weights] if weights else []),
+                [part],
+                {
+                    "param": w,
+                    "fbgemm": (start, dim, rows, row_bytes),
+                    "rows": rows,
+                    "dim": dim,
+                    "mode": node.attrs["mode"],
+                    "format": node.attrs["row_format"],
+                    "indices": idx,
+                    "offsets": off,
+                    "weights": weights,
+                    "batched": (t, len(tables)),
+                    "include_last_offset": True,
+                    "padding_idx": None,
+                    "one_per_bag": False,
+                },
+                node,
+                name=part,
+            )
+            parts.append(part)
+            col += dim
+        # the op's output is the concatenation of its tables' pooled rows
+        self.parent_cat(node, parts, y, 1)
+
+    def parent_cat(self, node: Node, parts: list[str], y: str, dim: int) -> None:
+        self.kop("cat", parts, [y], {"dim": dim}, node, name=y)
+
+    def _op_cat(self, node: Node) -> None:
+        self.kop("cat", list(node.inputs), [node.outputs[0]], {"dim": node.attrs["dim"]}, node)
+
+    def _eltwise(self, node: Node, op: str) -> None:
+        x = node.inputs[0]
+        y = node.outputs[0]
+        attrs: dict[str, Any] = {"op": op}
+        reads = [x]
+        if op in ("add", "mul"):
+            if "scalar" in node.attrs:
+                n = self.shapes[x][-1]
+                cname = self.fresh(f"{op}_const")
+                val = node.attrs["scalar"]
+                dt = self.dtypes[x]
+                self.buffers[cname] = Buffer(cname, 1, n, dt, "weight", np.full((1, n), val, dtype=dt.numpy))
+                reads.append(cname)
+            else:
+                other = node.inputs[1]
+                alpha = node.attrs.get("alpha", 1.0) if op == "add" else 1.0
+                if self.g.kinds.get(other) == ValueKind.PARAM:
+                    other = self._constant(other, self.dtypes[x], alpha, self.shapes[x])
+                elif alpha != 1.0:
+                    raise self.fail(node, "x - y of two activations is not supported (only x + y)")
+                reads.append(other)
+        self.kop("eltwise", reads, [y], attrs, node)
+
+    def _constant(self, param: str, dtype: DType, alpha: float, like: tuple[int, ...]) -> str:
+        """A weight operand of an elementwise op, scaled by `alpha`, in the activations' dtype: [1, N] when it
+        broadcasts over rows, else the activation's 2-D shape."""
+        p = self.g.params[param]
+        shape = p.type.shape
+        rows, cols = (1, shape[-1]) if math.prod(shape) == shape[-1] else _natural(like)
+        name = f"{param}@{dtype.value}" + (f"*{alpha:g}" if alpha != 1.0 else "")
+        if name not in self.buffers:
+            data = None if p.virtual else _to_numpy(p.tensor.detach().to(torch.float32) * alpha, dtype)
+            self.buffers[name] = Buffer(
+                name,
+                rows,
+                cols,
+                dtype,
+                "weight",
+                None if data is None else data.reshape(rows, cols),
+                p.virtual,
+            )
+        return name
+
+    def _op_relu(self, node: Node) -> None:
+        self._eltwise(node, "relu")
+
+    def _op_sigmoid(self, node: Node) -> None:
+        self._eltwise(node, "sigmoid")
+
+    def _op_tanh(self, node: Node) -> None:
+        self._eltwise(node, "tanh")
+
+    def _op_add(self, node: Node) -> None:
+        self._eltwise(node, "add")
+
+    def _op_mul(self, node: Node) -> None:
+        self._eltwise(node, "mul")
+
+    def _op_cast(self, node: Node) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        if self.dtypes[x] == self.dtypes[y]:
+            self.alias_of[y] = x
+            return
+        self._eltwise(node, "cast")
+
+    def _op_reshape(self, node: Node) -> None:
+        self.alias_of[node.outputs[0]] = node.inputs[0]
+
+    def _op_copy(self, node: Node) -> None:
+        self.kop("copy", [node.inputs[0]], [node.outputs[0]], {}, node)
+
+    def _op_permute(self, node: Node) -> None:
+        x = node.inputs[0]
+        rank = len(self.shapes[x])
+        dims = tuple(node.attrs["dims"])
+        swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
+        if rank < 2 or dims != swap:
+            raise self.fail(node, f"permute {dims} is not supported (only swapping the last two dims)")
+        self.kop("transpose", [x], [node.outputs[0]], {}, node)
+
+    def _op_slice(self, node: Node) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        d = node.attrs["dim"]
+        shape = self.shapes[x]
+        inner = math.prod(shape[d + 1 :])
+        self.kop(
+            "slice",
+            [x],
+            [y],
+            {
+                "rows": math.prod(shape[:d]),
+                "col0": node.attrs["start"] * inner,
+                "cols": math.prod(self.shapes[y][d:]),
+            },
+            node,
+        )
+
+    def _op_index(self, node: Node) -> None:
+        self.kop("gather", [node.inputs[0]], [node.outputs[0]], {"columns": node.attrs["columns"]}, node)
+
+    # ------------------------------------------------------------------------------------ lookups
+    def _group_lookups(self) -> None:
+        """Lookups of one row format, dim, mode and output dtype, with or without weights, run as one batched
+        TBE job (their output is the concatenation of their tables', in this order)."""
+        groups: dict[tuple, list[KOp]] = {}
+        order: list[tuple] = []
+        for op in self.kops:
+            if op.kind != "lookup":
+                continue
+            a = op.attrs
+            out = op.writes[0]
+            key = (
+                a["format"],
+                a["dim"],
+                a["mode"],
+                self.dtypes[out],
+                a["weights"] is not None,
+                self.shapes[out][0],
+            )
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(op)
+        for key in order:
+            members = groups[key]
+            fmt, dim = key[0], key[1]
+            name = members[0].name if len(members) == 1 else f"tbe{len(self.lookups)}"
+            table_name = f"{name}@tables"
+            tables: list[Lookup] = []
+            datas = []
+            virtual = False
+            start = 0
+            row_bytes = {"int8_fbgemm": dim + 4, "int8_aten": dim + 8, "fp16": dim, "fp32": dim}[fmt]
+            for t, op in enumerate(members):
+                a = op.attrs
+                p = self.g.params[a["param"]]
+                virtual |= p.virtual
+                tables.append(
+                    Lookup(
+                        t,
+                        a["rows"],
+                        start,
+                        a["indices"],
+                        a["offsets"],
+                        a["weights"],
+                        a["include_last_offset"],
+                        a["padding_idx"],
+                        a["one_per_bag"],
+                    )
+                )
+                start += a["rows"]
+                if not p.virtual:
+                    datas.append(self._table_rows(p.tensor, a, fmt))
+            dtype = {"fp16": DType.FP16, "fp32": DType.FP32}.get(fmt, DType.UINT8)
+            data = None if virtual else np.concatenate(datas, axis=0)
+            self.buffers[table_name] = Buffer(table_name, start, row_bytes, dtype, "table", data, virtual)
+            out_cols = sum(self.shapes[op.writes[0]][1] for op in members)
+            # the bags (indices, offsets, weights) are packed per call into index tensors of their own
+            kop = KOp(
+                name,
+                "tbe",
+                [table_name],
+                [op.writes[0] for op in members],
+                {"format": fmt, "dim": dim, "mode": members[0].attrs["mode"], "out_cols": out_cols},
+                members[0].source,
+                "sparse",
+            )
+            self.lookups[name] = tables
+            first = self.kops.index(members[0])
+            for op in members:
+                self.kops.remove(op)
+            self.kops.insert(first, kop)
+            for w in kop.writes:
+                self.producer_kind[w] = "tbe"
+
+    def _table_rows(self, tensor: torch.Tensor, a: dict, fmt: str) -> np.ndarray:
+        """A table's rows in the device's row format."""
+        if "fbgemm" in a:  # already in FBGEMM's layout: unpack this table (rows may be padded)
+            start, dim, rows, row_bytes = a["fbgemm"]
+            raw = tensor.detach().reshape(-1)[start : start + rows * row_bytes].reshape(rows, row_bytes)
+            if fmt == "int8_fbgemm":
+                return raw[:, : dim + 4].cpu().numpy()
+            table = tbe_table(tensor, a["fbgemm"], fmt)
+            return _to_numpy(table, DType.FP16 if fmt == "fp16" else DType.FP32)
+        if fmt == "int8_aten":
+            return tensor.detach().cpu().numpy()
+        if fmt == "int8_fbgemm":
+            return rowwise_int8(tensor)
+        return _to_numpy(tensor, DType.FP16 if fmt == "fp16" else DType.FP32)
+
+    # ------------------------------------------------------------------------------------- layout
+    def _root(self, v: str) -> str:
+        while v in self.alias_of:
+            v = self.alias_of[v]
+        return v
+
+    def _layout(self) -> None:
+        """Place cat inputs as windows of their outputs (newest cat first), then give every value a view."""
+        graph_inputs = set(self.g.inputs) | set(self.g.params)
+        const = set(self.buffers)
+        placed: dict[str, tuple[str, int, int]] = {}
+        new_kops: list[KOp] = []
+        for op in reversed(list(self.kops)):
+            if op.kind != "cat":
+                continue
+            y = op.writes[0]
+            d = op.attrs["dim"]
+            shape = self.shapes[y]
+            rows = math.prod(shape[:d])
+            col = 0
+            for i, x in enumerate(op.reads):
+                cols = math.prod(self.shapes[x][d:])
+                r = self._root(x)
+                ok = (
+                    r not in placed
+                    and r not in graph_inputs
+                    and r not in const
+                    and self.producer_kind.get(r) in WINDOW_WRITERS
+                    and _natural(self.shapes[r])[0] == rows
+                    and r not in self.g.outputs
+                )
+                if ok:
+                    placed[r] = (y, rows, col)
+                else:
+                    c = self.fresh(f"{x}_into_{y}")
+                    self.shapes[c] = (rows, cols)
+                    self.dtypes[c] = self.dtypes[x]
+                    new_kops.append(KOp(c, "copy", [x], [c], {}, op.source))
+                    self.producer_kind[c] = "copy"
+                    placed[c] = (y, rows, col)
+                    op.reads[i] = c
+                col += cols
+        # copies run right before their cat
+        for c in new_kops:
+            cat = next(op for op in self.kops if c.writes[0] in op.reads and op.kind == "cat")
+            self.kops.insert(self.kops.index(cat), c)
+        self.parent = placed
+        self._views()
+        # slices become windows when their source is a plain buffer grid of the right rows, else copies
+        for op in list(self.kops):
+            if op.kind == "slice":
+                self._slice_view(op)
+        self.kops = [op for op in self.kops if op.kind not in ("cat", "slice")]
+
+    def _views(self) -> None:
+        used = {v for op in self.kops for v in op.reads + op.writes} | set(self.g.outputs)
+        for v in list(self.shapes):
+            if v in used and v not in self.buffers:
+                self._view_of(v)
+
+    def _view_of(self, v: str) -> View:
+        if v in self.views:
+            return self.views[v]
+        shape = self.shapes[v]
+        if v in self.alias_of:
+            base = self._view_of(self.alias_of[v])
+            view = self._reshape_view(base, shape)
+        elif v in self.parent:
+            y, rows, col = self.parent[v]
+            pv = self._view_of(y)
+            cols = math.prod(shape) // rows
+            if pv.rows == rows:
+                view = View(pv.buffer, rows, pv.col0 + col, cols, shape)
+            else:
+                buf = self.buffers[pv.buffer]
+                assert pv.col0 == 0 and pv.cols * pv.rows == buf.rows * buf.cols
+                # the parent is a whole buffer: give it the grid its windows need
+                buf.rows, buf.cols = rows, buf.rows * buf.cols // rows
+                self.views[y] = View(pv.buffer, rows, 0, buf.cols, pv.shape)
+                view = View(pv.buffer, rows, col, cols, shape)
+        else:
+            if any(d == DYNAMIC for d in shape):
+                r, c = 1, 1
+            else:
+                r, c = _natural(shape)
+            role = "input" if v in self.g.inputs else "activation"
+            self.buffers[v] = Buffer(v, r, c, self.dtypes[v], role)
+            view = View(v, r, 0, c, shape)
+        self.views[v] = view
+        return view
+
+    def _reshape_view(self, base: View, shape: tuple[int, ...]) -> View:
+        buf = self.buffers[base.buffer]
+        whole = base.col0 == 0 and base.cols == buf.cols and base.rows == buf.rows
+        if whole:
+            r, c = _natural(shape)
+            return View(base.buffer, base.rows, 0, base.cols, shape)
+        r, c = _natural(shape)
+        if r == base.rows:
+            return View(base.buffer, base.rows, base.col0, base.cols, shape)
+        # a reshape that crosses rows of a window: keep the window; consumers that need another shape copy
+        return View(base.buffer, base.rows, base.col0, base.cols, shape)
+
+    def _slice_view(self, op: KOp) -> None:
+        x, y = op.reads[0], op.writes[0]
+        xv = self.views[x]
+        rows, col0, cols = op.attrs["rows"], op.attrs["col0"], op.attrs["cols"]
+        buf = self.buffers[xv.buffer]
+        whole = xv.col0 == 0 and xv.cols == buf.cols
+        if xv.rows == rows:
+            self.views[y] = View(xv.buffer, rows, xv.col0 + col0, cols, self.shapes[y])
+        elif whole and buf.rows * buf.cols == rows * (buf.rows * buf.cols // rows) and y not in self.views:
+            raise UnsupportedOperatorError(
+                f"slice {op.name}: a slice across the grid of {x} is not supported"
+            )
+        else:
+            raise UnsupportedOperatorError(f"slice {op.name}: cannot view {x} with {rows} rows")
+
+
+def _to_numpy(t: torch.Tensor, dtype: DType) -> np.ndarray:
+    x = t.detach().to(torch.float32).cpu()
+    if dtype == DType.BF16:
+        return x.to(torch.bfloat16).view(torch.int16).numpy().view(dtype.numpy)
+    return x.to(DTYPE_TO_TORCH[dtype]).numpy()
+
+
+def lower(graph: Graph, formats: Formats) -> Lowered:
+    return Lowering(graph, formats).run()

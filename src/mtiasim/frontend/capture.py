@@ -1,0 +1,240 @@
+"""torch.export (non-strict) -> the compiler's graph.
+
+Each node of the exported program is put on one side:
+
+- `param`: a parameter, buffer or constant, or an op computed from those alone (folded here, once);
+- `host`: index bookkeeping on integer data (see `host.py`), run in torch on every call;
+- `device`: everything that touches activations, converted to the device vocabulary (`mtiasim.ir.OPS`) by
+  the converters in `aten.py`. An op that touches activations and has no converter raises
+  `UnsupportedOperatorError` naming the aten op, the module and the line, and listing what is supported.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+
+from mtiasim.errors import MtiasimError, UnsupportedOperatorError, UsageError
+from mtiasim.frontend.aten import CONVERTERS, Ctx, supported_ops, type_of
+from mtiasim.frontend.host import HostPrologue, is_host_op
+from mtiasim.frontend.source import node_source
+from mtiasim.ir import Graph, Param, ValueKind
+
+PARAM, HOST, DEVICE, NONE = "param", "host", "device", "none"
+
+
+@dataclass
+class Captured:
+    """A captured model: the device graph, its host prologue and how to map a call's arguments onto it."""
+
+    graph: Graph
+    exported: ExportedProgram
+    host: HostPrologue
+    user_inputs: list[str]
+    out_spec: Any
+    returns: list[tuple[str, Any]]
+
+    def flat_inputs(self, args: tuple, kwargs: dict) -> list[Any]:
+        """The call's arguments flattened in the graph's placeholder order (parameters first)."""
+        try:
+            return list(self.exported._graph_module_flat_inputs(args, kwargs))
+        except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
+            raise UsageError(
+                f"model {self.graph.name}: the inputs do not match the compiled signature: {_first_line(exc)}"
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return " ".join(text.splitlines()[:2])[:300] if text else type(exc).__name__
+
+
+def _is_virtual(t: torch.Tensor) -> bool:
+    if t.device.type == "meta":
+        return True
+    return t.numel() > 1 and any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape, strict=True))
+
+
+def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None) -> ExportedProgram:
+    """torch.export, non-strict; a model whose weights all live on the meta device is exported with meta inputs."""
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    kwargs = dict(kwargs or {})
+    tensors = list(model.parameters()) + list(model.buffers())
+    devices = {t.device.type for t in tensors}
+    if devices == {"meta"}:
+        example_inputs, kwargs = torch.utils._pytree.tree_map_only(
+            torch.Tensor, lambda t: t.to("meta"), (example_inputs, kwargs)
+        )
+    elif len(devices) > 1:
+        raise UsageError(
+            f"model {type(model).__name__}: weights on several devices ({', '.join(sorted(devices))}); "
+            "keep them all on cpu (huge tables may be zero-stride views) or all on meta"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(
+                model,
+                example_inputs,
+                kwargs,
+                strict=False,
+                dynamic_shapes=_index_dims(model, example_inputs, kwargs),
+            )
+    except MtiasimError:
+        raise
+    except Exception as exc:  # torch raises many kinds; one line is what the user needs
+        raise UsageError(
+            f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Index tensors (1-D integers: embedding indices, offsets, per-sample weights' companions) may change length
+    from call to call (bags of random sizes): their length is exported as dynamic where the model allows."""
+    shapes = torch.export.ShapesCollection()
+    found = False
+    for leaf in torch.utils._pytree.tree_leaves((args, kwargs)):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() == 1 and not leaf.is_floating_point():
+            shapes[leaf] = {0: torch.export.Dim.AUTO}
+            found = True
+    return shapes.dynamic_shapes(model, args, kwargs) if found else None
+
+
+def capture(
+    model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None, name: str = ""
+) -> Captured:
+    ep = export(model, example_inputs, kwargs)
+    return convert(ep, name or type(model).__name__)
+
+
+def convert(ep: ExportedProgram, name: str) -> Captured:
+    specs = ep.graph_signature.input_specs
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(specs):
+        raise UsageError(
+            f"model {name}: unexpected export signature ({len(placeholders)} inputs, {len(specs)} specs)"
+        )
+    side: dict[str, str] = {}
+    params: dict[str, Param] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    user_inputs: list[str] = []
+    for node, spec in zip(placeholders, specs, strict=True):
+        tt = type_of(node)
+        if spec.kind == InputKind.USER_INPUT:
+            user_inputs.append(node.name)
+            side[node.name] = NONE if tt is None else (DEVICE if tt.dtype.is_float else HOST)
+            continue
+        tensor = _param_tensor(ep, spec, name, node.name)
+        if tt is None:
+            raise UnsupportedOperatorError(
+                f"model {name}: {spec.target!r} has unsupported dtype {tensor.dtype}"
+            )
+        side[node.name] = PARAM
+        tensors[node.name] = tensor
+        params[node.name] = Param(node.name, str(spec.target), tt, _is_virtual(tensor), tensor)
+
+    ctx = Ctx(name, params, tensors)
+    host_nodes: list[fx.Node] = []
+    host_to_device: dict[str, None] = {}
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        ins = node.all_input_nodes
+        sides = {side.get(i.name, NONE) for i in ins}
+        conv = CONVERTERS.get(node.target)
+        if not node.users and node.target is operator.getitem:
+            continue  # an unused element of a tuple result
+        if node.target is operator.getitem and ins and side.get(ins[0].name) == DEVICE:
+            side[node.name] = DEVICE
+            ctx.current = node
+            ctx.getitem(node)
+        elif DEVICE in sides or (conv is not None and conv.index_args):
+            if conv is None:
+                if node.target is torch.ops.aten._assert_tensor_metadata.default:
+                    side[node.name] = NONE
+                    continue
+                raise _unsupported(name, node)
+            side[node.name] = DEVICE
+            host_to_device.update({i.name: None for i in ins if side.get(i.name) == HOST})
+            conv(ctx, node)
+        elif PARAM in sides and sides <= {PARAM, NONE} and conv is not None:
+            side[node.name] = PARAM  # an op on weights alone: folded once, here
+            ctx.fold(node)
+        elif is_host_op(node.target):
+            side[node.name] = HOST
+            host_nodes.append(node)
+        else:
+            raise _unsupported(name, node)
+
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    outputs: list[str] = []
+    returns: list[tuple[str, Any]] = []  # per output: ("device", value), ("host", value) or ("const", object)
+    for arg in out_node.args[0]:
+        if isinstance(arg, fx.Node) and side.get(arg.name) == DEVICE:
+            outputs.append(ctx.value_of(arg))
+            returns.append(("device", outputs[-1]))
+        elif (
+            isinstance(arg, fx.Node)
+            and side.get(arg.name) in (HOST, NONE)
+            or (isinstance(arg, fx.Node) and arg.op == "placeholder")
+        ):
+            returns.append(("host", arg.name))  # index bookkeeping handed back (a Dynamo graph's output)
+        elif isinstance(arg, fx.Node):
+            raise UnsupportedOperatorError(
+                f"model {name}: output {arg.name} is a weight; return a computed value"
+            )
+        else:
+            returns.append(("const", arg))
+
+    # device inputs: the user's tensors device ops read directly, then host values they read
+    inputs = [v for v in user_inputs if v in ctx.used] + [v for v in host_to_device if v not in user_inputs]
+    kinds = {v: ValueKind.INPUT for v in inputs}
+    graph_params = {k: p for k, p in ctx.params.items() if k in ctx.used}
+    kinds.update({k: ValueKind.PARAM for k in graph_params})
+    for n in ctx.nodes:
+        kinds.update({o: ValueKind.NODE for o in n.outputs})
+    position = {n.name: i for i, n in enumerate(placeholders)}
+    host_returns = [v for kind, v in returns if kind == "host" and v not in inputs]
+    prologue = HostPrologue(host_nodes, position, inputs + host_returns)
+    values = {k: v for k, v in ctx.values.items() if k in kinds}
+    graph = Graph(name, values, kinds, graph_params, inputs, outputs, ctx.nodes, prologue)
+    graph.verify()
+    return Captured(graph, ep, prologue, user_inputs, ep.call_spec.out_spec, returns)
+
+
+def _param_tensor(ep: ExportedProgram, spec: Any, model: str, node_name: str) -> torch.Tensor:
+    if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+        tensor = ep.state_dict.get(spec.target) if spec.persistent is not False else None
+        if tensor is None:
+            tensor = ep.constants.get(spec.target)
+    elif spec.kind == InputKind.CONSTANT_TENSOR:
+        tensor = ep.constants.get(spec.target)
+    else:
+        raise UnsupportedOperatorError(
+            f"model {model}: input {node_name} of kind {spec.kind.name} (a TorchBind object) is not supported; "
+            "keep weights as plain tensors"
+        )
+    if not isinstance(tensor, torch.Tensor):
+        raise UsageError(f"model {model}: no tensor for {spec.target!r}")
+    return tensor
+
+
+def _unsupported(model: str, node: fx.Node) -> UnsupportedOperatorError:
+    target = node.target
+    op = getattr(target, "name", lambda: str(target))()
+    return UnsupportedOperatorError(
+        f"model {model}: operator {op} has no MTIA kernel ({node_source(node).describe()}); "
+        f"supported: {', '.join(supported_ops())}"
+    )

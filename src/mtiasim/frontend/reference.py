@@ -1,0 +1,199 @@
+"""The graph's meaning, in torch: runs a `Graph` on CPU tensors and returns every value.
+
+Used three ways: to calibrate int8 scales (the range of every activation on the example inputs), to check that
+compiler rewrites keep the graph's meaning (run before and after), and as the fp32 reference of a compiled
+model's outputs. Embedding lookups first get their indices normalised as on the device (`normalize_bags`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtiasim.errors import UsageError
+from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
+from mtiasim.ir import Graph, Node
+
+MODES = {"sum": 0, "mean": 1, "max": 2}
+
+
+def normalize_bags(
+    indices: torch.Tensor,
+    offsets: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    *,
+    include_last_offset: bool,
+    padding_idx: int | None,
+    one_per_bag: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(indices, offsets with B+1 entries, weights) with the padding index removed, as int64 numpy arrays.
+
+    torch's EmbeddingBag skips `padding_idx` entries (they count in no bag, not even in a mean's divisor), so
+    removing them on the host gives the same result.
+    """
+    idx = indices.detach().reshape(-1).to(torch.int64).cpu().numpy()
+    if one_per_bag or offsets is None:
+        if offsets is None and not one_per_bag:
+            if indices.dim() != 2:
+                raise UsageError("embedding_bag without offsets takes 2-D indices [bags, pooling]")
+            per = indices.shape[1]
+            off = np.arange(0, idx.size + 1, max(per, 1), dtype=np.int64)
+        else:
+            off = np.arange(idx.size + 1, dtype=np.int64)
+    else:
+        off = offsets.detach().reshape(-1).to(torch.int64).cpu().numpy()
+        if not include_last_offset:
+            off = np.concatenate([off, [idx.size]])
+    w = None if weights is None else weights.detach().reshape(-1).to(torch.float32).cpu().numpy()
+    if off.size == 0 or off[0] != 0 or (np.diff(off) < 0).any() or off[-1] > idx.size:
+        raise UsageError(
+            f"embedding offsets must start at 0, never decrease and stay within the {idx.size} indices"
+        )
+    if padding_idx is not None:
+        keep = idx != padding_idx
+        if not keep.all():
+            bag = np.repeat(np.arange(off.size - 1), np.diff(off))
+            counts = np.bincount(bag[keep[: bag.size]], minlength=off.size - 1)
+            idx = idx[: bag.size][keep[: bag.size]]
+            w = None if w is None else w[: bag.size][keep[: bag.size]]
+            off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return idx, off, w
+
+
+def run_graph(graph: Graph, inputs: dict[str, torch.Tensor], *, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Every value of `graph` (fp32 math where the graph says fp32) for the given device inputs."""
+    env: dict[str, Any] = {}
+    for name, p in graph.params.items():
+        if p.virtual or p.tensor is None:
+            raise UsageError(
+                f"model {graph.name}: parameter {p.target!r} is virtual (no values); cap its rows"
+            )
+        env[name] = p.tensor
+    for name in graph.inputs:
+        if name not in inputs:
+            raise UsageError(f"model {graph.name}: missing device input {name!r}")
+        env[name] = inputs[name]
+    users = graph.users()
+    remaining = {k: len(v) for k, v in users.items()}
+    with torch.no_grad():
+        for node in graph.nodes:
+            env[node.outputs[0]] = _run(node, [env[v] for v in node.inputs], graph)
+            if not keep:
+                for v in node.inputs:
+                    remaining[v] -= 1
+                    if remaining[v] == 0 and v not in graph.outputs and v not in graph.params:
+                        env.pop(v, None)
+    return env
+
+
+def _run(node: Node, xs: list[Any], graph: Graph) -> torch.Tensor:
+    a = node.attrs
+    op = node.op
+    out_dtype = DTYPE_TO_TORCH[graph.values[node.outputs[0]].dtype]
+    if op == "linear":
+        y = F.linear(xs[0], xs[1], xs[2] if len(xs) > 2 else None)
+        act = a.get("activation")
+        return getattr(torch, act)(y) if act else y
+    if op == "matmul":
+        return torch.matmul(xs[0], xs[1].transpose(-1, -2) if a.get("transpose_b") else xs[1])
+    if op == "embedding_bag":
+        return _embedding_bag(node, xs, out_dtype)
+    if op == "tbe":
+        return _tbe(node, xs, out_dtype)
+    if op == "cat":
+        return torch.cat(xs, dim=a["dim"])
+    if op == "relu":
+        return torch.relu(xs[0])
+    if op == "sigmoid":
+        return torch.sigmoid(xs[0])
+    if op == "tanh":
+        return torch.tanh(xs[0])
+    if op == "add":
+        if "scalar" in a:
+            return xs[0] + a["scalar"]
+        return torch.add(xs[0], xs[1], alpha=a.get("alpha", 1.0))
+    if op == "mul":
+        return xs[0] * a["scalar"] if "scalar" in a else xs[0] * xs[1]
+    if op == "cast":
+        return xs[0].to(out_dtype)
+    if op == "reshape":
+        return xs[0].reshape(a["shape"])
+    if op == "permute":
+        return xs[0].permute(a["dims"])
+    if op == "slice":
+        return xs[0].narrow(a["dim"], a["start"], a["end"] - a["start"])
+    if op == "index":
+        flat = xs[0].reshape(xs[0].shape[0], -1)
+        return flat[:, list(a["columns"])]
+    if op == "copy":
+        return xs[0].clone()
+    raise UsageError(f"reference: op {op!r} has no torch meaning ({node.where()})")
+
+
+def _embedding_bag(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.Tensor:
+    a = node.attrs
+    weight = xs[0]
+    offsets = xs[2] if len(xs) > 2 else None
+    psw = xs[3] if len(xs) > 3 else None
+    idx, off, w = normalize_bags(
+        xs[1],
+        offsets,
+        psw,
+        include_last_offset=a.get("include_last_offset", False),
+        padding_idx=a.get("padding_idx"),
+        one_per_bag=a.get("one_per_bag", False),
+    )
+    if a["row_format"] == "int8_aten":
+        rows = weight.shape[0]
+        q = weight[:, :-8].to(torch.float32)
+        tail = weight[:, -8:].contiguous().view(torch.float32).reshape(rows, 2)
+        table = q * tail[:, :1] + tail[:, 1:]
+    else:
+        table = weight.to(torch.float32)
+    out = F.embedding_bag(
+        torch.from_numpy(idx),
+        table,
+        torch.from_numpy(off),
+        mode=a["mode"],
+        per_sample_weights=None if w is None else torch.from_numpy(w),
+        include_last_offset=True,
+    )
+    return out.to(out_dtype)
+
+
+def tbe_table(weights: torch.Tensor, table: tuple[int, int, int, int], row_format: str) -> torch.Tensor:
+    """One table (start_byte, dim, rows, row_bytes) of an FBGEMM TBE weight buffer, as fp32 [rows, dim]."""
+    start, dim, rows, row_bytes = table
+    raw = weights[start : start + rows * row_bytes].reshape(rows, row_bytes)
+    if row_format == "int8_fbgemm":
+        head = raw[:, :4].contiguous().view(torch.float16).to(torch.float32)
+        return raw[:, 4 : 4 + dim].to(torch.float32) * head[:, :1] + head[:, 1:]
+    item = 2 if row_format == "fp16" else 4
+    dt = torch.float16 if row_format == "fp16" else torch.float32
+    return raw[:, : dim * item].contiguous().view(dt).reshape(rows, dim).to(torch.float32)
+
+
+def _tbe(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.Tensor:
+    a = node.attrs
+    weights, indices, offsets = xs[0], xs[1], xs[2]
+    psw = xs[3] if len(xs) > 3 else None
+    tables = a["tables"]
+    idx = indices.reshape(-1).to(torch.int64)
+    off = offsets.reshape(-1).to(torch.int64)
+    n_t = len(tables)
+    batch = (off.numel() - 1) // n_t
+    outs = []
+    for t, spec in enumerate(tables):
+        table = tbe_table(weights, spec, a["row_format"])
+        o = off[t * batch : (t + 1) * batch + 1]
+        sl = idx[o[0] : o[-1]]
+        w = None if psw is None else psw.reshape(-1)[o[0] : o[-1]].to(torch.float32)
+        outs.append(
+            F.embedding_bag(
+                sl, table, o - o[0], mode=a["mode"], per_sample_weights=w, include_last_offset=True
+            )
+        )
+    return torch.cat(outs, dim=1).to(out_dtype)

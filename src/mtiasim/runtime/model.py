@@ -1,0 +1,232 @@
+"""A compiled model: call it like the PyTorch module; it runs on the simulated chip.
+
+One call, on the timeline:
+
+1. the host runs the index bookkeeping (`HostPrologue`) and converts the inputs to the device's dtypes;
+2. the inputs cross PCIe (host -> device);
+3. the device program runs (engine: jobs on sub-grids, shared SRAM / LPDDR5 / NoC);
+4. the outputs cross PCIe back.
+
+In `timing` mode nothing is computed: the returned tensors have the right shapes and dtypes and hold zeros
+(documented; `report.computed` is False). The SRAM cache starts each call in the state the previous calls left
+(a fresh model starts cold).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtiasim.compiler import CompiledGraph, tbe_job_for
+from mtiasim.dtypes import DType
+from mtiasim.engine import execute
+from mtiasim.errors import CapacityError, UsageError
+from mtiasim.frontend import Captured
+from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
+from mtiasim.frontend.host import host_cost_s
+from mtiasim.frontend.reference import normalize_bags
+from mtiasim.hw import Chip
+from mtiasim.isa import Job, Level, Program, TensorDecl
+from mtiasim.runtime.report import RunReport, build_report
+
+HOST_OP_NS = 500.0  # assumed: one host bookkeeping op (torch dispatch on the host CPU)
+HOST_NS_PER_ELEMENT = 1.0  # assumed: per index element the host touches (copy, cumsum, convert)
+CACHE_HISTORY_CALLS = 2
+
+
+@dataclass
+class CallInputs:
+    """A call's device inputs, ready for the engine."""
+
+    data: dict[str, np.ndarray]  # decl -> array (functional runs and index values for the cache model)
+    tensors: dict[str, TensorDecl]  # per-call decls (indices, weights)
+    jobs: dict[str, Job]  # lookup jobs by kop name
+    h2d_bytes: int
+    index_elements: int
+    lookups: dict[str, np.ndarray]  # table decl -> global rows gathered this call
+
+
+class CompiledModel:
+    """What `mtiasim.compile` returns."""
+
+    def __init__(
+        self,
+        captured: Captured,
+        compiled: CompiledGraph,
+        chip: Chip,
+        mode: str,
+        fidelity: str,
+        out_dtypes: list,
+    ) -> None:
+        self.captured = captured
+        self.compiled = compiled
+        self.chip = chip
+        self.mode = mode
+        self.fidelity = fidelity
+        self.out_dtypes = out_dtypes
+        self.report: RunReport | None = None
+        self.calls = 0
+        self._history: dict[str, list[np.ndarray]] = {}
+
+    @property
+    def memory_plan(self) -> str:
+        return self.compiled.code.memory.table()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flat = self.captured.flat_inputs(args, kwargs)
+        wall0 = time.perf_counter()
+        values = self.captured.host(flat)
+        device = iter(self.run(values))
+        outputs = []
+        for kind, v in self.captured.returns:
+            outputs.append(next(device) if kind == "device" else values[v] if kind == "host" else v)
+        self.report.wall_s = time.perf_counter() - wall0  # type: ignore[union-attr]
+        return torch.utils._pytree.tree_unflatten(outputs, self.captured.out_spec)
+
+    # -------------------------------------------------------------------------------------------- run
+    def run(self, values: dict[str, Any]) -> list[torch.Tensor]:
+        code = self.compiled.code
+        functional = self.mode in ("functional", "both")
+        call = self._inputs(values, functional)
+        tensors = dict(code.tensors)
+        tensors.update(call.tensors)
+        jobs: list[Job] = []
+        static = {j.name: j for j in code.jobs}
+        for name in code.order:
+            if name in call.jobs:
+                jobs.append(call.jobs[name])
+            elif name in static:
+                jobs.append(static[name])
+        program = Program(self.compiled.graph.name, tensors, jobs)
+        for table, rows in self._history.items():
+            if tensors[table].cached and rows:
+                program.cache_history[table] = np.concatenate(rows)
+        data = dict(call.data)
+        if functional:
+            data.update(code.constants)
+        result = execute(program, self.chip, mode=self.mode, fidelity=self.fidelity, inputs=data)
+        for table, rows in call.lookups.items():
+            hist = self._history.setdefault(table, [])
+            hist.append(rows)
+            del hist[:-CACHE_HISTORY_CALLS]
+        self.calls += 1
+        outs = []
+        for i, v in enumerate(self.compiled.graph.outputs):
+            decl = tensors[code.outputs[v]]
+            shape = self.compiled.graph.values[v].shape
+            if result.outputs is not None:
+                arr = np.ascontiguousarray(result.outputs[decl.name]).reshape(shape)
+                t = _to_torch(arr, decl.dtype).to(self.out_dtypes[i])
+            else:
+                t = torch.zeros(shape, dtype=self.out_dtypes[i])
+            outs.append(t)
+        d2h = sum(tensors[code.outputs[v]].rows * tensors[code.outputs[v]].cols * tensors[code.outputs[v]].dtype.itemsize
+                  for v in self.compiled.graph.outputs)  # fmt: skip
+        host_s = host_cost_s(
+            len(self.captured.host.nodes), call.index_elements, HOST_OP_NS, HOST_NS_PER_ELEMENT
+        )
+        self.report = build_report(self, program, result, host_s, call.h2d_bytes, d2h)
+        return outs
+
+    def _inputs(self, values: dict[str, Any], functional: bool) -> CallInputs:
+        code = self.compiled.code
+        g = self.compiled.graph
+        data: dict[str, np.ndarray] = {}
+        h2d = 0
+        for v, decl_name in code.inputs.items():
+            decl = code.tensors[decl_name]
+            t = values[v]
+            if not isinstance(t, torch.Tensor):
+                raise UsageError(f"model {g.name}: input {v} is not a tensor")
+            want = g.values[v].shape
+            if tuple(t.shape) != tuple(want):
+                raise UsageError(
+                    f"model {g.name}: input {v} has shape {list(t.shape)}, compiled for {list(want)}"
+                )
+            h2d += decl.rows * decl.cols * decl.dtype.itemsize
+            if functional:
+                data[decl.base or decl.name] = _to_numpy(t, decl.dtype).reshape(decl.rows, decl.cols)
+        tensors: dict[str, TensorDecl] = {}
+        jobs: dict[str, Job] = {}
+        lookups: dict[str, np.ndarray] = {}
+        sram_at = code.index_base
+        dram_at = code.dram_top
+        index_elements = 0
+        for name, spec in code.tbe.items():
+            idx_parts, off_parts, w_parts = [], [], []
+            base = 0
+            global_rows = []
+            for t in spec.tables:
+                idx, off, w = normalize_bags(
+                    values[t.indices],
+                    values[t.offsets] if t.offsets else None,
+                    values[t.weights] if t.weights else None,
+                    include_last_offset=t.include_last_offset,
+                    padding_idx=t.padding_idx,
+                    one_per_bag=t.one_per_bag,
+                )
+                if off.size - 1 != spec.batch:
+                    raise UsageError(
+                        f"model {g.name}: lookup {name} table {t.table}: {off.size - 1} bags, compiled for {spec.batch}"
+                    )
+                if idx.size and (idx.min() < 0 or idx.max() >= t.rows):
+                    bad = int(idx[(idx < 0) | (idx >= t.rows)][0])
+                    raise UsageError(
+                        f"model {g.name}: lookup {name} table {t.table}: index {bad} is outside [0, {t.rows})"
+                    )
+                idx_parts.append(idx)
+                off_parts.append(off[:-1] + base)
+                if w is not None:
+                    w_parts.append(w)
+                base += idx.size
+                global_rows.append(idx + t.row_start)
+            n = max(base, 1)
+            offsets = np.concatenate(off_parts + [np.array([base], dtype=np.int64)])
+            index_elements += base + offsets.size
+            idx_all = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
+            idt = DType.INT32 if (idx_all.size == 0 or idx_all.max() < 2**31) else DType.INT64
+            need = n * idt.itemsize + (n * 4 if spec.weighted else 0)
+            if sram_at + need <= code.index_base + code.index_reserve:
+                level, at = Level.SRAM, sram_at
+                sram_at += -(-need // 128) * 128
+            else:
+                level, at = Level.DRAM, dram_at
+                dram_at += -(-need // 128) * 128
+                if dram_at > self.chip.dram.bytes:
+                    raise CapacityError(f"model {g.name}: the indices of {name} do not fit LPDDR5")
+            iname = f"{name}@indices"
+            tensors[iname] = TensorDecl(iname, (n,), idt, level, at)
+            arr = np.zeros(n, dtype=idt.numpy)
+            arr[:base] = idx_all
+            data[iname] = arr
+            wname = None
+            if spec.weighted:
+                wname = f"{name}@weights"
+                tensors[wname] = TensorDecl(wname, (n,), DType.FP32, level, at + n * idt.itemsize)
+                warr = np.zeros(n, dtype=np.float32)
+                if w_parts:
+                    warr[:base] = np.concatenate(w_parts)
+                data[wname] = warr
+            h2d += need + offsets.size * 4
+            all_tensors = dict(code.tensors)
+            all_tensors.update(tensors)
+            jobs[name] = tbe_job_for(self.chip, spec, all_tensors, iname, wname, offsets)
+            lookups[spec.table] = np.concatenate(global_rows) if global_rows else np.zeros(0, np.int64)
+        return CallInputs(data, tensors, jobs, h2d, index_elements, lookups)
+
+
+def _to_numpy(t: torch.Tensor, dtype: DType) -> np.ndarray:
+    x = t.detach().cpu()
+    if dtype == DType.BF16:
+        return x.to(torch.bfloat16).view(torch.int16).numpy().view(dtype.numpy)
+    return x.to(DTYPE_TO_TORCH[dtype]).numpy()
+
+
+def _to_torch(a: np.ndarray, dtype: DType) -> torch.Tensor:
+    if dtype == DType.BF16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a))

@@ -1,0 +1,217 @@
+"""What a run reports: latency on the timeline (host, PCIe, device), throughput, MAC utilisation, the memory
+plan, and one row per op with its time, sub-grid and bound.
+
+The run's bottleneck attribution follows the critical chain: from the job that ends last, back through the
+dependency (or the job before it on the same PEs) that ended last, adding each job's own attribution; the host
+prologue and the PCIe transfers are added as `host` and `pcie`. The shares add up to the latency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mtiasim.dtypes import DType
+from mtiasim.engine import ExecutionResult
+from mtiasim.hw.peaks import dpe_macs_per_cycle
+from mtiasim.isa import Program
+
+if TYPE_CHECKING:
+    from mtiasim.runtime.model import CompiledModel
+
+
+@dataclass
+class OpRow:
+    name: str
+    kind: str
+    lane: str
+    pes: int
+    start_us: float
+    end_us: float
+    bound: str
+    macs: float
+    attribution_us: dict[str, float]
+    module: str
+
+    @property
+    def time_us(self) -> float:
+        return self.end_us - self.start_us
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "lane": self.lane,
+            "pes": self.pes,
+            "start_us": round(self.start_us, 4),
+            "end_us": round(self.end_us, 4),
+            "time_us": round(self.time_us, 4),
+            "bound": self.bound,
+            "macs": self.macs,
+            "attribution_us": {k: round(v, 4) for k, v in sorted(self.attribution_us.items())},
+            "module": self.module,
+        }
+
+
+@dataclass
+class RunReport:
+    model: str
+    chip: str
+    mode: str
+    fidelity: str
+    precision: str
+    batch: int
+    computed: bool
+    host_s: float
+    h2d_s: float
+    device_s: float
+    d2h_s: float
+    macs: float
+    mac_utilization: float
+    ops: list[OpRow]
+    attribution_s: dict[str, float]
+    memory_plan: str
+    counters: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @property
+    def latency_s(self) -> float:
+        return self.host_s + self.h2d_s + self.device_s + self.d2h_s
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch / self.latency_s if self.latency_s > 0 else math.inf
+
+    @property
+    def bound(self) -> str:
+        return max(self.attribution_s.items(), key=lambda kv: kv[1])[0] if self.attribution_s else "compute"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "chip": self.chip,
+            "mode": self.mode,
+            "fidelity": self.fidelity,
+            "precision": self.precision,
+            "batch": self.batch,
+            "computed": self.computed,
+            "latency_us": round(self.latency_s * 1e6, 4),
+            "samples_per_s": round(self.samples_per_s, 3),
+            "host_us": round(self.host_s * 1e6, 4),
+            "h2d_us": round(self.h2d_s * 1e6, 4),
+            "device_us": round(self.device_s * 1e6, 4),
+            "d2h_us": round(self.d2h_s * 1e6, 4),
+            "macs": self.macs,
+            "mac_utilization": round(self.mac_utilization, 5),
+            "bound": self.bound,
+            "attribution_us": {k: round(v * 1e6, 4) for k, v in sorted(self.attribution_s.items())},
+            "ops": [op.to_json() for op in self.ops],
+            "memory_plan": self.memory_plan.splitlines(),
+            "counters": self.counters,
+        }
+
+
+def _pcie_s(model: CompiledModel, nbytes: int) -> float:
+    host = model.chip.host
+    return host.latency_ns * 1e-9 + nbytes / (host.bandwidth_gbps * 1e9) if nbytes else 0.0
+
+
+def _macs(model: CompiledModel) -> dict[str, float]:
+    low = model.compiled.lowered
+    out = {}
+    for op in low.kops:
+        if op.kind in ("gemm", "bmm"):
+            a = low.views[op.reads[0]].shape
+            y = low.views[op.writes[0]].shape
+            out[op.name] = float(math.prod(y) * a[-1])
+    return out
+
+
+def build_report(
+    model: CompiledModel, program: Program, result: ExecutionResult, host_s: float, h2d: int, d2h: int
+) -> RunReport:
+    compiled = model.compiled
+    low = compiled.lowered
+    macs = _macs(model)
+    lanes = compiled.code.lanes
+    modules = {op.name: op.source.module_path for op in low.kops}
+    t = result.timing
+    ops: list[OpRow] = []
+    attribution: dict[str, float] = {}
+    device_s = 0.0
+    if t is not None:
+        device_s = t.seconds
+        for j in t.jobs:
+            ops.append(
+                OpRow(
+                    j.name,
+                    j.kind,
+                    lanes.get(j.name, "joint"),
+                    j.pes,
+                    j.start_s * 1e6,
+                    j.end_s * 1e6,
+                    j.bound,
+                    macs.get(j.name, 0.0),
+                    {k: v * 1e6 for k, v in j.attribution.items()},
+                    modules.get(j.name, ""),
+                )
+            )
+        attribution = _critical_chain(program, t.jobs)
+    h2d_s, d2h_s = _pcie_s(model, h2d), _pcie_s(model, d2h)
+    attribution["host"] = attribution.get("host", 0.0) + host_s
+    attribution["pcie"] = attribution.get("pcie", 0.0) + h2d_s + d2h_s
+    total_macs = sum(macs.values())
+    dtype = DType.INT8 if compiled.formats.precision.int8 else compiled.formats.precision.float_dtype
+    chip = model.chip
+    peak = dpe_macs_per_cycle(chip, dtype) * chip.grid.rows * chip.grid.cols * chip.clock.frequency_ghz * 1e9
+    util = total_macs / (peak * device_s) if device_s > 0 else 0.0
+    out0 = compiled.graph.outputs[0]
+    shape = compiled.graph.values[out0].shape
+    return RunReport(
+        compiled.graph.name,
+        chip.name,
+        model.mode,
+        model.fidelity,
+        compiled.formats.precision.name,
+        int(shape[0]) if shape else 1,
+        result.outputs is not None,
+        host_s,
+        h2d_s,
+        device_s,
+        d2h_s,
+        total_macs,
+        util,
+        sorted(ops, key=lambda o: (o.start_us, o.name)),
+        attribution,
+        compiled.code.memory.table(),
+        dict(t.counters) if t is not None else {},
+    )
+
+
+def _critical_chain(program: Program, jobs: list) -> dict[str, float]:
+    """Attribution of the device time along the chain of jobs that ended last."""
+    if not jobs:
+        return {}
+    by_name = {j.name: j for j in jobs}
+    deps = {job.name: job.deps for job in program.jobs}
+    pes = {job.name: set(job.pes) for job in program.jobs}
+    out: dict[str, float] = {}
+    cur = max(jobs, key=lambda j: j.end_s)
+    seen = set()
+    while cur is not None and cur.name not in seen:
+        seen.add(cur.name)
+        for k, v in cur.attribution.items():
+            if k != "queue":  # waiting for the PEs: the job before on those PEs is on the chain instead
+                out[k] = out.get(k, 0.0) + v
+        cands = [by_name[d] for d in deps.get(cur.name, ()) if d in by_name]
+        cands += [
+            j for j in jobs if j.end_s <= cur.start_s + 1e-15 and pes.get(j.name, set()) & pes[cur.name]
+        ]
+        cands = [c for c in cands if c.end_s <= cur.end_s and c.name not in seen]
+        cur = max(cands, key=lambda j: j.end_s) if cands else None
+    total = sum(out.values())
+    end = max(j.end_s for j in jobs)
+    if total > 0:
+        out = {k: v * end / total for k, v in out.items()}
+    return out
