@@ -17,13 +17,14 @@ import numpy as np
 
 from mtiasim.engine.resolve import Resolved, resolve
 from mtiasim.engine.timing import FIDELITIES, JobTiming, TimingModel, TimingResult, simulate
+from mtiasim.engine.work import Memo
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
 from mtiasim.isa import Program, TensorDecl
 
 MODES = ("functional", "timing", "both")
 
-__all__ = ["FIDELITIES", "MODES", "ExecutionResult", "JobTiming", "TimingResult", "execute"]
+__all__ = ["FIDELITIES", "MODES", "ExecutionResult", "JobTiming", "Memo", "TimingResult", "execute"]
 
 
 @dataclass
@@ -87,8 +88,12 @@ def execute(
     mode: str = "timing",
     fidelity: str = "event",
     inputs: dict[str, np.ndarray] | None = None,
+    memo: Memo | None = None,
 ) -> ExecutionResult:
-    """Run `program` on `chip`. Functional modes need every input tensor; tensors not given start as zeros."""
+    """Run `program` on `chip`. Functional modes need every input tensor; tensors not given start as zeros.
+
+    `memo` carries work-model results between runs of programs that share jobs (a compiled model's calls).
+    """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     if fidelity not in FIDELITIES:
@@ -102,7 +107,7 @@ def execute(
     timing = None
     if mode in ("timing", "both"):
         data = memory if memory is not None else {k: np.asarray(v) for k, v in inputs.items()}
-        timing = simulate(TimingModel(program, resolved, chip, data), fidelity)
+        timing = simulate(TimingModel(program, resolved, chip, data, memo), fidelity)
     outputs = None
     if memory is not None:
         outputs = {name: memory[name].reshape(decl.shape) for name, decl in program.tensors.items()}

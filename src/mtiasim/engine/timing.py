@@ -373,6 +373,13 @@ class _Sim:
         self.b_remaining = m.b_bytes.copy()
         self.b_rate = np.zeros(nb)
         self.b_version = np.zeros(nb, dtype=np.int64)
+        self.b_finish = np.full(nb, INF)  # when each active bundle completes at its current rate
+        # incremental re-rating: resource use at the current rates, and the bundles changed since
+        self.res_used = np.zeros(len(m.rmap.capacity))
+        self.res_valid = False
+        self.added: list[int] = []
+        self.removed: list[tuple[int, float]] = []
+        self.flow_version = 0  # the one pending completion event (the earliest finish) is this version
         self.b_active: list[int] = []
         self.b_last = 0.0
         self.b_class_time: list[dict[str, float]] = [defaultdict(float) for _ in range(nb)]
@@ -421,8 +428,8 @@ class _Sim:
             elif kind == self.OWN_END:
                 self._on_own_end(ident, t)
             elif kind == self.FLOW_DONE:
-                if version == self.b_version[ident]:
-                    self._on_flow_done(ident, t)
+                if version == self.flow_version:
+                    self._on_flows_done(t)
             elif kind == self.FINAL:
                 self._finalize(ident, t)
             else:
@@ -538,6 +545,7 @@ class _Sim:
     def _activate_bundle(self, b: int, t: float) -> None:
         self._advance(t)
         self.b_active.append(b)
+        self.added.append(b)
         self.b_rate[b] = -1.0  # no completion scheduled yet
         self.dirty = True
 
@@ -546,7 +554,12 @@ class _Sim:
         self._set_kind(b, "", t)
         self.b_remaining[b] = 0.0
         self.b_active.remove(b)
+        if b in self.added:
+            self.added.remove(b)  # came and went within one instant
+        else:
+            self.removed.append((b, float(self.b_rate[b])))
         self.b_version[b] += 1
+        self.b_finish[b] = INF
         self.dirty = True
         for j in self.m.bundles[b]:
             stall = self.m.stall_s[j]
@@ -576,18 +589,84 @@ class _Sim:
         active = self.b_active
         if not active:
             return
+        added, removed = self.added, self.removed
+        self.added, self.removed = [], []
+        if self.share and self._local_change(added, removed):
+            for b, rate in removed:
+                self.res_used -= m.b_usage[b] * rate
+            for b in added:
+                if b not in self.b_active:
+                    continue
+                cap = float(m.b_cap[b])
+                self.res_used += m.b_usage[b] * cap
+                self._set_kind(b, m.b_cap_kind[b], t)
+                self.b_rate[b] = cap
+                self.b_version[b] += 1
+                self.b_finish[b] = t + self.b_remaining[b] / max(cap, EPS)
+            self._schedule_flow_done()
+            return
         if self.share:
-            rates, kinds = _maxmin(m, active)
+            rates, kinds, used = _maxmin(m, active)
+            self.res_used, self.res_valid = used, True
         else:
             rates, kinds = m.b_rate0[active], [m.b_kind0[b] for b in active]
-        for k, b in enumerate(active):
-            old = self.b_rate[b]
-            self._set_kind(b, kinds[k], t)
-            if old >= 0 and abs(rates[k] - old) <= 1e-12 * max(old, 1.0):
-                continue  # its completion event still stands
-            self.b_rate[b] = rates[k]
-            self.b_version[b] += 1
-            self.push(t + self.b_remaining[b] / max(rates[k], EPS), self.FLOW_DONE, b, int(self.b_version[b]))
+        b_kind = self.b_kind
+        for b, kind in zip(active, kinds, strict=True):
+            if b_kind[b] != kind or kind == "":
+                self._set_kind(b, kind, t)
+        act = np.asarray(active, dtype=np.int64)
+        old = self.b_rate[act]
+        # a bundle whose rate did not change keeps its completion time
+        changed = ~((old >= 0) & (np.abs(rates - old) <= 1e-12 * np.maximum(old, 1.0)))
+        if changed.any():
+            ch = act[changed]
+            new = rates[changed]
+            self.b_rate[ch] = new
+            self.b_version[ch] += 1
+            self.b_finish[ch] = t + self.b_remaining[ch] / np.maximum(new, EPS)
+        self._schedule_flow_done()
+
+    def _local_change(self, added: list[int], removed: list[tuple[int, float]]) -> bool:
+        """True if the max-min rates of the other bundles cannot change: every bundle that left used no
+        saturated resource, every bundle that came fits at its cap without saturating one, and none of them
+        touches LPDDR5 (whose page-hit rate depends on how many streams share it)."""
+        if not self.res_valid or not (added or removed):
+            return False
+        m = self.m
+        capacity = m.rmap.capacity
+        for b in [b for b, _ in removed] + added:
+            if m.b_streams[b] or m.b_extra[b].any():
+                return False
+        used = self.res_used.copy()
+        for b, rate in removed:
+            nz = m.b_usage[b] > 0
+            if (used[nz] >= capacity[nz] * (1 - 1e-9)).any():
+                return False
+            used -= m.b_usage[b] * rate
+        for b in added:
+            cap = float(m.b_cap[b])
+            if not math.isfinite(cap):
+                return False
+            used += m.b_usage[b] * cap
+            nz = m.b_usage[b] > 0
+            if (used[nz] > capacity[nz] * (1 - 1e-9)).any():
+                return False
+        return True
+
+    def _schedule_flow_done(self) -> None:
+        """One pending event for the earliest completion among the active bundles (not one per bundle)."""
+        self.flow_version += 1
+        if self.b_active:
+            act = np.fromiter(self.b_active, dtype=np.int64, count=len(self.b_active))
+            self.push(float(self.b_finish[act].min()), self.FLOW_DONE, -1, self.flow_version)
+
+    def _on_flows_done(self, t: float) -> None:
+        """Every active bundle whose completion time has come completes, in activation order."""
+        done = [b for b in self.b_active if self.b_finish[b] <= t]
+        for b in done:
+            self._on_flow_done(b, t)
+        if not done:
+            self._schedule_flow_done()
 
     def _on_own_end(self, i: int, t: float) -> None:
         m = self.m
@@ -669,7 +748,7 @@ class _Sim:
             self._node_done(int(m.job_of[g]))
 
 
-def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str]]:
+def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Max-min fair rates (bytes/s of each bundle) on the shared resources, with per-bundle caps.
 
     Progressive filling, solved one saturation event at a time: with the live bundles sorted by cap, the
@@ -682,17 +761,32 @@ def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str]]:
     if dram_streams > 1:
         # other streams close each stream's open pages: blend towards one activation per access
         u_all = u_all + (1.0 - row_hit_survival(m.chip, dram_streams)) * m.b_extra[active]
-    cols = np.flatnonzero(u_all.any(axis=0))
+    users = (u_all > 0).sum(axis=0)
+    cap = m.b_cap[active].astype(np.float64)
+    klass = m.rmap.klass
+    cap_kind = [m.b_cap_kind[b] for b in active]
+    # a resource only one bundle uses bounds that bundle like a cap (capacity / its use)
+    single = np.flatnonzero(users == 1)
+    if single.size:
+        owner = np.argmax(u_all[:, single] > 0, axis=0)
+        bound = m.rmap.capacity[single] / u_all[owner, single]
+        for o, r, lim in zip(owner.tolist(), single.tolist(), bound.tolist(), strict=True):
+            if lim < cap[o] * (1 - 1e-12):
+                cap[o], cap_kind[o] = lim, klass[r]
+    cols = np.flatnonzero(users > 1)
     u = u_all[:, cols]
     remaining = m.rmap.capacity[cols].astype(np.float64).copy()
-    cap = m.b_cap[active]
     k = len(active)
     rate = np.zeros(k)
     kinds = [""] * k
     live = np.ones(k, dtype=bool)
-    klass = m.rmap.klass
-    cap_kind = [m.b_cap_kind[b] for b in active]
     n_res = cols.size
+    used = np.zeros(len(m.rmap.capacity))
+    used_single = single
+    if np.isfinite(cap).all() and (cap @ u <= remaining * (1 - 1e-9)).all():
+        used[cols] = cap @ u
+        used[used_single] = cap @ u_all[:, used_single]
+        return cap, cap_kind, used  # nothing saturates: every bundle runs at its cap
     while live.any():
         idx = np.flatnonzero(live)
         order = idx[np.argsort(cap[idx], kind="stable")]
@@ -734,7 +828,9 @@ def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str]]:
         fixed_arr = np.asarray(fixed)
         remaining = np.maximum(remaining - (u[fixed_arr] * rate[fixed_arr][:, None]).sum(axis=0), 0.0)
         live[fixed_arr] = False
-    return rate, kinds
+    used[cols] = rate @ u
+    used[used_single] = rate @ u_all[:, used_single]
+    return rate, kinds, used
 
 
 # ========================================================================================== attribution

@@ -100,16 +100,35 @@ def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = 
         model.train(was_training)
 
 
+def _is_jagged(x: Any) -> bool:
+    """A torchrec KeyedJaggedTensor (duck-typed: torchrec is optional)."""
+    return all(callable(getattr(x, a, None)) for a in ("values", "lengths", "keys", "weights_or_none"))
+
+
 def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-    """Index tensors (1-D integers: embedding indices, offsets, per-sample weights' companions) may change length
-    from call to call (bags of random sizes): their length is exported as dynamic where the model allows."""
+    """Index tensors may change length from call to call (bags of random sizes): their length is exported as
+    dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, and 1-D integer tensors
+    other than per-bag offsets (whose length is the batch, or the batch + 1: the batch stays static)."""
+    leaves = torch.utils._pytree.tree_leaves((args, kwargs), is_leaf=_is_jagged)
+    floats = [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 1]
+    batch = floats[0].shape[0] if floats else None
+    dynamic: list[torch.Tensor] = []
+    for leaf in leaves:
+        if _is_jagged(leaf):
+            dynamic += [t for t in (leaf.values(), leaf.weights_or_none()) if isinstance(t, torch.Tensor)]
+        elif (
+            isinstance(leaf, torch.Tensor)
+            and leaf.dim() == 1
+            and not leaf.is_floating_point()
+            and (batch is None or leaf.shape[0] not in (batch, batch + 1))
+        ):
+            dynamic.append(leaf)
+    if not dynamic:
+        return None
     shapes = torch.export.ShapesCollection()
-    found = False
-    for leaf in torch.utils._pytree.tree_leaves((args, kwargs)):
-        if isinstance(leaf, torch.Tensor) and leaf.dim() == 1 and not leaf.is_floating_point():
-            shapes[leaf] = {0: torch.export.Dim.AUTO}
-            found = True
-    return shapes.dynamic_shapes(model, args, kwargs) if found else None
+    for t in dynamic:
+        shapes[t] = {0: torch.export.Dim.AUTO}
+    return shapes.dynamic_shapes(model, args, kwargs)
 
 
 def capture(

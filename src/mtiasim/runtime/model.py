@@ -23,7 +23,7 @@ import torch
 
 from mtiasim.compiler import CompiledGraph, tbe_job_for
 from mtiasim.dtypes import DType
-from mtiasim.engine import execute
+from mtiasim.engine import Memo, execute
 from mtiasim.errors import CapacityError, UsageError
 from mtiasim.frontend import Captured
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
@@ -71,6 +71,7 @@ class CompiledModel:
         self.report: RunReport | None = None
         self.calls = 0
         self._history: dict[str, list[np.ndarray]] = {}
+        self._streams: dict = {}
 
     @property
     def memory_plan(self) -> str:
@@ -108,7 +109,9 @@ class CompiledModel:
         data = dict(call.data)
         if functional:
             data.update(code.constants)
-        result = execute(program, self.chip, mode=self.mode, fidelity=self.fidelity, inputs=data)
+        # the static jobs' memory streams are the same every call: their work-model results are kept
+        memo = Memo(streams=self._streams)
+        result = execute(program, self.chip, mode=self.mode, fidelity=self.fidelity, inputs=data, memo=memo)
         for table, rows in call.lookups.items():
             hist = self._history.setdefault(table, [])
             hist.append(rows)
