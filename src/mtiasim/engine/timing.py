@@ -256,6 +256,7 @@ class TimingModel:
         cap_res = self.rmap.capacity
         nb = len(self.bundles)
         self.b_rate0 = np.zeros(nb)
+        self.b_rate_ahead = np.zeros(nb)
         self.b_kind0: list[str] = [""] * nb
         for b, mem in enumerate(self.bundles):
             u = self.b_usage[b]
@@ -268,6 +269,7 @@ class TimingModel:
                 res_rate = float(rates[k])
                 kind = self.rmap.klass[int(np.flatnonzero(nz)[k])]
             cap, ckind = self.b_cap[b], self.b_cap_kind[b]
+            self.b_rate_ahead[b] = min(cap, res_rate)  # before back-pressure: how fast the first items come
             # a consumer that pops what the flow delivers caps its pace (finite circular buffers), unless the
             # CB is too small to overlap the two at all (then they alternate, see below)
             for i in mem:
@@ -294,7 +296,9 @@ class TimingModel:
             if b >= 0:
                 rate_node = self.b_rate0[b] * w.bytes / self.b_bytes[b]
                 self.item_s[i] = w.bytes / items / max(rate_node, EPS)
-                self.first_item_s[i] = w.latency_s + self.item_s[i]
+                # the DMA runs ahead of a slow consumer until the CB is full: the first item is not paced
+                ahead = self.b_rate_ahead[b] * w.bytes / self.b_bytes[b]
+                self.first_item_s[i] = w.latency_s + w.bytes / items / max(ahead, EPS)
                 self.tail_s[i] = w.latency_s + self.item_s[i]
             else:
                 self.item_s[i] = max(w.busy_s, w.issue_s) / items

@@ -168,6 +168,17 @@ def _call(target: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         return target(*args, **kwargs)
 
 
-def host_cost_s(ops: int, elements: int, op_ns: float, ns_per_element: float) -> float:
-    """Host CPU time of the prologue: a fixed cost per op plus a cost per index element touched."""
-    return (ops * op_ns + elements * ns_per_element) * 1e-9
+def tensor_ops(nodes: list[fx.Node]) -> int:
+    """Host ops that do work on tensors: not shape arithmetic, guards or tuple access (free in a compiled
+    runtime)."""
+    free = ("_assert", "sym_", "scalar_tensor")
+    return sum(
+        1
+        for n in nodes
+        if isinstance(n.target, torch._ops.OpOverload) and not any(f in str(n.target) for f in free)
+    )
+
+
+def host_cost_s(ops: int, nbytes: int, op_ns: float, copy_gbps: float) -> float:
+    """Host CPU time of the prologue: a fixed cost per tensor op plus one pass over the index bytes."""
+    return ops * op_ns * 1e-9 + nbytes / (copy_gbps * 1e9)

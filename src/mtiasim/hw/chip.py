@@ -178,6 +178,8 @@ class Host(_Section):
     bandwidth_gbps: PositiveFloat
     latency_ns: float = Field(ge=0)
     launch_ns: float = Field(ge=0)
+    cpu_op_ns: float = Field(ge=0)
+    cpu_copy_gbps: PositiveFloat
 
 
 class Power(_Section):

@@ -27,14 +27,12 @@ from mtiasim.engine import Memo, execute
 from mtiasim.errors import CapacityError, UsageError
 from mtiasim.frontend import Captured
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
-from mtiasim.frontend.host import host_cost_s
+from mtiasim.frontend.host import host_cost_s, tensor_ops
 from mtiasim.frontend.reference import normalize_bags
 from mtiasim.hw import Chip
 from mtiasim.isa import Job, Level, Program, TensorDecl
 from mtiasim.runtime.report import RunReport, build_report
 
-HOST_OP_NS = 500.0  # assumed: one host bookkeeping op (torch dispatch on the host CPU)
-HOST_NS_PER_ELEMENT = 1.0  # assumed: per index element the host touches (copy, cumsum, convert)
 CACHE_HISTORY_CALLS = 2
 
 
@@ -46,7 +44,7 @@ class CallInputs:
     tensors: dict[str, TensorDecl]  # per-call decls (indices, weights)
     jobs: dict[str, Job]  # lookup jobs by kop name
     h2d_bytes: int
-    index_elements: int
+    index_bytes: int
     lookups: dict[str, np.ndarray]  # table decl -> global rows gathered this call
 
 
@@ -127,10 +125,10 @@ class CompiledModel:
             else:
                 t = torch.zeros(shape, dtype=self.out_dtypes[i])
             outs.append(t)
-        d2h = sum(tensors[code.outputs[v]].rows * tensors[code.outputs[v]].cols * tensors[code.outputs[v]].dtype.itemsize
-                  for v in self.compiled.graph.outputs)  # fmt: skip
+        d2h = sum(tensors[code.outputs[v]].nbytes for v in self.compiled.graph.outputs)
+        host = self.chip.host
         host_s = host_cost_s(
-            len(self.captured.host.nodes), call.index_elements, HOST_OP_NS, HOST_NS_PER_ELEMENT
+            tensor_ops(self.captured.host.nodes), call.index_bytes, host.cpu_op_ns, host.cpu_copy_gbps
         )
         self.report = build_report(self, program, result, host_s, call.h2d_bytes, d2h)
         return outs
@@ -158,7 +156,7 @@ class CompiledModel:
         lookups: dict[str, np.ndarray] = {}
         sram_at = code.index_base
         dram_at = code.dram_top
-        index_elements = 0
+        index_bytes = 0
         for name, spec in code.tbe.items():
             idx_parts, off_parts, w_parts = [], [], []
             base = 0
@@ -189,7 +187,7 @@ class CompiledModel:
                 global_rows.append(idx + t.row_start)
             n = max(base, 1)
             offsets = np.concatenate(off_parts + [np.array([base], dtype=np.int64)])
-            index_elements += base + offsets.size
+            index_bytes += base * 8 + offsets.size * 8  # the model's int64 indices and offsets, read once
             idx_all = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
             idt = DType.INT32 if (idx_all.size == 0 or idx_all.max() < 2**31) else DType.INT64
             need = n * idt.itemsize + (n * 4 if spec.weighted else 0)
@@ -219,7 +217,7 @@ class CompiledModel:
             all_tensors.update(tensors)
             jobs[name] = tbe_job_for(self.chip, spec, all_tensors, iname, wname, offsets)
             lookups[spec.table] = np.concatenate(global_rows) if global_rows else np.zeros(0, np.int64)
-        return CallInputs(data, tensors, jobs, h2d, index_elements, lookups)
+        return CallInputs(data, tensors, jobs, h2d, index_bytes, lookups)
 
 
 def _to_numpy(t: torch.Tensor, dtype: DType) -> np.ndarray:
