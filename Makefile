@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mtiasim bench gemm --m 2048 --k 4096 --n 4096 --dtype int8 --placement sram
 	$(VENV)/bin/mtiasim bench tbe --batch 256 --pooling 50 --rows 1000000 --dim 256
 	$(VENV)/bin/mtiasim validate
+	$(VENV)/bin/mtiasim run dlrm-kaggle --batch 256 --check --report demo-report --trace demo-report/trace.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
@@ -39,9 +40,11 @@ validate: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/pytorch_path.py
 
 calibrate: $(STAMP)
 	$(PY) scripts/calibrate.py
+	$(PY) scripts/calibrate_power.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis demo-report

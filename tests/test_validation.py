@@ -30,8 +30,10 @@ def test_public_mape_gate(report, family):
 def test_json_shape(report):
     doc = report.to_json()
     assert set(doc["families"]) == set(FAMILIES)
-    for fam in doc["families"].values():
-        assert set(fam) == {"mape_pct", "pearson_r", "cases"}
+    for name, fam in doc["families"].items():
+        assert set(fam) == {"mape_pct", "pearson_r", "cases", "per_w_mape_pct", "per_w_paper_mape_pct"}
+        # Figs 10 and 12 publish per-watt values (Fig 13 only GB/s)
+        assert (fam["per_w_mape_pct"] is None) == (name == "ops")
     case = doc["cases"][0]
     assert {"family", "case", "published", "predicted", "error_pct", "bound"} <= set(case)
 
@@ -69,12 +71,14 @@ LAYERS = {
     "isa": {"hw"},
     "engine": {"hw", "isa"},
     "kernels": {"hw", "isa"},
+    "power": {"hw", "isa", "engine"},
+    "report": {"hw", "isa", "engine", "power"},
 }
 
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_imports_point_down(layer):
-    allowed = LAYERS[layer] | {layer, "errors", "dtypes"}
+    allowed = LAYERS[layer] | {layer, "errors", "dtypes", "progress"}
     for path in (SRC / layer).rglob("*.py"):
         for mod in _imports(path):
             if mod.startswith("mtiasim."):

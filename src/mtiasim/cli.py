@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mtiasim.errors import MtiasimError
+from mtiasim.errors import MtiasimError, UsageError
 
 DEBUG = {"on": False}
 
@@ -67,17 +67,31 @@ def _print_bench(res: dict[str, Any]) -> None:
     if res.get("seconds"):
         click.echo(f"  rate      {rate}")
         click.echo(f"  bound     {res['bound']}")
-        att = res.get("attribution_us", {})
+        att = res.get("attribution_detail_us") or res.get("attribution_us", {})
         total = sum(att.values()) or 1.0
         parts = ", ".join(
             f"{k} {v / total * 100:.0f}%" for k, v in sorted(att.items(), key=lambda kv: -kv[1]) if v > 0
         )
         click.echo(f"  time in   {parts}")
         click.echo(f"  PEs       {res.get('pes')}")
+    if "avg_power_w" in res:
+        per_w = res.get("tops_per_w") or res.get("gbps_per_w") or {}
+        unit = "TOPS/W" if "tops_per_w" in res else "GB/s/W"
+        click.echo(
+            f"  power     chip {res['avg_power_w']:.2f} W avg ({res['peak_power_w']:.2f} peak), "
+            f"card {res['card_power_w']:.2f} W, platform {res['platform_power_w']:.2f} W"
+        )
+        if per_w:
+            click.echo(
+                f"  per watt  {per_w['chip']:.3g} {unit} chip, {per_w['card']:.3g} card, "
+                f"{per_w['platform']:.3g} platform ({per_w['paper']:.3g} at the paper's 65 W)"
+            )
     if "mapping" in res:
         click.echo(f"  mapping   {res['mapping']}")
     if "cache_hit_rate" in res:
         click.echo(f"  SRAM cache hit rate {res['cache_hit_rate'] * 100:.1f}%")
+    if "trace" in res:
+        click.echo(f"  trace     {res['trace']['path']}")
     if "check" in res:
         chk = res["check"]
         click.echo(
@@ -171,6 +185,9 @@ def bench() -> None:
 
 def _common(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+    f = click.option(
+        "--trace", "trace_path", default=None, help="Write a Perfetto trace (Chrome JSON) of the run to FILE."
+    )(f)
     f = click.option("--mode", default="timing", show_default=True, help="timing, functional or both.")(f)
     f = click.option("--fidelity", default="event", show_default=True, help="roofline, analytic or event.")(f)
     f = click.option(
@@ -197,11 +214,30 @@ def _common(f):
     "--variant", default="auto", show_default=True, help="auto, ws (weight-stationary) or os (streaming)."
 )
 @_common
-def bench_gemm_cmd(m, k, n, dtype, placement, out_dtype, variant, chip_name, fidelity, mode, as_json) -> None:
+def bench_gemm_cmd(m, k, n, dtype, placement, out_dtype, variant, chip_name, fidelity, mode, trace_path,
+                   as_json) -> None:  # fmt: skip
     """C[M,N] = A[M,K] @ W[N,K].T on the chip."""
-    from mtiasim.bench import bench_gemm
+    from mtiasim.bench.gemm import prepare_gemm
 
-    res = bench_gemm(m, k, n, dtype, placement, chip_name, fidelity, mode, out_dtype, variant)
+    prep = prepare_gemm(m, k, n, dtype, placement, chip_name, fidelity, mode, out_dtype, variant)
+    _finish_bench(prep, f"gemm {m}x{k}x{n} {dtype}", trace_path, as_json)
+
+
+def _finish_bench(prep, name: str, trace_path: str | None, as_json: bool) -> None:
+    """Run a prepared benchmark, write its trace if asked, print it."""
+    from mtiasim.progress import Progress
+
+    if trace_path and prep.mode == "functional":
+        raise UsageError("--trace needs a timed run: use --mode timing or both")
+    with Progress(enabled=not as_json) as bar:
+        bar.step(f"simulating {name}")
+        res, result = prep.run_with_result()
+        if trace_path:
+            from mtiasim.report.trace import chrome_trace, write_trace
+
+            bar.step("writing the trace")
+            trace = chrome_trace(prep.chip, result.timing, name=name)
+            res["trace"] = {"path": trace_path, "bytes": write_trace(trace_path, trace)}
     _emit_json(res) if as_json else _print_bench(res)
 
 
@@ -241,13 +277,13 @@ def bench_tbe_cmd(
     chip_name,
     fidelity,
     mode,
+    trace_path,
     as_json,
 ) -> None:
     """Table-batched EmbeddingBag on int8 FBGEMM rows."""
-    from mtiasim.bench import bench_tbe
-    from mtiasim.bench.tbe import DEFAULT_TABLES
+    from mtiasim.bench.tbe import DEFAULT_TABLES, prepare_tbe
 
-    res = bench_tbe(
+    prep = prepare_tbe(
         batch,
         pooling,
         rows,
@@ -264,7 +300,7 @@ def bench_tbe_cmd(
         mode,
         seed,
     )
-    _emit_json(res) if as_json else _print_bench(res)
+    _finish_bench(prep, f"tbe B{batch} L{pooling} rows {rows} D{dim}", trace_path, as_json)
 
 
 @bench.command("op")
@@ -280,12 +316,12 @@ def bench_tbe_cmd(
 )
 @click.option("--dtype", default=None, help="Float dtype (default fp32 for quantize/dequantize, else fp16).")
 @_common
-def bench_op_cmd(op, m, k, n, placement, dtype, chip_name, fidelity, mode, as_json) -> None:
+def bench_op_cmd(op, m, k, n, placement, dtype, chip_name, fidelity, mode, trace_path, as_json) -> None:
     """batchmatmul, transpose, concat, quantize, dequantize, tanh, sigmoid, relu on a [m, k, n] tensor."""
-    from mtiasim.bench import bench_op
+    from mtiasim.bench.ops import prepare_op
 
-    res = bench_op(op, m, k, n, placement, dtype, chip_name, fidelity, mode)
-    _emit_json(res) if as_json else _print_bench(res)
+    prep = prepare_op(op, m, k, n, placement, dtype, chip_name, fidelity, mode)
+    _finish_bench(prep, f"{op} {m}x{k}x{n}", trace_path, as_json)
 
 
 @bench.command("suite")
@@ -319,25 +355,40 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 @click.option(
     "--distribution", default="uniform", show_default=True, help="Index distribution: uniform, zipf."
 )
+@click.option("--trace", "trace_path", default=None, help="Write a Perfetto trace (Chrome JSON) to FILE.")
+@click.option(
+    "--trace-aggregate",
+    default="auto",
+    show_default=True,
+    help="none (every command), bins (per PE and unit, time-binned), auto (bins above ~100 MB).",
+)
+@click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html + PNGs) to DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, max_rows, seed, warmup, distribution,
-            as_json) -> None:  # fmt: skip
+            trace_path, trace_aggregate, report_dir, as_json) -> None:  # fmt: skip
     """Compile a zoo workload (see `mtiasim run --list`) and run one batch on the simulated chip."""
+    from mtiasim.progress import Progress
     from mtiasim.runtime.run import run_workload
 
-    res = run_workload(
-        workload,
-        batch=batch,
-        chip=chip_name,
-        precision=precision,
-        mode=mode,
-        fidelity=fidelity,
-        check=check,
-        max_rows=max_rows,
-        seed=seed,
-        warmup=warmup,
-        distribution=distribution,
-    )
+    steps = 3 + max(warmup, 0) + bool(check) + bool(trace_path) + bool(report_dir)
+    with Progress(enabled=not as_json, total=steps) as bar:
+        res = run_workload(
+            workload,
+            batch=batch,
+            chip=chip_name,
+            precision=precision,
+            mode=mode,
+            fidelity=fidelity,
+            check=check,
+            max_rows=max_rows,
+            seed=seed,
+            warmup=warmup,
+            distribution=distribution,
+            trace=trace_path,
+            trace_aggregate=trace_aggregate,
+            report_dir=report_dir,
+            progress=bar.step,
+        )
     if as_json:
         _emit_json(res)
         return
@@ -354,12 +405,30 @@ def _print_run(res: dict[str, Any]) -> None:
         f"device {res['device_us']:.1f}, PCIe out {res['d2h_us']:.1f})"
     )
     click.echo(f"  throughput  {res['samples_per_s']:,.0f} samples/s")
+    if "avg_power_w" in res:
+        pw = res["samples_per_s_per_w"]
+        click.echo(
+            f"  power       chip {res['avg_power_w']:.2f} W avg, {res['peak_power_w']:.2f} W peak; "
+            f"card {res['card_power_w']:.2f} W; platform {res['platform_power_w']:.2f} W"
+        )
+        click.echo(
+            f"  energy      {1e6 * res['energy_j']:.1f} uJ per batch (chip); samples/s/W: chip {pw['chip']:,.0f}, "
+            f"card {pw['card']:,.0f}, platform {pw['platform']:,.0f}"
+        )
+        chip_j = {k: v for k, v in res["energy_breakdown_j"].items() if not k.startswith("card_")}
+        total_j = sum(chip_j.values()) or 1.0
+        top = sorted(chip_j.items(), key=lambda kv: -kv[1])[:6]
+        click.echo("  chip energy " + ", ".join(f"{k} {100 * v / total_j:.0f}%" for k, v in top))
     click.echo(
         f"  MACs        {res['macs']:.4g} per batch, {100 * res['mac_utilization']:.1f} % of the DPE peak"
     )
-    att = res["attribution_us"]
+    att = res.get("attribution_detail_us") or res["attribution_us"]
     total = sum(att.values()) or 1.0
-    shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(att.items(), key=lambda kv: -kv[1]))
+    shares = ", ".join(
+        f"{k} {100 * v / total:.0f}%"
+        for k, v in sorted(att.items(), key=lambda kv: -kv[1])
+        if v / total >= 0.005
+    )
     click.echo(f"  bound       {res['bound']}   (time in {shares})")
     click.echo("  memory plan")
     for line in res["memory_plan"]:
@@ -370,6 +439,10 @@ def _print_run(res: dict[str, Any]) -> None:
             f"  {op['name'][:28]:28s} {op['kind'][:14]:14s} {op['lane']:6s} {op['pes']:4d} {op['start_us']:10.2f} "
             f"{op['time_us']:10.2f}  {op['bound']}"
         )
+    for key, what in (("trace", "trace"), ("report", "report")):
+        if key in res:
+            where = res[key]["path"] if isinstance(res[key], dict) else res[key]
+            click.echo(f"  {what:<11s} {where}")
     if "check" in res:
         c = res["check"]
         verdict = "passed" if c["passed"] else "FAILED"
@@ -389,9 +462,14 @@ def _print_run(res: dict[str, Any]) -> None:
 @click.option("--chip", "chip_name", default="mtia-v1", show_default=True)
 def validate_cmd(as_json: bool, families, fidelity: str, chip_name: str) -> None:
     """Compare predictions with published MTIA v1 silicon measurements (ISCA'23)."""
-    from mtiasim.validate import GATE_MAPE_PCT, validate
+    from mtiasim.progress import Progress
+    from mtiasim.validate import GATE_MAPE_PCT, cases, validate
 
-    report = validate(chip_name, fidelity, families or None)
+    total = len([c for c in cases() if not families or c.family in families])
+    with Progress(enabled=not as_json, total=total) as bar:
+        report = validate(
+            chip_name, fidelity, families or None, progress=lambda i, n, case: bar.update(case.label, i)
+        )
     if as_json:
         _emit_json(report.to_json())
         return
@@ -407,6 +485,14 @@ def validate_cmd(as_json: bool, families, fidelity: str, chip_name: str) -> None
     )
     for fam, st in report.families.items():
         click.echo(f"{fam:8s} {st.cases:5d} {st.mape_pct:7.2f}% {st.pearson_r:10.4f}")
+    per_w = {f: st for f, st in report.families.items() if st.per_w_mape_pct is not None}
+    if per_w:
+        click.echo("")
+        click.echo(
+            f"{'per watt':8s} {'cases':>5s} {'MAPE':>8s}   (modelled platform power; with the paper's fixed 65 W)"
+        )
+        for fam, st in per_w.items():
+            click.echo(f"{fam:8s} {st.cases:5d} {st.per_w_mape_pct:7.2f}%   ({st.per_w_paper_mape_pct:.2f}%)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from mtiasim.engine import FIDELITIES, MODES, ExecutionResult, execute
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip, load_chip
 from mtiasim.isa import Level, MemoryPlan, Program
+from mtiasim.power import power_report
 
 MAX_DIM = 1 << 24
 PLACEMENTS = ("sram", "dram", "dram-cached", "dram-direct")
@@ -76,23 +77,46 @@ def timing_fields(result: ExecutionResult, chip: Chip) -> dict[str, Any]:
         seconds = (ends[-1] - ends[0]) / (len(ends) - 1)
         last = max(jobs, key=lambda j: j.end_s)
         att = {k: v for k, v in last.attribution.items() if k != "queue"}
+        detail = {k: v for k, v in last.detail.items() if k != "queue"}
     else:
         seconds = t.seconds
         att = dict(t.attribution)
+        detail = dict(t.detail)
     total = sum(att.values())
     if total > 0:
         att = {k: v * seconds / total for k, v in att.items()}
+        detail = {k: v * seconds / total for k, v in detail.items()}
     bound = max(att.items(), key=lambda kv: kv[1])[0] if att else "compute"
     return {
         "seconds": seconds,
         "bound": bound,
         "jobs": len(jobs),
         "attribution_us": {k: round(v * 1e6, 4) for k, v in sorted(att.items())},
+        "attribution_detail_us": {k: round(v * 1e6, 4) for k, v in sorted(detail.items()) if v > 0},
         "pes": jobs[0].pes if jobs else 0,
         "resource_utilization": {k: round(v, 4) for k, v in sorted(t.resource_utilization.items())},
         "counters": {k: float(v) / max(1, len(jobs)) for k, v in sorted(t.counters.items())},
         "events": t.events,
     }
+
+
+def power_fields(result: ExecutionResult, chip: Chip, fields: dict[str, Any]) -> dict[str, Any]:
+    """Energy and power over the whole timed run (all its jobs), and the benchmark's rate per watt.
+
+    `energy_j` is per steady-state job (`seconds`): the run's average power times `seconds`."""
+    t = result.timing
+    if t is None or not t.seconds or fields.get("seconds") is None:
+        return {}
+    rep = power_report(chip, t.counters, t.seconds, nodes=t.nodes)
+    out = rep.to_json()
+    scale = fields["seconds"] / t.seconds
+    for key in ("energy_j", "card_energy_j", "platform_energy_j"):
+        out[key] = out[key] * scale
+    out["energy_breakdown_j"] = {k: v * scale for k, v in out["energy_breakdown_j"].items()}
+    for rate_key in ("tops", "gbps"):
+        if fields.get(rate_key):
+            out[f"{rate_key}_per_w"] = {k: round(v, 5) for k, v in rep.per_watt(fields[rate_key]).items()}
+    return out
 
 
 def base_fields(chip: Chip, mode: str, fidelity: str) -> dict[str, Any]:
@@ -111,4 +135,11 @@ class Prepared:
     summarize: Callable[[ExecutionResult], dict[str, Any]]
 
     def run(self) -> dict[str, Any]:
-        return self.summarize(run(self.program, self.chip, self.mode, self.fidelity, self.inputs))
+        return self.run_with_result()[0]
+
+    def run_with_result(self) -> tuple[dict[str, Any], ExecutionResult]:
+        """The JSON fields and the engine's result (its schedule, for a trace)."""
+        result = run(self.program, self.chip, self.mode, self.fidelity, self.inputs)
+        fields = self.summarize(result)
+        fields.update(power_fields(result, self.chip, fields))
+        return fields, result

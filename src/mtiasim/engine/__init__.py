@@ -11,12 +11,15 @@ buffer: what a job writes through one name the next job reads through the other.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from mtiasim.engine.resolve import Resolved, resolve
-from mtiasim.engine.timing import FIDELITIES, JobTiming, TimingModel, TimingResult, simulate
+from mtiasim.engine.timing import FIDELITIES, JobTiming, NodeTable, TimingModel, TimingResult, simulate
 from mtiasim.engine.work import Memo
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
@@ -24,7 +27,16 @@ from mtiasim.isa import Program, TensorDecl
 
 MODES = ("functional", "timing", "both")
 
-__all__ = ["FIDELITIES", "MODES", "ExecutionResult", "JobTiming", "Memo", "TimingResult", "execute"]
+__all__ = [
+    "FIDELITIES",
+    "MODES",
+    "ExecutionResult",
+    "JobTiming",
+    "Memo",
+    "NodeTable",
+    "TimingResult",
+    "execute",
+]
 
 
 @dataclass
@@ -81,6 +93,19 @@ def _memory(program: Program, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
     return mem
 
 
+@contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """The engine allocates many small, acyclic objects: the cyclic collector's scans of the whole heap
+    (full-size models hold large ones) cost ~13 % of a DLRM call and free nothing. Reference counting still frees."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def execute(
     program: Program,
     chip: Chip,
@@ -102,12 +127,13 @@ def execute(
     for name in inputs:
         if name not in program.tensors:
             raise UsageError(f"input {name!r} is not a tensor of program {program.name!r}")
-    memory = _memory(program, inputs) if mode in ("functional", "both") else None
-    resolved = resolve(program, chip, memory)
-    timing = None
-    if mode in ("timing", "both"):
-        data = memory if memory is not None else {k: np.asarray(v) for k, v in inputs.items()}
-        timing = simulate(TimingModel(program, resolved, chip, data, memo), fidelity)
+    with _no_gc_pauses():
+        memory = _memory(program, inputs) if mode in ("functional", "both") else None
+        resolved = resolve(program, chip, memory)
+        timing = None
+        if mode in ("timing", "both"):
+            data = memory if memory is not None else {k: np.asarray(v) for k, v in inputs.items()}
+            timing = simulate(TimingModel(program, resolved, chip, data, memo), fidelity)
     outputs = None
     if memory is not None:
         outputs = {name: memory[name].reshape(decl.shape) for name, decl in program.tensors.items()}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,10 @@ class JobTiming:
     start_s: float
     end_s: float
     pes: int
-    attribution: dict[str, float] = field(default_factory=dict)
+    attribution: dict[str, float] = field(default_factory=dict)  # by class (compute, sram, dram, ...)
+    # finer: compute split by unit (compute.dpe, compute.se, compute.mlu, compute.core), reduction network waits
+    # (reduction); the other classes as in `attribution`. Both add up to the job's time.
+    detail: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -64,6 +68,51 @@ class JobTiming:
         if not self.attribution:
             return COMPUTE
         return max(self.attribution.items(), key=lambda kv: kv[1])[0]
+
+
+REDUCTION = "reduction"
+
+
+def _summed(dicts: Iterable[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = defaultdict(float)
+    for d in dicts:
+        for k, v in d.items():
+            total[k] += v
+    return dict(total)
+
+
+def coarse(detail: dict[str, float]) -> dict[str, float]:
+    """Fold a detailed attribution into its classes (compute.dpe -> compute; reduction stays)."""
+    out: dict[str, float] = defaultdict(float)
+    for k, v in detail.items():
+        out[k.split(".")[0]] += v
+    return dict(out)
+
+
+@dataclass
+class NodeTable:
+    """What every command instance did and when: the raw material of traces, power timelines and heatmaps.
+
+    Times in seconds from the program's start (all zero at `roofline` fidelity, which has no schedule).
+    `busy_s` is the unit's own busy time inside [start, end] (a DMA flow: the whole span);
+    `re_s` the reduction engine's part of a MatMul; `counters` the engine's action counts for the node.
+    """
+
+    pe: list[tuple[int, int]]
+    core: np.ndarray
+    job: np.ndarray  # index into TimingResult.jobs
+    unit: list[str]  # dma, dpe, se, mlu, core, none
+    command: list[str]
+    issue_s: np.ndarray  # when its core started issuing it
+    issue_busy_s: np.ndarray  # how long its core spent issuing it
+    start_s: np.ndarray
+    end_s: np.ndarray
+    busy_s: np.ndarray
+    re_s: np.ndarray
+    counters: list[dict[str, float]]
+
+    def __len__(self) -> int:
+        return len(self.unit)
 
 
 @dataclass
@@ -77,14 +126,15 @@ class TimingResult:
     resource_bytes: dict[str, float]  # effective bytes put on each resource class
     resource_utilization: dict[str, float]  # busiest resource of each class: bytes / (capacity * span)
     events: int = 0
+    nodes: NodeTable | None = None
 
     @property
     def attribution(self) -> dict[str, float]:
-        total: dict[str, float] = defaultdict(float)
-        for j in self.jobs:
-            for k, v in j.attribution.items():
-                total[k] += v
-        return dict(total)
+        return _summed(j.attribution for j in self.jobs)
+
+    @property
+    def detail(self) -> dict[str, float]:
+        return _summed(j.detail for j in self.jobs)
 
     @property
     def bound(self) -> str:
@@ -280,7 +330,7 @@ class TimingModel:
                     if d > 0:
                         bp = self.b_bytes[b] / d
                         if bp < cap:
-                            cap, ckind = bp, self.works[c].klass
+                            cap, ckind = bp, unit_class(self.works[c])
             self.b_cap[b], self.b_cap_kind[b] = cap, ckind
             if cap < res_rate:
                 self.b_rate0[b], self.b_kind0[b] = cap, ckind
@@ -866,7 +916,9 @@ def _attribute(m: TimingModel, sim: _Sim) -> list[dict[str, float]]:
                 er = sim.end_reason[cur]
                 if er[0] == "dep":
                     p = er[1]
-                    att[_node_class(m, sim, cur)] += max(0.0, sim.end[cur] - sim.end[p])
+                    # after a reduction partner's partial sums: the transfer over the reduction network
+                    klass = REDUCTION if p == int(m.reduce_from[cur]) else _node_class(m, sim, cur)
+                    att[klass] += max(0.0, sim.end[cur] - sim.end[p])
                     cur = p
                 else:
                     _charge_own(m, sim, cur, att)
@@ -918,6 +970,13 @@ def _attribute(m: TimingModel, sim: _Sim) -> list[dict[str, float]]:
     return out
 
 
+def unit_class(w: Work) -> str:
+    """A node's own attribution class, compute split by unit (compute.dpe, compute.se, ...)."""
+    if w.klass == COMPUTE and w.unit in ("dpe", "se", "mlu", "core"):
+        return f"{COMPUTE}.{w.unit}"
+    return w.klass
+
+
 def _node_class(m: TimingModel, sim: _Sim, i: int) -> str:
     b = m.bundle_of[i]
     if b >= 0:
@@ -928,7 +987,7 @@ def _node_class(m: TimingModel, sim: _Sim, i: int) -> str:
     w = m.works[i]
     if w.issue_s > w.busy_s:
         return ISSUE
-    return w.klass if w.klass not in ("dma", "sync") else COMPUTE
+    return unit_class(w) if w.klass not in ("dma", "sync") else COMPUTE
 
 
 def _charge_own(m: TimingModel, sim: _Sim, i: int, att: dict[str, float]) -> None:
@@ -940,7 +999,9 @@ def _charge_own(m: TimingModel, sim: _Sim, i: int, att: dict[str, float]) -> Non
         lat = min(m.b_latency[b], dur)
         att[LATENCY] += lat
         stall = min(m.stall_s[i], dur - lat)
-        att[COMPUTE] += stall  # waiting for the consumer that alternates with it
+        # waiting for the consumer that alternates with it (no double buffering)
+        partner = next((c for c in m.stream_consumers[i] if m.alternating(i, c)), None)
+        att[unit_class(m.works[partner]) if partner is not None else COMPUTE] += stall
         rest = dur - lat - stall
         ct = sim.b_class_time[b]
         tot = sum(ct.values())
@@ -971,7 +1032,11 @@ def simulate(model: TimingModel, fidelity: str) -> TimingResult:
         if start <= host_s * (1 + 1e-12):  # launched right after the host's submission: that is its cost too
             att[ji][DISPATCH] = att[ji].get(DISPATCH, 0.0) + start
             start = 0.0
-        jobs.append(JobTiming(job.name, job.kind, start, float(sim.job_end[ji]), len(job.pes), att[ji]))
+        jobs.append(
+            JobTiming(
+                job.name, job.kind, start, float(sim.job_end[ji]), len(job.pes), coarse(att[ji]), att[ji]
+            )
+        )
     seconds = float(np.nanmax(sim.job_end)) if len(jobs) else 0.0
     res_bytes, res_util = _resource_use(model, seconds)
     if fidelity == "analytic":
@@ -981,12 +1046,40 @@ def simulate(model: TimingModel, fidelity: str) -> TimingResult:
         if bound + first_launch > seconds and jobs:
             extra = bound + first_launch - seconds
             jobs[-1].end_s += extra
-            jobs[-1].attribution[_resource_bound_class(model)] = (
-                jobs[-1].attribution.get(_resource_bound_class(model), 0.0) + extra
-            )
+            for att_dict in (jobs[-1].attribution, jobs[-1].detail):
+                att_dict[_resource_bound_class(model)] = (
+                    att_dict.get(_resource_bound_class(model), 0.0) + extra
+                )
             seconds += extra
+    table = node_table(model, sim.issue_at, sim.start, sim.end)
     return TimingResult(
-        fidelity, seconds, jobs, sim.start, sim.end, model.counters(), res_bytes, res_util, sim.events
+        fidelity, seconds, jobs, sim.start, sim.end, model.counters(), res_bytes, res_util, sim.events, table
+    )
+
+
+def node_table(m: TimingModel, issue: np.ndarray, start: np.ndarray, end: np.ndarray) -> NodeTable:
+    works = m.works
+    start = np.nan_to_num(start, nan=0.0)
+    end = np.nan_to_num(end, nan=0.0)
+    busy = np.zeros(m.n)
+    for i, w in enumerate(works):
+        if w.is_flow:
+            busy[i] = end[i] - start[i]
+        else:
+            busy[i] = min(max(w.busy_s, w.issue_s), max(end[i] - start[i], 0.0))
+    return NodeTable(
+        pe=[nd.pe for nd in m.nodes],
+        core=np.array([nd.core for nd in m.nodes], dtype=np.int64),
+        job=m.job_of.copy(),
+        unit=[w.unit for w in works],
+        command=[type(nd.cmd).__name__ for nd in m.nodes],
+        issue_s=np.nan_to_num(issue, nan=0.0),
+        issue_busy_s=np.array([w.issue_s for w in works]),
+        start_s=start,
+        end_s=end,
+        busy_s=busy,
+        re_s=np.array([w.re_s for w in works]),
+        counters=[w.counters for w in works],
     )
 
 
@@ -1041,7 +1134,10 @@ def _roofline(m: TimingModel) -> TimingResult:
         start = max([finish[d] for d in job.deps] + [0.0])
         t, k = job_time[ji]
         finish[job.name] = start + t
-        jobs.append(JobTiming(job.name, job.kind, start, start + t, len(job.pes), {k: t}))
+        jobs.append(JobTiming(job.name, job.kind, start, start + t, len(job.pes), {k: t}, {k: t}))
     seconds = max(finish.values()) if finish else 0.0
     n = m.n
-    return TimingResult("roofline", seconds, jobs, np.zeros(n), np.zeros(n), m.counters(), {}, {})
+    zeros = np.zeros(n)
+    return TimingResult(
+        "roofline", seconds, jobs, zeros, zeros, m.counters(), {}, {}, 0, node_table(m, zeros, zeros, zeros)
+    )

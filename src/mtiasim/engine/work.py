@@ -96,6 +96,7 @@ class Work:
     granule: float = 1.0  # items the unit needs present to start one command iteration
     hit_frac: float = 1.0  # gathers: rows that hit the SRAM cache; a miss adds `miss_latency_s`
     miss_latency_s: float = 0.0
+    re_s: float = 0.0  # a MatMul's reduction-engine time (epilogue conversion and accumulator drain)
     counters: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -167,10 +168,13 @@ class WorkModel:
             return sram_s + miss * self.chip.dram.latency_ns * 1e-9
         return self.chip.dram.latency_ns * 1e-9
 
-    def _hops_s(self, pe: PeId) -> float:
+    def _hops(self, pe: PeId) -> int:
+        """NoC hops between a PE and the grid's edge, where the SRAM slices and memory controllers attach."""
         r, c = pe
-        dist = min(r, self.chip.grid.rows - 1 - r, c, self.chip.grid.cols - 1 - c) + 1
-        return dist * self.chip.noc.hop_latency_cycles * self.cyc
+        return min(r, self.chip.grid.rows - 1 - r, c, self.chip.grid.cols - 1 - c) + 1
+
+    def _hops_s(self, pe: PeId) -> float:
+        return self._hops(pe) * self.chip.noc.hop_latency_cycles * self.cyc
 
     def _memory_parts(self, decl: TensorDecl, starts, lengths, scale, random_rows: bool = False) -> MemParts:
         rm = self.rmap
@@ -413,6 +417,7 @@ class WorkModel:
                 _count_access(w.counters, "read", decl, nbytes, self._last_parts)
         _add(w.own_usage, self.rmap.fi_in(node.pe), w.bytes)
         w.counters["noc_bytes"] = w.bytes
+        w.counters["noc_byte_hops"] = w.bytes * self._hops(node.pe)
         w.counters["ls_write_bytes"] = w.bytes
         w.latency_s = lat + self._hops_s(node.pe)
         w.issue_s = self._issue(cmd.iterations * len(cmd.transfers), self.chip.dma.setup_cycles)
@@ -430,7 +435,12 @@ class WorkModel:
         _add(w.own_usage, self.rmap.fi_out(node.pe), nbytes)
         w.latency_s = self._level_latency_s(decl) + self._hops_s(node.pe)
         w.issue_s = self._issue(cmd.stream.n_tiles, self.chip.dma.setup_cycles)
-        w.counters.update(noc_bytes=nbytes, ls_read_bytes=nbytes, commands=cmd.stream.n_tiles)
+        w.counters.update(
+            noc_bytes=nbytes,
+            noc_byte_hops=nbytes * self._hops(node.pe),
+            ls_read_bytes=nbytes,
+            commands=cmd.stream.n_tiles,
+        )
         _count_access(w.counters, "write", decl, nbytes, parts)
         self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
         return w
@@ -446,7 +456,13 @@ class WorkModel:
             dist * self.chip.noc.hop_latency_cycles + 2 * self.chip.sram.latency_cycles / 3
         ) * self.cyc
         w.issue_s = self._issue(cmd.n_tiles, self.chip.dma.setup_cycles)
-        w.counters.update(noc_bytes=nbytes, ls_read_bytes=nbytes, ls_write_bytes=nbytes, commands=cmd.n_tiles)
+        w.counters.update(
+            noc_bytes=nbytes,
+            noc_byte_hops=nbytes * dist,
+            ls_read_bytes=nbytes,
+            ls_write_bytes=nbytes,
+            commands=cmd.n_tiles,
+        )
         self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
         return w
 
@@ -484,7 +500,13 @@ class WorkModel:
         w.latency_s = latency + self._hops_s(node.pe)
         w.issue_s = (chip.dma.setup_cycles + n * chip.core.cycles_per_gather_row) * self.cyc
         self._caps(w, chip.dma.outstanding_rows * per_row / max(w.latency_s, 1e-12), "latency")
-        w.counters.update(noc_bytes=nbytes, ls_write_bytes=nbytes, commands=n, gathered_rows=n)
+        w.counters.update(
+            noc_bytes=nbytes,
+            noc_byte_hops=nbytes * self._hops(node.pe),
+            ls_write_bytes=nbytes,
+            commands=n,
+            gathered_rows=n,
+        )
         w.counters["cache_hit_rows"] = hit_frac * n
         _count_access(w.counters, "read", decl, nbytes, parts)
         return w
@@ -540,6 +562,7 @@ class WorkModel:
         drain = acc_bytes / chip.re.bytes_per_cycle
         dpe_cycles = cmd.blocks * cmd.steps * sub * cycles_per_sub
         epi_ops = epilogue_ops_per_element(cmd)
+        epi_block = 0.0
         if epi_ops:
             # the RE converts a block while the DPE computes the next: a two-stage pipeline
             epi_block = cmd.tile_m * cmd.tile_n * epi_ops / se_ops_per_cycle(chip, DType.FP32)
@@ -548,6 +571,7 @@ class WorkModel:
             busy_cycles = dpe_cycles + drain
         w = Work("dpe", "compute", items=cmd.blocks * cmd.steps)
         w.busy_s = busy_cycles * self.cyc
+        w.re_s = min(busy_cycles, cmd.blocks * epi_block + drain) * self.cyc
         w.latency_s = d.pipeline_latency_cycles * self.cyc
         vectors = (cmd.bias_cb is not None) + (cmd.scale_cb is not None)
         commands = cmd.blocks * (cmd.steps * sub + 2 + vectors)
@@ -707,6 +731,8 @@ def _count_access(
         add(f"sram_{kind}_bytes", nbytes)
         return
     add(f"dram_{kind}_bytes", parts.bursts.sum() if parts.bursts is not None else 0.0)
+    # row activations of the access alone (interleaving with other streams can add more: see memmodel)
+    add("dram_activations", parts.activations.sum() if parts.activations is not None else 0.0)
     if decl.cached and parts.slices is not None:
         add(f"sram_{kind}_bytes", parts.slices.sum())
 

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -189,6 +190,27 @@ class Power(_Section):
     cards_per_server: PositiveInt
 
 
+class Energy(_Section):
+    """Energy per action (pJ unless the name says otherwise) and the static and card-level power."""
+
+    int8_mac_pj: PositiveFloat
+    float_mac_ratio: PositiveFloat
+    se_op_pj: NonNegativeFloat
+    mlu_byte_pj: NonNegativeFloat
+    local_memory_byte_pj: NonNegativeFloat
+    sram_byte_pj: NonNegativeFloat
+    noc_byte_hop_pj: NonNegativeFloat
+    reduction_byte_pj: NonNegativeFloat
+    command_pj: NonNegativeFloat
+    dram_phy_byte_pj: NonNegativeFloat
+    dram_device_byte_pj: NonNegativeFloat
+    dram_activation_nj: NonNegativeFloat
+    pcie_byte_pj: NonNegativeFloat
+    static_w: NonNegativeFloat
+    dram_background_w: NonNegativeFloat
+    vrm_efficiency: float = Field(gt=0, le=1)
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "identity": Identity,
     "clock": Clock,
@@ -208,6 +230,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "dispatch": Dispatch,
     "host": Host,
     "power": Power,
+    "energy": Energy,
 }
 
 
@@ -236,6 +259,7 @@ class Chip(BaseModel):
     dispatch: Dispatch
     host: Host
     power: Power
+    energy: Energy
     provenance: dict[str, Provenance] = Field(default_factory=dict, repr=False)
 
     @property

@@ -12,10 +12,14 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mtiasim.dtypes import DType
-from mtiasim.engine import ExecutionResult
+from mtiasim.engine import ExecutionResult, TimingResult
 from mtiasim.hw.peaks import dpe_macs_per_cycle
 from mtiasim.isa import Program
+from mtiasim.power import PowerReport, power_report
+from mtiasim.report.activity import op_activity, pe_utilization
 
 if TYPE_CHECKING:
     from mtiasim.runtime.model import CompiledModel
@@ -33,6 +37,10 @@ class OpRow:
     macs: float
     attribution_us: dict[str, float]
     module: str
+    ops: float = 0.0  # arithmetic ops: 2 per MAC plus SE/RE element ops
+    bytes: dict[str, float] = field(default_factory=dict)  # per memory level (local_memory, sram, dram, noc)
+    energy_j: float = 0.0  # dynamic chip energy
+    detail_us: dict[str, float] = field(default_factory=dict)  # attribution with compute split by unit
 
     @property
     def time_us(self) -> float:
@@ -51,6 +59,10 @@ class OpRow:
             "macs": self.macs,
             "attribution_us": {k: round(v, 4) for k, v in sorted(self.attribution_us.items())},
             "module": self.module,
+            "ops": self.ops,
+            "bytes": {k: float(v) for k, v in sorted(self.bytes.items())},
+            "energy_j": self.energy_j,
+            "attribution_detail_us": {k: round(v, 4) for k, v in sorted(self.detail_us.items()) if v > 0},
         }
 
 
@@ -74,6 +86,10 @@ class RunReport:
     memory_plan: str
     counters: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    power: PowerReport | None = None  # timing modes
+    timing: TimingResult | None = field(default=None, repr=False)  # the device program's schedule
+    lanes: dict[str, str] = field(default_factory=dict)  # job name -> lane (sparse, dense, joint)
+    detail_s: dict[str, float] = field(default_factory=dict)  # `attribution_s` with compute split by unit
 
     @property
     def latency_s(self) -> float:
@@ -106,10 +122,26 @@ class RunReport:
             "mac_utilization": round(self.mac_utilization, 5),
             "bound": self.bound,
             "attribution_us": {k: round(v * 1e6, 4) for k, v in sorted(self.attribution_s.items())},
+            "attribution_detail_us": {
+                k: round(v * 1e6, 4) for k, v in sorted(self.detail_s.items()) if v > 0
+            },
             "ops": [op.to_json() for op in self.ops],
             "memory_plan": self.memory_plan.splitlines(),
             "counters": self.counters,
+            **self._power_json(),
         }
+
+    def _power_json(self) -> dict[str, Any]:
+        if self.power is None:
+            return {}
+        out = self.power.to_json()
+        out["samples_per_s_per_w"] = {
+            k: round(v, 3) for k, v in self.power.per_watt(self.samples_per_s).items()
+        }
+        if self.timing is not None and self.timing.nodes is not None:
+            util = pe_utilization(self.power.chip, self.timing.nodes, self.timing.seconds)
+            out["pe_utilization"] = {u: np.round(a, 4).tolist() for u, a in util.items()}
+        return out
 
 
 def _pcie_s(model: CompiledModel, nbytes: int) -> float:
@@ -139,10 +171,13 @@ def build_report(
     t = result.timing
     ops: list[OpRow] = []
     attribution: dict[str, float] = {}
+    detail: dict[str, float] = {}
     device_s = 0.0
     if t is not None:
         device_s = t.seconds
+        activity = {a.name: a for a in op_activity(model.chip, t)}
         for j in t.jobs:
+            act = activity[j.name]
             ops.append(
                 OpRow(
                     j.name,
@@ -155,13 +190,25 @@ def build_report(
                     macs.get(j.name, 0.0),
                     {k: v * 1e6 for k, v in j.attribution.items()},
                     modules.get(j.name, ""),
+                    act.ops,
+                    act.bytes,
+                    act.energy_j,
+                    {k: v * 1e6 for k, v in j.detail.items()},
                 )
             )
         attribution = _critical_chain(program, t.jobs)
+        detail = _critical_chain(program, t.jobs, detailed=True)
     h2d_s, d2h_s = _pcie_s(model, h2d), _pcie_s(model, d2h)
-    attribution["host"] = attribution.get("host", 0.0) + host_s
-    attribution["pcie"] = attribution.get("pcie", 0.0) + h2d_s + d2h_s
+    for att in (attribution, detail):
+        att["host"] = att.get("host", 0.0) + host_s
+        att["pcie"] = att.get("pcie", 0.0) + h2d_s + d2h_s
     total_macs = sum(macs.values())
+    power = None
+    if t is not None:
+        counters = dict(t.counters)
+        counters["pcie_bytes"] = float(h2d + d2h)
+        latency_s = host_s + h2d_s + device_s + d2h_s
+        power = power_report(model.chip, counters, latency_s, nodes=t.nodes, device_offset_s=host_s + h2d_s)
     dtype = DType.INT8 if compiled.formats.precision.int8 else compiled.formats.precision.float_dtype
     chip = model.chip
     peak = dpe_macs_per_cycle(chip, dtype) * chip.grid.rows * chip.grid.cols * chip.clock.frequency_ghz * 1e9
@@ -186,10 +233,14 @@ def build_report(
         attribution,
         compiled.code.memory.table(),
         dict(t.counters) if t is not None else {},
+        power=power,
+        timing=t,
+        lanes=dict(lanes),
+        detail_s=detail,
     )
 
 
-def _critical_chain(program: Program, jobs: list) -> dict[str, float]:
+def _critical_chain(program: Program, jobs: list, detailed: bool = False) -> dict[str, float]:
     """Attribution of the device time along the chain of jobs that ended last."""
     if not jobs:
         return {}
@@ -201,7 +252,7 @@ def _critical_chain(program: Program, jobs: list) -> dict[str, float]:
     seen = set()
     while cur is not None and cur.name not in seen:
         seen.add(cur.name)
-        for k, v in cur.attribution.items():
+        for k, v in (cur.detail if detailed else cur.attribution).items():
             if k != "queue":  # waiting for the PEs: the job before on those PEs is on the chain instead
                 out[k] = out.get(k, 0.0) + v
         cands = [by_name[d] for d in deps.get(cur.name, ()) if d in by_name]

@@ -9,6 +9,8 @@ outputs, which the zoo's models squash into (0, 1) with a sigmoid).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,8 +37,18 @@ def run_workload(
     seed: int = 0,
     warmup: int = 1,
     distribution: str = "uniform",
+    trace: str | None = None,
+    trace_aggregate: str = "auto",
+    report_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """Build, compile and run `name`; the run's JSON. `trace` writes a Perfetto trace (Chrome JSON) of the
+    measured batch, `report_dir` an HTML report; `progress(step)` is told each step as it starts."""
     from mtiasim import workloads
+
+    def step(what: str) -> None:
+        if progress is not None:
+            progress(what)
 
     if warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {warmup}")
@@ -46,11 +58,19 @@ def run_workload(
     functional = mode in ("functional", "both")
     if functional and max_rows is None:
         max_rows = CHECK_MAX_ROWS
+    if (trace or report_dir) and mode == "functional":
+        raise UsageError("--trace and --report need a timed run: use --mode timing or both")
+    if trace:  # before minutes of simulation, not after
+        folder = Path(trace).resolve().parent
+        if not folder.is_dir() and not (report_dir and folder == Path(report_dir).resolve()):
+            raise UsageError(f"--trace {trace}: folder {str(folder)!r} does not exist")
+    step(f"building {name}")
     t0 = time.perf_counter()
     w = workloads.build(
         name, batch=batch, seed=seed, max_rows=max_rows, materialize=functional, distribution=distribution
     )
     t_build = time.perf_counter() - t0
+    step("compiling")
     t0 = time.perf_counter()
     cm = compile(
         w.model, w.example_inputs, chip=chip, mode=mode, precision=precision, fidelity=fidelity, name=name
@@ -58,6 +78,7 @@ def run_workload(
     t_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(warmup):
+        step(f"warm-up batch {i + 1}/{warmup}")
         # fresh requests (other indices) warm the SRAM cache, as a serving system's previous batches would
         wi = workloads.build(
             name,
@@ -69,6 +90,7 @@ def run_workload(
         )
         cm(*wi.example_inputs)
     t_warm = time.perf_counter() - t0
+    step("running the batch")
     t0 = time.perf_counter()
     out = cm(*w.example_inputs)
     t_run = time.perf_counter() - t0
@@ -84,6 +106,7 @@ def run_workload(
         "run": round(t_run, 3),
     }
     if check:
+        step("checking against PyTorch on the CPU")
         with torch.no_grad():
             ref = w.model(*w.example_inputs)
         err = (out.to(torch.float64) - ref.to(torch.float64)).abs()
@@ -95,4 +118,37 @@ def run_workload(
             "tolerance": tol,
             "passed": bool(float(err.max()) <= tol),
         }
+    if report_dir:
+        step("writing the HTML report")
+        from mtiasim.report.html import write_report
+
+        res["report"] = str(write_report(res, report_dir))
+    if trace:
+        step("writing the trace")
+        res["trace"] = _write_trace(report, trace, trace_aggregate, res)
     return res
+
+
+def _write_trace(report: Any, path: str, aggregate: str, res: dict[str, Any]) -> dict[str, Any]:
+    from mtiasim.hw import load_chip
+    from mtiasim.report.trace import chrome_trace, write_trace
+
+    chip = report.power.chip if report.power is not None else load_chip(report.chip)
+    host_s, h2d_s, device_s = report.host_s, report.h2d_s, report.device_s
+    phases = [
+        ("host prologue", 0.0, host_s),
+        ("PCIe in", host_s, host_s + h2d_s),
+        ("PCIe out", host_s + h2d_s + device_s, report.latency_s),
+    ]
+    trace = chrome_trace(
+        chip,
+        report.timing,
+        name=res["workload"],
+        ops=res["ops"],
+        power=report.power,
+        offset_s=host_s + h2d_s,
+        host_spans=[p for p in phases if p[2] > p[1]],
+        aggregate=aggregate,
+    )
+    nbytes = write_trace(path, trace)
+    return {"path": path, "bytes": nbytes, "aggregate": trace.get("metadata", {}).get("aggregate", aggregate)}

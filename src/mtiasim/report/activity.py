@@ -1,0 +1,147 @@
+"""What the units, memories and links did over a timed run, from the engine's node table.
+
+Shared by the Perfetto trace, the HTML report and the JSON: per-op traffic and work (for the roofline), per-PE
+per-unit busy fractions (the grid heatmap), and bandwidth over time (counter tracks).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtiasim.engine import NodeTable, TimingResult
+from mtiasim.hw import Chip
+from mtiasim.power.model import node_energy_j, spread
+
+# the units of a PE as the trace and the heatmap show them (the RE is the MatMul's epilogue/drain part)
+UNITS = ("core0", "core1", "dma", "dpe", "re", "se", "mlu")
+# bytes per memory level, from the engine's counters
+LEVEL_COUNTERS = {
+    "local_memory": ("ls_read_bytes", "ls_write_bytes"),
+    "sram": ("sram_read_bytes", "sram_write_bytes"),
+    "dram": ("dram_read_bytes", "dram_write_bytes"),
+    "noc": ("noc_bytes",),
+}
+OP_COUNTERS = ("se_ops", "epilogue_ops")
+
+
+@dataclass
+class OpActivity:
+    """One job (= one compiled op, or one benchmark kernel): its work, its bytes per level and its energy."""
+
+    name: str
+    kind: str
+    start_s: float
+    end_s: float
+    pes: int
+    macs: float = 0.0
+    vector_ops: float = 0.0
+    bytes: dict[str, float] = field(default_factory=dict)
+    energy_j: float = 0.0
+
+    @property
+    def ops(self) -> float:
+        """Arithmetic operations: 2 per MAC plus the SE/RE element ops."""
+        return 2.0 * self.macs + self.vector_ops
+
+    @property
+    def seconds(self) -> float:
+        return self.end_s - self.start_s
+
+    def intensity(self, level: str) -> float:
+        """ops per byte of `level` (inf when the op moved none)."""
+        b = self.bytes.get(level, 0.0)
+        return self.ops / b if b > 0 else float("inf")
+
+
+def op_activity(chip: Chip, timing: TimingResult) -> list[OpActivity]:
+    """Per job, in the timing's job order."""
+    ops = [OpActivity(j.name, j.kind, j.start_s, j.end_s, j.pes) for j in timing.jobs]
+    nodes = timing.nodes
+    if nodes is None:
+        return ops
+    energy = node_energy_j(chip, nodes.counters)
+    for i, c in enumerate(nodes.counters):
+        op = ops[int(nodes.job[i])]
+        op.energy_j += float(energy[i])
+        for k, v in c.items():
+            if k.startswith("dpe_macs_"):
+                op.macs += v
+            elif k in OP_COUNTERS:
+                op.vector_ops += v
+        for level, keys in LEVEL_COUNTERS.items():
+            b = sum(c.get(k, 0.0) for k in keys)
+            if b:
+                op.bytes[level] = op.bytes.get(level, 0.0) + b
+    return ops
+
+
+def unit_spans(nodes: NodeTable) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per unit of `UNITS`: (node ids, span start s, span end s) of the time the unit was busy with the node.
+
+    A core is busy issuing a node from `issue_s` for `issue_busy_s`; a DMA for the flow's span; the DPE, SE and
+    MLU for their busy time ending at the node's end (their start waits for data); the RE for the MatMul's
+    `re_s` at its end."""
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    unit = np.array(nodes.unit)
+    issue_end = nodes.issue_s + nodes.issue_busy_s
+    for core in (0, 1):
+        ids = np.flatnonzero((nodes.core == core) & (nodes.issue_busy_s > 0))
+        out[f"core{core}"] = (ids, nodes.issue_s[ids], issue_end[ids])
+    for u in ("dma", "dpe", "se", "mlu"):
+        ids = np.flatnonzero(unit == u)
+        end = nodes.end_s[ids]
+        start = nodes.start_s[ids] if u == "dma" else np.maximum(nodes.start_s[ids], end - nodes.busy_s[ids])
+        out[u] = (ids, start, end)
+    ids = np.flatnonzero(nodes.re_s > 0)
+    end = nodes.end_s[ids]
+    out["re"] = (ids, np.maximum(nodes.start_s[ids], end - nodes.re_s[ids]), end)
+    return out
+
+
+def pe_utilization(chip: Chip, nodes: NodeTable, seconds: float) -> dict[str, np.ndarray]:
+    """Per unit, a [rows, cols] array: the fraction of `seconds` the unit of each PE was busy (overlapping
+    spans of one unit, e.g. the DMA's concurrent commands, are merged, so a fraction never exceeds 1)."""
+    rows, cols = chip.grid.rows, chip.grid.cols
+    out = {u: np.zeros((rows, cols)) for u in UNITS}
+    if seconds <= 0:
+        return out
+    pe = np.array(nodes.pe, dtype=np.int64).reshape(-1, 2)
+    for u, (ids, start, end) in unit_spans(nodes).items():
+        per_pe: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
+        for i, s, e in zip(ids.tolist(), start.tolist(), end.tolist(), strict=True):
+            if e > s:
+                per_pe[(int(pe[i, 0]), int(pe[i, 1]))].append((s, e))
+        for (r, c), spans in per_pe.items():
+            out[u][r, c] = min(1.0, _union_length(spans) / seconds)
+    return out
+
+
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    spans.sort()
+    total, cur_s, cur_e = 0.0, spans[0][0], spans[0][1]
+    for s, e in spans[1:]:
+        if s > cur_e:
+            total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + cur_e - cur_s
+
+
+def bandwidth_timeline(
+    nodes: NodeTable, seconds: float, bins: int = 200
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(bin edges in s, {level: bytes/s per bin}) for SRAM, LPDDR5 (dram) and the NoC: each node's bytes spread
+    evenly over its [start, end]."""
+    bins = max(1, int(bins))
+    edges = np.linspace(0.0, max(seconds, 1e-12), bins + 1)
+    width = edges[1] - edges[0]
+    out = {}
+    for level in ("sram", "dram", "noc"):
+        keys = LEVEL_COUNTERS[level]
+        amounts = np.array([sum(c.get(k, 0.0) for k in keys) for c in nodes.counters])
+        out[level] = spread(amounts, nodes.start_s, nodes.end_s, edges) / width
+    return edges, out

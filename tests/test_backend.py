@@ -1,0 +1,67 @@
+"""`torch.compile(model, backend="mtiasim")` against eager: a plain nn.EmbeddingBag model and torchrec DLRM_DCN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mtiasim
+from mtiasim import workloads
+from mtiasim.runtime.backend import last_report
+from mtiasim.runtime.run import TOLERANCE
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:fbgemm_gpu")
+
+
+class BagModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.eb = nn.EmbeddingBag(500, 16, mode="sum")
+        self.eb.weight.data = torch.rand(500, 16, generator=g) - 0.5
+        self.fc = nn.Linear(16 + 8, 4)
+
+    def forward(self, dense, idx, off):
+        return torch.sigmoid(self.fc(torch.cat([dense, self.eb(idx, off)], dim=1)))
+
+
+def _bag_inputs(batch: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 6, (batch,), generator=g)
+    idx = torch.randint(0, 500, (int(lengths.sum()),), generator=g)
+    off = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
+    return torch.rand(batch, 8, generator=g), idx, off
+
+
+def test_registered_on_import():
+    assert "mtiasim" in torch._dynamo.list_backends()
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_torch_compile_embedding_bag_model(precision):
+    torch._dynamo.reset()
+    model = BagModel().eval()
+    compiled = torch.compile(model, backend=mtiasim.backend(precision=precision, mode="both"))
+    for seed in (0, 1):  # the second call reuses the compiled program on new indices
+        args = _bag_inputs(12, seed)
+        with torch.no_grad():
+            got = compiled(*args)
+            ref = model(*args)
+        assert got.shape == ref.shape
+        assert float((got - ref).abs().max()) <= TOLERANCE[precision]
+    report = last_report()
+    assert report is not None and report.latency_s > 0 and report.batch == 12
+    kinds = {op.kind for op in report.ops}
+    assert {"tbe", "gemm"} <= kinds  # the lookups and the FC ran on the simulated chip
+
+
+def test_torch_compile_torchrec_dlrm_dcn():
+    torch._dynamo.reset()
+    w = workloads.build("dlrm-v2-mlperf", batch=8, seed=0, max_rows=2000, materialize=True)
+    compiled = torch.compile(w.model, backend="mtiasim")
+    with torch.no_grad():
+        got = compiled(*w.example_inputs)
+        ref = w.model(*w.example_inputs)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) <= TOLERANCE["int8"]
