@@ -32,14 +32,17 @@ SIGMOID_MAX_ABS_ERROR = 7.5e-4
 def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
     """Batched ``a @ b`` as the DPE computes it: int8 -> exact int32 sums, fp16/bf16 -> fp32 accumulation.
 
-    INT8 uses float64 BLAS, which is exact here: every partial sum is an integer below 2**53.
+    INT8 uses float BLAS, which is exact here: every partial sum is an integer of magnitude at most k * 2^14,
+    held exactly by float32 up to 2^24 (k <= 1024) and by float64 up to 2^53.
     """
     if dtype == DType.INT8:
         k = a.shape[-1]
         if k * 128 * 128 >= 2**53:
             raise ValueError("k too large for exact float64 accumulation")
-        out = np.matmul(a.astype(np.float64), b.astype(np.float64))
-        return out.astype(np.int64).astype(np.int32)
+        # every partial sum is an integer of magnitude <= k * 2^14: float32 holds it exactly below 2^24
+        exact = np.float32 if k * 128 * 128 <= 2**24 else np.float64
+        out = np.matmul(a.astype(exact), b.astype(exact))
+        return out.astype(np.int32)
     return np.matmul(a.astype(np.float32), b.astype(np.float32))
 
 

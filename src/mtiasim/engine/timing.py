@@ -805,85 +805,54 @@ class _Sim:
 def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Max-min fair rates (bytes/s of each bundle) on the shared resources, with per-bundle caps.
 
-    Progressive filling, solved one saturation event at a time: with the live bundles sorted by cap, the
-    resource use at a common level L is ``sum(u * cap) over bundles capped below L + L * sum(u) over the rest``,
-    piecewise linear in L, so the level at which the first resource fills is found for all cap intervals at
-    once. The bundles on that resource stop there; the others go on with what is left.
+    Progressive filling: all live bundles rise together; the common level at which the first resource fills is
+    remaining capacity / the live bundles' summed use of it. Bundles capped at or below that level stop at their
+    caps (a resource used by one bundle alone is just another cap); otherwise the bundles on the filled
+    resource(s) stop at the level. Repeat with what is left. Returns (rates, what limited each, resource use).
     """
-    u_all = m.b_usage[active]
+    u = m.b_usage[active]
     dram_streams = int(m.b_streams[active].sum())
     if dram_streams > 1:
         # other streams close each stream's open pages: blend towards one activation per access
-        u_all = u_all + (1.0 - row_hit_survival(m.chip, dram_streams)) * m.b_extra[active]
-    users = (u_all > 0).sum(axis=0)
+        u = u + (1.0 - row_hit_survival(m.chip, dram_streams)) * m.b_extra[active]
+    cols = np.flatnonzero(u.any(axis=0))
+    u = u[:, cols]
+    remaining = m.rmap.capacity[cols].astype(np.float64)
     cap = m.b_cap[active].astype(np.float64)
     klass = m.rmap.klass
-    cap_kind = [m.b_cap_kind[b] for b in active]
-    # a resource only one bundle uses bounds that bundle like a cap (capacity / its use)
-    single = np.flatnonzero(users == 1)
-    if single.size:
-        owner = np.argmax(u_all[:, single] > 0, axis=0)
-        bound = m.rmap.capacity[single] / u_all[owner, single]
-        for o, r, lim in zip(owner.tolist(), single.tolist(), bound.tolist(), strict=True):
-            if lim < cap[o] * (1 - 1e-12):
-                cap[o], cap_kind[o] = lim, klass[r]
-    cols = np.flatnonzero(users > 1)
-    u = u_all[:, cols]
-    remaining = m.rmap.capacity[cols].astype(np.float64).copy()
     k = len(active)
     rate = np.zeros(k)
     kinds = [""] * k
     live = np.ones(k, dtype=bool)
-    n_res = cols.size
-    used = np.zeros(len(m.rmap.capacity))
-    used_single = single
-    if np.isfinite(cap).all() and (cap @ u <= remaining * (1 - 1e-9)).all():
-        used[cols] = cap @ u
-        used[used_single] = cap @ u_all[:, used_single]
-        return cap, cap_kind, used  # nothing saturates: every bundle runs at its cap
-    while live.any():
+    while True:
         idx = np.flatnonzero(live)
-        order = idx[np.argsort(cap[idx], kind="stable")]
-        c = cap[order]
-        uu = u[order]
-        finite_c = np.where(np.isfinite(c), c, 0.0)
-        zeros = np.zeros((1, n_res))
-        pre = np.vstack([zeros, np.cumsum(uu * finite_c[:, None], axis=0)])
-        suf = np.vstack([np.cumsum(uu[::-1], axis=0)[::-1], zeros])
+        if idx.size == 0:
+            break
+        use = live.astype(np.float64) @ u
         with np.errstate(divide="ignore", invalid="ignore"):
-            lstar = np.where(suf > 0, (remaining[None, :] - pre) / np.where(suf > 0, suf, 1.0), INF)
-        lmin = lstar.min(axis=1) if n_res else np.full(order.size + 1, INF)
-        upper = np.append(c, INF)
-        ok = np.flatnonzero(lmin <= upper * (1 + 1e-12) + EPS)
-        if ok.size == 0 or not math.isfinite(lmin[ok[0]]):
-            for i, b in enumerate(order.tolist()):
-                rate[b] = c[i] if math.isfinite(c[i]) else 0.0
-                kinds[b] = cap_kind[b]
+            levels = np.where(use > 0, remaining / np.where(use > 0, use, 1.0), INF)
+        level = float(levels.min()) if levels.size else INF
+        live_caps = cap[idx]
+        if float(live_caps.min()) <= level * (1 + 1e-12):
+            fix = idx if not math.isfinite(level) else idx[live_caps <= level * (1 + 1e-12)]
+            rate[fix] = np.where(np.isfinite(cap[fix]), cap[fix], 0.0)
+            for b in fix.tolist():
+                kinds[b] = m.b_cap_kind[active[b]]
+        elif not math.isfinite(level):  # numerical corner: nothing bounds them
             break
-        j = int(ok[0])
-        level = float(lmin[j])
-        fixed = []
-        for i in range(j):  # capped below the level
-            b = int(order[i])
-            rate[b], kinds[b] = c[i], cap_kind[b]
-            fixed.append(b)
-        sat = np.flatnonzero(lstar[j] <= level * (1 + 1e-9) + EPS)
-        on_sat = uu[j:][:, sat] > 0
-        hit_rows = np.flatnonzero(on_sat.any(axis=1))
-        which = sat[np.argmax(uu[j:][hit_rows][:, sat], axis=1)] if hit_rows.size else []
-        for row, r in zip(hit_rows.tolist(), list(which), strict=True):
-            b = int(order[j + row])
-            rate[b], kinds[b] = level, klass[int(cols[int(r)])]
-            fixed.append(b)
-        if not fixed:  # numerical corner
-            for b in order.tolist():
-                rate[b], kinds[b] = level, klass[int(cols[int(sat[0])])] if sat.size else cap_kind[b]
-            break
-        fixed_arr = np.asarray(fixed)
-        remaining = np.maximum(remaining - (u[fixed_arr] * rate[fixed_arr][:, None]).sum(axis=0), 0.0)
-        live[fixed_arr] = False
+        else:
+            sat = np.flatnonzero(levels <= level * (1 + 1e-9))
+            on = u[idx][:, sat]
+            hit = (on > 0).any(axis=1)
+            fix = idx[hit]
+            rate[fix] = level
+            which = sat[np.argmax(on[hit], axis=1)]  # the filled resource it uses most
+            for b, r in zip(fix.tolist(), which.tolist(), strict=True):
+                kinds[b] = klass[int(cols[r])]
+        remaining = np.maximum(remaining - rate[fix] @ u[fix], 0.0)
+        live[fix] = False
+    used = np.zeros(len(m.rmap.capacity))
     used[cols] = rate @ u
-    used[used_single] = rate @ u_all[:, used_single]
     return rate, kinds, used
 
 
