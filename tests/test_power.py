@@ -182,3 +182,25 @@ def test_node_energies_add_up_to_the_run_total():
     rep = power_report(V1, t.counters, t.seconds)
     dynamic = rep.chip_energy_j - rep.chip_j["static"]
     assert float(node_energy_j(V1, t.nodes.counters).sum()) == pytest.approx(dynamic, rel=1e-9)
+
+
+def test_a_run_above_tdp_is_flagged():
+    """A chip variant whose MACs cost twice as much cannot hold the peak GEMM inside its TDP: the report says so."""
+    hot = V1.with_values({"energy.int8_mac_pj": 2 * V1.energy.int8_mac_pj})
+    res = prepare_gemm(2048, 4096, 4096, "int8", "sram", chip=hot).run()
+    assert res["avg_power_w"] > TDP_W
+    assert res["power_warnings"] == [
+        f"peak chip power {res['peak_power_w']:.1f} W is above the 25 W TDP: the chip would throttle; "
+        "the times assume it does not"
+    ]
+    assert prepare_gemm(2048, 4096, 4096, "int8", "sram").run()["power_warnings"] == []
+
+
+def test_a_narrow_local_store_port_bounds_the_units():
+    """The units stream operands through the PE's local-store port; at 512 B/cycle it never binds an FC, at
+    16 B/cycle it does, and the attribution says so."""
+    base = prepare_gemm(1024, 1024, 1024, "int8", "sram").run()
+    assert "local_memory" not in base["attribution_us"]
+    narrow = V1.with_values({"local_memory.bytes_per_cycle": 16})
+    res = prepare_gemm(1024, 1024, 1024, "int8", "sram", chip=narrow).run()
+    assert res["bound"] == "local_memory" and res["seconds"] > 1.5 * base["seconds"]

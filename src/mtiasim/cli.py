@@ -86,6 +86,8 @@ def _print_bench(res: dict[str, Any]) -> None:
                 f"  per watt  {per_w['chip']:.3g} {unit} chip, {per_w['card']:.3g} card, "
                 f"{per_w['platform']:.3g} platform ({per_w['paper']:.3g} at the paper's 65 W)"
             )
+    for warning in res.get("power_warnings", []):
+        click.echo(f"  warning   {warning}")
     if "mapping" in res:
         click.echo(f"  mapping   {res['mapping']}")
     if "cache_hit_rate" in res:
@@ -419,6 +421,8 @@ def _print_run(res: dict[str, Any]) -> None:
         total_j = sum(chip_j.values()) or 1.0
         top = sorted(chip_j.items(), key=lambda kv: -kv[1])[:6]
         click.echo("  chip energy " + ", ".join(f"{k} {100 * v / total_j:.0f}%" for k, v in top))
+        for warning in res.get("power_warnings", []):
+            click.echo(f"  warning     {warning}")
     click.echo(
         f"  MACs        {res['macs']:.4g} per batch, {100 * res['mac_utilization']:.1f} % of the DPE peak"
     )

@@ -80,6 +80,9 @@ class FlowPart:
     extra: dict[int, float] = field(default_factory=dict)
 
 
+LOCAL_MEMORY = "local_memory"  # attribution class of a unit bound by its local-store port
+
+
 @dataclass
 class Work:
     unit: str  # dma, dpe, se, mlu, core, none
@@ -389,7 +392,14 @@ class WorkModel:
     def work(self, node: Node) -> Work:
         cmd = node.cmd
         fn = getattr(self, "_w_" + type(cmd).__name__)
-        return fn(node, cmd)
+        w: Work = fn(node, cmd)
+        if w.unit in ("dpe", "se", "mlu"):
+            # the unit streams its operands through the PE's local-store port: it cannot go faster than that
+            ls_bytes = w.counters.get("ls_read_bytes", 0.0) + w.counters.get("ls_write_bytes", 0.0)
+            ls_s = ls_bytes / (self.chip.local_memory.bytes_per_cycle * self.chip.hz)
+            if ls_s > w.busy_s:
+                w.busy_s, w.klass = ls_s, LOCAL_MEMORY
+        return w
 
     def _issue(self, commands: float, extra_cycles: float = 0.0) -> float:
         return (commands * self.chip.core.cycles_per_command + extra_cycles) * self.cyc

@@ -192,6 +192,17 @@ class PowerReport:
             "paper": div(paper_w(self.chip)),
         }
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the run does that the chip could not: draw more than its TDP (it would throttle)."""
+        tdp = self.chip.power.tdp_w
+        if self.peak_power_w > tdp:
+            return [
+                f"peak chip power {self.peak_power_w:.1f} W is above the {tdp:g} W TDP: the chip would throttle; "
+                "the times assume it does not"
+            ]
+        return []
+
     def to_json(self) -> dict[str, Any]:
         breakdown = {k: v for k, v in self.chip_j.items()} | {f"card_{k}": v for k, v in self.card_j.items()}
         return {
@@ -203,6 +214,7 @@ class PowerReport:
             "card_energy_j": self.card_energy_j,
             "platform_energy_j": self.platform_energy_j,
             "energy_breakdown_j": breakdown,
+            "power_warnings": self.warnings,
         }
 
 
