@@ -8,6 +8,8 @@ import re
 import sys
 import time
 
+import pytest
+
 from mtiasim.cli import main
 from mtiasim.progress import Progress
 
@@ -82,3 +84,26 @@ def test_progress_disabled_prints_nothing(monkeypatch, capsys):
     with Progress(enabled=False, total=1, show_after_s=0.0) as bar:
         bar.step("x")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--trace-aggregate", "foo"], "--trace-aggregate: unknown mode 'foo' (known: auto, none, bins)"),
+        (
+            ["--report", "/proc/no/such"],
+            "--report /proc/no/such: cannot create the folder (No such file or directory)",
+        ),
+    ],
+)
+def test_output_arguments_are_checked_first(tmp_path, capsys, monkeypatch, extra, message):
+    import mtiasim.runtime.run as run_module
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the model was compiled before the output arguments were checked")
+
+    monkeypatch.setattr(run_module, "compile", no_compile)
+    argv = ["run", "dlrm-kaggle", "--trace", str(tmp_path / "t.json"), *extra]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"mtiasim: error: {message}"
+    assert not (tmp_path / "t.json").exists()

@@ -60,9 +60,21 @@ def run_workload(
         max_rows = CHECK_MAX_ROWS
     if (trace or report_dir) and mode == "functional":
         raise UsageError("--trace and --report need a timed run: use --mode timing or both")
-    if trace:  # before minutes of simulation, not after
+    # output arguments are checked before minutes of simulation, not after
+    if report_dir:
+        try:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"--report {report_dir}: cannot create the folder ({err.strerror})") from None
+    if trace:
+        from mtiasim.report.trace import AGGREGATES
+
+        if trace_aggregate not in AGGREGATES:
+            raise UsageError(
+                f"--trace-aggregate: unknown mode {trace_aggregate!r} (known: {', '.join(AGGREGATES)})"
+            )
         folder = Path(trace).resolve().parent
-        if not folder.is_dir() and not (report_dir and folder == Path(report_dir).resolve()):
+        if not folder.is_dir():
             raise UsageError(f"--trace {trace}: folder {str(folder)!r} does not exist")
     step(f"building {name}")
     t0 = time.perf_counter()
