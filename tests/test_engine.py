@@ -508,3 +508,23 @@ def test_fidelities_are_ordered_for_the_new_kernels():
             for f in ("roofline", "analytic", "event")
         )
         assert 0 < roof <= ana * (1 + 1e-9) and ana <= ev * (1 + 1e-9), jobs[0].name
+
+
+def test_static_jobs_work_memo_keeps_the_timing():
+    """A compiled model keeps the work of its unchanged jobs' nodes across calls; it must not change the
+    timing, and nodes that read per-run state (the SRAM cache's contents) are not kept."""
+    from mtiasim.bench.gemm import prepare_gemm
+    from mtiasim.engine import Memo
+
+    prep = prepare_gemm(512, 1024, 1024, "int8", "dram")  # LPDDR5 through the SRAM cache
+    base = execute(prep.program, prep.chip, mode="timing").timing
+    names = frozenset(j.name for j in prep.program.jobs)
+    memo = Memo(static_jobs=names)
+    first = execute(prep.program, prep.chip, mode="timing", memo=memo).timing
+    kept = len(memo.works)
+    assert 0 < kept < len(first.nodes)  # the cached-DRAM reads are recomputed every run
+    again = execute(
+        prep.program, prep.chip, mode="timing", memo=Memo(static_jobs=names, works=memo.works)
+    ).timing
+    assert base.seconds == first.seconds == again.seconds
+    assert base.counters == again.counters

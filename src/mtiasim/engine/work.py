@@ -17,7 +17,7 @@ import numpy as np
 from mtiasim.dtypes import DType
 from mtiasim.engine.cache import LruCache
 from mtiasim.engine.memmodel import dram_channel_parts, dram_effective_bytes, hashed_target, sram_slice_bytes
-from mtiasim.engine.resolve import Node, Resolved, _upstream
+from mtiasim.engine.resolve import Node, Resolved, _upstream, job_order
 from mtiasim.engine.resources import ResourceMap
 from mtiasim.errors import ProgramError
 from mtiasim.hw import Chip
@@ -127,6 +127,10 @@ class Memo:
     gathers: dict[int, tuple] = field(default_factory=dict)
     cache_hits: dict[int, np.ndarray] | None = None
     dense_miss: dict[str, float] | None = None
+    # jobs that are the same (same commands, tensors and addresses) in every run sharing this memo, and the
+    # work of their nodes that reads no per-run state (index data, the SRAM cache's contents)
+    static_jobs: frozenset[str] = frozenset()
+    works: dict[tuple, Work] = field(default_factory=dict)
 
 
 def _add(usage: dict[int, float], index: int, amount: float) -> None:
@@ -159,6 +163,8 @@ class WorkModel:
         self.gather_hits = self.memo.cache_hits
         if self.memo.dense_miss is None:
             self.memo.dense_miss = self._dense_misses()
+        self._job_names = [job.name for job in job_order(program)]
+        self._reads_run_state = False
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -167,6 +173,7 @@ class WorkModel:
         if decl.level == Level.SRAM:
             return sram_s
         if decl.cached:
+            self._reads_run_state = True  # the SRAM cache's contents differ from run to run
             miss = (self.memo.dense_miss or {}).get(decl.root, 1.0)
             return sram_s + miss * self.chip.dram.latency_ns * 1e-9
         return self.chip.dram.latency_ns * 1e-9
@@ -390,6 +397,17 @@ class WorkModel:
     # ------------------------------------------------------------------------------------------- work
 
     def work(self, node: Node) -> Work:
+        job = self._job_names[node.job]
+        key = (job, node.pe, node.core, node.pos) if job in self.memo.static_jobs else None
+        if key is not None and key in self.memo.works:
+            return self.memo.works[key]
+        self._reads_run_state = False
+        w = self._work(node)
+        if key is not None and not self._reads_run_state:
+            self.memo.works[key] = w
+        return w
+
+    def _work(self, node: Node) -> Work:
         cmd = node.cmd
         fn = getattr(self, "_w_" + type(cmd).__name__)
         w: Work = fn(node, cmd)
@@ -481,6 +499,7 @@ class WorkModel:
         decl = self.program.tensors[cmd.table]
         idx = self.program.tensors[cmd.indices]
         w = Work("dma", "dma", items=max(cmd.count, 1))
+        self._reads_run_state = True  # the rows it gathers are data
         memo = self.memo.gathers.get(node.id)
         if memo is None:
             memo = self._gather_parts(node, decl)

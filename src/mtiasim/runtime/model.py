@@ -70,6 +70,7 @@ class CompiledModel:
         self.calls = 0
         self._history: dict[str, list[np.ndarray]] = {}
         self._streams: dict = {}
+        self._works: dict = {}  # static jobs' node work, kept across calls
 
     @property
     def memory_plan(self) -> str:
@@ -108,7 +109,9 @@ class CompiledModel:
         if functional:
             data.update(code.constants)
         # the static jobs' memory streams are the same every call: their work-model results are kept
-        memo = Memo(streams=self._streams)
+        # and so is the work of their nodes that reads no per-call state
+        unchanged = frozenset(name for name in static if name not in call.jobs)
+        memo = Memo(streams=self._streams, static_jobs=unchanged, works=self._works)
         result = execute(program, self.chip, mode=self.mode, fidelity=self.fidelity, inputs=data, memo=memo)
         for table, rows in call.lookups.items():
             hist = self._history.setdefault(table, [])
