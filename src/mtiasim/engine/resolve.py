@@ -810,11 +810,20 @@ def _matmul_compute(
             a = a_run.get(b0 * steps, b1 * steps).reshape(b1 - b0, steps, tm, tk)
         else:
             a = a_run.take((im[:, None] * steps + s[None, :]).reshape(-1)).reshape(b1 - b0, steps, tm, tk)
+        a_cat = a.transpose(0, 2, 1, 3).reshape(b1 - b0, tm, steps * tk)
+        if cmd.dtype == DType.INT8 and cmd.b_mode != Operand.STREAM:
+            # blocks that share a resident B tile run as one taller product (integer sums: exact either way)
+            for j in np.unique(jn).tolist():
+                sel = np.flatnonzero(jn == j)
+                b = b_run.take(j * steps + s).reshape(steps, tn, tk)
+                b_cat = b.transpose(0, 2, 1).reshape(steps * tk, tn)
+                rows = a_cat[sel].reshape(sel.size * tm, steps * tk)
+                out[b0 + sel] = nx.matmul_acc(rows, b_cat, cmd.dtype).reshape(sel.size, tm, tn)
+            continue
         if cmd.b_mode == Operand.STREAM:
             b = b_run.get(b0 * steps, b1 * steps).reshape(b1 - b0, steps, tn, tk)
         else:
             b = b_run.take((jn[:, None] * steps + s[None, :]).reshape(-1)).reshape(b1 - b0, steps, tn, tk)
-        a_cat = a.transpose(0, 2, 1, 3).reshape(b1 - b0, tm, steps * tk)
         b_cat = b.transpose(0, 1, 3, 2).reshape(b1 - b0, steps * tk, tn)
         out[b0:b1] = nx.matmul_acc(a_cat, b_cat, cmd.dtype)
     if bias_run is not None:
