@@ -7,6 +7,7 @@ Goals (issue #2): `bench gemm 2048x4096x4096 int8` <= 0.5 s in timing mode and <
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from mtiasim.bench.gemm import prepare_gemm
 from mtiasim.bench.tbe import prepare_tbe
 from mtiasim.engine import execute
+from mtiasim.report.trace import chrome_trace
 
 REPEATS = 3
 
@@ -60,9 +62,19 @@ def main() -> int:
     rows.append(("bench gemm 2048x4096x4096 int8, functional", t, "goal <= 20 s"))
 
     # 3. a large TBE in timing mode (1M-row table, batch 2048, pooling 50)
-    t, res = best_of(lambda: prepare_tbe(2048, 50, 1_000_000, 128).run(), repeats=1)
+    tbe = prepare_tbe(2048, 50, 1_000_000, 128)
+    t, (res, result) = best_of(tbe.run_with_result, repeats=1)
     rows.append(
         ("bench tbe B2048 L50 1M rows dim 128, timing (8 batches)", t, f"{res['gbps']:.0f} GB/s simulated")
+    )
+    # its Perfetto trace, every command as a slice
+    t, trace = best_of(lambda: chrome_trace(tbe.chip, result.timing, aggregate="none"))
+    rows.append(
+        (
+            f"  trace of it: {len(result.timing.nodes):,} commands",
+            t,
+            f"{len(json.dumps(trace)) / 1e6:.1f} MB of JSON",
+        )
     )
 
     # 4. the CLI end to end (includes interpreter start-up and imports)

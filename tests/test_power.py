@@ -22,7 +22,7 @@ from mtiasim.engine.timing import coarse
 from mtiasim.hw import load_chip
 from mtiasim.hw.peaks import dram_bytes_per_s
 from mtiasim.power import node_energy_j, power_report, power_timeline
-from mtiasim.power.model import PJ, board_w, host_share_w, paper_w
+from mtiasim.power.model import PJ, board_w, host_share_w, paper_w, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 V1 = load_chip("mtia-v1")
@@ -204,3 +204,35 @@ def test_a_narrow_local_store_port_bounds_the_units():
     narrow = V1.with_values({"local_memory.bytes_per_cycle": 16})
     res = prepare_gemm(1024, 1024, 1024, "int8", "sram", chip=narrow).run()
     assert res["bound"] == "local_memory" and res["seconds"] > 1.5 * base["seconds"]
+
+
+def _spread_reference(amounts, start, end, edges):
+    """Per span: clip to the edges, then share the amount by the overlap with each bin."""
+    total = np.zeros(len(edges) - 1)
+    width = edges[1] - edges[0]
+    for a, s, e in zip(amounts, start, end, strict=True):
+        if a <= 0:
+            continue
+        s, e = min(max(s, 0.0), edges[-1]), min(max(e, 0.0), edges[-1])
+        i0 = min(int(s / width), len(total) - 1)
+        if e <= s or i0 == min(int(e / width), len(total) - 1):
+            total[i0] += a
+            continue
+        overlap = np.clip(np.minimum(edges[1:], e) - np.maximum(edges[:-1], s), 0.0, None)
+        total += a * overlap / (e - s)
+    return total
+
+
+@pytest.mark.parametrize("bins", [1, 3, 10, 64])
+def test_spread_shares_each_amount_by_overlap(bins):
+    rng = np.random.default_rng(bins)
+    start = rng.uniform(-1.0, 11.0, 500)
+    end = start + rng.choice([0.0, 0.01, 0.5, 3.0, 20.0], 500)
+    amounts = rng.choice([0.0, 1.0, 7.5, 1e6], 500)
+    edges = np.linspace(0.0, 10.0, bins + 1)
+    got = spread(amounts, start, end, edges)
+    assert got == pytest.approx(_spread_reference(amounts, start, end, edges), rel=1e-9, abs=1e-6)
+    # nothing is lost: spans inside [0, 10] keep all of their amount
+    inside = (start >= 0) & (end <= 10)
+    inner = spread(amounts[inside], start[inside], end[inside], edges)
+    assert inner.sum() == pytest.approx(amounts[inside].sum(), rel=1e-12)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mtiasim.engine import FIDELITIES, MODES, ExecutionResult, execute
+from mtiasim.engine.timing import coarse
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip, load_chip
 from mtiasim.isa import Level, MemoryPlan, Program
@@ -76,16 +77,14 @@ def timing_fields(result: ExecutionResult, chip: Chip) -> dict[str, Any]:
         ends = sorted(j.end_s for j in jobs)
         seconds = (ends[-1] - ends[0]) / (len(ends) - 1)
         last = max(jobs, key=lambda j: j.end_s)
-        att = {k: v for k, v in last.attribution.items() if k != "queue"}
         detail = {k: v for k, v in last.detail.items() if k != "queue"}
     else:
         seconds = t.seconds
-        att = dict(t.attribution)
-        detail = dict(t.detail)
-    total = sum(att.values())
+        detail = t.detail
+    total = sum(detail.values())
     if total > 0:
-        att = {k: v * seconds / total for k, v in att.items()}
         detail = {k: v * seconds / total for k, v in detail.items()}
+    att = coarse(detail)
     bound = max(att.items(), key=lambda kv: kv[1])[0] if att else "compute"
     return {
         "seconds": seconds,

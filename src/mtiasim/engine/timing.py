@@ -22,7 +22,6 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,14 +53,18 @@ class JobTiming:
     start_s: float
     end_s: float
     pes: int
-    attribution: dict[str, float] = field(default_factory=dict)  # by class (compute, sram, dram, ...)
-    # finer: compute split by unit (compute.dpe, compute.se, compute.mlu, compute.core), reduction network waits
-    # (reduction); the other classes as in `attribution`. Both add up to the job's time.
+    # where the job's time went: compute split by unit (compute.dpe, compute.se, compute.mlu, compute.core),
+    # reduction-network waits (reduction), local_memory, sram, dram, noc, latency, issue, dispatch, queue, host;
+    # adds up to the job's time. `attribution` folds the compute units into one class.
     detail: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
         return self.end_s - self.start_s
+
+    @property
+    def attribution(self) -> dict[str, float]:
+        return coarse(self.detail)
 
     @property
     def bound(self) -> str:
@@ -71,14 +74,6 @@ class JobTiming:
 
 
 REDUCTION = "reduction"
-
-
-def _summed(dicts: Iterable[dict[str, float]]) -> dict[str, float]:
-    total: dict[str, float] = defaultdict(float)
-    for d in dicts:
-        for k, v in d.items():
-            total[k] += v
-    return dict(total)
 
 
 def coarse(detail: dict[str, float]) -> dict[str, float]:
@@ -129,12 +124,16 @@ class TimingResult:
     nodes: NodeTable | None = None
 
     @property
-    def attribution(self) -> dict[str, float]:
-        return _summed(j.attribution for j in self.jobs)
+    def detail(self) -> dict[str, float]:
+        total: dict[str, float] = defaultdict(float)
+        for j in self.jobs:
+            for k, v in j.detail.items():
+                total[k] += v
+        return dict(total)
 
     @property
-    def detail(self) -> dict[str, float]:
-        return _summed(j.detail for j in self.jobs)
+    def attribution(self) -> dict[str, float]:
+        return coarse(self.detail)
 
     @property
     def bound(self) -> str:
@@ -1001,11 +1000,7 @@ def simulate(model: TimingModel, fidelity: str) -> TimingResult:
         if start <= host_s * (1 + 1e-12):  # launched right after the host's submission: that is its cost too
             att[ji][DISPATCH] = att[ji].get(DISPATCH, 0.0) + start
             start = 0.0
-        jobs.append(
-            JobTiming(
-                job.name, job.kind, start, float(sim.job_end[ji]), len(job.pes), coarse(att[ji]), att[ji]
-            )
-        )
+        jobs.append(JobTiming(job.name, job.kind, start, float(sim.job_end[ji]), len(job.pes), att[ji]))
     seconds = float(np.nanmax(sim.job_end)) if len(jobs) else 0.0
     res_bytes, res_util = _resource_use(model, seconds)
     if fidelity == "analytic":
@@ -1015,10 +1010,8 @@ def simulate(model: TimingModel, fidelity: str) -> TimingResult:
         if bound + first_launch > seconds and jobs:
             extra = bound + first_launch - seconds
             jobs[-1].end_s += extra
-            for att_dict in (jobs[-1].attribution, jobs[-1].detail):
-                att_dict[_resource_bound_class(model)] = (
-                    att_dict.get(_resource_bound_class(model), 0.0) + extra
-                )
+            klass = _resource_bound_class(model)
+            jobs[-1].detail[klass] = jobs[-1].detail.get(klass, 0.0) + extra
             seconds += extra
     table = node_table(model, sim.issue_at, sim.start, sim.end)
     return TimingResult(
@@ -1103,7 +1096,7 @@ def _roofline(m: TimingModel) -> TimingResult:
         start = max([finish[d] for d in job.deps] + [0.0])
         t, k = job_time[ji]
         finish[job.name] = start + t
-        jobs.append(JobTiming(job.name, job.kind, start, start + t, len(job.pes), {k: t}, {k: t}))
+        jobs.append(JobTiming(job.name, job.kind, start, start + t, len(job.pes), {k: t}))
     seconds = max(finish.values()) if finish else 0.0
     n = m.n
     zeros = np.zeros(n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,36 +17,55 @@ PJ = 1e-12
 
 # chip components (dynamic), in report order
 COMPONENTS = ("dpe", "re", "se", "mlu", "local_memory", "sram", "noc", "cores", "lpddr5_phy", "pcie")
-# card components beyond the chip
-CARD_COMPONENTS = ("vrm_loss", "lpddr5_devices", "lpddr5_background", "board")
 TIMELINE_BINS = 200
 
 
-def _get(c: Mapping[str, float], *keys: str) -> float:
-    return float(sum(c.get(k, 0.0) for k in keys))
+# what each engine counter costs: (component, the `chip.energy` field giving pJ per count); `dpe_macs_<float
+# dtype>` counters cost `int8_mac_pj x float_mac_ratio`, any other counter (rows gathered, cache hits) nothing here
+COUNTER_ENERGY = {
+    "dpe_macs_int8": ("dpe", "int8_mac_pj"),
+    "epilogue_ops": ("re", "se_op_pj"),
+    "reduction_bytes": ("re", "reduction_byte_pj"),
+    "se_ops": ("se", "se_op_pj"),
+    "mlu_bytes": ("mlu", "mlu_byte_pj"),
+    "ls_read_bytes": ("local_memory", "local_memory_byte_pj"),
+    "ls_write_bytes": ("local_memory", "local_memory_byte_pj"),
+    "sram_read_bytes": ("sram", "sram_byte_pj"),
+    "sram_write_bytes": ("sram", "sram_byte_pj"),
+    "noc_byte_hops": ("noc", "noc_byte_hop_pj"),
+    "commands": ("cores", "command_pj"),
+    "dram_read_bytes": ("lpddr5_phy", "dram_phy_byte_pj"),
+    "dram_write_bytes": ("lpddr5_phy", "dram_phy_byte_pj"),
+    "pcie_bytes": ("pcie", "pcie_byte_pj"),
+}
+
+
+def joules_per_count(chip: Chip, counter: str) -> tuple[str | None, float]:
+    """(the component a counter's energy goes to, J per count); (None, 0.0) for counters that cost nothing."""
+    e = chip.energy
+    if counter in COUNTER_ENERGY:
+        component, pj = COUNTER_ENERGY[counter]
+        return component, getattr(e, pj) * PJ
+    if counter.startswith("dpe_macs_"):
+        return "dpe", e.int8_mac_pj * e.float_mac_ratio * PJ
+    return None, 0.0
 
 
 def chip_dynamic_j(chip: Chip, counters: Mapping[str, float]) -> dict[str, float]:
     """Dynamic chip energy (J) per component for a set of action counts."""
-    e = chip.energy
-    int8_macs = _get(counters, "dpe_macs_int8")
-    float_macs = sum(v for k, v in counters.items() if k.startswith("dpe_macs_") and k != "dpe_macs_int8")
-    return {
-        "dpe": (int8_macs + float_macs * e.float_mac_ratio) * e.int8_mac_pj * PJ,
-        "re": (
-            _get(counters, "epilogue_ops") * e.se_op_pj
-            + _get(counters, "reduction_bytes") * e.reduction_byte_pj
-        )
-        * PJ,
-        "se": _get(counters, "se_ops") * e.se_op_pj * PJ,
-        "mlu": _get(counters, "mlu_bytes") * e.mlu_byte_pj * PJ,
-        "local_memory": _get(counters, "ls_read_bytes", "ls_write_bytes") * e.local_memory_byte_pj * PJ,
-        "sram": _get(counters, "sram_read_bytes", "sram_write_bytes") * e.sram_byte_pj * PJ,
-        "noc": _get(counters, "noc_byte_hops") * e.noc_byte_hop_pj * PJ,
-        "cores": _get(counters, "commands") * e.command_pj * PJ,
-        "lpddr5_phy": _get(counters, "dram_read_bytes", "dram_write_bytes") * e.dram_phy_byte_pj * PJ,
-        "pcie": _get(counters, "pcie_bytes") * e.pcie_byte_pj * PJ,
-    }
+    out = dict.fromkeys(COMPONENTS, 0.0)
+    for counter, count in counters.items():
+        component, joules = joules_per_count(chip, counter)
+        if component is not None:
+            out[component] += count * joules
+    return out
+
+
+def counter_columns(counters: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
+    """Per-node counter dicts as one array per counter (0 where a node has none)."""
+    keys = sorted(set().union(*counters)) if counters else []
+    n = len(counters)
+    return {k: np.fromiter((c.get(k, 0.0) for c in counters), dtype=np.float64, count=n) for k in keys}
 
 
 def board_w(chip: Chip) -> float:
@@ -68,71 +87,56 @@ def paper_w(chip: Chip) -> float:
     return chip.power.server_power_w / chip.power.cards_per_server
 
 
-def joules_per_count(chip: Chip) -> dict[str, float]:
-    """The chip's dynamic energy is linear in the counters: J per unit of each counter (`chip_dynamic_j`)."""
-    e = chip.energy
-    return {
-        "dpe_macs_int8": e.int8_mac_pj * PJ,
-        "epilogue_ops": e.se_op_pj * PJ,
-        "reduction_bytes": e.reduction_byte_pj * PJ,
-        "se_ops": e.se_op_pj * PJ,
-        "mlu_bytes": e.mlu_byte_pj * PJ,
-        "ls_read_bytes": e.local_memory_byte_pj * PJ,
-        "ls_write_bytes": e.local_memory_byte_pj * PJ,
-        "sram_read_bytes": e.sram_byte_pj * PJ,
-        "sram_write_bytes": e.sram_byte_pj * PJ,
-        "noc_byte_hops": e.noc_byte_hop_pj * PJ,
-        "commands": e.command_pj * PJ,
-        "dram_read_bytes": e.dram_phy_byte_pj * PJ,
-        "dram_write_bytes": e.dram_phy_byte_pj * PJ,
-        "pcie_bytes": e.pcie_byte_pj * PJ,
-    }
-
-
-def node_energy_j(chip: Chip, counters: Sequence[Mapping[str, float]]) -> np.ndarray:
-    """Dynamic chip energy (J) of each node, from its counters."""
-    coef = joules_per_count(chip)
-    float_mac = chip.energy.int8_mac_pj * chip.energy.float_mac_ratio * PJ
-    out = np.zeros(len(counters))
-    for i, c in enumerate(counters):
-        total = 0.0
-        for k, v in c.items():
-            j = coef.get(k)
-            if j is None:
-                j = float_mac if k.startswith("dpe_macs_") else 0.0
-            total += j * v
-        out[i] = total
-    return out
+def node_energy_j(
+    chip: Chip, counters: Sequence[Mapping[str, float]], columns: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Dynamic chip energy (J) of each node, from its counters (`columns`: `counter_columns(counters)`)."""
+    columns = counter_columns(counters) if columns is None else columns
+    energy = np.zeros(len(counters))
+    for counter, column in columns.items():
+        energy += column * joules_per_count(chip, counter)[1]
+    return energy
 
 
 def spread(amounts: np.ndarray, start: np.ndarray, end: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Sum of `amounts`, each spread evenly over its [start, end], per bin of the evenly spaced `edges` (a
-    zero-length span puts its amount in the bin where it starts)."""
+    """Sum of `amounts`, each spread evenly over its [start, end] (clipped to the evenly spaced `edges`), per bin;
+    a span of zero length, or inside one bin, puts its amount in the bin where it starts."""
     bins = len(edges) - 1
     width = edges[1] - edges[0]
     total = np.zeros(bins)
-    for a, s, e in zip(amounts.tolist(), start.tolist(), end.tolist(), strict=True):
-        if a <= 0:
-            continue
-        s, e = min(max(s, 0.0), edges[-1]), min(max(e, 0.0), edges[-1])
-        i0 = min(int(s / width), bins - 1)
-        i1 = min(int(e / width), bins - 1)
-        if e <= s or i0 == i1:
-            total[i0] += a
-            continue
-        lo = np.maximum(edges[i0 : i1 + 1], s)
-        hi = np.minimum(edges[i0 + 1 : i1 + 2], e)
-        total[i0 : i1 + 1] += a * np.clip(hi - lo, 0.0, None) / (e - s)
+    keep = amounts > 0
+    a = amounts[keep]
+    s = np.clip(start[keep], 0.0, edges[-1])
+    e = np.clip(end[keep], 0.0, edges[-1])
+    i0 = np.minimum((s / width).astype(np.int64), bins - 1)
+    i1 = np.minimum((e / width).astype(np.int64), bins - 1)
+    one = (e <= s) | (i0 == i1)
+    np.add.at(total, i0[one], a[one])
+    many = ~one
+    a, s, e, i0, i1 = a[many], s[many], e[many], i0[many], i1[many]
+    rate = a / (e - s)
+    np.add.at(total, i0, rate * (np.minimum(edges[i0 + 1], e) - s))  # the first bin's part
+    np.add.at(total, i1, rate * (e - np.maximum(edges[i1], s)))  # the last bin's part
+    # the bins strictly between, whole at the span's rate: a difference array of rates
+    inner = np.zeros(bins + 1)
+    mid = i1 > i0 + 1
+    np.add.at(inner, i0[mid] + 1, rate[mid])
+    np.add.at(inner, i1[mid], -rate[mid])
+    total += np.cumsum(inner)[:-1] * width
     return total
 
 
 def power_timeline(
-    chip: Chip, nodes: NodeTable, seconds: float, bins: int = TIMELINE_BINS
+    chip: Chip,
+    nodes: NodeTable,
+    seconds: float,
+    bins: int = TIMELINE_BINS,
+    columns: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bin edges in s, chip power in W per bin): static power plus each node's dynamic energy spread evenly
     over its [start, end]."""
     edges = np.linspace(0.0, max(seconds, 1e-12), max(1, int(bins)) + 1)
-    energy = spread(node_energy_j(chip, nodes.counters), nodes.start_s, nodes.end_s, edges)
+    energy = spread(node_energy_j(chip, nodes.counters, columns), nodes.start_s, nodes.end_s, edges)
     return edges, energy / (edges[1] - edges[0]) + chip.energy.static_w
 
 
@@ -146,7 +150,6 @@ class PowerReport:
     peak_chip_w: float
     timeline_edges_s: np.ndarray | None = None
     timeline_w: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def chip_energy_j(self) -> float:
@@ -237,11 +240,11 @@ def power_report(
     chip_j = dict(dyn)
     chip_j["static"] = e.static_w * seconds
     chip_total = sum(chip_j.values())
-    dram_bytes = _get(counters, "dram_read_bytes", "dram_write_bytes")
+    dram_bytes = counters.get("dram_read_bytes", 0.0) + counters.get("dram_write_bytes", 0.0)
     card_j = {
         "vrm_loss": chip_total * (1.0 / e.vrm_efficiency - 1.0),
         "lpddr5_devices": dram_bytes * e.dram_device_byte_pj * PJ
-        + _get(counters, "dram_activations") * e.dram_activation_nj * 1e-9,
+        + counters.get("dram_activations", 0.0) * e.dram_activation_nj * 1e-9,
         "lpddr5_background": e.dram_background_w * seconds,
         "board": board_w(chip) * seconds,
     }

@@ -13,7 +13,7 @@ import numpy as np
 
 from mtiasim.engine import NodeTable, TimingResult
 from mtiasim.hw import Chip
-from mtiasim.power.model import node_energy_j, spread
+from mtiasim.power.model import counter_columns, node_energy_j, spread
 
 # the units of a PE as the trace and the heatmap show them (the RE is the MatMul's epilogue/drain part)
 UNITS = ("core0", "core1", "dma", "dpe", "re", "se", "mlu")
@@ -45,15 +45,6 @@ class OpActivity:
     def ops(self) -> float:
         """Arithmetic operations: 2 per MAC plus the SE/RE element ops."""
         return 2.0 * self.macs + self.vector_ops
-
-    @property
-    def seconds(self) -> float:
-        return self.end_s - self.start_s
-
-    def intensity(self, level: str) -> float:
-        """ops per byte of `level` (inf when the op moved none)."""
-        b = self.bytes.get(level, 0.0)
-        return self.ops / b if b > 0 else float("inf")
 
 
 def op_activity(chip: Chip, timing: TimingResult) -> list[OpActivity]:
@@ -132,16 +123,15 @@ def _union_length(spans: list[tuple[float, float]]) -> float:
 
 
 def bandwidth_timeline(
-    nodes: NodeTable, seconds: float, bins: int = 200
+    nodes: NodeTable, seconds: float, bins: int = 200, columns: dict[str, np.ndarray] | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(bin edges in s, {level: bytes/s per bin}) for SRAM, LPDDR5 (dram) and the NoC: each node's bytes spread
-    evenly over its [start, end]."""
-    bins = max(1, int(bins))
-    edges = np.linspace(0.0, max(seconds, 1e-12), bins + 1)
-    width = edges[1] - edges[0]
+    evenly over its [start, end] (`columns`: `counter_columns(nodes.counters)`, if already built)."""
+    edges = np.linspace(0.0, max(seconds, 1e-12), max(1, int(bins)) + 1)
+    columns = counter_columns(nodes.counters) if columns is None else columns
+    zero = np.zeros(len(nodes))
     out = {}
     for level in ("sram", "dram", "noc"):
-        keys = LEVEL_COUNTERS[level]
-        amounts = np.array([sum(c.get(k, 0.0) for k in keys) for c in nodes.counters])
-        out[level] = spread(amounts, nodes.start_s, nodes.end_s, edges) / width
+        amounts = sum((columns.get(k, zero) for k in LEVEL_COUNTERS[level]), zero)
+        out[level] = spread(amounts, nodes.start_s, nodes.end_s, edges) / (edges[1] - edges[0])
     return edges, out

@@ -38,8 +38,8 @@ import numpy as np
 from mtiasim.engine import NodeTable, TimingResult
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
-from mtiasim.power.model import PowerReport, chip_dynamic_j, node_energy_j
-from mtiasim.report.activity import LEVEL_COUNTERS, UNITS, unit_spans
+from mtiasim.power.model import PowerReport, counter_columns, power_timeline
+from mtiasim.report.activity import UNITS, bandwidth_timeline, unit_spans
 
 UNIT_THREADS = {
     "core0": "core 0",
@@ -523,17 +523,17 @@ def _counter_events(
     end_ns = _ns(offset_s + seconds)
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     have_nodes = nodes is not None and len(nodes) > 0 and seconds > 0
-    cols = _counter_columns(nodes.counters) if have_nodes and nodes is not None else {}
+    cols = counter_columns(nodes.counters) if have_nodes and nodes is not None else {}
     if have_nodes:
         assert nodes is not None
-        edges, bw = _bandwidth_timeline(nodes, seconds, COUNTER_BINS, cols)
+        edges, bw = bandwidth_timeline(nodes, seconds, COUNTER_BINS, cols)
         for _, _, level in COUNTERS[:3]:
             series[level] = (edges[:-1] + offset_s, bw[level] / 1e9)
     if power is not None and power.timeline_edges_s is not None and power.timeline_w is not None:
         series["power"] = (np.asarray(power.timeline_edges_s)[:-1], np.asarray(power.timeline_w))
     elif have_nodes:
         assert nodes is not None
-        edges, watts = _power_timeline(chip, nodes, seconds, COUNTER_BINS, cols)
+        edges, watts = power_timeline(chip, nodes, seconds, COUNTER_BINS, cols)
         series["power"] = (edges[:-1] + offset_s, watts)
     out = []
     for name, key, level in COUNTERS:
@@ -555,84 +555,3 @@ def _counter_events(
             {"name": name, "ph": "C", "pid": OPS_PID, "tid": HOST_TID, "ts": last / 1000, "args": {key: 0}}
         )
     return out
-
-
-# --- the counter timelines, vectorised -------------------------------------------------------------------------
-# The same numbers as `activity.bandwidth_timeline` and `power.model.power_timeline` (the tests compare them), at
-# numpy speed: those loop over the nodes in Python, which costs more than the rest of the trace on a big run.
-
-
-def _counter_columns(counters: Sequence[dict[str, float]]) -> dict[str, np.ndarray]:
-    keys = sorted(set().union(*counters)) if counters else []
-    n = len(counters)
-    return {k: np.fromiter((c.get(k, 0.0) for c in counters), dtype=np.float64, count=n) for k in keys}
-
-
-def _bandwidth_timeline(
-    nodes: NodeTable, seconds: float, bins: int, cols: dict[str, np.ndarray] | None = None
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    bins = max(1, int(bins))
-    edges = np.linspace(0.0, max(seconds, 1e-12), bins + 1)
-    width = edges[1] - edges[0]
-    cols = _counter_columns(nodes.counters) if cols is None else cols
-    zero = np.zeros(len(nodes))
-    out = {}
-    for level in ("sram", "dram", "noc"):
-        amounts = sum((cols.get(k, zero) for k in LEVEL_COUNTERS[level]), zero)
-        out[level] = _spread(amounts, nodes.start_s, nodes.end_s, edges) / width
-    return edges, out
-
-
-def _node_energy_j(
-    chip: Chip, counters: Sequence[dict[str, float]], cols: dict[str, np.ndarray] | None = None
-) -> np.ndarray:
-    """`power.model.node_energy_j`, as counters x energy per count (the model is linear in the counts); checked
-    against the model on a few nodes, which it falls back to if they differ."""
-    cols = _counter_columns(counters) if cols is None else cols
-    energy = np.zeros(len(counters))
-    for k, col in cols.items():
-        per = sum(chip_dynamic_j(chip, {k: 1.0}).values())
-        if per:
-            energy += col * per
-    sample = min(len(counters), 16)
-    if sample and not np.allclose(
-        energy[:sample], node_energy_j(chip, counters[:sample]), rtol=1e-9, atol=0.0
-    ):
-        return node_energy_j(chip, counters)
-    return energy
-
-
-def _power_timeline(
-    chip: Chip, nodes: NodeTable, seconds: float, bins: int, cols: dict[str, np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    edges = np.linspace(0.0, max(seconds, 1e-12), max(1, int(bins)) + 1)
-    energy = _spread(_node_energy_j(chip, nodes.counters, cols), nodes.start_s, nodes.end_s, edges)
-    return edges, energy / (edges[1] - edges[0]) + chip.energy.static_w
-
-
-def _spread(amounts: np.ndarray, start: np.ndarray, end: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """`power.model.spread`: each amount spread evenly over its [start, end] (clipped to the edges), summed per
-    bin; a span inside one bin, or of zero length, puts its amount in the bin where it starts."""
-    bins = len(edges) - 1
-    width = edges[1] - edges[0]
-    total = np.zeros(bins)
-    m = amounts > 0
-    a = amounts[m]
-    s = np.clip(start[m], 0.0, edges[-1])
-    e = np.clip(end[m], 0.0, edges[-1])
-    i0 = np.minimum((s / width).astype(np.int64), bins - 1)
-    i1 = np.minimum((e / width).astype(np.int64), bins - 1)
-    one = (e <= s) | (i0 == i1)
-    np.add.at(total, i0[one], a[one])
-    many = ~one
-    a, s, e, i0, i1 = a[many], s[many], e[many], i0[many], i1[many]
-    rate = a / (e - s)
-    np.add.at(total, i0, rate * np.clip(np.minimum(edges[i0 + 1], e) - np.maximum(edges[i0], s), 0.0, None))
-    np.add.at(total, i1, rate * np.clip(np.minimum(edges[i1 + 1], e) - np.maximum(edges[i1], s), 0.0, None))
-    # the bins strictly between: the whole bin at the span's rate (a difference array of rates)
-    inner = np.zeros(bins + 1)
-    mid = i1 > i0 + 1
-    np.add.at(inner, i0[mid] + 1, rate[mid])
-    np.add.at(inner, i1[mid], -rate[mid])
-    total += np.cumsum(inner)[:-1] * np.diff(edges)
-    return total

@@ -16,6 +16,7 @@ import numpy as np
 
 from mtiasim.dtypes import DType
 from mtiasim.engine import ExecutionResult, TimingResult
+from mtiasim.engine.timing import coarse
 from mtiasim.hw.peaks import dpe_macs_per_cycle
 from mtiasim.isa import Program
 from mtiasim.power import PowerReport, power_report
@@ -35,16 +36,19 @@ class OpRow:
     end_us: float
     bound: str
     macs: float
-    attribution_us: dict[str, float]
+    detail_us: dict[str, float]  # where the op's time went, compute split by unit (JobTiming.detail)
     module: str
     ops: float = 0.0  # arithmetic ops: 2 per MAC plus SE/RE element ops
     bytes: dict[str, float] = field(default_factory=dict)  # per memory level (local_memory, sram, dram, noc)
     energy_j: float = 0.0  # dynamic chip energy
-    detail_us: dict[str, float] = field(default_factory=dict)  # attribution with compute split by unit
 
     @property
     def time_us(self) -> float:
         return self.end_us - self.start_us
+
+    @property
+    def attribution_us(self) -> dict[str, float]:
+        return coarse(self.detail_us)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,14 +86,12 @@ class RunReport:
     macs: float
     mac_utilization: float
     ops: list[OpRow]
-    attribution_s: dict[str, float]
+    detail_s: dict[str, float]  # where the latency went (compute split by unit, host, pcie), adds up to it
     memory_plan: str
     counters: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     power: PowerReport | None = None  # timing modes
     timing: TimingResult | None = field(default=None, repr=False)  # the device program's schedule
-    lanes: dict[str, str] = field(default_factory=dict)  # job name -> lane (sparse, dense, joint)
-    detail_s: dict[str, float] = field(default_factory=dict)  # `attribution_s` with compute split by unit
 
     @property
     def latency_s(self) -> float:
@@ -98,6 +100,10 @@ class RunReport:
     @property
     def samples_per_s(self) -> float:
         return self.batch / self.latency_s if self.latency_s > 0 else math.inf
+
+    @property
+    def attribution_s(self) -> dict[str, float]:
+        return coarse(self.detail_s)
 
     @property
     def bound(self) -> str:
@@ -170,7 +176,6 @@ def build_report(
     modules = {op.name: op.source.module_path for op in low.kops}
     t = result.timing
     ops: list[OpRow] = []
-    attribution: dict[str, float] = {}
     detail: dict[str, float] = {}
     device_s = 0.0
     if t is not None:
@@ -188,20 +193,17 @@ def build_report(
                     j.end_s * 1e6,
                     j.bound,
                     macs.get(j.name, 0.0),
-                    {k: v * 1e6 for k, v in j.attribution.items()},
+                    {k: v * 1e6 for k, v in j.detail.items()},
                     modules.get(j.name, ""),
                     act.ops,
                     act.bytes,
                     act.energy_j,
-                    {k: v * 1e6 for k, v in j.detail.items()},
                 )
             )
-        attribution = _critical_chain(program, t.jobs)
-        detail = _critical_chain(program, t.jobs, detailed=True)
+        detail = _critical_chain(program, t.jobs)
     h2d_s, d2h_s = _pcie_s(model, h2d), _pcie_s(model, d2h)
-    for att in (attribution, detail):
-        att["host"] = att.get("host", 0.0) + host_s
-        att["pcie"] = att.get("pcie", 0.0) + h2d_s + d2h_s
+    detail["host"] = detail.get("host", 0.0) + host_s
+    detail["pcie"] = detail.get("pcie", 0.0) + h2d_s + d2h_s
     total_macs = sum(macs.values())
     power = None
     if t is not None:
@@ -230,17 +232,15 @@ def build_report(
         total_macs,
         util,
         sorted(ops, key=lambda o: (o.start_us, o.name)),
-        attribution,
+        detail,
         compiled.code.memory.table(),
         dict(t.counters) if t is not None else {},
         power=power,
         timing=t,
-        lanes=dict(lanes),
-        detail_s=detail,
     )
 
 
-def _critical_chain(program: Program, jobs: list, detailed: bool = False) -> dict[str, float]:
+def _critical_chain(program: Program, jobs: list) -> dict[str, float]:
     """Attribution of the device time along the chain of jobs that ended last."""
     if not jobs:
         return {}
@@ -252,7 +252,7 @@ def _critical_chain(program: Program, jobs: list, detailed: bool = False) -> dic
     seen = set()
     while cur is not None and cur.name not in seen:
         seen.add(cur.name)
-        for k, v in (cur.detail if detailed else cur.attribution).items():
+        for k, v in cur.detail.items():
             if k != "queue":  # waiting for the PEs: the job before on those PEs is on the chain instead
                 out[k] = out.get(k, 0.0) + v
         cands = [by_name[d] for d in deps.get(cur.name, ()) if d in by_name]
