@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,15 @@ class JobTiming:
 REDUCTION = "reduction"
 
 
+def summed(dicts: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Key-wise sum of dicts of numbers."""
+    total: dict[str, float] = defaultdict(float)
+    for d in dicts:
+        for k, v in d.items():
+            total[k] += v
+    return dict(total)
+
+
 def coarse(detail: dict[str, float]) -> dict[str, float]:
     """Fold a detailed attribution into its classes (compute.dpe -> compute; reduction stays)."""
     out: dict[str, float] = defaultdict(float)
@@ -125,11 +135,7 @@ class TimingResult:
 
     @property
     def detail(self) -> dict[str, float]:
-        total: dict[str, float] = defaultdict(float)
-        for j in self.jobs:
-            for k, v in j.detail.items():
-                total[k] += v
-        return dict(total)
+        return summed(j.detail for j in self.jobs)
 
     @property
     def attribution(self) -> dict[str, float]:
@@ -383,11 +389,7 @@ class TimingModel:
         return tiles > cap and cap < 2 * g
 
     def counters(self) -> dict[str, float]:
-        total: dict[str, float] = defaultdict(float)
-        for w in self.works:
-            for k, v in w.counters.items():
-                total[k] += v
-        return dict(total)
+        return summed(w.counters for w in self.works)
 
 
 # =========================================================================================== simulation
