@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mtiasim-installed
 
-.PHONY: demo test lint bench validate calibrate clean
+.PHONY: demo test lint bench validate calibrate clean fuzz
 
 # Re-installs whenever pyproject.toml or this Makefile changes.
 $(STAMP): pyproject.toml Makefile
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest
+
+# the long differential-fuzzing run (docs/numerics.md section 5): 20,000 graphs instead of make test's 1,000
+fuzz: $(STAMP)
+	$(VENV)/bin/pytest tests/test_fuzz_numerics.py -k fuzzed_graphs --hypothesis-profile nightly
 
 validate: $(STAMP)
 	$(VENV)/bin/mtiasim validate

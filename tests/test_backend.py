@@ -8,8 +8,7 @@ from torch import nn
 
 import mtiasim
 from mtiasim import workloads
-from mtiasim.runtime.backend import last_report
-from mtiasim.runtime.run import TOLERANCE
+from mtiasim.runtime.backend import last_model, last_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:fbgemm_gpu")
 
@@ -49,7 +48,11 @@ def test_torch_compile_embedding_bag_model(precision):
             got = compiled(*args)
             ref = model(*args)
         assert got.shape == ref.shape
-        assert float((got - ref).abs().max()) <= TOLERANCE[precision]
+        assert last_model().check()["passed"]  # within the numerics specification's bound of fp32
+        if seed == 0:  # the same numbers as mtiasim.compile, calibrated on the same (first) inputs
+            assert torch.equal(
+                got, mtiasim.compile(model, args, mode="functional", precision=precision)(*args)
+            )
     report = last_report()
     assert report is not None and report.latency_s > 0 and report.batch == 12
     kinds = {op.kind for op in report.ops}
@@ -64,4 +67,5 @@ def test_torch_compile_torchrec_dlrm_dcn():
         got = compiled(*w.example_inputs)
         ref = w.model(*w.example_inputs)
     assert got.shape == ref.shape
-    assert float((got - ref).abs().max()) <= TOLERANCE["int8"]
+    direct = mtiasim.compile(w.model, w.example_inputs, mode="functional")
+    assert torch.equal(got, direct(*w.example_inputs)) and direct.check()["passed"]

@@ -252,7 +252,9 @@ def test_debug_shows_the_traceback():
         capture_output=True,
         text=True,
     )
-    assert proc.returncode != 0 and "Traceback" in proc.stderr and "UsageError" in proc.stderr
+    # the traceback, then the same one line and the same status as without --debug
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "UsageError" in proc.stderr
+    assert proc.stderr.splitlines()[-1] == "mtiasim: error: --m: must be positive, got 0"
 
 
 def test_console_script_entry_point():

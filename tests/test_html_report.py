@@ -159,11 +159,21 @@ def test_summary_numbers_equal_the_json(report, run):
 
 
 def test_ids_are_unique_and_the_check_is_shown(run, tmp_path):
-    checked = {**run, "check": {"max_abs_err": 0.0125, "max_rel_err": 0.5, "tolerance": 0.05, "passed": True}}
-    page = Page(write_report(checked, tmp_path, pngs=False).read_text(encoding="utf-8"))
+    out = {"output": "linear_6", "max_abs_err": 0.0125, "max_bound": 0.25, "max_err_over_bound": 0.05}
+    checked = {
+        **run,
+        "check": {"max_abs_err": 0.0125, "max_rel_err": 0.5, "max_err_over_bound": 0.05, "passed": True},
+        "numerics": {"outputs": [{**out, "passed": False}]},
+        "conversions": {"linear_q": {"converted": 64, "nonfinite": 2, "saturated": 3, "overflow": 0}},
+        "numerics_warnings": ["op linear_q (module 0): 2 NaN/Inf input value(s) <b>"],
+    }
+    text = write_report(checked, tmp_path, pngs=False).read_text(encoding="utf-8")
+    page = Page(text)
     assert len(page.ids) == len(set(page.ids))
     assert page.by_id["check_passed"]["data-value"] == "true"
-    assert page.value("check_max_abs_err") == 0.0125 and page.value("check_tolerance") == 0.05
+    assert page.value("check_max_abs_err") == 0.0125 and page.value("check_max_err_over_bound") == 0.05
+    assert "numerics-outputs" in page.by_id and "numerics-conversions" in page.by_id
+    assert "OUTSIDE" in text and "&lt;b&gt;" in text and "<b>" not in text
 
 
 def test_pngs_and_page_are_deterministic(report, run, tmp_path):

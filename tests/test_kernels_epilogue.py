@@ -190,10 +190,11 @@ def test_relu_with_a_scalar_out_scale_equals_relu_after_requantization():
     p = plan()
     a, w = p.add("A", (m, k), DType.INT8, Level.SRAM), p.add("W", (n, k), DType.INT8, Level.SRAM)
     c = p.add("C", (m, n), DType.INT8, Level.SRAM)
-    job = gemm_job(CHIP, "fc", a, w, c, out_scale=1 / 700, activation="relu")
+    job = gemm_job(CHIP, "fc", a, w, c, out_scale=700.0, activation="relu")
     got = execute(Program("t", p.tensors, [job]), CHIP, mode="functional", inputs={"A": a_np, "W": w_np})
     acc = torch.from_numpy(a_np).long() @ torch.from_numpy(w_np).long().T
-    ref = torch.relu(torch.clamp(torch.round(acc.double() * (1 / 700)), -128, 127)).to(torch.int8)
+    recip = torch.tensor(1 / 700, dtype=torch.float32)
+    ref = torch.relu(torch.clamp(torch.round(acc.float() * recip), -128, 127)).to(torch.int8)
     assert np.array_equal(got.outputs["C"], ref.numpy())
 
 
@@ -209,8 +210,10 @@ def test_epilogue_argument_errors():
         gemm_job(CHIP, "fc", a, w, c, out_scales=s, activation="gelu")
     with pytest.raises(UsageError, match=r"^fc: out_scales must be \[1, 10\] fp32, got \[1, 10\] fp16$"):
         gemm_job(CHIP, "fc", a, w, c, out_scales=bad)
-    with pytest.raises(UsageError, match=r"not both"):
-        gemm_job(CHIP, "fc", a, w, c, out_scale=0.1, out_scales=s)
+    with pytest.raises(UsageError, match=r"^fc: row_scales must be \[8, 1\] fp32, got \[1, 10\] fp32$"):
+        gemm_job(CHIP, "fc", a, w, c, out_scale=0.1, row_scales=s)
+    with pytest.raises(UsageError, match=r"^fc: out_scale must be a positive finite number, got inf$"):
+        gemm_job(CHIP, "fc", a, w, c, out_scale=float("inf"), out_scales=s)
 
 
 def _one_matmul(**fields) -> Program:
@@ -227,7 +230,7 @@ def test_epilogue_rules_in_the_engine():
     with pytest.raises(ProgramError, match=r"activation add is not relu, sigmoid or tanh$"):
         resolve(_one_matmul(out_cb=2, activation=SeOp.ADD), CHIP)
     with pytest.raises(
-        ProgramError, match=r"scale_cb and activation apply where blocks are converted \(out_cb\)$"
+        ProgramError, match=r"post_bias_cb and activation apply where blocks are converted \(out_cb\)$"
     ):
         resolve(_one_matmul(reduce_out=Direction.EAST, activation=SeOp.RELU), CHIP)
 

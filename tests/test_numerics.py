@@ -9,12 +9,14 @@ from hypothesis import strategies as st
 from mtiasim.dtypes import DType
 from mtiasim.engine import numerics as nx
 
+pytest.importorskip("torchao.quantization.pt2e")  # registers torch.ops.quantized_decomposed
+
 floats = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 
 
 def torch_quantize_fp32(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
-    """The SE's quantization in torch ops: FP32 division, round half to even, saturate."""
-    q = torch.round(x.float() / torch.tensor(scale, dtype=torch.float32)) + zp
+    """The SE's quantization in torch ops: FP32 multiply by the FP32 reciprocal, round half to even, saturate."""
+    q = torch.round(x.float() * torch.tensor(1.0 / scale, dtype=torch.float32)) + zp
     return torch.clamp(q, -128, 127).to(torch.int8)
 
 
@@ -24,9 +26,26 @@ def test_quantize_matches_torch(values, scale, zp):
     scale = float(np.float32(scale))
     ours = nx.quantize(x, scale, zp)
     assert np.array_equal(ours, torch_quantize_fp32(torch.from_numpy(x), scale, zp).numpy())
-    # torch.quantize_per_tensor scales in double: it may differ by one step on exact FP32 ties, never more
-    ref = torch.quantize_per_tensor(torch.from_numpy(x), scale, zp, torch.qint8).int_repr().numpy()
-    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+    # PyTorch's PT2E quantize op computes exactly this
+    ref = torch.ops.quantized_decomposed.quantize_per_tensor(
+        torch.from_numpy(x), scale, zp, -128, 127, torch.int8
+    )
+    assert np.array_equal(ours, ref.numpy())
+
+
+def test_quantize_reports_nan_inf_and_saturation():
+    x = np.array([np.nan, np.inf, -np.inf, 1.0, 300.0, -129.0, 127.4], dtype=np.float32)
+    stats = nx.ConversionStats()
+    q = nx.quantize(x, 1.0, 0, stats=stats)
+    assert q.tolist() == [0, 127, -128, 1, 127, -128, 127]
+    assert (stats.converted, stats.nonfinite, stats.saturated) == (7, 3, 2)
+
+
+def test_fp16_cast_reports_overflow():
+    stats = nx.ConversionStats()
+    y = nx.cast(np.array([65504.0, 65520.0, 1e6, np.nan], np.float32), DType.FP16, stats)
+    assert np.isinf(y[1:3]).all() and y[0] == 65504.0
+    assert (stats.overflow, stats.nonfinite) == (2, 0)  # a NaN stays a NaN: nothing is lost
 
 
 def test_round_half_to_even_and_saturation():
@@ -44,12 +63,15 @@ def test_int8_matmul_exact(m, k, n, seed):
     assert ours.dtype == np.int32 and np.array_equal(ours, ref)
 
 
-def test_requantize_matches_torch_rounding():
-    acc = np.arange(-5000, 5000, 7, dtype=np.int32)
-    scale = 0.0371
-    ours = nx.requantize_acc(acc, scale, DType.INT8)
-    ref = torch.clamp(torch.round(torch.from_numpy(acc).double() * scale), -128, 127).to(torch.int8).numpy()
-    assert np.array_equal(ours, ref)
+def test_epilogue_quantizes_after_the_activation():
+    """int8 output: dequantize per column, activation, then quantize with the output scale (not before)."""
+    acc = np.arange(-600, 600, 7, dtype=np.int32).reshape(1, 1, -1)
+    col = np.full((1, 1, acc.shape[-1]), 0.01, np.float32)
+    got = nx.matmul_epilogue(acc, DType.INT8, scales=col, out_scale=1 / 127, activation="tanh")
+    v = acc.astype(np.float32) * np.float32(0.01)
+    ref = nx.quantize(nx.lut_apply(v, "tanh", 64), 1 / 127, 0)
+    assert np.array_equal(got, ref)
+    assert np.abs(got.astype(float) / 127 - np.tanh(acc * 0.01)).max() <= 1 / 254 + nx.TANH_MAX_ABS_ERROR
 
 
 @pytest.mark.parametrize(

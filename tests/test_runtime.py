@@ -4,18 +4,11 @@ import json
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 import mtiasim
 from mtiasim.cli import main
 from mtiasim.errors import CapacityError, UnsupportedOperatorError, UsageError
-from mtiasim.runtime.run import TOLERANCE
-
-# fp16 rounding (2^-11 per op) plus the SE's LUT nonlinears (tanh within 6.0e-3, sigmoid 7.5e-4, see
-# engine/numerics.py); bf16 rounds at 2^-8; int8 activations at 1/254 of their range per FC
-TOL = {"fp16": 1e-2, "bf16": 3e-2, "int8": 3e-2}
 
 
 class MlpEmb(nn.Module):
@@ -52,33 +45,7 @@ def _inputs(batch, tables, pooling, dense_in, seed):
     return torch.rand(batch, dense_in, generator=g), idx, off
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    batch=st.integers(1, 40),
-    dense_in=st.integers(1, 40),
-    widths=st.lists(st.integers(1, 70), min_size=1, max_size=3),
-    tables=st.lists(st.integers(1, 300), min_size=1, max_size=4),
-    dim=st.sampled_from([4, 8, 16, 24]),
-    pooling=st.integers(0, 6),
-    mode=st.sampled_from(["sum", "mean"]),
-    top=st.integers(1, 20),
-    act=st.sampled_from(["relu", "sigmoid", "tanh"]),
-    precision=st.sampled_from(["fp16", "bf16", "int8"]),
-    seed=st.integers(0, 2**16),
-)
-def test_random_models_match_torch(
-    batch, dense_in, widths, tables, dim, pooling, mode, top, act, precision, seed
-):
-    model = MlpEmb(dense_in, widths, tables, dim, mode, top, act, seed).eval()
-    args = _inputs(batch, tables, pooling, dense_in, seed)
-    cm = mtiasim.compile(model, args, mode="functional", precision=precision)
-    got = cm(*args)
-    with torch.no_grad():
-        ref = model(*args)
-    assert got.shape == ref.shape and got.dtype == ref.dtype
-    scale = max(1.0, float(ref.abs().max()))
-    err = float((got - ref).abs().max())
-    assert err <= TOL[precision] * scale, f"{precision}: max abs err {err:.3g} (scale {scale:.3g})"
+# random models against torch: tests/test_fuzz_numerics.py (bit-exact int8 oracle, bounds for every precision)
 
 
 def test_call_with_new_inputs_and_timing_report():
@@ -89,8 +56,7 @@ def test_call_with_new_inputs_and_timing_report():
     first = cm.report
     args2 = _inputs(8, [100, 50, 30], 3, 13, 1)  # other bag sizes: index lengths are dynamic
     got = cm(*args2)
-    with torch.no_grad():
-        assert float((got - model(*args2)).abs().max()) <= TOLERANCE["int8"]
+    assert got.shape == model(*args2).shape and cm.check()["passed"]
     rep = cm.report
     assert rep.computed and rep.latency_s > rep.device_s > 0
     assert rep.latency_s == pytest.approx(rep.host_s + rep.h2d_s + rep.device_s + rep.d2h_s)
@@ -142,7 +108,9 @@ def test_index_out_of_range():
     x, idx, off = _inputs(4, [20], 2, 5, 0)
     cm = mtiasim.compile(model, (x, idx, off))
     bad = [torch.full_like(idx[0], 25)]
-    with pytest.raises(UsageError, match=r"index 25 is outside \[0, 20\)"):
+    with pytest.raises(
+        UsageError, match=r"lookup .* \(module ebs.0 .*\): index 25 is outside the table's rows \[0, 20\)$"
+    ):
         cm(x, bad, off)
 
 
@@ -162,9 +130,19 @@ def test_cli_run_check_json(capsys):
     out = capsys.readouterr().out
     assert code == 0
     res = json.loads(out)
-    assert res["check"]["passed"] and res["check"]["max_abs_err"] <= res["check"]["tolerance"]
+    chk = res["check"]
+    assert chk["passed"] and chk["max_abs_err"] <= chk["max_bound"] and chk["max_err_over_bound"] <= 1
     assert res["latency_us"] > 0 and res["samples_per_s"] > 0
-    assert {"max_abs_err", "max_rel_err", "tolerance", "passed"} == set(res["check"])
+    assert {
+        "reference",
+        "max_abs_err",
+        "max_rel_err",
+        "max_bound",
+        "max_err_over_bound",
+        "max_sigma",
+        "passed",
+    } == set(chk)
+    assert [o["output"] for o in res["numerics"]["outputs"]] and res["numerics"]["passed"]
 
 
 def test_cli_unknown_workload(capsys):

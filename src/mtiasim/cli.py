@@ -1,12 +1,18 @@
 """The `mtiasim` command line.
 
-Errors print one line (``mtiasim: error: ...``) and exit with status 2; ``--debug`` shows the traceback.
+Exit status (README "Exit status"): 0 success; 1 a numeric check failed (the output is printed in full first);
+2 bad input or a model/config the simulator cannot take (one line ``mtiasim: error: ...``); 3 an internal error
+(one line ``mtiasim: internal error: ...``); 141 the reader of stdout went away (a closed pipe), quietly; 130
+interrupted. ``--debug`` adds the traceback and keeps the status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -14,6 +20,57 @@ import click
 from mtiasim.errors import MtiasimError, UsageError
 
 DEBUG = {"on": False}
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # as a shell reports SIGINT and SIGPIPE (128 + signal)
+
+
+class CheckFailed(Exception):
+    """A numeric check did not pass: raised after the output is printed in full; exit status 1."""
+
+    def __init__(self, message: str, *, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet  # JSON output: the status says it, nothing on stderr
+
+
+def _check_verdict(res: dict[str, Any]) -> str | None:
+    """None when `res` has no check or it passed; else what failed, in a few words."""
+    chk = res.get("check")
+    if not isinstance(chk, dict) or chk.get("passed", True):
+        return None
+    what = f"max abs err {chk.get('max_abs_err', float('nan')):.3g}"
+    if chk.get("max_err_over_bound") is not None:
+        what += f", {chk['max_err_over_bound']:.3g}x its error bound (docs/numerics.md)"
+    if chk.get("reference"):
+        what += f" vs {chk['reference']}"
+    return what
+
+
+class OutputError(Exception):
+    """stdout could not be written (a closed pipe, a full disk); carries the OSError."""
+
+    def __init__(self, err: OSError) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
+class _Group(click.Group):
+    """The top-level group: an OSError from writing the output leaves click as an OutputError, before click's own
+    EPIPE handling (which would exit 1 from inside `cli.main`)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as err:
+            if _from_output(err):
+                raise OutputError(err) from err
+            raise
+
+
+def _raise_if_failed(res: dict[str, Any], as_json: bool) -> None:
+    verdict = _check_verdict(res)
+    if verdict is not None:
+        raise CheckFailed(verdict, quiet=as_json)
 
 
 def _emit_json(obj: Any) -> None:
@@ -101,7 +158,7 @@ def _print_bench(res: dict[str, Any]) -> None:
         )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="mtiasim")
 def cli(debug: bool) -> None:
@@ -241,6 +298,7 @@ def _finish_bench(prep, name: str, trace_path: str | None, as_json: bool) -> Non
             trace = chrome_trace(prep.chip, result.timing, name=name)
             res["trace"] = {"path": trace_path, "bytes": write_trace(trace_path, trace)}
     _emit_json(res) if as_json else _print_bench(res)
+    _raise_if_failed(res, as_json)
 
 
 @bench.command("tbe")
@@ -257,7 +315,7 @@ def _finish_bench(prep, name: str, trace_path: str | None, as_json: bool) -> Non
 @click.option("--distribution", default="uniform", show_default=True, help="uniform or zipf.")
 @click.option("--alpha", type=float, default=1.05, show_default=True, help="Zipf exponent.")
 @click.option("--weighted", is_flag=True, help="Per-sample weights.")
-@click.option("--pool-mode", default="sum", show_default=True, help="sum or mean.")
+@click.option("--pool-mode", default="sum", show_default=True, help="sum, mean or max.")
 @click.option(
     "--warm", default="distribution", show_default=True, help="distribution, same or cold SRAM cache."
 )
@@ -331,11 +389,16 @@ def bench_op_cmd(op, m, k, n, placement, dtype, chip_name, fidelity, mode, trace
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one object per row (the default output).")
 def bench_suite_cmd(path: str, as_json: bool) -> None:
     """Run every row of a CSV (column `kind`: gemm, tbe, op; other columns: the flags)."""
-    from mtiasim.bench import run_suite
+    from mtiasim.bench.suite import read_rows, run_row
 
-    for res in run_suite(path):
+    failed, rows = [], read_rows(path)
+    for line, row in rows:
+        res = run_row(row, f"{path}:{line}")
         _emit_json(res)
-        sys.stdout.flush()
+        if _check_verdict(res) is not None:
+            failed.append(f"{path}:{line}")
+    if failed:
+        raise CheckFailed(f"{', '.join(failed)} ({len(failed)} of {len(rows)} rows)", quiet=as_json)
 
 
 # -------------------------------------------------------------------------------------------------- run
@@ -349,6 +412,12 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 @click.option("--mode", default="timing", show_default=True, help="timing, functional or both.")
 @click.option("--fidelity", default="event", show_default=True, help="roofline, analytic or event.")
 @click.option("--check", is_flag=True, help="Also compute the numbers and compare with PyTorch on the CPU.")
+@click.option(
+    "--quantization",
+    default="static",
+    show_default=True,
+    help="int8 scheme: static or dynamic activations, per-channel or per-tensor weights (e.g. dynamic,per-tensor).",
+)
 @click.option(
     "--max-rows", type=int, default=None, help="Cap every table (default: full size in timing mode)."
 )
@@ -366,8 +435,8 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 )
 @click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html + PNGs) to DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, max_rows, seed, warmup, distribution,
-            trace_path, trace_aggregate, report_dir, as_json) -> None:  # fmt: skip
+def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, quantization, max_rows, seed, warmup,
+            distribution, trace_path, trace_aggregate, report_dir, as_json) -> None:  # fmt: skip
     """Compile a zoo workload (see `mtiasim run --list`) and run one batch on the simulated chip."""
     from mtiasim.progress import Progress
     from mtiasim.runtime.run import run_workload
@@ -390,11 +459,12 @@ def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, max_ro
             trace_aggregate=trace_aggregate,
             report_dir=report_dir,
             progress=bar.step,
+            quantization=quantization,
         )
-    if as_json:
-        _emit_json(res)
-        return
-    _print_run(res)
+    _emit_json(res) if as_json else _print_run(res)
+    verdict = _check_verdict(res)
+    if verdict is not None:
+        raise CheckFailed(f"{verdict} (PyTorch on the CPU)", quiet=as_json)
 
 
 def _print_run(res: dict[str, Any]) -> None:
@@ -447,12 +517,19 @@ def _print_run(res: dict[str, Any]) -> None:
         if key in res:
             where = res[key]["path"] if isinstance(res[key], dict) else res[key]
             click.echo(f"  {what:<11s} {where}")
+    for o in (res.get("numerics") or {}).get("outputs", []):
+        click.echo(
+            f"  numerics    {o['output']}: max abs err vs fp32 {o['max_abs_err']:.3g}, expected (1 sigma) "
+            f"{o['max_sigma']:.3g}, bound {o['max_bound']:.3g}"
+        )
+    for line in res.get("numerics_warnings") or []:
+        click.echo(f"  warning     {line}")
     if "check" in res:
         c = res["check"]
         verdict = "passed" if c["passed"] else "FAILED"
         click.echo(
             f"  check       max abs err {c['max_abs_err']:.3g}, max rel err {c['max_rel_err']:.3g}, "
-            f"tolerance {c['tolerance']:.3g}: {verdict}"
+            f"every element within its bound (docs/numerics.md): {verdict}"
         )
 
 
@@ -500,34 +577,97 @@ def validate_cmd(as_json: bool, families, fidelity: str, chip_name: str) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; the exit status (see the module doc). Never raises, never prints a traceback
+    unless --debug."""
+    DEBUG["on"] = False
+    code = _run(argv)
+    if code != EXIT_BROKEN_PIPE:
+        try:
+            sys.stdout.flush()
+        except OSError as err:  # what was still buffered could not be written either
+            code = _output_failed(err)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="mtiasim", standalone_mode=False)
-        return 0
+        return EXIT_OK
+    except CheckFailed as err:
+        if not err.quiet:
+            _say(f"mtiasim: check failed: {err}")
+        return EXIT_CHECK_FAILED
     except MtiasimError as err:
-        if DEBUG["on"]:
-            raise
-        click.echo(f"mtiasim: error: {err}", err=True)
-        return 2
+        _traceback_if_debug()
+        _say(f"mtiasim: error: {err}")
+        return EXIT_BAD_INPUT
     except click.exceptions.Abort:
-        click.echo("mtiasim: aborted", err=True)
-        return 130
+        _say("mtiasim: aborted")
+        return EXIT_INTERRUPTED
     except click.ClickException as err:
-        if DEBUG["on"]:
-            raise
+        _traceback_if_debug()
         ctx = getattr(err, "ctx", None)
         where = f" ({ctx.command_path})" if ctx is not None else ""
-        click.echo(f"mtiasim: error{where}: {err.format_message()}", err=True)
-        return 2
+        _say(f"mtiasim: error{where}: {err.format_message()}")
+        return EXIT_BAD_INPUT
     except click.exceptions.Exit as ex:
         return ex.exit_code
+    except OutputError as err:
+        return _output_failed(err.err)
     except Exception as err:  # an internal bug: still one line, the traceback on request
-        if DEBUG["on"]:
-            raise
-        click.echo(
-            f"mtiasim: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-            err=True,
-        )
-        return 1
+        return _internal(err)
+
+
+def _say(line: str) -> None:
+    """One line on stderr (newlines inside a message are folded: a message is one line)."""
+    with contextlib.suppress(OSError):  # stderr itself is gone: nothing more to say
+        click.echo(" ".join(line.splitlines()), err=True)
+
+
+def _traceback_if_debug() -> None:
+    if DEBUG["on"]:
+        traceback.print_exc(file=sys.stderr)
+
+
+def _internal(err: BaseException) -> int:
+    _traceback_if_debug()
+    _say(
+        f"mtiasim: internal error: {type(err).__name__}: {err} "
+        "(please report this bug; rerun with --debug for the traceback)"
+    )
+    return EXIT_INTERNAL
+
+
+def _from_output(err: OSError) -> bool:
+    """Whether `err` was raised writing the command's output (click.echo to stdout)."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is click.utils.echo.__code__:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _output_failed(err: OSError) -> int:
+    """stdout cannot be written: a closed pipe (`| head`) ends quietly with 141, as a tool killed by SIGPIPE;
+    anything else (a full disk) is one line and status 2. Either way stdout is pointed at /dev/null so that
+    Python's own flush at exit has nothing left to fail on."""
+    _silence_stdout()
+    if isinstance(err, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
+    _traceback_if_debug()
+    _say(f"mtiasim: error: cannot write the output: {err.strerror or err}")
+    return EXIT_BAD_INPUT
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture): nothing to do
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

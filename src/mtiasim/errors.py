@@ -29,3 +29,8 @@ class ProgramError(MtiasimError):
 
 class UnsupportedOperatorError(MtiasimError):
     """An operator has no kernel on the simulated chip."""
+
+
+class NumericsWarning(UserWarning):
+    """A run lost information the numbers do not show: NaN/Inf made finite by int8, float overflow, int8
+    saturation beyond calibration, non-finite calibration data (see docs/numerics.md)."""

@@ -26,8 +26,8 @@ class IndexDistribution:
     def __post_init__(self) -> None:
         if self.kind not in DISTRIBUTIONS:
             raise UsageError(f"unknown index distribution {self.kind!r} (known: {', '.join(DISTRIBUTIONS)})")
-        if self.kind == "zipf" and not self.alpha > 0:
-            raise UsageError(f"zipf alpha must be positive, got {self.alpha}")
+        if self.kind == "zipf" and not (self.alpha > 0 and self.alpha < float("inf")):
+            raise UsageError(f"--alpha: the zipf exponent must be a finite number > 0, got {self.alpha}")
 
     def sample(self, rows: int, count: int, rng: np.random.Generator, table_seed: int) -> np.ndarray:
         if self.kind == "uniform":

@@ -29,6 +29,13 @@ def positive(name: str, value: int, limit: int = MAX_DIM) -> int:
     return int(value)
 
 
+def check_seed(seed: int) -> int:
+    """A seed: an integer >= 0 (numpy's generators take no negative seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise UsageError(f"--seed: must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
 def level(placement: str, dram_cached: bool, where: str = "--placement") -> tuple[Level, bool]:
     """(memory level, reached through the SRAM cache). `dram` is LPDDR5 as the benchmark's published set-up
     uses it (`dram_cached`: through the SRAM in cache mode, or not); `dram-cached` and `dram-direct` choose."""

@@ -8,6 +8,7 @@ variant, distribution, alpha, pool_mode, chip, fidelity, mode, seed.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,19 +95,50 @@ def run_row(row: dict[str, str], where: str, defaults: dict[str, Any] | None = N
 
 def run_suite(path: str | Path, defaults: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Yield one result per row, in row order. Errors name the file and line."""
+    for line, row in read_rows(path):
+        yield run_row(row, f"{path}:{line}", defaults)
+
+
+def read_rows(path: str | Path) -> list[tuple[int, dict[str, str | None]]]:
+    """(line number, {column: cell}) of every row of the CSV, checked: UTF-8 (a byte-order mark is allowed),
+    known columns with `kind` among them, no row longer than the header. Blank lines are skipped and counted;
+    a row's line is the physical line it starts on. A missing trailing cell reads as None (empty)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: no such file")
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        if "kind" not in header:
-            raise UsageError(f"{p}:1: the CSV needs a 'kind' column (gemm, tbe, op)")
-        for col in header:
-            if col not in COLUMNS:
-                raise UsageError(f"{p}:1: unknown column {col!r} (known: {', '.join(COLUMNS)})")
-        rows = list(reader)
-    for i, row in enumerate(rows, start=2):
-        if None in row:
-            raise UsageError(f"{p}:{i}: more cells than columns")
-        yield run_row(row, f"{p}:{i}", defaults)
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise UsageError(f"{p}: cannot read it ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UsageError(
+            f"{p}:{line}: not UTF-8 text (byte {err.start} is {data[err.start]:#04x}): save the CSV as UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, dict[str, str | None]]] = []
+    header: list[str] | None = None
+    prev = 0
+    try:
+        for cells in reader:
+            line, prev = prev + 1, reader.line_num
+            if header is None:
+                header = cells
+                if "kind" not in header:
+                    raise UsageError(f"{p}:{line}: the CSV needs a 'kind' column (gemm, tbe, op)")
+                for col in header:
+                    if col not in COLUMNS:
+                        raise UsageError(f"{p}:{line}: unknown column {col!r} (known: {', '.join(COLUMNS)})")
+                continue
+            if not cells:  # a blank line
+                continue
+            if len(cells) > len(header):
+                raise UsageError(f"{p}:{line}: more cells than columns")
+            rows.append((line, {col: (cells[i] if i < len(cells) else None) for i, col in enumerate(header)}))
+    except csv.Error as err:
+        raise UsageError(f"{p}:{reader.line_num}: not a valid CSV row ({err})") from None
+    if header is None:
+        raise UsageError(f"{p}:1: the CSV needs a 'kind' column (gemm, tbe, op)")
+    return rows

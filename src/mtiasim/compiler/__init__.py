@@ -11,7 +11,14 @@ import torch
 
 from mtiasim.compiler.codegen import Codegen, DeviceCode, TbeSpec, tbe_job_for
 from mtiasim.compiler.lower import Lowered, lower
-from mtiasim.compiler.precision import PRECISIONS, Formats, Precision, assign, ranges_of
+from mtiasim.compiler.precision import (
+    PRECISIONS,
+    Formats,
+    Precision,
+    Quantization,
+    assign,
+    ranges_of,
+)
 from mtiasim.compiler.simplify import simplify
 from mtiasim.frontend.reference import run_graph
 from mtiasim.hw import Chip
@@ -22,6 +29,7 @@ __all__ = [
     "CompiledGraph",
     "DeviceCode",
     "Precision",
+    "Quantization",
     "TbeSpec",
     "compile_graph",
     "tbe_job_for",
@@ -38,16 +46,27 @@ class CompiledGraph:
 
 
 def compile_graph(
-    graph: Graph, chip: Chip, precision: Precision, example_inputs: dict[str, torch.Tensor]
+    graph: Graph,
+    chip: Chip,
+    precision: Precision,
+    example_inputs: dict[str, torch.Tensor],
+    *,
+    quantization: Quantization | None = None,
+    calibration: list[dict[str, torch.Tensor]] | None = None,
 ) -> CompiledGraph:
-    """Compile `graph` for `chip`. `example_inputs` (the device inputs of one call) calibrate int8 scales,
-    size the per-call index space and the sub-grids."""
+    """Compile `graph` for `chip`. `example_inputs` (the device inputs of one call) size the per-call index
+    space and the sub-grids, and calibrate the int8 activation scales unless `calibration` (the device inputs
+    of several calls) is given."""
     g = simplify(graph)
     virtual = any(p.virtual for p in g.params.values())
     ranges = None
-    if precision.int8 and not virtual:
-        ranges = ranges_of(run_graph(g, example_inputs, keep=True))
-    formats = assign(g, precision, ranges)
+    notes: list[str] = []
+    quant = quantization or Quantization()
+    if precision.int8 and not virtual and quant.activations == "static":
+        batches = calibration or [example_inputs]
+        ranges, notes = ranges_of([run_graph(g, inputs, keep=True) for inputs in batches])
+    formats = assign(g, precision, ranges, quant)
+    formats.notes.extend(notes)
     low = lower(g, formats)
     index_bytes = 0
     lookups: dict[str, int] = {}

@@ -19,14 +19,14 @@ import numpy as np
 
 from mtiasim.compiler.lower import KOp, Lookup, Lowered, View, _natural
 from mtiasim.compiler.memory import MemoryPlan, plan_memory
-from mtiasim.errors import CapacityError, UnsupportedOperatorError
+from mtiasim.errors import CapacityError, MtiasimError, UnsupportedOperatorError
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dpe_macs_per_cycle, dram_bytes_per_s, sram_bytes_per_s
 from mtiasim.isa import Job, Level, PoolMode, SeOp, TensorDecl
 from mtiasim.isa.commands import RowFormat
 from mtiasim.kernels.bmm import bmm_job
 from mtiasim.kernels.common import Region
-from mtiasim.kernels.elementwise import elementwise_job
+from mtiasim.kernels.elementwise import elementwise_job, quantize_rows_job
 from mtiasim.kernels.gemm import gemm_job
 from mtiasim.kernels.layout import copy_job, gather_columns_job, transpose_job
 from mtiasim.kernels.tbe import tbe_job
@@ -48,7 +48,7 @@ class TbeSpec:
     kop: str
     table: str  # table decl name
     outs: list[str]  # output decl names, one per table (windows of one buffer when they are adjacent)
-    out_decl: str  # the decl covering all tables' outputs [batch, sum dims]
+    out_decl: str | None  # the decl covering all tables' outputs [batch, sum dims]; None: not adjacent
     tables: list[Lookup]
     dim: int
     mode: str
@@ -343,7 +343,10 @@ class Codegen:
                     low.views[op.writes[0]].shape[0],
                 )
             else:
-                job = self._job(op, region)
+                try:
+                    job = self._job(op, region)
+                except MtiasimError as e:  # say which op of the model it is, and where it comes from
+                    raise type(e)(f"op {op.name} ({op.kind}) in {op.source.describe()}: {e}") from e
                 job.deps = deps
                 jobs.append(job)
             self._record(op, writers, readers)
@@ -366,8 +369,9 @@ class Codegen:
             {op.name: op.lane for op in low.kops},
         )
 
-    def _span(self, values: list[str]) -> str:
-        """One decl over the adjacent windows of `values` (the lookup's whole output)."""
+    def _span(self, values: list[str]) -> str | None:
+        """One decl over the adjacent windows of `values` (the lookup's whole output); None when they are not
+        adjacent (a concatenation with other values between them): the job then writes each window."""
         views = [self.low.views[v] for v in values]
         first, last = views[0], views[-1]
         if all(v.buffer == first.buffer and v.rows == first.rows for v in views):
@@ -394,7 +398,7 @@ class Codegen:
                         )
                     )
                 return self.tensors[name].name
-        raise UnsupportedOperatorError(f"lookup outputs {values[0]}..{values[-1]} are not one window")
+        return None
 
     def _extent(self, v: str) -> tuple[str, int, int, int]:
         low = self.low
@@ -447,8 +451,8 @@ class Codegen:
             if op.attrs.get("w_is_data"):
                 w = d(op.reads[1])
             c = d(op.writes[0])
-            bias = d(op.reads[2]) if op.attrs.get("bias") else None
-            scales = d(op.attrs["scales"]) if op.attrs.get("scales") else None
+            at = op.attrs
+            bias = d(op.reads[2]) if at.get("bias") else None
             return gemm_job(
                 chip,
                 op.name,
@@ -456,8 +460,12 @@ class Codegen:
                 w,
                 c,
                 bias=bias,
-                out_scales=scales,
-                activation=op.attrs["activation"],
+                out_scales=d(at["scales"]) if at.get("scales") else None,
+                row_scales=d(at["row_scales"]) if at.get("row_scales") else None,
+                post_bias=d(at["post_bias"]) if at.get("post_bias") else None,
+                out_scale=at.get("out_scale"),
+                out_zero_point=at.get("out_zero_point", 0),
+                activation=at["activation"],
                 region=region,
             )
         if k == "bmm":
@@ -476,15 +484,20 @@ class Codegen:
         if k == "copy":
             dst = d(op.writes[0])
             return copy_job(chip, op.name, d(op.reads[0], dst.shape), dst, region=region)
-        if k == "quantize":
+        if k in ("quantize", "dequantize"):
             return elementwise_job(
                 chip,
                 op.name,
-                SeOp.QUANTIZE,
+                SeOp.QUANTIZE if k == "quantize" else SeOp.DEQUANTIZE,
                 d(op.reads[0]),
                 d(op.writes[0]),
                 scale=op.attrs["scale"],
+                zero_point=op.attrs.get("zero_point", 0),
                 region=region,
+            )
+        if k == "quantize_rows":
+            return quantize_rows_job(
+                chip, op.name, d(op.reads[0]), d(op.writes[0]), d(op.writes[1]), region=region
             )
         if k == "eltwise":
             se = SE_OPS[op.attrs["op"]]
@@ -504,7 +517,7 @@ def tbe_job_for(chip: Chip, spec: TbeSpec, tensors: dict[str, TensorDecl], indic
         spec.kop,
         tensors[spec.table],
         tensors[indices],
-        tensors[spec.out_decl],
+        tensors[spec.out_decl] if spec.out_decl else [tensors[o] for o in spec.outs],
         offsets=offsets,
         table_rows=rows,
         batch=spec.batch,

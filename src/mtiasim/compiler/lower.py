@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtiasim.compiler.precision import Formats, quantize_bias, quantize_weight, rowwise_int8
+from mtiasim.compiler.precision import Formats, rowwise_int8
 from mtiasim.dtypes import DType
 from mtiasim.errors import UnsupportedOperatorError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
@@ -27,7 +27,7 @@ from mtiasim.frontend.reference import tbe_table
 from mtiasim.ir import DYNAMIC, Graph, Node, Source, ValueKind
 
 # producers that can write their 2-D result into a column window of a wider buffer
-WINDOW_WRITERS = ("gemm", "tbe", "eltwise", "quantize", "copy", "gather", "cat")
+WINDOW_WRITERS = ("gemm", "tbe", "eltwise", "quantize", "dequantize", "copy", "gather", "cat")
 
 
 @dataclass
@@ -157,31 +157,7 @@ class Lowering:
         attrs: dict[str, Any] = {"activation": node.attrs.get("activation", "none")}
         fm = self.fm
         if fm.precision.int8:
-            q = fm.quantized_inputs.get(node.inputs[0])
-            if q is not None:
-                if q not in self.producer_kind:
-                    self.dtypes[q] = DType.INT8
-                    self.shapes[q] = self.shapes[x]
-                    self.kop("quantize", [x], [q], {"scale": fm.scales[node.inputs[0]]}, node, name=q)
-                x = q
-            lq = fm.linears[node.name]
-            wname = f"{w}@int8"
-            if wname not in self.buffers:
-                data = None if wp.virtual else quantize_weight(wp.tensor)[0]
-                self.buffers[wname] = Buffer(wname, n_out, k, DType.INT8, "weight", data, wp.virtual)
-            reads = [x, wname]
-            if b is not None:
-                bname = f"{b}@int32:{node.name}"
-                data = None
-                if not wp.virtual and lq.w_scales is not None:
-                    data = quantize_bias(self.g.params[b].tensor, lq.x_scale, lq.w_scales).reshape(1, n_out)
-                self.buffers[bname] = Buffer(bname, 1, n_out, DType.INT32, "weight", data, wp.virtual)
-                reads.append(bname)
-            sname = f"{node.name}@scales"
-            data = None if lq.out_scales is None else lq.out_scales.reshape(1, n_out)
-            self.buffers[sname] = Buffer(sname, 1, n_out, DType.FP32, "weight", data, wp.virtual)
-            attrs.update(bias=b is not None, scales=sname)
-            self.kop("gemm", reads, [y], attrs, node)
+            self._int8_linear(node, x, w, b, attrs)
             return
         fd = fm.precision.float_dtype
         wname = f"{w}@{fd.value}"
@@ -197,6 +173,56 @@ class Lowering:
                 self.buffers[bname] = Buffer(bname, 1, n_out, DType.FP32, "weight", data, bp.virtual)
             reads.append(bname)
         attrs.update(bias=b is not None, scales=None)
+        self.kop("gemm", reads, [y], attrs, node)
+
+    def _int8_linear(self, node: Node, x: str, w: str, b: str | None, attrs: dict[str, Any]) -> None:
+        """An int8 FC: its input quantized (statically by an SE job, or per row at run time, or already int8
+        from the producing FC's epilogue), int8 weights, the epilogue's scales, bias and output quantization."""
+        fm = self.fm
+        lq = fm.linears[node.name]
+        wp = self.g.params[w]
+        n_out, k = wp.type.shape
+        y = node.outputs[0]
+        src = node.inputs[0]
+        virtual = wp.virtual
+        if lq.x is None:  # dynamic: per-row scales computed on the chip
+            q, s = f"{src}_qrows", f"{src}_qrows@scales"
+            if q not in self.producer_kind:
+                self.dtypes[q], self.shapes[q] = DType.INT8, self.shapes[x]
+                self.dtypes[s], self.shapes[s] = DType.FP32, (self.shapes[x][0], 1)
+                self.kop("quantize_rows", [x], [q, s], {}, node, name=q)
+            x = q
+            attrs["row_scales"] = s
+        else:
+            q = fm.quantized_inputs.get(src)
+            if q is not None:
+                if q not in self.producer_kind:
+                    self.dtypes[q] = DType.INT8
+                    self.shapes[q] = self.shapes[x]
+                    qa = {"scale": lq.x.scale, "zero_point": lq.x.zero_point}
+                    self.kop("quantize", [x], [q], qa, node, name=q)
+                x = q
+        wname = f"{w}@int8" + (
+            "" if wp.quant is not None or fm.quantization.weights == "per-channel" else "/t"
+        )
+        if wname not in self.buffers:
+            self.buffers[wname] = Buffer(wname, n_out, k, DType.INT8, "weight", lq.w_q, virtual)
+        reads = [x, wname]
+
+        def vector(suffix: str, data: np.ndarray | None, dtype: DType) -> str:
+            name = f"{node.name}@{suffix}"
+            arr = None if data is None else data.reshape(1, n_out)
+            self.buffers[name] = Buffer(name, 1, n_out, dtype, "weight", arr, virtual)
+            return name
+
+        if lq.int_bias:
+            reads.append(vector("bias", lq.bias_q, DType.INT32))
+        attrs["scales"] = vector("scales", lq.col_scales, DType.FP32)
+        if lq.post_bias is not None or (virtual and b is not None and not lq.int_bias):
+            attrs["post_bias"] = vector("post_bias", lq.post_bias, DType.FP32)
+        if lq.y is not None:
+            attrs["out_scale"], attrs["out_zero_point"] = lq.out_scale, lq.y.zero_point
+        attrs["bias"] = lq.int_bias
         self.kop("gemm", reads, [y], attrs, node)
 
     def _op_matmul(self, node: Node) -> None:
@@ -371,6 +397,14 @@ class Lowering:
 
     def _op_reshape(self, node: Node) -> None:
         self.alias_of[node.outputs[0]] = node.inputs[0]
+
+    def _op_quantize(self, node: Node) -> None:
+        attrs = {"scale": node.attrs["scale"], "zero_point": node.attrs["zero_point"]}
+        self.kop("quantize", [node.inputs[0]], [node.outputs[0]], attrs, node)
+
+    def _op_dequantize(self, node: Node) -> None:
+        attrs = {"scale": node.attrs["scale"], "zero_point": node.attrs["zero_point"]}
+        self.kop("dequantize", [node.inputs[0]], [node.outputs[0]], attrs, node)
 
     def _op_copy(self, node: Node) -> None:
         self.kop("copy", [node.inputs[0]], [node.outputs[0]], {}, node)

@@ -4,6 +4,8 @@
   `transpose_b` (DLRM's dot interaction `bmm(T, T^T)`).
 - `linear` followed by `add` of a weight vector [N] takes it as its bias; followed by `relu`/`sigmoid`/`tanh`
   takes it as its epilogue (`activation`), when nothing else reads the intermediate value.
+- `linear(dequantize(quantize(x)))` (a PT2E quantization point before an FC) reads x and records the
+  quantization as its `x_quant` (scale, zero point): the int8 FC quantizes x with the model's own parameters.
 - `cat` of consecutive slices that tile a value in order is that value (torchrec's KeyedTensor regrouping).
 - reshape of a reshape is one reshape; unused ops are dropped.
 """
@@ -27,7 +29,14 @@ def simplify(graph: Graph) -> Graph:
     g.kinds = dict(graph.kinds)
     g.params = dict(graph.params)
     g.outputs = list(graph.outputs)
-    for rewrite in (_matmul_to_linear, _fold_bias, _fuse_activation, _reassemble_cat, _fold_reshapes):
+    for rewrite in (
+        _matmul_to_linear,
+        _fold_bias,
+        _fuse_activation,
+        _take_fake_quant,
+        _reassemble_cat,
+        _fold_reshapes,
+    ):
         rewrite(g)
         _dead_code(g)
     return g
@@ -124,6 +133,21 @@ def _fuse_activation(g: Graph) -> None:
         n.attrs["activation"] = user.op
         _rename(g, user.outputs[0], n.outputs[0])
         g.nodes.remove(user)
+
+
+def _take_fake_quant(g: Graph) -> None:
+    producer = g.producer()
+    for n in g.nodes:
+        if n.op != "linear":
+            continue
+        d = producer.get(n.inputs[0])
+        q = producer.get(d.inputs[0]) if d is not None and d.op == "dequantize" else None
+        if q is None or q.op != "quantize":
+            continue
+        if (q.attrs["scale"], q.attrs["zero_point"]) != (d.attrs["scale"], d.attrs["zero_point"]):
+            continue
+        n.inputs = (q.inputs[0], *n.inputs[1:])
+        n.attrs["x_quant"] = (q.attrs["scale"], q.attrs["zero_point"])
 
 
 def _reassemble_cat(g: Graph) -> None:

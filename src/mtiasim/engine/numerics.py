@@ -1,12 +1,15 @@
-"""Numerics of the fixed-function units.
+"""Numerics of the fixed-function units (the specification is docs/numerics.md; this module implements it).
 
-- DPE: INT8 x INT8 products summed exactly in INT32; FP16/BF16 inputs with FP32 accumulation.
-- RE/SE requantization and quantization: round half to even, then saturate to the integer range. The SE
-  scales in FP32 (torch.quantize_per_tensor scales in double, so the two can differ by one step on exact ties).
-- SE nonlinears (tanh, sigmoid): a lookup table of `segments` linear pieces over a clamped input range,
-  evaluated in FP32. Documented error (tested): with 64 segments over [-8, 8], max |error| <= 6.0e-3 for
-  tanh and <= 7.5e-4 for sigmoid, before the rounding of the output to its dtype.
-- GEMM epilogue (`matmul_epilogue`): per-column fp32 scale, activation, conversion, as `MatMul` documents.
+- DPE: INT8 x INT8 products summed exactly in INT32. FP16/BF16: products exact, a PE's sum over its K range
+  formed exactly (modelled in float64) and rounded once to FP32; K-split partials added in FP32 in chain order.
+- Conversions (`quantize`, `cast`, the MatMul epilogue's output) share one rule: quantize multiplies by the
+  FP32 reciprocal of the scale, rounds half to even, adds the zero point and saturates; NaN becomes the zero
+  point; float casts round to nearest even and overflow to +-inf. Each conversion can report what it met
+  (`ConversionStats`: non-finite inputs, saturated integers, overflowed floats), so nothing is lost silently.
+- SE nonlinears (tanh, sigmoid): a table of `segments` + 1 FP32 values at equally spaced knots over [-8, 8],
+  evaluated in FP32 (`lut_apply`). Error (tested): with 64 segments, max |error| <= 6.0e-3 for tanh and
+  <= 7.5e-4 for sigmoid, before the rounding of the output to its dtype.
+- GEMM epilogue (`matmul_epilogue`): as `isa.MatMul` documents.
 - Embedding pooling (`pool_rows`), per row format. FBGEMM int8 rows: ``q*scale + bias`` (two FP32 roundings),
   weighted, summed in order. ATen int8 rows: as FBGEMM's CPU kernels behind
   ``torch.ops.quantized.embedding_bag_byte_rowwise_offsets``: per row ``acc = fma(scale*w, q, acc + bias*w)``
@@ -18,6 +21,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from mtiasim.dtypes import DType
@@ -27,10 +32,38 @@ INT8_MIN, INT8_MAX = -128, 127
 LUT_RANGE = 8.0
 TANH_MAX_ABS_ERROR = 6.0e-3
 SIGMOID_MAX_ABS_ERROR = 7.5e-4
+LUT_MAX_ABS_ERROR = {"tanh": TANH_MAX_ABS_ERROR, "sigmoid": SIGMOID_MAX_ABS_ERROR}
+
+
+@dataclass
+class ConversionStats:
+    """What the conversions of one job met: elements converted, NaN/Inf made finite by an integer conversion,
+    integers clamped to their range, finite floats that overflowed to +-inf."""
+
+    converted: int = 0
+    nonfinite: int = 0
+    saturated: int = 0
+    overflow: int = 0
+
+    def merge(self, other: ConversionStats) -> None:
+        self.converted += other.converted
+        self.nonfinite += other.nonfinite
+        self.saturated += other.saturated
+        self.overflow += other.overflow
+
+    @property
+    def clean(self) -> bool:
+        return not (self.nonfinite or self.saturated or self.overflow)
+
+
+def _int_range(out: DType) -> tuple[int, int]:
+    info = np.iinfo(out.numpy)
+    return int(info.min), int(info.max)
 
 
 def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
-    """Batched ``a @ b`` as the DPE computes it: int8 -> exact int32 sums, fp16/bf16 -> fp32 accumulation.
+    """Batched ``a @ b`` as the DPE computes it: int8 -> exact int32 sums, fp16/bf16 -> the exact sum of the
+    products rounded once to fp32 (float64 holds every fp16 product exactly and their sum to 53 bits).
 
     INT8 uses float BLAS, which is exact here: every partial sum is an integer of magnitude at most k * 2^14,
     held exactly by float32 up to 2^24 (k <= 1024) and by float64 up to 2^53.
@@ -43,7 +76,7 @@ def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
         exact = np.float32 if k * 128 * 128 <= 2**24 else np.float64
         out = np.matmul(a.astype(exact), b.astype(exact))
         return out.astype(np.int32)
-    return np.matmul(a.astype(np.float32), b.astype(np.float32))
+    return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
 
 
 def add_acc(acc: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -53,55 +86,129 @@ def add_acc(acc: np.ndarray, other: np.ndarray) -> np.ndarray:
     return (acc.astype(np.float32) + other.astype(np.float32)).astype(np.float32)
 
 
-def round_half_even_saturate(x: np.ndarray, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
-    """Round to nearest, ties to even, then clamp to [lo, hi]. NaN saturates to 0."""
-    r = np.rint(np.asarray(x, dtype=np.float64))
-    r = np.nan_to_num(r, nan=0.0, posinf=hi, neginf=lo)
-    return np.clip(r, lo, hi)
+def reciprocal32(scale: float) -> np.float32:
+    """The FP32 multiplier a quantizer uses for `scale` (1/scale computed in float64, rounded once)."""
+    return np.float32(1.0 / float(scale))
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int, out: DType = DType.INT8) -> np.ndarray:
-    """``q = saturate(round_half_even(x / scale) + zero_point)``, computed in FP32 like the SE."""
-    lo, hi = (0, 255) if out == DType.UINT8 else (INT8_MIN, INT8_MAX)
-    scaled = np.asarray(x, dtype=np.float32) / np.float32(scale)
-    q = np.rint(scaled.astype(np.float64)) + zero_point
-    q = np.nan_to_num(q, nan=float(zero_point), posinf=hi, neginf=lo)
+def quantize(
+    x: np.ndarray, scale, zero_point, out: DType = DType.INT8, stats: ConversionStats | None = None
+) -> np.ndarray:
+    """``q = saturate(round_half_even(float32(x) * float32(1/scale)) + zero_point)`` in FP32, as the SE (and
+    torch's ``quantized_decomposed.quantize_per_tensor``) computes it; NaN gives the zero point.
+
+    `scale` and `zero_point` are scalars, or arrays that broadcast against `x` (per-row scales)."""
+    lo, hi = _int_range(out)
+    xf = np.asarray(x, dtype=np.float32)
+    recip = (1.0 / np.asarray(scale, dtype=np.float64)).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        q = np.rint(xf * recip) + np.asarray(zero_point, dtype=np.float32)
+    if stats is not None:
+        finite = np.isfinite(xf)
+        stats.converted += xf.size
+        stats.nonfinite += int(xf.size - np.count_nonzero(finite))
+        stats.saturated += int(np.count_nonzero(finite & ((q < lo) | (q > hi))))
+    zp = np.broadcast_to(np.asarray(zero_point, dtype=np.float32), q.shape)
+    q = np.where(np.isnan(q), zp, q).astype(np.float64)
     return np.clip(q, lo, hi).astype(out.numpy)
+
+
+def row_scales(amax: np.ndarray) -> np.ndarray:
+    """Symmetric int8 scales of rows with max |x| `amax`: ``float32(amax) * float32(1/127)``, 1 where 0."""
+    s = np.asarray(amax, dtype=np.float32) * np.float32(1.0 / INT8_MAX)
+    return np.where(s > 0, s, np.float32(1)).astype(np.float32)
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((np.asarray(q, dtype=np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
-def requantize_acc(acc: np.ndarray, scale: float, out: DType) -> np.ndarray:
-    """Integer accumulator times a per-tensor scale, rounded half to even and saturated to `out`."""
-    lo, hi = (0, 255) if out == DType.UINT8 else (INT8_MIN, INT8_MAX)
-    return round_half_even_saturate(acc.astype(np.float64) * scale, lo, hi).astype(out.numpy)
-
-
-def cast(x: np.ndarray, out: DType) -> np.ndarray:
-    """Convert to `out`: floats round to nearest even; integers round half to even and saturate."""
+def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.ndarray:
+    """Convert to `out`: floats round to nearest even (overflowing to +-inf); integers round half to even
+    and saturate (NaN gives 0)."""
     if out.is_float:
-        return np.asarray(x, dtype=np.float32).astype(out.numpy)
-    info = np.iinfo(out.numpy)
-    return round_half_even_saturate(x, int(info.min), int(info.max)).astype(out.numpy)
+        xf = np.asarray(x, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            y = xf.astype(out.numpy)
+        if stats is not None and out != DType.FP32:  # NaN/Inf stay what they are; only overflow is new
+            stats.converted += xf.size
+            stats.overflow += int(np.count_nonzero(np.isfinite(xf) & ~np.isfinite(y.astype(np.float32))))
+        return y
+    if np.issubdtype(np.asarray(x).dtype, np.integer):
+        lo, hi = _int_range(out)
+        xi = np.asarray(x, dtype=np.int64)
+        if stats is not None:
+            stats.converted += xi.size
+            stats.saturated += int(np.count_nonzero((xi < lo) | (xi > hi)))
+        return np.clip(xi, lo, hi).astype(out.numpy)
+    return quantize(x, 1.0, 0, out, stats)
 
 
-def _lut(fn, segments: int) -> tuple[np.ndarray, np.ndarray]:
-    knots = np.linspace(-LUT_RANGE, LUT_RANGE, segments + 1, dtype=np.float64)
-    return knots, fn(knots)
+def _lut_table(name: str, segments: int) -> np.ndarray:
+    """The SE's table: fp32 values of the function at `segments` + 1 knots spaced equally over [-8, 8]."""
+    knots = -LUT_RANGE + np.arange(segments + 1, dtype=np.float64) * (2 * LUT_RANGE / segments)
+    if name == "tanh":
+        vals = np.tanh(knots)
+    elif name == "sigmoid":
+        vals = 1.0 / (1.0 + np.exp(-knots))
+    else:
+        raise ValueError(name)
+    return vals.astype(np.float32)
 
 
 def lut_apply(x: np.ndarray, name: str, segments: int) -> np.ndarray:
-    """Piecewise-linear LUT evaluation of tanh or sigmoid, clamped outside [-8, 8], in FP32."""
-    if name == "tanh":
-        knots, vals = _lut(np.tanh, segments)
-    elif name == "sigmoid":
-        knots, vals = _lut(lambda v: 1.0 / (1.0 + np.exp(-v)), segments)
-    else:
-        raise ValueError(name)
-    xin = np.asarray(x, dtype=np.float32).astype(np.float64)
-    return np.interp(np.clip(xin, -LUT_RANGE, LUT_RANGE), knots, vals).astype(np.float32)
+    """Piecewise-linear LUT of tanh or sigmoid in FP32: ``t = (clamp(x, -8, 8) + 8) * (segments / 16)``,
+    ``j = min(floor(t), segments - 1)``, ``y = v[j] + (t - j) * (v[j+1] - v[j])``, every step rounded to FP32.
+    NaN stays NaN."""
+    vals = _lut_table(name, segments)
+    diffs = (vals[1:] - vals[:-1]).astype(np.float32)
+    xf = np.asarray(x, dtype=np.float32)
+    nan = np.isnan(xf)
+    xc = np.clip(np.where(nan, np.float32(0), xf), np.float32(-LUT_RANGE), np.float32(LUT_RANGE))
+    t = (xc + np.float32(LUT_RANGE)) * np.float32(segments / (2 * LUT_RANGE))
+    j = np.minimum(np.floor(t), np.float32(segments - 1)).astype(np.int64)
+    frac = t - j.astype(np.float32)
+    y = vals[j] + frac * diffs[j]
+    return np.where(nan, np.float32(np.nan), y).astype(np.float32)
+
+
+def matmul_epilogue(
+    acc: np.ndarray,
+    out: DType,
+    *,
+    scales: np.ndarray | None = None,
+    row_scales: np.ndarray | None = None,
+    post_bias: np.ndarray | None = None,
+    out_scale: float | None = None,
+    out_zero_point: int = 0,
+    activation: str | None = None,
+    segments: int = 64,
+    stats: ConversionStats | None = None,
+) -> np.ndarray:
+    """A MatMul block's conversion (see `isa.MatMul`): ``v = float32(acc)``, times the per-row then the
+    per-column scales, plus the float bias, the activation, then `quantize` with `out_scale` (integer output)
+    or a cast (float output), each step in FP32.
+
+    `acc` [blocks, tm, tn] int32 or fp32 (integer bias and partials included); `scales` and `post_bias`
+    [blocks, 1, tn] fp32; `row_scales` [blocks, tm, 1] fp32.
+    """
+    v = acc.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if row_scales is not None:
+            v = v * row_scales.astype(np.float32)
+        if scales is not None:
+            v = v * scales.astype(np.float32)
+        if post_bias is not None:
+            v = v + post_bias.astype(np.float32)
+    if activation == "relu":
+        v = np.where(v < 0, np.float32(0), v)
+    elif activation in ("sigmoid", "tanh"):
+        v = lut_apply(v, activation, segments)
+    elif activation is not None:
+        raise ValueError(activation)
+    if not out.is_float:
+        return quantize(v, 1.0 if out_scale is None else out_scale, out_zero_point, out, stats)
+    return cast(v, out, stats)
 
 
 def fbgemm_rows_dequantize(rows: np.ndarray, dim: int) -> np.ndarray:
@@ -124,34 +231,6 @@ def fbgemm_rows_quantize(weights: np.ndarray) -> np.ndarray:
     q = np.clip(np.rint((w - bias.astype(np.float32)) / safe), 0, 255).astype(np.uint8)
     head = np.concatenate([scale, bias], axis=1).view(np.uint8)
     return np.concatenate([head, q], axis=1)
-
-
-def matmul_epilogue(
-    acc: np.ndarray,
-    out: DType,
-    *,
-    scales: np.ndarray | None = None,
-    out_scale: float | None = None,
-    activation: str | None = None,
-    segments: int = 64,
-) -> np.ndarray:
-    """A MatMul block's conversion with a per-column scale and/or an activation (see `isa.MatMul`).
-
-    `acc` [blocks, tm, tn] int32 or fp32 (bias and partials included); `scales` [blocks, 1, tn] fp32.
-    """
-    if scales is not None:
-        v = acc.astype(np.float32) * scales.astype(np.float32)
-    elif acc.dtype == np.int32 and out_scale is not None:
-        v = acc.astype(np.float64) * out_scale
-    else:
-        v = acc
-    if activation == "relu":
-        v = np.maximum(v, np.zeros((), dtype=v.dtype))
-    elif activation in ("sigmoid", "tanh"):
-        v = lut_apply(v, activation, segments)
-    elif activation is not None:
-        raise ValueError(activation)
-    return cast(v, out)
 
 
 def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

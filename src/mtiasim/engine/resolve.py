@@ -46,6 +46,7 @@ from mtiasim.isa import (
     SeMinMax,
     SeOp,
     SePool,
+    SeRowScale,
 )
 from mtiasim.isa.commands import EPILOGUE_ACTIVATIONS
 
@@ -86,6 +87,8 @@ class Resolved:
     job_nodes: list[list[int]]
     mcast_groups: list[list[tuple[int, int]]]  # (node id, transfer index) per group
     memory: dict[str, np.ndarray] | None
+    # functional runs: what each job's conversions met (NaN/Inf inputs, saturation, fp16 overflow)
+    conversions: dict[str, nx.ConversionStats] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +123,7 @@ class _JobState:
         self.barrier_seen: dict[tuple[PeId, int, str], int] = {}
         self.mcast_seq: dict[tuple[PeId, tuple], int] = {}
         self.mcast: dict[tuple[tuple, int], list[tuple[int, int, object]]] = {}
+        self.stats = nx.ConversionStats()
 
 
 class _Resolver:
@@ -135,11 +139,14 @@ class _Resolver:
     # ------------------------------------------------------------------------------------------ driver
 
     def run(self) -> Resolved:
+        conversions: dict[str, nx.ConversionStats] = {}
         for ji, job in enumerate(job_order(self.program)):
-            self._resolve_job(job, ji)
-        return Resolved(self.nodes, self.job_nodes, self.mcast_groups, self.memory)
+            st = self._resolve_job(job, ji)
+            if self.memory is not None:
+                conversions[job.name] = st.stats
+        return Resolved(self.nodes, self.job_nodes, self.mcast_groups, self.memory, conversions)
 
-    def _resolve_job(self, job: Job, ji: int) -> None:
+    def _resolve_job(self, job: Job, ji: int) -> _JobState:
         st = _JobState(job, ji)
         self._check_pes(job, st)
         queues: dict[tuple[PeId, int], list[int]] = {}
@@ -175,6 +182,7 @@ class _Resolver:
             if not progress:
                 raise ProgramError(self._deadlock_message(job, queues, pcs, st))
         self._finish_job(job, st)
+        return st
 
     def _check_pes(self, job: Job, st: _JobState) -> None:
         chip = self.chip
@@ -507,8 +515,11 @@ class _Resolver:
             raise ProgramError(f"{where}: empty matmul loop")
         if (cmd.reduce_out is None) == (cmd.out_cb is None):
             raise ProgramError(f"{where}: a MatMul sends its blocks either to out_cb or over reduce_out")
-        if (cmd.scale_cb is not None or cmd.activation is not None) and cmd.out_cb is None:
-            raise ProgramError(f"{where}: scale_cb and activation apply where blocks are converted (out_cb)")
+        if (cmd.epilogue_vectors or cmd.activation is not None) and cmd.out_cb is None:
+            raise ProgramError(
+                f"{where}: scale_cb, row_scale_cb, post_bias_cb and activation apply where blocks are "
+                "converted (out_cb)"
+            )
         if cmd.activation is not None and cmd.activation not in EPILOGUE_ACTIVATIONS:
             raise ProgramError(f"{where}: activation {cmd.activation.value} is not relu, sigmoid or tanh")
         if cmd.reduce_in is not None:
@@ -531,10 +542,15 @@ class _Resolver:
         if cmd.bias_cb is not None:
             bias_run, bias_segs = self._take(st, node, cmd.bias_cb, cmd.blocks, pop=True)
             self._check_tiles(st, node, bias_segs, cmd.bias_cb, (1, cmd.tile_n), cmd.acc_dtype, "bias tiles")
-        scale_run = None
-        if cmd.scale_cb is not None:
-            scale_run, scale_segs = self._take(st, node, cmd.scale_cb, cmd.blocks, pop=True)
-            self._check_tiles(st, node, scale_segs, cmd.scale_cb, (1, cmd.tile_n), DType.FP32, "scale tiles")
+        vectors: dict[str, TileRun | None] = {}
+        for key, cb, shape in (
+            ("scales", cmd.scale_cb, (1, cmd.tile_n)),
+            ("row_scales", cmd.row_scale_cb, (cmd.tile_m, 1)),
+            ("post_bias", cmd.post_bias_cb, (1, cmd.tile_n)),
+        ):
+            if cb is not None:
+                vectors[key], segs = self._take(st, node, cb, cmd.blocks, pop=True)
+                self._check_tiles(st, node, segs, cb, shape, DType.FP32, key.replace("_", " ") + " tiles")
         partials = None
         if cmd.reduce_in is not None:
             src = _upstream(node.pe, cmd.reduce_in)
@@ -560,8 +576,10 @@ class _Resolver:
             out_dtype = cmd.out_dtype or cmd.acc_dtype
             data = None
             if acc is not None:
-                scales = scale_run.get(0, cmd.blocks) if scale_run is not None else None
-                data = ArrayTiles(_convert_acc(acc, cmd, out_dtype, scales, self.chip.se.lut_segments))
+                tiles = {k: run.get(0, cmd.blocks) for k, run in vectors.items() if run is not None}
+                data = ArrayTiles(
+                    _convert_acc(acc, cmd, out_dtype, tiles, self.chip.se.lut_segments, st.stats)
+                )
             self._push(st, node, cmd.out_cb, cmd.blocks, (cmd.tile_m, cmd.tile_n), out_dtype, data)  # type: ignore[arg-type]
         return True
 
@@ -593,16 +611,28 @@ class _Resolver:
             if qrun is not None:
                 lo, hi = (float(v) for v in qrun.get(0, 1).reshape(-1))
                 qparams = _dynamic_qparams(lo, hi)
+        row_scales = None
+        if cmd.row_scale_cb is not None:
+            if cmd.row_scale_period <= 0 or cmd.op != SeOp.QUANTIZE:
+                raise ProgramError(f"{where}: row scales need quantize and a positive row_scale_period")
+            n_s = -(-cmd.n_tiles // cmd.row_scale_period)
+            rrun, rsegs = self._take(st, node, cmd.row_scale_cb, n_s, pop=False)
+            self._resident_fits(st, node, cmd.row_scale_cb, n_s, rsegs)
+            self._check_tiles(st, node, rsegs, cmd.row_scale_cb, (shape[0], 1), DType.FP32, "row scale tiles")
+            if rrun is not None:
+                row_scales = rrun.take(np.arange(cmd.n_tiles) // cmd.row_scale_period)
         source = None
         if run is not None:
             x = run.get(0, cmd.n_tiles)
+            if row_scales is not None:
+                qparams = (row_scales, 0)
             y = None
             if run2 is not None:
                 if cmd.src2_period:
                     y = run2.take(np.arange(cmd.n_tiles) % cmd.src2_period)
                 else:
                     y = run2.get(0, cmd.n_tiles)
-            source = ArrayTiles(_se_compute(cmd, x, y, qparams, self.chip.se.lut_segments))
+            source = ArrayTiles(_se_compute(cmd, x, y, qparams, self.chip.se.lut_segments, st.stats))
         self._push(st, node, cmd.dst, cmd.n_tiles, shape, cmd.out_dtype, source)
 
     def _se_minmax(self, node: Node, cmd: SeMinMax, st: _JobState) -> None:
@@ -612,6 +642,22 @@ class _Resolver:
             x = run.get(0, cmd.n_tiles).astype(np.float32)
             source = ArrayTiles(np.array([[[x.min(), x.max()]]], dtype=np.float32))
         self._push(st, node, cmd.dst, 1, (1, 2), DType.FP32, source)
+
+    def _se_row_scale(self, node: Node, cmd: SeRowScale, st: _JobState) -> None:
+        where = f"job {st.job.name}: {node.where}"
+        if cmd.band <= 0 or cmd.n_tiles % cmd.band:
+            raise ProgramError(f"{where}: {cmd.n_tiles} tiles are not whole bands of {cmd.band}")
+        run, segs = self._take(st, node, cmd.src, cmd.n_tiles, pop=True)
+        shape = segs[0].shape
+        self._check_tiles(st, node, segs, cmd.src, shape, segs[0].dtype, "tiles")
+        bands = cmd.n_tiles // cmd.band
+        source = None
+        if run is not None:
+            x = np.abs(run.get(0, cmd.n_tiles).astype(np.float32))
+            x = np.where(np.isfinite(x), x, np.float32(0))
+            amax = x.reshape(bands, cmd.band, shape[0], shape[1]).max(axis=(1, 3))
+            source = ArrayTiles(nx.row_scales(amax)[:, :, None])
+        self._push(st, node, cmd.dst, bands, (shape[0], 1), DType.FP32, source)
 
     def _se_pool(self, node: Node, cmd: SePool, st: _JobState) -> None:
         where = f"job {st.job.name}: {node.where}"
@@ -633,7 +679,7 @@ class _Resolver:
                 decl = self.program.tensor(cmd.weights, where)
                 w = self._array(decl.name).reshape(-1)[cmd.weights_start : cmd.weights_start + cmd.rows]
             pooled = nx.pool_rows(rows, fmt, cmd.dim, np.asarray(cmd.lengths), cmd.mode, w)
-            source = ArrayTiles(nx.cast(pooled, cmd.out_dtype)[:, None, :])
+            source = ArrayTiles(nx.cast(pooled, cmd.out_dtype, st.stats)[:, None, :])
         self._push(st, node, cmd.dst, len(cmd.lengths), (1, cmd.dim), cmd.out_dtype, source)
 
     def _mlu_transpose(self, node: Node, cmd: MluTranspose, st: _JobState) -> None:
@@ -705,6 +751,7 @@ _HANDLERS = {
     MatMul: _Resolver._matmul,
     SeMap: _Resolver._se_map,
     SeMinMax: _Resolver._se_minmax,
+    SeRowScale: _Resolver._se_row_scale,
     SePool: _Resolver._se_pool,
     MluTranspose: _Resolver._mlu_transpose,
     MluConcat: _Resolver._mlu_concat,
@@ -724,8 +771,9 @@ def _inputs(cmd: Command) -> list[tuple[int, int]]:
         need = [(cmd.a_cb, n_a), (cmd.b_cb, n_b)]
         if cmd.bias_cb is not None:
             need.append((cmd.bias_cb, cmd.blocks))
-        if cmd.scale_cb is not None:
-            need.append((cmd.scale_cb, cmd.blocks))
+        for cb in (cmd.scale_cb, cmd.row_scale_cb, cmd.post_bias_cb):
+            if cb is not None:
+                need.append((cb, cmd.blocks))
         return need
     if isinstance(cmd, SeMap):
         need = [(cmd.src, cmd.n_tiles)]
@@ -733,8 +781,10 @@ def _inputs(cmd: Command) -> list[tuple[int, int]]:
             need.append((cmd.src2, cmd.src2_period or cmd.n_tiles))
         if cmd.scale_cb is not None:
             need.append((cmd.scale_cb, 1))
+        if cmd.row_scale_cb is not None:
+            need.append((cmd.row_scale_cb, -(-cmd.n_tiles // max(cmd.row_scale_period, 1))))
         return need
-    if isinstance(cmd, SeMinMax | MluTranspose | MluReshape):
+    if isinstance(cmd, SeMinMax | SeRowScale | MluTranspose | MluReshape):
         return [(cmd.src, cmd.n_tiles)]
     if isinstance(cmd, SePool):
         return [(cmd.src, cmd.rows)]
@@ -834,18 +884,28 @@ def _matmul_compute(
 
 
 def _convert_acc(
-    acc: np.ndarray, cmd: MatMul, out_dtype: DType, scales: np.ndarray | None, segments: int
+    acc: np.ndarray,
+    cmd: MatMul,
+    out_dtype: DType,
+    vectors: dict[str, np.ndarray],
+    segments: int,
+    stats: nx.ConversionStats,
 ) -> np.ndarray:
-    if scales is not None or cmd.activation is not None:
-        act = cmd.activation.value if cmd.activation is not None else None
-        return nx.matmul_epilogue(
-            acc, out_dtype, scales=scales, out_scale=cmd.out_scale, activation=act, segments=segments
-        )
-    if acc.dtype == np.int32 and cmd.out_scale is not None:
-        return nx.requantize_acc(acc, cmd.out_scale, out_dtype)
-    if out_dtype == cmd.acc_dtype:
+    plain = not vectors and cmd.activation is None and cmd.out_scale is None
+    if plain and out_dtype == cmd.acc_dtype:
         return acc
-    return nx.cast(acc, out_dtype)
+    return nx.matmul_epilogue(
+        acc,
+        out_dtype,
+        scales=vectors.get("scales"),
+        row_scales=vectors.get("row_scales"),
+        post_bias=vectors.get("post_bias"),
+        out_scale=cmd.out_scale,
+        out_zero_point=cmd.out_zero_point,
+        activation=cmd.activation.value if cmd.activation is not None else None,
+        segments=segments,
+        stats=stats,
+    )
 
 
 def _dynamic_qparams(lo: float, hi: float) -> tuple[float, int]:
@@ -856,31 +916,32 @@ def _dynamic_qparams(lo: float, hi: float) -> tuple[float, int]:
     return float(np.float32(scale)), zero_point
 
 
-def _se_compute(cmd: SeMap, x: np.ndarray, y: np.ndarray | None, qparams, segments: int) -> np.ndarray:
+def _se_compute(
+    cmd: SeMap, x: np.ndarray, y: np.ndarray | None, qparams, segments: int, stats: nx.ConversionStats
+) -> np.ndarray:
     op, out = cmd.op, cmd.out_dtype
     scale, zp = qparams if qparams is not None else (cmd.scale, cmd.zero_point)
     if op == SeOp.QUANTIZE:
-        return nx.quantize(x, scale, zp, out)
+        return nx.quantize(x, scale, zp, out, stats)
     if op == SeOp.DEQUANTIZE:
-        return nx.cast(nx.dequantize(x, scale, zp), out)
+        return nx.cast(nx.dequantize(x, scale, zp), out, stats)
     if op in (SeOp.COPY, SeOp.CAST):
-        return (
-            x.copy()
-            if op == SeOp.COPY and x.dtype == out.numpy
-            else nx.cast(x.astype(np.float32) if x.dtype.kind == "f" else x, out)
-        )
+        if op == SeOp.COPY and x.dtype == out.numpy:
+            return x.copy()
+        return nx.cast(x.astype(np.float32) if x.dtype.kind == "f" else x, out, stats)
     xf = x.astype(np.float32)
-    if op == SeOp.RELU:
-        r = np.maximum(xf, 0)
-    elif op in (SeOp.TANH, SeOp.SIGMOID):
-        r = nx.lut_apply(xf, op.value, segments)
-    elif op == SeOp.ADD:
-        r = xf + y.astype(np.float32)  # type: ignore[union-attr]
-    elif op == SeOp.MUL:
-        r = xf * y.astype(np.float32)  # type: ignore[union-attr]
-    else:
-        raise ProgramError(f"unknown SE op {op}")
-    return nx.cast(r, out)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if op == SeOp.RELU:
+            r = np.where(xf < 0, np.float32(0), xf)
+        elif op in (SeOp.TANH, SeOp.SIGMOID):
+            r = nx.lut_apply(xf, op.value, segments)
+        elif op == SeOp.ADD:
+            r = xf + y.astype(np.float32)  # type: ignore[union-attr]
+        elif op == SeOp.MUL:
+            r = xf * y.astype(np.float32)  # type: ignore[union-attr]
+        else:
+            raise ProgramError(f"unknown SE op {op}")
+    return nx.cast(r, out, stats)
 
 
 def _scatter(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run: TileRun) -> None:

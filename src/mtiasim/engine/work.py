@@ -42,6 +42,7 @@ from mtiasim.isa import (
     SeMinMax,
     SeOp,
     SePool,
+    SeRowScale,
     TensorDecl,
 )
 from mtiasim.isa.memory import stream_bytes, stream_runs
@@ -602,12 +603,20 @@ class WorkModel:
         w.busy_s = busy_cycles * self.cyc
         w.re_s = min(busy_cycles, cmd.blocks * epi_block + drain) * self.cyc
         w.latency_s = d.pipeline_latency_cycles * self.cyc
-        vectors = (cmd.bias_cb is not None) + (cmd.scale_cb is not None)
+        vectors = (cmd.bias_cb is not None) + cmd.epilogue_vectors
         commands = cmd.blocks * (cmd.steps * sub + 2 + vectors)
         w.issue_s = self._issue(commands)
         macs = cmd.blocks * cmd.steps * sub * d.block_m * d.block_n * d.block_k
         in_bytes = cmd.blocks * cmd.steps * (cmd.tile_m + cmd.tile_n) * cmd.tile_k * cmd.dtype.itemsize
-        in_bytes += cmd.blocks * cmd.tile_n * 4 * vectors
+        in_bytes += (
+            cmd.blocks
+            * 4
+            * (
+                cmd.tile_n
+                * ((cmd.bias_cb is not None) + (cmd.scale_cb is not None) + (cmd.post_bias_cb is not None))
+                + cmd.tile_m * (cmd.row_scale_cb is not None)
+            )
+        )
         w.counters.update(
             {
                 f"dpe_macs_{cmd.dtype.value}": float(macs),
@@ -660,6 +669,22 @@ class WorkModel:
         w.busy_s, ops = self._se(elems, 1, dt, cmd.n_tiles)
         w.issue_s = self._issue(cmd.n_tiles)
         w.counters.update(se_ops=ops, ls_read_bytes=elems * dt.itemsize, commands=cmd.n_tiles)
+        return w
+
+    def _w_SeRowScale(self, node: Node, cmd: SeRowScale) -> Work:
+        shape, dt = node.in_shape or (1, 1), node.in_dtype or DType.FP16
+        elems = float(cmd.n_tiles * shape[0] * shape[1])
+        bands = cmd.n_tiles // max(cmd.band, 1)
+        w = Work("se", "compute", items=cmd.n_tiles)
+        # |x| and max per element, then one multiply per row
+        w.busy_s, ops = self._se(elems * 2 + bands * shape[0], 1, dt, cmd.n_tiles)
+        w.issue_s = self._issue(cmd.n_tiles)
+        w.counters.update(
+            se_ops=ops,
+            ls_read_bytes=elems * dt.itemsize,
+            ls_write_bytes=float(bands * shape[0] * 4),
+            commands=cmd.n_tiles,
+        )
         return w
 
     def _w_SePool(self, node: Node, cmd: SePool) -> Work:
@@ -727,10 +752,14 @@ class WorkModel:
 
 
 def epilogue_ops_per_element(cmd: MatMul) -> int:
-    """SE-equivalent ops per output element of a MatMul's epilogue: the scale multiply and the activation."""
-    ops = 1 if cmd.scale_cb is not None else 0
+    """SE-equivalent ops per output element of a MatMul's epilogue: one per scale multiply or bias add, the
+    activation's, and the multiply by an output scale after them (the final rounding is the RE's conversion,
+    as for a plain requantization)."""
+    ops = cmd.epilogue_vectors
     if cmd.activation is not None:
         ops += SE_OPS_PER_ELEMENT[cmd.activation]
+    if ops and cmd.out_scale is not None:
+        ops += 1
     return ops
 
 

@@ -98,15 +98,18 @@ class Ctx:
         if tt is None:
             raise UnsupportedOperatorError(f"model {self.model}: cannot fold {node.target} ({self._where()})")
         tensor = None
+        quant = None
         if not virtual:
 
             def load(a: fx.Node) -> Any:
                 return self.param_tensors[self.alias.get(a.name, a.name)]
 
+            args = fx.node.map_arg(node.args, load)
             with torch.no_grad():
-                tensor = node.target(*fx.node.map_arg(node.args, load), **fx.node.map_arg(node.kwargs, load))
+                tensor = node.target(*args, **fx.node.map_arg(node.kwargs, load))
             self.param_tensors[node.name] = tensor
-        self.params[node.name] = Param(node.name, f"<folded {node.target}>", tt, virtual, tensor)
+            quant = pt2e_weight(node, args)
+        self.params[node.name] = Param(node.name, f"<folded {node.target}>", tt, virtual, tensor, quant)
 
     def _where(self) -> str:
         return node_source(self.current).describe() if self.current is not None else "?"
@@ -647,3 +650,71 @@ def _index(ctx: Ctx, node: fx.Node) -> None:
         ctx.emit("index", [x], _out(node), {"columns": tuple(int(c) for c in cols)})
         return
     raise ctx.fail("only x[:, rows, cols] and x[:, cols] with constant index vectors are supported")
+
+
+# ------------------------------------------------------------------------------------ PT2E quantization
+def _pt2e_ops(*names: str) -> list[Any]:
+    try:
+        import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
+
+        ns = torch.ops.quantized_decomposed
+        return [getattr(getattr(ns, n.split(".")[0]), n.split(".")[1]) for n in names]
+    except (ImportError, AttributeError):  # pragma: no cover - a torch without the PT2E ops
+        return []
+
+
+def _qparams(ctx: Ctx, node: fx.Node) -> tuple[float, int, int, int]:
+    """(scale, zero point, qmin, qmax) of a per-tensor (de)quantize node; the scale must be a constant."""
+    scale, zp, qmin, qmax = node.args[1:5]
+    if isinstance(scale, fx.Node) or isinstance(zp, fx.Node):
+        scale = float(ctx.const_tensor(scale).reshape(-1)[0]) if isinstance(scale, fx.Node) else scale
+        zp = int(ctx.const_tensor(zp).reshape(-1)[0]) if isinstance(zp, fx.Node) else zp
+    if (int(qmin), int(qmax)) not in ((0, 255), (-128, 127)):
+        raise ctx.fail(f"quantization range [{qmin}, {qmax}] is not int8 or uint8")
+    return float(scale), int(zp), int(qmin), int(qmax)
+
+
+@_register(_pt2e_ops("quantize_per_tensor.default", "quantize_per_tensor.tensor"))
+def _pt2e_quantize(ctx: Ctx, node: fx.Node) -> None:
+    """A PT2E quantization point: int8 with the model's own scale and zero point (uint8 is int8 with the
+    zero point moved down by 128, the same values)."""
+    x = ctx.value_of(node.args[0])
+    scale, zp, qmin, _qmax = _qparams(ctx, node)
+    shift = 128 if qmin == 0 else 0
+    out = TensorType(ctx.type(x).shape, DType.INT8)
+    ctx.emit("quantize", [x], out, {"scale": scale, "zero_point": zp - shift})
+
+
+@_register(_pt2e_ops("dequantize_per_tensor.default", "dequantize_per_tensor.tensor"))
+def _pt2e_dequantize(ctx: Ctx, node: fx.Node) -> None:
+    q = ctx.value_of(node.args[0])
+    scale, zp, qmin, _qmax = _qparams(ctx, node)
+    shift = 128 if qmin == 0 else 0
+    out_dtype = to_dtype(_arg(node, 6, "out_dtype", None) or torch.float32) or DType.FP32
+    ctx.emit(
+        "dequantize",
+        [q],
+        TensorType(ctx.type(q).shape, out_dtype),
+        {"scale": scale, "zero_point": zp - shift},
+    )
+
+
+@_register(_pt2e_ops("dequantize_per_channel.default"))
+def _pt2e_dequantize_channels(ctx: Ctx, node: fx.Node) -> None:
+    """On weights it is folded (see `pt2e_weight`); on an activation it has no kernel."""
+    raise ctx.fail("a per-channel dequantize of an activation is not supported (only of weights)")
+
+
+def pt2e_weight(node: fx.Node, args: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int8 [N, K], scales [N] fp32) of a PT2E weight dequantized per output channel, symmetric; None for
+    any other fold."""
+    if _op_name(node.target) != "quantized_decomposed::dequantize_per_channel":
+        return None
+    q, scales, zps, axis = args[0], args[1], args[2], args[3]
+    if q.dtype != torch.int8 or q.dim() != 2 or int(axis) % 2 != 0:
+        return None
+    if zps is not None and bool((torch.as_tensor(zps) != 0).any()):
+        return None
+    return q.detach().cpu().numpy().astype(np.int8), torch.as_tensor(scales).detach().to(
+        torch.float32
+    ).numpy()

@@ -11,6 +11,7 @@ Each node of the exported program is put on one side:
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = 
             "keep them all on cpu (huge tables may be zero-stride views) or all on meta"
         )
     was_training = model.training
-    model.eval()
+    _set_training(model, False)
     try:
         with torch.no_grad():
             return torch.export.export(
@@ -97,7 +98,16 @@ def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = 
             f"torch.export could not capture {type(model).__name__}: {_first_line(exc)}"
         ) from None
     finally:
-        model.train(was_training)
+        _set_training(model, was_training)
+
+
+def _set_training(model: torch.nn.Module, training: bool) -> None:
+    """`model.train(training)`; a module exported by torch.export (e.g. a PT2E-quantized one) has no modes
+    and refuses the call, which is then a no-op."""
+    if model.training == training:
+        return
+    with contextlib.suppress(NotImplementedError):
+        model.train(training)
 
 
 def _is_jagged(x: Any) -> bool:

@@ -28,13 +28,23 @@ def normalize_bags(
     include_last_offset: bool,
     padding_idx: int | None,
     one_per_bag: bool = False,
+    rows: int | None = None,
+    where: str = "embedding_bag",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(indices, offsets with B+1 entries, weights) with the padding index removed, as int64 numpy arrays.
 
     torch's EmbeddingBag skips `padding_idx` entries (they count in no bag, not even in a mean's divisor), so
-    removing them on the host gives the same result.
+    removing them on the host gives the same result. `rows` (the table's), when given, bounds the indices;
+    `where` names the lookup in errors.
     """
+    for what, t in (("indices", indices), ("offsets", offsets)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex()):
+            kind = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise UsageError(f"{where}: {what} must be an integer tensor, got {kind}")
     idx = indices.detach().reshape(-1).to(torch.int64).cpu().numpy()
+    if rows is not None and idx.size and (idx.min() < 0 or idx.max() >= rows):
+        bad = int(idx[(idx < 0) | (idx >= rows)][0])
+        raise UsageError(f"{where}: index {bad} is outside the table's rows [0, {rows})")
     if one_per_bag or offsets is None:
         if offsets is None and not one_per_bag:
             if indices.dim() != 2:
@@ -50,7 +60,7 @@ def normalize_bags(
     w = None if weights is None else weights.detach().reshape(-1).to(torch.float32).cpu().numpy()
     if off.size == 0 or off[0] != 0 or (np.diff(off) < 0).any() or off[-1] > idx.size:
         raise UsageError(
-            f"embedding offsets must start at 0, never decrease and stay within the {idx.size} indices"
+            f"{where}: offsets must start at 0, never decrease and stay within the {idx.size} indices"
         )
     if padding_idx is not None:
         keep = idx != padding_idx
@@ -130,6 +140,12 @@ def _run(node: Node, xs: list[Any], graph: Graph) -> torch.Tensor:
         return flat[:, list(a["columns"])]
     if op == "copy":
         return xs[0].clone()
+    if op == "quantize":  # as torch's quantized_decomposed.quantize_per_tensor, in int8
+        recip = torch.tensor(1.0 / a["scale"], dtype=torch.float32)
+        q = torch.round(xs[0].to(torch.float32) * recip) + a["zero_point"]
+        return torch.clamp(q, -128, 127).to(torch.int8)
+    if op == "dequantize":
+        return ((xs[0].to(torch.float32) - a["zero_point"]) * a["scale"]).to(out_dtype)
     raise UsageError(f"reference: op {op!r} has no torch meaning ({node.where()})")
 
 
@@ -145,6 +161,8 @@ def _embedding_bag(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.T
         include_last_offset=a.get("include_last_offset", False),
         padding_idx=a.get("padding_idx"),
         one_per_bag=a.get("one_per_bag", False),
+        rows=weight.shape[0],
+        where=node.where(),
     )
     if a["row_format"] == "int8_aten":
         rows = weight.shape[0]

@@ -8,7 +8,10 @@ Code reads the plain values (``chip.dpe.int8_macs_per_cycle``); reports read ``c
 
 from __future__ import annotations
 
+import json
+import math
 import tomllib
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,8 +25,11 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from mtiasim.errors import ConfigError
 
@@ -49,7 +55,16 @@ class Provenance:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # numbers are finite (TOML has inf and nan) and never booleans (pydantic would take `true` for 1)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation is not bool:
+            raise PydanticCustomError("number_type", "expected a number, not a boolean")
+        return value
 
 
 class Identity(_Section):
@@ -293,14 +308,51 @@ class Chip(BaseModel):
         return _validate(data, prov, where=f"{self.name} (overrides)")
 
 
+def _toml_repr(value: Any) -> str:
+    """A value as TOML spells it (true, inf, nan, "text")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def valid_range(section: str, key: str) -> str | None:
+    """What 'section.key' accepts, in words ('an integer > 0 and <= 64', 'a finite number >= 0')."""
+    model = SECTIONS.get(section)
+    field = model.model_fields.get(key) if model is not None else None
+    if field is None:
+        return None
+    ann = field.annotation
+    if ann is bool:
+        return "true or false"
+    if typing.get_origin(ann) is Literal:
+        return "one of " + ", ".join(_toml_repr(a) for a in typing.get_args(ann))
+    kind = {int: "an integer", float: "a finite number"}.get(ann)  # type: ignore[call-overload]
+    if kind is None:
+        return None
+    bounds = []
+    for m in field.metadata:
+        for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            bound = getattr(m, attr, None)
+            if bound is not None:
+                bounds.append(f"{op} {bound:g}")
+    return kind + (" " + " and ".join(bounds) if bounds else "")
+
+
 def _format_validation_error(err: ValidationError, where: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "missing":
         msg = "missing key"
+    elif len(first["loc"]) == 2:  # a value of section.key: say what was given and what is valid
+        valid = valid_range(str(first["loc"][0]), str(first["loc"][1]))
+        msg += f" (got {_toml_repr(first['input'])}" + (f"; valid: {valid})" if valid else ")")
     return f"{where}: {loc}: {msg}"
 
 
@@ -339,7 +391,15 @@ def _parse_param(raw: Any, key: str, where: str) -> tuple[Any, Provenance]:
 
 def _read_toml(path: Path | resources.abc.Traversable, where: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{where}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}): save the file as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read the chip file ({err.strerror or err})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}") from None
 
@@ -368,19 +428,62 @@ def _flatten(
     return meta, values, prov
 
 
+MAX_INHERIT_DEPTH = 16
+
+
 def load_chip_file(path: str | Path) -> Chip:
-    """Load a chip preset from a TOML file (a user's own chip, or a what-if variant of a preset)."""
-    p = Path(path)
+    """Load a chip preset from a TOML file (a user's own chip, or a what-if variant of a preset).
+
+    `inherit = "NAME"` starts from a shipped preset, `inherit = "FILE.toml"` from another file (looked up
+    beside this file first, then from the current folder); a chain of files may not come back to itself.
+    """
+    return _load_file(Path(path), ())
+
+
+def _load_file(p: Path, chain: tuple[str, ...]) -> Chip:
     if not p.is_file():
         raise ConfigError(f"{p}: no such chip file")
-    return _load(_read_toml(p, str(p)), str(p))
+    return _load(_read_toml(p, str(p)), str(p), (*chain, str(p.resolve())))
 
 
-def _load(doc: dict[str, Any], where: str) -> Chip:
+def _load_parent(parent: Any, where: str, chain: tuple[str, ...]) -> Chip:
+    """The chip that `where` inherits (`inherit = parent`), refusing cycles and very deep chains."""
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(
+            f"{where}: inherit: expected a preset name ({', '.join(preset_names())}) or a .toml file name, "
+            f"got {_toml_repr(parent)}"
+        )
+    if not parent.endswith(".toml"):
+        names = preset_names()
+        if parent not in names:
+            raise ConfigError(
+                f"{where}: inherit: unknown preset {parent!r} (known: {', '.join(names)}; or a .toml file)"
+            )
+        if f"preset:{parent}" in chain:
+            raise ConfigError(f"{where}: inherit: preset {parent!r} inherits itself")
+        return _load_preset(parent, (*chain, f"preset:{parent}"))
+    candidate = Path(parent)
+    if not candidate.is_absolute():
+        beside = Path(where).parent / candidate
+        candidate = beside if beside.is_file() else candidate
+    if not candidate.is_file():
+        raise ConfigError(f"{where}: inherit: no such chip file {parent!r}")
+    key = str(candidate.resolve())
+    if key in chain:
+        cycle = " -> ".join(Path(c).name for c in (*chain[chain.index(key) :], key))
+        raise ConfigError(
+            f"{where}: inherit: {parent!r} makes a cycle ({cycle}); inherit a preset or a file outside the chain"
+        )
+    if len(chain) >= MAX_INHERIT_DEPTH:
+        raise ConfigError(f"{where}: inherit: more than {MAX_INHERIT_DEPTH} files deep")
+    return _load_file(candidate, chain)
+
+
+def _load(doc: dict[str, Any], where: str, chain: tuple[str, ...] = ()) -> Chip:
     meta, values, prov = _flatten(doc, where)
     parent = meta.get("inherit")
     if parent is not None:
-        base = load_chip(parent)
+        base = _load_parent(parent, where, chain)
         merged = base.model_dump(exclude={"provenance", "name", "description"})
         base_prov = {
             k: Provenance("assumed", None, f"carried over from {base.name} ({v.describe()})")
@@ -404,10 +507,16 @@ def preset_names() -> list[str]:
 
 def load_chip(name: str) -> Chip:
     """Load a shipped preset by name ('mtia-v1', 'mtia-2i') or a TOML file by path."""
+    if not isinstance(name, str):
+        raise ConfigError(f"chip: expected a preset name or a .toml file name, got {name!r}")
     if name.endswith(".toml"):
         return load_chip_file(name)
+    return _load_preset(name, (f"preset:{name}",))
+
+
+def _load_preset(name: str, chain: tuple[str, ...]) -> Chip:
     names = preset_names()
     if name not in names:
         raise ConfigError(f"unknown chip {name!r} (known: {', '.join(names)}; or give a .toml file)")
     path = resources.files("mtiasim.hw").joinpath("presets", f"{name}.toml")
-    return _load(_read_toml(path, f"{name}.toml"), f"{name}.toml")
+    return _load(_read_toml(path, f"{name}.toml"), f"{name}.toml", chain)

@@ -85,6 +85,9 @@ class Param:
     type: TensorType
     virtual: bool
     tensor: Any = field(repr=False, compare=False, default=None)
+    # a weight a PT2E-quantized model holds as int8: (q [N, K] int8, scales [N] fp32); `tensor` is its
+    # dequantized value
+    quant: Any = field(repr=False, compare=False, default=None)
 
 
 # The device vocabulary: op -> (what it computes, attributes)
@@ -107,6 +110,8 @@ OPS: dict[str, str] = {
     "slice": "x[..., start:end:step, ...] along attr dim",
     "index": "x[:, rows, cols] for constant index vectors (DLRM's dot-interaction triangle): attr indices",
     "copy": "y = x",
+    "quantize": "int8 y = saturate(round(x / attr scale) + attr zero_point) (a PT2E quantization point)",
+    "dequantize": "y = (x - attr zero_point) * attr scale",
 }
 
 

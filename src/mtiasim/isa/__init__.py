@@ -25,6 +25,7 @@ from mtiasim.isa.commands import (
     SeMinMax,
     SeOp,
     SePool,
+    SeRowScale,
     Transfer,
 )
 from mtiasim.isa.memory import Level, TensorDecl, TileLoop, TileStream, loop
@@ -59,6 +60,7 @@ __all__ = [
     "SeMinMax",
     "SeOp",
     "SePool",
+    "SeRowScale",
     "TensorDecl",
     "TileLoop",
     "TileStream",

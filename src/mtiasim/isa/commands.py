@@ -123,21 +123,22 @@ class MatMul:
     iteration order (m outer, n inner, step innermost). In `resident` mode A(im, s) is tile ``im*steps + s`` and
     B(jn, s) tile ``jn*steps + s`` from the CB head; they are not popped. `reduce_in` adds the partial block
     arriving over the reduction network from the upstream PE (west of an EAST chain, north of a SOUTH chain).
-    Integer results with an `out_scale` are requantized: round half to even, saturate.
+    Epilogue (only where the block is converted, i.e. with `out_cb`), each element of a block (m its row, n
+    its column, acc including the integer bias and partials), every step in FP32:
 
-    Epilogue (only where the block is converted, i.e. with `out_cb`): `scale_cb` streams one [1, tile_n] fp32
-    tile of per-column multipliers per block (as `bias_cb` streams bias tiles), `activation` is RELU, SIGMOID
-    or TANH. With either set, each element of a block (n = its column, acc including bias and partials) is:
-
-    - ``v = float32(acc) * scale[n]``, one float32 multiply: ``((acc + bias).to(torch.float32) * scale)`` in
-      torch, the integer sum ``acc + bias`` exact while it fits int32 (beyond, it wraps as the RE's adder);
-      without `scale_cb`, ``v = float64(acc) * out_scale`` for an integer accumulator with `out_scale` (the
-      requantization below), else ``v = acc``;
-    - ``y = max(v, 0)`` (RELU) or the SE's LUT of sigmoid/tanh on ``float32(v)`` (as `SeMap`), in float32;
-    - integer `out_dtype`: round half to even, saturate; float: ``float32(y)`` cast (round to nearest even).
+    - ``v = float32(acc)`` (an INT32 sum converts exactly below 2^24; beyond it wraps past 2^31 as the RE's
+      adder and rounds to FP32);
+    - ``v = v * row_scale[m]`` with `row_scale_cb` (one [tile_m, 1] fp32 tile per block: dynamic per-row
+      activation scales), then ``v = v * scale[n]`` with `scale_cb` (one [1, tile_n] fp32 tile per block:
+      per-channel dequantization), then ``v = v + post_bias[n]`` with `post_bias_cb` (one [1, tile_n] fp32
+      tile per block: a float bias after scaling);
+    - ``v = max(v, 0)`` (RELU) or the SE's LUT of sigmoid/tanh (as `SeMap`);
+    - an integer `out_dtype` is quantized with `out_scale` and `out_zero_point` exactly as `SeMap` QUANTIZE
+      (``round_half_even(v * float32(1/out_scale)) + zero_point``, saturated; without `out_scale` the scale is
+      1); a float `out_dtype` is a round-to-nearest-even cast.
 
     The RE's output path applies it per block, pipelined with the DPE's next block, at the SE's FP32 rate
-    (one op per element for the scale, `engine.work.SE_OPS_PER_ELEMENT` of the activation).
+    (`engine.work.epilogue_ops_per_element`).
     """
 
     a_cb: int
@@ -159,6 +160,14 @@ class MatMul:
     out_scale: float | None = None
     scale_cb: int | None = None
     activation: SeOp | None = None
+    row_scale_cb: int | None = None
+    post_bias_cb: int | None = None
+    out_zero_point: int = 0
+
+    @property
+    def epilogue_vectors(self) -> int:
+        """Scale/bias tiles the epilogue reads per block."""
+        return (self.scale_cb is not None) + (self.row_scale_cb is not None) + (self.post_bias_cb is not None)
 
     @property
     def blocks(self) -> int:
@@ -195,9 +204,12 @@ EPILOGUE_ACTIVATIONS = frozenset({SeOp.RELU, SeOp.SIGMOID, SeOp.TANH})
 class SeMap:
     """An SE loop over `n_tiles` tiles: ``dst = op(src[, src2])``, converting to `out_dtype`.
 
-    Quantize: ``q = saturate(round_half_even(x / scale) + zero_point)``. Dequantize: ``(q - zero_point) * scale``.
-    If `scale_cb` is set, the scale and zero point come from the 1x2 tile [min, max] at its head (dynamic
-    quantization: asymmetric int8 covering [min(min, 0), max(max, 0)]); the tile stays (free it with CbPop).
+    Quantize: ``q = saturate(round_half_even(float32(x) * float32(1/scale)) + zero_point)``, NaN -> zero_point.
+    Dequantize: ``(q - zero_point) * scale``. If `scale_cb` is set, the scale and zero point come from the 1x2
+    tile [min, max] at its head (dynamic quantization: asymmetric int8 covering [min(min, 0), max(max, 0)]);
+    the tile stays (free it with CbPop). If `row_scale_cb` is set, tile i is quantized (symmetric, zero point
+    0) with the per-row scales of [rows, 1] tile ``i // row_scale_period`` of that CB, which stay resident
+    (free them with CbPop or a DmaOut).
 
     Binary ops read `src2`: with ``src2_period == 0`` one tile per tile of `src`, popped; with ``src2_period =
     p > 0`` the first p tiles of `src2` stay resident and tile i of `src` pairs with tile ``i % p`` (free them
@@ -214,6 +226,20 @@ class SeMap:
     zero_point: int = 0
     scale_cb: int | None = None
     src2_period: int = 0
+    row_scale_cb: int | None = None
+    row_scale_period: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SeRowScale:
+    """An SE reduction for dynamic per-row quantization: every `band` consecutive tiles of `src` (popped) are
+    one band of rows across the tensor's columns; for each band one [rows, 1] fp32 tile of symmetric int8
+    scales goes to `dst`: ``s = float32(max |finite x| of the row) * float32(1/127)``, 1 for a row of zeros."""
+
+    src: int
+    dst: int
+    n_tiles: int
+    band: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +381,7 @@ Command = (
     | MatMul
     | SeMap
     | SeMinMax
+    | SeRowScale
     | SePool
     | MluTranspose
     | MluConcat

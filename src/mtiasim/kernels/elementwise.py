@@ -28,12 +28,13 @@ from mtiasim.isa import (
     SeMap,
     SeMinMax,
     SeOp,
+    SeRowScale,
     TensorDecl,
     TileLoop,
     TileStream,
     loop,
 )
-from mtiasim.kernels.common import Region, cb_layout
+from mtiasim.kernels.common import Region, cb_layout, split
 from mtiasim.kernels.tiling import grid_loops, tile_shape
 
 CB_IN, CB_IN2, CB_OUT, CB_MM, CB_Q = 0, 1, 2, 3, 4
@@ -179,3 +180,58 @@ def dynamic_quantize_job(
     return Job(
         name, "quantize", pes, groups={group: tuple(pe_list)}, work={"elements": float(x.rows * x.cols)}
     )
+
+
+def quantize_rows_job(
+    chip: Chip,
+    name: str,
+    x: TensorDecl,
+    out: TensorDecl,
+    scales: TensorDecl,
+    *,
+    region: Region | None = None,
+) -> Job:
+    """Dynamic per-row quantization: ``scales[m] = max|x[m]| / 127`` and ``out = quantize(x, scales)`` (int8,
+    symmetric), the FBGEMM-style input of an int8 FC whose activations are not calibrated.
+
+    Each PE owns whole bands of rows (a band: one tile row across all of x's columns). v1's SE has no fused
+    min/max, so it takes two passes over its bands: the SE reduces every band to a [rows, 1] tile of scales,
+    then the input is read again and quantized with them; the scales stay resident, then go out too.
+    """
+    region = region or Region.whole(chip)
+    region.check(chip)
+    if out.dtype != DType.INT8 or x.shape != out.shape:
+        raise UsageError(f"{name}: per-row quantization writes int8 of the input's shape")
+    if scales.shape != (x.rows, 1) or scales.dtype != DType.FP32:
+        raise UsageError(f"{name}: row scales must be [{x.rows}, 1] fp32")
+    tile = tile_shape(x.rows, x.cols, x.dtype.itemsize)
+    tr, tc = tile
+    band = -(-x.cols // tc)
+    bands = -(-x.rows // tr)
+    pes = {}
+    for pe, (b0, b1) in zip(_pes(region), split(bands, region.size, 1), strict=True):
+        n_bands = b1 - b0
+        if n_bands <= 0:
+            continue
+        dims = tuple(d for d in ((n_bands, tr, 0), (band, 0, tc)) if d[0] > 1)
+        lp = TileLoop((b0 * tr, 0), dims)
+        n = lp.n
+        sizes = {
+            CB_IN: DEPTH * tr * tc * x.dtype.itemsize,
+            CB_OUT: DEPTH * tr * tc,
+            CB_Q: n_bands * tr * 4,
+        }
+        prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
+        c0, c1 = prog.cores
+        xs = TileStream(x.name, tile, lp)
+        c0.append(DmaIn.one(CB_IN, xs))
+        c1.append(SeRowScale(CB_IN, CB_Q, n, band))
+        c0.append(DmaIn.one(CB_IN, xs))
+        c1.append(
+            SeMap(SeOp.QUANTIZE, CB_IN, CB_OUT, n, DType.INT8, row_scale_cb=CB_Q, row_scale_period=band)
+        )
+        c1.append(DmaOut(CB_OUT, TileStream(out.name, tile, lp)))
+        rows_dims = ((n_bands, tr, 0),) if n_bands > 1 else ()
+        c1.append(DmaOut(CB_Q, TileStream(scales.name, (tr, 1), TileLoop((b0 * tr, 0), rows_dims))))
+        pes[pe] = prog
+    return Job(name, "quantize", pes, work={"elements": float(x.rows * x.cols)})

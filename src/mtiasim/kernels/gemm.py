@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass
 
 from mtiasim.dtypes import DType
-from mtiasim.errors import UsageError
+from mtiasim.errors import CapacityError, UsageError
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dpe_macs_per_cycle, dram_bytes_per_s, sram_bytes_per_s
 from mtiasim.isa import (
@@ -58,7 +58,7 @@ from mtiasim.isa import (
 )
 from mtiasim.kernels.common import Region, cb_layout, cdiv, split
 
-CB_A, CB_B, CB_C, CB_BIAS, CB_SCALE = 0, 1, 2, 3, 4
+CB_A, CB_B, CB_C, CB_BIAS, CB_SCALE, CB_POST_BIAS, CB_ROW_SCALE = 0, 1, 2, 3, 4, 5, 6
 STREAM_DEPTH_TILES = 4
 OUT_DEPTH_TILES = 2
 DPE_DTYPES = (DType.INT8, DType.FP16, DType.BF16)
@@ -196,8 +196,11 @@ def _estimate_s(
     out_dtype: DType,
     levels: tuple[Level, Level],
     cached: bool = False,
+    vectors: int = 0,
 ) -> float:
-    """The kernel's own cost estimate of a mapping (not the engine's timing)."""
+    """The kernel's own cost estimate of a mapping (not the engine's timing); inf where the mapping does not
+    fit (its tiles or resident blocks do not fit the local store next to the output and `vectors` [1, 64]
+    vector buffers: bias, scales)."""
     tm, tn, tk = tiles(chip, mapping.tile_k)
     ks = split(K, mapping.k_split, tk)
     if any(hi <= lo for lo, hi in ks):
@@ -210,7 +213,7 @@ def _estimate_s(
     if mb == 0 or nb == 0:
         return math.inf
     item = dtype.itemsize
-    if stream_depth(chip, tm * tk * item, 2, _out_cb_bytes(chip, out_dtype, False)) == 0:
+    if stream_depth(chip, tm * tk * item, 2, _out_cb_bytes(chip, out_dtype, vectors)) == 0:
         return math.inf
     block_cycles = (
         4 * chip.dpe.block_m * chip.dpe.block_n * chip.dpe.block_k / dpe_macs_per_cycle(chip, dtype)
@@ -238,12 +241,12 @@ def _estimate_s(
     if mapping.variant == "os":
         return max(compute, a_read(nb) + w_read(mb), fi) + fixed
     if mapping.variant == "is":
-        held = is_blocks_resident(chip, kb, tk, dtype, out_dtype, False)
+        held = is_blocks_resident(chip, kb, tk, dtype, out_dtype, vectors)
         if held == 0:
             return math.inf
         a_block = a_read(1) / max(1, mb)
         return max(compute, a_read(1) + w_read(mb), fi) + (a_block + sync) * (mb if held == 1 else 1) + fixed
-    per_chunk = ws_chunk_blocks(chip, kb, tk, dtype, out_dtype, False)
+    per_chunk = ws_chunk_blocks(chip, kb, tk, dtype, out_dtype, vectors)
     if per_chunk == 0:
         return math.inf
     chunks = cdiv(nb, per_chunk)
@@ -261,21 +264,47 @@ def choose_mapping(
     region: Region,
     variant: str = "auto",
     cached: bool = False,
+    vectors: int = 0,
 ) -> GemmMapping:
-    """The partition (and tile width) with the best kernel estimate for a loop structure.
+    """The partition (and tile width) with the best kernel estimate for a loop structure, among those that fit
+    the local store (with `vectors` [1, 64] fp32 vector buffers beside the output: bias, scales).
 
     Variant `auto` is the v1 library's FC: weight-stationary with one-block tiles, wherever the tensors sit
-    (ISCA'23's SRAM and LPDDR5 measurements both follow it). `is`, `os` and wider tiles are alternatives a
-    kernel writer can ask for.
+    (ISCA'23's SRAM and LPDDR5 measurements both follow it). Where no weight-stationary partition fits (a
+    64-wide W block of the longest k-range the grid's columns allow exceeds the local store), it takes the
+    best-estimated mapping of the other loop structures and tile widths. `is`, `os` and wider tiles are
+    alternatives a kernel writer can ask for.
     """
-    if variant == "auto":
-        return _choose(chip, M, K, N, dtype, out_dtype, levels, region, "ws", cached, (chip.dpe.block_k,))
-    return _choose(chip, M, K, N, dtype, out_dtype, levels, region, variant, cached)
-
-
-def _choose(chip, M, K, N, dtype, out_dtype, levels, region, variant, cached, widths=None) -> GemmMapping:
-    if variant not in VARIANTS:
+    if variant not in (*VARIANTS, "auto"):
         raise UsageError(f"unknown GEMM variant {variant!r} (known: auto, {', '.join(VARIANTS)})")
+    args = (chip, M, K, N, dtype, out_dtype, levels, region)
+    if variant != "auto":
+        best = _choose(*args, variant, cached, None, vectors)
+    else:
+        best = _choose(*args, "ws", cached, (chip.dpe.block_k,), vectors)
+        if best is None:
+            found = [_choose(*args, v, cached, None, vectors) for v in VARIANTS if v != "ws"]
+            best = min((f for f in found if f is not None), default=None, key=lambda f: f[:2])
+    if best is None:
+        store = f"the {chip.local_memory.bytes / 1024:g} KiB local store on {region.rows}x{region.cols} PEs"
+        if variant != "auto":
+            raise CapacityError(
+                f"GEMM {M}x{K}x{N} {dtype.value}: no {variant} mapping fits {store}; use variant auto (it falls "
+                f"back to the loop structures that fit) or more PE columns (a longer K split)"
+            )
+        tm, tn, tk = tiles(chip)
+        need = 2 * 2 * tm * tk * dtype.itemsize + _out_cb_bytes(chip, out_dtype, vectors) + 256
+        raise CapacityError(
+            f"GEMM {M}x{K}x{N} {dtype.value}: no mapping fits {store} (the smallest, streamed {tm}x{tk} tiles "
+            f"need {need / 1024:.1f} KiB); give the chip a larger local store"
+        )
+    return best[2]
+
+
+def _choose(
+    chip, M, K, N, dtype, out_dtype, levels, region, variant, cached, widths=None, vectors=0
+) -> tuple[float, int, GemmMapping] | None:
+    """(estimate, PEs, mapping) of the best mapping of `variant` that fits, None if none does."""
     if widths is None:
         widths = (
             (chip.dpe.block_k,)
@@ -291,13 +320,13 @@ def _choose(chip, M, K, N, dtype, out_dtype, levels, region, variant, cached, wi
                 if k_split * cols_n > region.cols:
                     continue
                 mapping = GemmMapping(rows_m, rows_n, cols_n, k_split, variant, tile_k)
-                est = _estimate_s(chip, mapping, M, K, N, dtype, out_dtype, levels, cached)
+                est = _estimate_s(chip, mapping, M, K, N, dtype, out_dtype, levels, cached, vectors)
                 key = (est * (1 + 1e-9), mapping.rows * mapping.cols, mapping)
                 if best is None or key[:2] < best[:2]:
                     best = key
     if best is None or not math.isfinite(best[0]):
-        raise UsageError(f"GEMM {M}x{K}x{N} {dtype.value}: no {variant} mapping fits region {region}")
-    return best[2]
+        return None
+    return best
 
 
 def gemm_job(
@@ -314,10 +343,15 @@ def gemm_job(
     variant: str = "auto",
     out_scales: TensorDecl | None = None,
     activation: str = "none",
+    row_scales: TensorDecl | None = None,
+    post_bias: TensorDecl | None = None,
+    out_zero_point: int = 0,
 ) -> Job:
-    """The job computing ``c = act((a @ w.T + bias) * out_scales)`` on a sub-grid of `region` (default: the
-    whole grid). `out_scales` is a [1, N] fp32 tensor of per-column multipliers, `activation` one of none,
-    relu, sigmoid, tanh; `out_scale` is a per-tensor requantization scale, exclusive with `out_scales`."""
+    """The job computing ``c = quantize(act((a @ w.T + bias) * row_scales * out_scales + post_bias))`` on a
+    sub-grid of `region` (default: the whole grid), as `isa.MatMul`'s epilogue defines it. `bias` is in the
+    accumulator's type (int32 or fp32), added before scaling; `out_scales` and `post_bias` are [1, N] fp32
+    per-column multipliers and float biases, `row_scales` an [M, 1] fp32 per-row multiplier; `activation` one
+    of none, relu, sigmoid, tanh; `out_scale` and `out_zero_point` quantize an integer output."""
     region = region or Region.whole(chip)
     region.check(chip)
     dtype = a.dtype
@@ -334,12 +368,14 @@ def gemm_job(
     acc = DType.INT32 if dtype == DType.INT8 else DType.FP32
     if activation not in ACTIVATIONS:
         raise UsageError(f"{name}: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
-    if out_scales is not None and out_scale is not None:
-        raise UsageError(f"{name}: give either a per-tensor out_scale or per-column out_scales, not both")
-    if out_scales is not None and (out_scales.shape != (1, N) or out_scales.dtype != DType.FP32):
-        raise UsageError(
-            f"{name}: out_scales must be [1, {N}] fp32, got {list(out_scales.shape)} {out_scales.dtype.value}"
-        )
+    for what, vec, want in (("out_scales", out_scales, (1, N)), ("post_bias", post_bias, (1, N)),
+                            ("row_scales", row_scales, (M, 1))):  # fmt: skip
+        if vec is not None and (vec.shape != want or vec.dtype != DType.FP32):
+            raise UsageError(
+                f"{name}: {what} must be {list(want)} fp32, got {list(vec.shape)} {vec.dtype.value}"
+            )
+    if out_scale is not None and not (math.isfinite(out_scale) and out_scale > 0):
+        raise UsageError(f"{name}: out_scale must be a positive finite number, got {out_scale}")
     if (
         dtype == DType.INT8
         and c.dtype in (DType.INT8, DType.UINT8)
@@ -352,12 +388,14 @@ def gemm_job(
             f"{name}: bias must be [1, {N}] {acc.value}, got {list(bias.shape)} {bias.dtype.value}"
         )
     cached = a.cached or w.cached
+    # [1, 64] (or [64, 1]) fp32 vector buffers beside the output: bias, scales, row scales, float bias
+    vectors = sum(v is not None for v in (bias, out_scales, row_scales, post_bias))
     mapping = mapping or choose_mapping(
-        chip, M, K, N, dtype, c.dtype, (a.level, w.level), region, variant, cached
+        chip, M, K, N, dtype, c.dtype, (a.level, w.level), region, variant, cached, vectors
     )
     if mapping.rows > region.rows or mapping.cols > region.cols:
         raise UsageError(f"{name}: mapping {mapping} does not fit region {region}")
-    epilogue = _Epilogue(out_scales, ACTIVATIONS[activation])
+    epilogue = _Epilogue(out_scales, ACTIVATIONS[activation], row_scales, post_bias, out_zero_point)
     return _Builder(chip, name, a, w, c, out_scale, bias, region, mapping, acc, epilogue).build()
 
 
@@ -365,6 +403,9 @@ def gemm_job(
 class _Epilogue:
     scales: TensorDecl | None = None
     activation: SeOp | None = None
+    row_scales: TensorDecl | None = None
+    post_bias: TensorDecl | None = None
+    out_zero_point: int = 0
 
 
 class _Builder:
@@ -374,8 +415,11 @@ class _Builder:
         self.chip, self.name, self.a, self.w, self.c = chip, name, a, w, c
         self.out_scale, self.bias, self.region, self.mapping, self.acc = out_scale, bias, region, mapping, acc
         self.scales, self.activation = epilogue.scales, epilogue.activation
-        # [1, 64] fp32 vector buffers a PE may hold next to its output buffer (bias, scales)
-        self.vectors = (bias is not None) + (self.scales is not None)
+        self.epilogue = epilogue
+        # [1, 64] fp32 vector buffers a PE may hold next to its output buffer (bias, scales...)
+        self.vectors = (bias is not None) + sum(
+            v is not None for v in (epilogue.scales, epilogue.row_scales, epilogue.post_bias)
+        )
         self.tm, self.tn, self.tk = tiles(chip, mapping.tile_k)
         M, K = a.shape
         N = w.shape[0]
@@ -407,6 +451,10 @@ class _Builder:
     def vector_stream(self, decl: TensorDecl, mb: int, n0: int, nb: int) -> TileStream:
         """A [1, N] vector's [1, 64] tiles, one per output block (m outer, n inner)."""
         return TileStream(decl.name, (1, self.tn), loop((0, n0), (mb, 0, 0), (nb, 0, self.tn)))
+
+    def row_stream(self, decl: TensorDecl, m0: int, mb: int, nb: int) -> TileStream:
+        """An [M, 1] vector's [64, 1] tiles, one per output block (m outer, n inner)."""
+        return TileStream(decl.name, (self.tm, 1), loop((m0, 0), (mb, self.tm, 0), (nb, 0, 0)))
 
     def groups(self, key_fn) -> dict[tuple, list[PeId]]:
         """PEs that issue the identical stream in the same row or column."""
@@ -451,6 +499,9 @@ class _Builder:
             out_scale=self.out_scale if last else None,
             scale_cb=CB_SCALE if self.scales is not None and last else None,
             activation=self.activation if last else None,
+            row_scale_cb=CB_ROW_SCALE if self.epilogue.row_scales is not None and last else None,
+            post_bias_cb=CB_POST_BIAS if self.epilogue.post_bias is not None and last else None,
+            out_zero_point=self.epilogue.out_zero_point if last else 0,
         )
 
     def program(self, rc: tuple[int, int], a_bytes: int, w_bytes: int) -> PeProgram:
@@ -462,6 +513,10 @@ class _Builder:
             sizes[CB_BIAS] = OUT_DEPTH_TILES * self.tn * self.acc.itemsize
         if self.scales is not None and self.last(rc):
             sizes[CB_SCALE] = OUT_DEPTH_TILES * self.tn * DType.FP32.itemsize
+        if self.epilogue.post_bias is not None and self.last(rc):
+            sizes[CB_POST_BIAS] = OUT_DEPTH_TILES * self.tn * DType.FP32.itemsize
+        if self.epilogue.row_scales is not None and self.last(rc):
+            sizes[CB_ROW_SCALE] = OUT_DEPTH_TILES * self.tm * DType.FP32.itemsize
         return PeProgram(pe, cb_layout(self.chip, pe, sizes, self.name), ([], []))
 
     def tail(self, prog: PeProgram, rc, p: _Part, m0: int, mb: int, n0: int, nb: int) -> None:
@@ -469,12 +524,20 @@ class _Builder:
         if self.last(rc):
             prog.cores[1].append(DmaOut(CB_C, self.c_stream(p, m0, mb, n0, nb)))
 
-    def bias_load(self, prog: PeProgram, rc, p: _Part, mb: int, n0: int, nb: int) -> None:
+    def bias_load(self, prog: PeProgram, rc, p: _Part, m0: int, mb: int, n0: int, nb: int) -> None:
         """The bias tiles (first PE of the chain) and scale tiles (last PE) of a MatMul's blocks."""
         if self.bias is not None and self.kpart(rc) == 0:
             prog.cores[0].append(DmaIn.one(CB_BIAS, self.vector_stream(self.bias, mb, n0, nb)))
         if self.scales is not None and self.last(rc):
             prog.cores[0].append(DmaIn.one(CB_SCALE, self.vector_stream(self.scales, mb, n0, nb)))
+        if self.epilogue.post_bias is not None and self.last(rc):
+            prog.cores[0].append(
+                DmaIn.one(CB_POST_BIAS, self.vector_stream(self.epilogue.post_bias, mb, n0, nb))
+            )
+        if self.epilogue.row_scales is not None and self.last(rc):
+            prog.cores[0].append(
+                DmaIn.one(CB_ROW_SCALE, self.row_stream(self.epilogue.row_scales, m0, mb, nb))
+            )
 
     def build(self) -> Job:
         build = {"ws": self._build_ws, "os": self._build_os, "is": self._build_is}[self.mapping.variant]
@@ -523,7 +586,7 @@ class _Builder:
                     )
                 )
             )
-            self.bias_load(prog, rc, p, mb, p.n[0], nb)
+            self.bias_load(prog, rc, p, p.m[0], mb, p.n[0], nb)
             prog.cores[1].append(self.matmul(rc, p, mb, nb, Operand.STREAM, Operand.STREAM))
             self.tail(prog, rc, p, p.m[0], mb, p.n[0], nb)
             pes[prog.pe] = prog
@@ -569,7 +632,7 @@ class _Builder:
                 core1.append(Barrier("cores"))
                 sa = a_of(p, n)
                 core0.append(DmaIn.one(CB_A, sa, self.multicast("row", a_groups[(rc[0], q, sa)])))
-                self.bias_load(prog, rc, p, mb, n0, n)
+                self.bias_load(prog, rc, p, p.m[0], mb, n0, n)
                 core1.append(self.matmul(rc, p, mb, n, Operand.STREAM, Operand.RESIDENT))
                 self.tail(prog, rc, p, p.m[0], mb, n0, n)
                 core1.append(CbPop(CB_B, n * kb))
@@ -615,7 +678,7 @@ class _Builder:
                     core1.append(Barrier("cores"))
                 sw = self.w_stream(p, n0, nb, 1)
                 core0.append(DmaIn.one(CB_B, sw, self.multicast("col", w_groups[(rc[1], i, sw)])))
-                self.bias_load(prog, rc, p, 1, n0, nb)
+                self.bias_load(prog, rc, p, m0, 1, n0, nb)
                 core1.append(self.matmul(rc, p, 1, nb, Operand.RESIDENT, Operand.STREAM))
                 self.tail(prog, rc, p, m0, 1, n0, nb)
                 core1.append(CbPop(CB_A, kb))

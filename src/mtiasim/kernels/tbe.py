@@ -4,7 +4,8 @@ All tables of one embedding dim live in one [sum of rows, row cols] tensor (`Row
 uint8 [4 + dim], fp16 scale and bias, then dim bytes; ATen int8 rows uint8 [dim + 8], the bytes then fp32 scale
 and bias; fp16/fp32 rows [dim]), in SRAM, or in LPDDR5 reached through the SRAM in cache mode. Tables of
 different dims need one job each. The output may be a column window of a wider tensor (`MemoryPlan.alias`):
-table t's pooled rows go to columns [t*dim, (t+1)*dim) of the window. Bags are laid out table-major, as FBGEMM's
+table t's pooled rows go to columns [t*dim, (t+1)*dim) of the window; or one [batch, dim] tensor (window) per
+table, wherever each lies (a concatenation whose tables of one dim are not next to each other). Bags are laid out table-major, as FBGEMM's
 ``(indices, offsets[T*B + 1])`` and torchrec's KeyedJaggedTensor. The bags are shared out over the PEs by
 lookups (with a per-bag cost), contiguously.
 
@@ -16,6 +17,8 @@ every bag waits for its slowest row: small bags expose the memory latency, as IS
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -58,7 +61,7 @@ def tbe_job(
     name: str,
     table: TensorDecl,
     indices: TensorDecl,
-    out: TensorDecl,
+    out: TensorDecl | Sequence[TensorDecl],
     *,
     offsets: np.ndarray,
     table_rows: list[int],
@@ -69,7 +72,8 @@ def tbe_job(
     region: Region | None = None,
     row_format: RowFormat = RowFormat.INT8_FBGEMM,
 ) -> Job:
-    """The job pooling ``T = len(table_rows)`` tables for `batch` samples into ``out[batch, T * dim]``."""
+    """The job pooling ``T = len(table_rows)`` tables for `batch` samples into ``out[batch, T * dim]``, or into
+    ``out[t][batch, dim]`` for table t when `out` is a sequence of T tensors."""
     region = region or Region.whole(chip)
     region.check(chip)
     n_tables = len(table_rows)
@@ -82,8 +86,23 @@ def tbe_job(
         )
     if weights is not None and mode == PoolMode.MAX:
         raise UsageError(f"{name}: per-sample weights need sum or mean pooling, not max")
-    if out.dtype not in (DType.FP16, DType.BF16, DType.FP32):
-        raise UsageError(f"{name}: pooled rows are fp16, bf16 or fp32, not {out.dtype.value}")
+    outs = [out] if isinstance(out, TensorDecl) else list(out)
+    if len(outs) == 1:
+        if outs[0].shape != (batch, n_tables * dim):
+            raise UsageError(f"{name}: output must be [{batch}, {n_tables * dim}], got {list(outs[0].shape)}")
+        targets = [(outs[0].name, t * dim) for t in range(n_tables)]  # (tensor, first column) per table
+    elif len(outs) != n_tables or any(o.shape != (batch, dim) for o in outs):
+        raise UsageError(
+            f"{name}: give one output [{batch}, {n_tables * dim}] or {n_tables} outputs [{batch}, {dim}], "
+            f"got {[list(o.shape) for o in outs]}"
+        )
+    else:
+        targets = [(o.name, 0) for o in outs]
+    out_dtype = outs[0].dtype
+    if any(o.dtype != out_dtype for o in outs) or out_dtype not in (DType.FP16, DType.BF16, DType.FP32):
+        raise UsageError(
+            f"{name}: pooled rows are fp16, bf16 or fp32 (one dtype), not {', '.join(o.dtype.value for o in outs)}"
+        )
     if sum(table_rows) != table.rows:
         raise UsageError(
             f"{name}: table rows {sum(table_rows)} do not match tensor {table.name!r} ({table.rows})"
@@ -99,8 +118,6 @@ def tbe_job(
     n_idx = indices.rows * indices.cols
     if offsets[-1] > n_idx:
         raise UsageError(f"{name}: offsets reach {int(offsets[-1])} but there are {n_idx} indices")
-    if out.shape != (batch, n_tables * dim):
-        raise UsageError(f"{name}: output must be [{batch}, {n_tables * dim}], got {list(out.shape)}")
     row_start = np.concatenate([[0], np.cumsum(table_rows)]).astype(np.int64)
     pe_list = [region.pe(r, c) for r in range(region.rows) for c in range(region.cols)]
     ranges = _split_bags(lengths, len(pe_list))
@@ -109,7 +126,7 @@ def tbe_job(
     for pe, (j0, j1) in zip(pe_list, ranges, strict=False):
         # one SE accumulate group of rows: the next bag's rows wait for this bag's pooling
         group = int(min(chip.se.accumulate_max_rows, max(1, lengths[j0:j1].max(initial=1))))
-        sizes = {CB_ROWS: group * row_bytes, CB_OUT: 2 * dim * out.dtype.itemsize}
+        sizes = {CB_ROWS: group * row_bytes, CB_OUT: 2 * dim * out_dtype.itemsize}
         prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
         j = j0
         while j < j1:
@@ -128,15 +145,16 @@ def tbe_job(
                     lens,
                     dim,
                     mode,
-                    out.dtype,
+                    out_dtype,
                     weights=weights.name if weights is not None else None,
                     weights_start=start,
                     row_format=row_format,
                 )
             )
             b0 = j - t * batch
+            target, col0 = targets[t]
             prog.cores[1].append(
-                DmaOut(CB_OUT, TileStream(out.name, (1, dim), loop((b0, t * dim), (seg_end - j, 1, 0))))
+                DmaOut(CB_OUT, TileStream(target, (1, dim), loop((b0, col0), (seg_end - j, 1, 0))))
             )
             j = seg_end
         pes[pe] = prog

@@ -18,6 +18,7 @@ from typing import Any
 from mtiasim.dtypes import DType
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dpe_ops_per_s, dram_bytes_per_s, sram_bytes_per_s
+from mtiasim.report.atomic import AtomicFiles, atomic_write_bytes
 
 PRECISION_DTYPES = {"int8": DType.INT8, "fp16": DType.FP16, "bf16": DType.BF16}
 LANE_ORDER = ("sparse", "dense", "joint")
@@ -231,11 +232,15 @@ def _figure(w: float, h: float):
 
 
 def _save(fig, path: Path) -> None:
+    import io
+
     import matplotlib
 
+    buf = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": "mtiasim", "path.simplify": False}):
         # no Software (version) or date keys: the bytes depend only on the run
-        fig.savefig(path, format="png", dpi=PNG_DPI, metadata={"Software": None})
+        fig.savefig(buf, format="png", dpi=PNG_DPI, metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())  # drawn in memory first: never a truncated PNG
 
 
 def _title(run: Mapping[str, Any]) -> str:
@@ -355,11 +360,23 @@ def energy_png(run: Mapping[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
-def write_pngs(run: Mapping[str, Any], out_dir: Path, chip: Chip) -> list[Path]:
-    """roofline.png, heatmap.png, timeline.png and energy.png in `out_dir`; returns their paths."""
-    out = [out_dir / n for n in PNG_NAMES]
-    roofline_png(run, chip, out[0])
-    heatmap_png(run, out[1])
-    timeline_png(run, out[2])
-    energy_png(run, out[3])
-    return out
+def write_pngs(
+    run: Mapping[str, Any], out_dir: Path, chip: Chip, files: AtomicFiles | None = None
+) -> list[Path]:
+    """roofline.png, heatmap.png, timeline.png and energy.png in `out_dir`; returns their paths.
+
+    All four or none: they are drawn to temporaries and renamed into place together, with the other files of
+    `files` (an open `AtomicFiles` group on `out_dir`) when it is given."""
+    if files is None:
+        with AtomicFiles(out_dir) as group:
+            return write_pngs(run, out_dir, chip, group)
+    draw = (
+        lambda p: roofline_png(run, chip, p),
+        lambda p: heatmap_png(run, p),
+        lambda p: timeline_png(run, p),
+        lambda p: energy_png(run, p),
+    )
+    for name, fn in zip(PNG_NAMES, draw, strict=True):
+        with files.path(name) as tmp:
+            fn(tmp)
+    return [Path(out_dir) / n for n in PNG_NAMES]

@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mtiasim.errors import UsageError
 from mtiasim.hw import Chip, load_chip
 from mtiasim.report import figures as fg
+from mtiasim.report.atomic import AtomicFiles
 
 _LEVEL_NAMES = {"sram+dram": "SRAM + LPDDR5", "local_memory": "local memory", "none": "no bytes"}
 
@@ -32,23 +32,20 @@ _LEVEL_NAMES = {"sram+dram": "SRAM + LPDDR5", "local_memory": "local memory", "n
 def write_report(run: dict, out_dir: str | Path, *, chip: Chip | None = None, pngs: bool = True) -> Path:
     """Write `out_dir/index.html` (and, with `pngs`, the charts as PNGs beside it); return the page's path.
 
-    `chip` (for the roofline's ceilings) defaults to the run's chip preset. A directory that cannot be made or
-    written raises UsageError.
+    `chip` (for the roofline's ceilings) defaults to the run's chip preset: pass the Chip itself for a chip
+    loaded from a file. All files or none: they are written to temporaries and renamed into place at the end,
+    so a failure leaves nothing new in `out_dir` (nor `out_dir` itself, if this made it and it is empty). A
+    directory or file that cannot be made or written raises a UsageError naming it.
     """
     out = Path(out_dir)
     if chip is None:
         chip = load_chip(str(run.get("chip", "mtia-v1")))
     page = render_html(run, chip, pngs=pngs)
-    index = out / "index.html"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        index.write_text(page, encoding="utf-8")
+    with AtomicFiles(out) as files:
+        files.write_text("index.html", page)
         if pngs:
-            fg.write_pngs(run, out, chip)
-    except OSError as e:
-        where = e.filename if e.filename else out
-        raise UsageError(f"cannot write the HTML report to {where}: {e.strerror or e}") from None
-    return index
+            fg.write_pngs(run, out, chip, files)
+    return out / "index.html"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -190,8 +187,8 @@ def summary_html(run: Mapping[str, Any]) -> str:
                 f'data-value="{json.dumps(passed)}">'
                 f"{'passed' if passed else 'FAILED'}</span>: max abs err "
                 f"{val('check_max_abs_err', chk.get('max_abs_err'))}, max rel err "
-                f"{val('check_max_rel_err', chk.get('max_rel_err'))}, tolerance "
-                f"{val('check_tolerance', chk.get('tolerance'))}",
+                f"{val('check_max_rel_err', chk.get('max_rel_err'))}, largest error/bound "
+                f"{val('check_max_err_over_bound', chk.get('max_err_over_bound'))} (docs/numerics.md)",
             )
         )
     body = "\n".join(f"<tr><th scope='row'>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows)
@@ -595,6 +592,53 @@ def attribution_html(run: Mapping[str, Any]) -> str:
     )
 
 
+def numerics_html(run: Mapping[str, Any]) -> str:
+    """Per output, the error against the model in fp32 and the bound the numerics specification gives; per op,
+    what its conversions lost (NaN/Inf made finite, saturation, overflow)."""
+    num = run.get("numerics")
+    if not isinstance(num, Mapping):
+        return "<p class='note'>A timing-only run computes no numbers (run with --mode both or --check).</p>"
+    rows = []
+    for o in num.get("outputs") or []:
+        ok = bool(o.get("passed"))
+        rows.append(
+            f"<tr><td>{esc(o.get('output'))}</td><td class='n'>{_fmt(o.get('max_abs_err'))}</td>"
+            f"<td class='n'>{_fmt(o.get('max_bound'))}</td><td class='n'>{_fmt(o.get('max_err_over_bound'))}</td>"
+            f"<td class='{'ok' if ok else 'bad'}'>{'within' if ok else 'OUTSIDE'}</td></tr>"
+        )
+    table = (
+        "<table id='numerics-outputs'><thead><tr><th>output</th><th>max |error| vs fp32</th>"
+        "<th>max bound</th><th>max error / bound</th><th>every element</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+    conv = run.get("conversions") or {}
+    lines = [
+        f"<tr><td>{esc(name)}</td><td class='n'>{c.get('converted', 0)}</td><td class='n'>{c.get('nonfinite', 0)}"
+        f"</td><td class='n'>{c.get('saturated', 0)}</td><td class='n'>{c.get('overflow', 0)}</td></tr>"
+        for name, c in sorted(conv.items())
+    ]
+    events = (
+        "<table id='numerics-conversions'><thead><tr><th>op</th><th>converted</th><th>NaN/Inf made finite</th>"
+        "<th>saturated</th><th>overflowed</th></tr></thead><tbody>" + "".join(lines) + "</tbody></table>"
+        if lines
+        else "<p class='note'>No conversion lost information (no NaN/Inf made finite, no saturation, no "
+        "overflow).</p>"
+    )
+    warn = "".join(f"<li>{esc(w)}</li>" for w in run.get("numerics_warnings") or [])
+    return (
+        "<p class='note'>The error of every output element against the model run in fp32 by PyTorch, and the "
+        "bound that follows from the chip's numerics (docs/numerics.md): worst-case, element by element.</p>"
+        + table
+        + events
+        + (f"<ul class='bad'>{warn}</ul>" if warn else "")
+    )
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) else esc(v)
+
+
 def memory_plan_html(run: Mapping[str, Any]) -> str:
     plan = run.get("memory_plan") or []
     text = "\n".join(str(x) for x in plan) if isinstance(plan, list) else str(plan)
@@ -717,6 +761,7 @@ def render_html(run: Mapping[str, Any], chip: Chip, *, pngs: bool = False) -> st
         ("timeline", "Timeline", f"<div class='wrap'>{timeline_svg(run)}</div>"),
         ("energy", "Energy per batch", f"<div class='wrap'>{energy_svg(run)}</div>"),
         ("attribution", "Bottleneck attribution of the latency", attribution_html(run)),
+        ("numerics", "Numerics against fp32", numerics_html(run)),
         ("memory", "Memory plan", memory_plan_html(run)),
     ]
     nav = " ".join(f'<a href="#sec-{k}">{esc(t.split(" (")[0])}</a>' for k, t, _ in sections)

@@ -40,6 +40,7 @@ from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
 from mtiasim.power.model import PowerReport, counter_columns, power_timeline
 from mtiasim.report.activity import UNITS, bandwidth_timeline, unit_spans
+from mtiasim.report.atomic import atomic_write_bytes
 
 UNIT_THREADS = {
     "core0": "core 0",
@@ -178,12 +179,7 @@ def chrome_trace(
 def write_trace(path: str | Path, trace: dict[str, Any]) -> int:
     """Write `trace` as compact JSON to `path`; the number of bytes written."""
     data = json.dumps(trace, separators=(",", ":"), allow_nan=False).encode()
-    try:
-        Path(path).write_bytes(data)
-    except OSError as e:
-        reason = (e.strerror or type(e).__name__).replace("\n", " ")
-        raise UsageError(f"trace {str(path)!r}: cannot write it ({reason})") from None
-    return len(data)
+    return atomic_write_bytes(path, data)  # all or nothing: never a truncated trace
 
 
 # --- helpers -------------------------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
-from mtiasim.compiler import Precision, compile_graph
+from mtiasim.compiler import Precision, Quantization, compile_graph
 from mtiasim.engine import FIDELITIES, MODES
-from mtiasim.errors import UsageError
+from mtiasim.errors import NumericsWarning, UsageError
 from mtiasim.frontend import capture
 from mtiasim.hw import Chip, load_chip, load_chip_file
 from mtiasim.runtime.model import CompiledModel
@@ -32,6 +33,8 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     fidelity: str = "event",
     kwargs: dict | None = None,
     name: str | None = None,
+    quantization: Quantization | str | dict | None = None,
+    calibration: list | None = None,
 ) -> CompiledModel:
     """Compile `model` for the simulated chip.
 
@@ -39,6 +42,12 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     scales and size the per-call index space. `mode`: `timing` (no numbers; outputs are zeros of the right
     shape), `functional` (numbers, no time) or `both`. Calling the result runs one batch; its `.report` holds
     the run's latency, per-op rows and memory plan.
+
+    int8 (docs/numerics.md): `quantization` chooses the scheme (``"static"``: per-tensor activation scales
+    calibrated on `calibration`, a list of input tuples like `example_inputs`, default the example inputs
+    alone; ``"dynamic"``: per-row scales on the chip at run time; ``"per-tensor"`` weights instead of
+    per-channel, e.g. ``"dynamic,per-tensor"``). A model already quantized with PyTorch's PT2E flow keeps its
+    own scales and int8 weights.
     """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
@@ -56,9 +65,23 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
             f"model {g.name}: {len(virtual)} virtual weight(s) (e.g. {virtual[0]!r}) hold no values; "
             "functional runs need materialized weights (cap the tables' rows)"
         )
+    quant = Quantization.parse(quantization)
     flat = captured.flat_inputs(example_inputs, dict(kwargs or {}))
     values = captured.host(flat)
-    compiled = compile_graph(g, chip_, prec, values)
+    batches = None
+    if calibration is not None:
+        if not isinstance(calibration, (list, tuple)) or not calibration:
+            raise UsageError(f"model {g.name}: calibration must be a non-empty list of input tuples")
+        batches = []
+        for i, inputs in enumerate(calibration):
+            inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+            try:
+                batches.append(captured.host(captured.flat_inputs(inputs, dict(kwargs or {}))))
+            except UsageError as err:
+                raise UsageError(f"calibration batch {i}: {err}") from None
+    compiled = compile_graph(g, chip_, prec, values, quantization=quant, calibration=batches)
+    for note in compiled.formats.notes:
+        warnings.warn(NumericsWarning(f"model {g.name}: {note}"), stacklevel=2)
     out_node = next(n for n in captured.exported.graph.nodes if n.op == "output")
     out_dtypes = [
         a.meta["val"].dtype

@@ -4,7 +4,8 @@ simulated chip on its first call's inputs and then run there (functional mode, s
     torch.compile(model, backend="mtiasim")                        # int8, functional, mtia-v1
     torch.compile(model, backend=mtiasim.backend(mode="both", precision="fp16"))
 
-The last compiled graph's run report is `mtiasim.runtime.backend.last_report()`.
+The last compiled graph's run report is `mtiasim.runtime.backend.last_report()`, the compiled model itself
+`last_model()`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def backend(**options: Any) -> Callable:
             model = compiled["model"]
             out = model(*dynamic)
             _LAST["report"] = model.report
+            _LAST["model"] = model
             return out
 
         return run
@@ -72,6 +74,12 @@ def mtiasim_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Call
 
 def last_report() -> RunReport | None:
     return _LAST.get("report")
+
+
+def last_model() -> Any:
+    """The `CompiledModel` that ran last (its `.check()` compares that call with fp32 under the numerics
+    specification's bounds)."""
+    return _LAST.get("model")
 
 
 def register() -> None:

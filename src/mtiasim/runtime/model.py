@@ -15,6 +15,7 @@ In `timing` mode nothing is computed: the returned tensors have the right shapes
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +25,14 @@ import torch
 from mtiasim.compiler import CompiledGraph, tbe_job_for
 from mtiasim.dtypes import DType
 from mtiasim.engine import Memo, execute
-from mtiasim.errors import CapacityError, UsageError
+from mtiasim.errors import CapacityError, NumericsWarning, UsageError
 from mtiasim.frontend import Captured
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.frontend.host import host_cost_s, tensor_ops
 from mtiasim.frontend.reference import normalize_bags
 from mtiasim.hw import Chip
 from mtiasim.isa import Job, Level, Program, TensorDecl
-from mtiasim.runtime.report import RunReport, build_report
+from mtiasim.runtime.report import RunReport, build_report, numerics_warnings
 
 CACHE_HISTORY_CALLS = 2
 
@@ -71,6 +72,32 @@ class CompiledModel:
         self._history: dict[str, list[np.ndarray]] = {}
         self._streams: dict = {}
         self._works: dict = {}  # static jobs' node work, kept across calls
+        self._last: tuple[dict[str, Any], list[torch.Tensor]] | None = None  # functional: inputs, outputs
+
+    def check(self) -> dict[str, Any]:
+        """The last call's device outputs against the fp32 meaning of the model, under the error bounds that
+        follow from docs/numerics.md: per output the largest error, the largest bound, the largest
+        error/bound ratio and whether every element is within its bound (`passed`). Needs a functional call."""
+        if self._last is None:
+            raise UsageError(
+                f"model {self.compiled.graph.name}: check() compares the last call's numbers; "
+                "call the model in mode 'functional' or 'both' first"
+            )
+        from mtiasim.runtime.bounds import error_bounds
+
+        values, outs = self._last
+        per = []
+        for b, got in zip(error_bounds(self.compiled, values), outs, strict=True):
+            per.append({"output": b.name, **b.check(got)})
+        return {
+            "reference": "the model in fp32 (PyTorch)",
+            "max_abs_err": max(o["max_abs_err"] for o in per),
+            "max_bound": max(o["max_bound"] for o in per),
+            "max_err_over_bound": max(o["max_err_over_bound"] for o in per),
+            "max_sigma": max(o["max_sigma"] for o in per),
+            "passed": all(o["passed"] for o in per),
+            "outputs": per,
+        }
 
     @property
     def memory_plan(self) -> str:
@@ -133,7 +160,11 @@ class CompiledModel:
         host_s = host_cost_s(
             tensor_ops(self.captured.host.nodes), call.index_bytes, host.cpu_op_ns, host.cpu_copy_gbps
         )
+        self._last = (values, outs) if result.outputs is not None else None
         self.report = build_report(self, program, result, host_s, call.h2d_bytes, d2h)
+        self.report.numerics_warnings = numerics_warnings(self, self.report.conversions)
+        for line in self.report.numerics_warnings:
+            warnings.warn(NumericsWarning(f"model {self.compiled.graph.name}: {line}"), stacklevel=3)
         return outs
 
     def _inputs(self, values: dict[str, Any], functional: bool) -> CallInputs:
@@ -160,6 +191,7 @@ class CompiledModel:
         sram_at = code.index_base
         dram_at = code.dram_top
         index_bytes = 0
+        sources = {op.name: op.source for op in self.compiled.lowered.kops}
         for name, spec in code.tbe.items():
             idx_parts, off_parts, w_parts = [], [], []
             base = 0
@@ -172,15 +204,12 @@ class CompiledModel:
                     include_last_offset=t.include_last_offset,
                     padding_idx=t.padding_idx,
                     one_per_bag=t.one_per_bag,
+                    rows=t.rows,
+                    where=f"model {g.name}: lookup {name} table {t.table} ({sources[name].describe()})",
                 )
                 if off.size - 1 != spec.batch:
                     raise UsageError(
                         f"model {g.name}: lookup {name} table {t.table}: {off.size - 1} bags, compiled for {spec.batch}"
-                    )
-                if idx.size and (idx.min() < 0 or idx.max() >= t.rows):
-                    bad = int(idx[(idx < 0) | (idx >= t.rows)][0])
-                    raise UsageError(
-                        f"model {g.name}: lookup {name} table {t.table}: index {bad} is outside [0, {t.rows})"
                     )
                 idx_parts.append(idx)
                 off_parts.append(off[:-1] + base)

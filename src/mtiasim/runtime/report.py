@@ -16,6 +16,7 @@ import numpy as np
 
 from mtiasim.dtypes import DType
 from mtiasim.engine import ExecutionResult, TimingResult
+from mtiasim.engine.numerics import ConversionStats
 from mtiasim.engine.timing import coarse
 from mtiasim.hw.peaks import dpe_macs_per_cycle
 from mtiasim.isa import Program
@@ -92,6 +93,9 @@ class RunReport:
     wall_s: float = 0.0
     power: PowerReport | None = None  # timing modes
     timing: TimingResult | None = field(default=None, repr=False)  # the device program's schedule
+    # functional modes: per op, what its conversions met (NaN/Inf, saturation, overflow); ops with events only
+    conversions: dict[str, ConversionStats] = field(default_factory=dict)
+    numerics_warnings: list[str] = field(default_factory=list)
 
     @property
     def latency_s(self) -> float:
@@ -135,6 +139,15 @@ class RunReport:
             "memory_plan": self.memory_plan.splitlines(),
             "counters": self.counters,
             **self._power_json(),
+            **self._numerics_json(),
+        }
+
+    def _numerics_json(self) -> dict[str, Any]:
+        if not self.computed:
+            return {}
+        return {
+            "conversions": {name: vars(st) for name, st in sorted(self.conversions.items())},
+            "numerics_warnings": list(self.numerics_warnings),
         }
 
     def _power_json(self) -> dict[str, Any]:
@@ -237,7 +250,34 @@ def build_report(
         dict(t.counters) if t is not None else {},
         power=power,
         timing=t,
+        conversions={k: v for k, v in result.resolved.conversions.items() if not v.clean},
     )
+
+
+SATURATION_WARN_FRACTION = 1e-3
+
+
+def numerics_warnings(model: CompiledModel, conversions: dict[str, ConversionStats]) -> list[str]:
+    """One line per op whose conversions lost information the user should know about: NaN/Inf turned into
+    finite int8, fp16/bf16 overflow, or more than 0.1 % of its values saturated (static int8 scales calibrated
+    on other data)."""
+    sources = {op.name: op.source for op in model.compiled.lowered.kops}
+    lines = []
+    for name, st in sorted(conversions.items()):
+        what = []
+        if st.nonfinite:
+            what.append(f"{st.nonfinite} NaN/Inf input value(s)")
+        if st.overflow:
+            what.append(f"{st.overflow} value(s) overflowed to inf")
+        if st.saturated and st.saturated >= SATURATION_WARN_FRACTION * st.converted:
+            what.append(
+                f"{st.saturated} of {st.converted} value(s) saturated ({100 * st.saturated / st.converted:.2g} %)"
+            )
+        if what:
+            src = sources.get(name)
+            where = src.describe() if src is not None else "?"
+            lines.append(f"op {name} ({where}): {', '.join(what)}")
+    return lines
 
 
 def _critical_chain(program: Program, jobs: list) -> dict[str, float]:

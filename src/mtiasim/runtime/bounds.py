@@ -1,0 +1,403 @@
+"""Error bounds against fp32 that follow from the numerics specification (docs/numerics.md, section "Bounds").
+
+For a compiled graph and one call's inputs, `error_bounds` runs the graph's fp32 meaning (`run_graph`) and
+carries, next to every value r, a bound e on |device value - r|, element by element, through the rules below.
+They are worst-case (triangle inequality, first and second order terms kept), so a device result outside
+them is a bug, not bad luck; they are as tight as the per-element data allows, so they say how much
+precision a model loses to int8 or fp16 on these inputs. Notation: u_d the unit roundoff of dtype d (fp16
+2^-11, bf16 2^-8, fp32 2^-24), x^ = |r| + e an upper bound of a device magnitude.
+
+- storing a value computed in fp32 as dtype d: e' = e + u_d (|r| + e) + (half the smallest subnormal of d);
+  beyond d's largest finite value the bound is infinite (the device may overflow to inf);
+- int8 quantization with scale s and zero point z: e' = e + max(s/2, saturation), saturation being how far
+  [r - e, r + e] reaches outside [(-128 - z) s, (127 - z) s]; per-row (dynamic) scales never saturate;
+- float FC: sum_k |W| e_x + u_d sum_k |W| x^ (weights rounded to d) + (K + 8) u_32 (sum_k |W| x^ + |b|);
+- int8 FC: sum_k |W| e_q + (s_w/2) sum_k x^ (weights rounded to int8; 0 for a PT2E model's own int8
+  weights) + (K + 8) u_32 (sum_k (|W| + s_w/2) x^ + |b|);
+- matmul of two activations: sum_k (|a| e_b + |b| e_a + e_a e_b) + (K + 4) u_32 sum_k |a||b|;
+- activations: relu e, sigmoid e/4 + L_sigmoid, tanh e + L_tanh (L the LUT's documented error);
+  add e_a + |alpha| e_b, mul |a| e_b + |b| e_a + e_a e_b; layout ops carry e unchanged;
+- embedding bags: each stored row's error (int8 rows: s/2 + 2 u_16 (|min| + (max - min)) with the row's
+  fp16 scale s; fp16 rows u_16 |w|), summed with |per-sample weight|, plus (L + 3) u_32 of the magnitudes,
+  divided by L for mean, the largest for max.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtiasim.compiler import CompiledGraph
+from mtiasim.dtypes import DType
+from mtiasim.engine.numerics import LUT_MAX_ABS_ERROR
+from mtiasim.frontend.reference import normalize_bags, run_graph, tbe_table
+from mtiasim.ir import Node, ValueKind
+
+U32 = 2.0**-24
+UNIT_ROUNDOFF = {DType.FP16: 2.0**-11, DType.BF16: 2.0**-8, DType.FP32: U32}
+HALF_SUBNORMAL = {DType.FP16: 2.0**-25, DType.BF16: 2.0**-134, DType.FP32: 2.0**-150}
+LARGEST = {DType.FP16: 65504.0, DType.BF16: 3.3895e38, DType.FP32: 3.4028e38}
+
+
+@dataclass
+class OutputBound:
+    """One graph output: the fp32 reference, the bound on |device - reference| element by element (inf where
+    the device may overflow or a non-finite value reached the element), and the expected size of the error
+    (`sigma`: the rounding errors taken as independent, propagated in quadrature; not a bound)."""
+
+    name: str
+    reference: torch.Tensor
+    bound: torch.Tensor
+    sigma: torch.Tensor
+
+    def check(self, got: torch.Tensor) -> dict[str, float | bool | int]:
+        """Compare a device result with the reference under the bound: the worst error, the worst bound, the
+        worst error relative to its bound and to sigma, and whether every element is within (NaN must match
+        NaN, inf the same inf)."""
+        g = got.detach().to(torch.float64).reshape(self.reference.shape)
+        r = self.reference.to(torch.float64)
+        finite = torch.isfinite(r)
+        err = (g - r).abs()
+        err = torch.where(finite, err, torch.zeros_like(err))
+        ok = err <= self.bound * (1 + 1e-9)
+        # non-finite references: the device must give the same non-finite value
+        same = (torch.isnan(r) & torch.isnan(g)) | (torch.isinf(r) & (g == r))
+        ok = torch.where(finite, ok, same)
+        ok |= torch.isinf(self.bound) & ~torch.isfinite(g)  # an overflow the bound allows
+        fin_b = torch.isfinite(self.bound) & finite
+        fin_s = torch.isfinite(self.sigma) & finite
+
+        def ratio(den: torch.Tensor, mask: torch.Tensor) -> float:
+            q = torch.where(den > 0, err / den.clamp_min(1e-300), (err > 0).double() * math.inf)
+            return float(q[mask].max()) if bool(mask.any()) else 0.0
+
+        return {
+            "max_abs_err": float(err[finite].max()) if bool(finite.any()) else 0.0,
+            "max_bound": float(self.bound[fin_b].max()) if bool(fin_b.any()) else math.inf,
+            "max_err_over_bound": ratio(self.bound, fin_b),
+            "max_sigma": float(self.sigma[fin_s].max()) if bool(fin_s.any()) else math.inf,
+            "max_err_over_sigma": ratio(self.sigma, fin_s),
+            "unbounded": int((~torch.isfinite(self.bound) & finite).sum()),
+            "nonfinite_reference": int((~finite).sum()),
+            "outside": int((~ok).sum()),
+            "passed": bool(ok.all()),
+        }
+
+
+@dataclass
+class Err:
+    """A value's error against fp32: `e` the worst case, `var` the variance estimate (element by element)."""
+
+    e: torch.Tensor
+    var: torch.Tensor
+
+    def map(self, fn) -> Err:
+        return Err(fn(self.e), fn(self.var))
+
+
+def stored_bound(e: np.ndarray, r_abs: np.ndarray, dtype: DType) -> np.ndarray:
+    """The "store as dtype d" rule on numpy arrays (the benchmarks' checks): e + u_d (|r| + e) + tiny."""
+    zero = torch.zeros(np.shape(e), dtype=torch.float64)
+    a = torch.from_numpy(np.asarray(r_abs, np.float64))
+    return _stored(Err(torch.from_numpy(np.asarray(e, np.float64)), zero), a, dtype).e.numpy()
+
+
+def accumulation_bound(magnitudes: np.ndarray, terms: int) -> np.ndarray:
+    """FP32 accumulation of `terms` exact terms whose magnitudes sum to `magnitudes`: (terms + 4) u_32 of it."""
+    return (terms + 4) * U32 * np.asarray(magnitudes, dtype=np.float64)
+
+
+def bound_check(got: np.ndarray, ref: np.ndarray, bound: np.ndarray, reference: str) -> dict[str, object]:
+    """A benchmark's numbers against a float64 reference under the specification's element bound."""
+    err = np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64))
+    bound = np.broadcast_to(np.asarray(bound, np.float64), err.shape)
+    ratio = np.where(bound > 0, err / np.where(bound > 0, bound, 1), np.where(err > 0, np.inf, 0))
+    return {
+        "reference": reference,
+        "max_abs_err": float(err.max(initial=0.0)),
+        "max_bound": float(bound.max(initial=0.0)),
+        "max_err_over_bound": float(ratio.max(initial=0.0)),
+        "passed": bool((err <= bound * (1 + 1e-9)).all()),
+    }
+
+
+def _stored(x: Err, a: torch.Tensor, dtype: DType) -> Err:
+    """Rounding to `dtype`: at most u_d (|r| + e) (+ half a subnormal), about u_d |r| / sqrt(3)."""
+    if dtype not in UNIT_ROUNDOFF:
+        return x
+    u = UNIT_ROUNDOFF[dtype]
+    e = x.e + u * (a + x.e) + HALF_SUBNORMAL[dtype]
+    e = torch.where(a + x.e >= LARGEST[dtype], torch.full_like(e, math.inf), e)
+    return Err(e, x.var + (u * a) ** 2 / 3)
+
+
+def _quantized(x: Err, r: torch.Tensor, scale, zero_point: int = 0) -> Err:
+    """int8 quantization: at most max(s/2, saturation) more, about s^2/12 more variance (plus saturation)."""
+    scale = torch.as_tensor(scale, dtype=torch.float64)
+    hi = (127 - zero_point) * scale
+    lo = (-128 - zero_point) * scale
+    sat = torch.clamp(torch.maximum(r + x.e - hi, lo - (r - x.e)), min=0.0)
+    sat0 = torch.clamp(torch.maximum(r - hi, lo - r), min=0.0)
+    return Err(x.e + torch.maximum(scale / 2, sat), x.var + scale**2 / 12 + sat0**2)
+
+
+def error_bounds(compiled: CompiledGraph, inputs: dict[str, torch.Tensor]) -> list[OutputBound]:
+    """The fp32 reference of every graph output, its error bound and expected error for this call's inputs."""
+    g = compiled.graph
+    fm = compiled.formats
+    env = run_graph(g, inputs, keep=True)
+    ref = {k: v for k, v in env.items() if isinstance(v, torch.Tensor)}
+    mag = {k: v.detach().to(torch.float64).abs() for k, v in ref.items() if v.is_floating_point()}
+    err: dict[str, Err] = {}
+    zero = {k: torch.zeros_like(m) for k, m in mag.items()}
+    for v in g.inputs:
+        if ref[v].is_floating_point():
+            err[v] = _stored(Err(zero[v], zero[v]), mag[v], fm.dtypes.get(v, DType.FP32))
+    for name in g.params:
+        if name in mag:
+            err[name] = Err(zero[name], zero[name])
+    producer = g.producer()
+    for node in g.nodes:
+        y = node.outputs[0]
+        if y not in mag:
+            continue
+        x = _node_bound(node, g, fm, ref, mag, err, producer)
+        dt = fm.dtypes.get(y, DType.FP32)
+        if dt == DType.INT8:
+            yq = fm.acts[y]
+            x = _quantized(x, ref[y].detach().to(torch.float64), yq.scale, yq.zero_point)
+        else:
+            x = _stored(x, mag[y], dt)
+        # where the reference is not finite, or an error came from a non-finite value, nothing is bounded
+        nonfinite = ~torch.isfinite(mag[y])
+        inf = torch.full_like(x.e, math.inf)
+        err[y] = Err(
+            torch.where(nonfinite | torch.isnan(x.e), inf, x.e),
+            torch.where(nonfinite | torch.isnan(x.var), inf, x.var),
+        )
+    return [OutputBound(v, ref[v].detach().clone(), err[v].e, err[v].var.sqrt()) for v in g.outputs]
+
+
+def _act(x: Err, act: str | None) -> Err:
+    """Lipschitz constant and LUT error; a sigmoid's error is at most 1 and a tanh's 2 (both sides bounded)."""
+    if act in ("sigmoid", "tanh"):
+        lut = LUT_MAX_ABS_ERROR[act]
+        lip, span = (0.25, 1.0) if act == "sigmoid" else (1.0, 2.0)
+        return Err(torch.clamp(lip * x.e + lut, max=span), lip**2 * x.var + lut**2 / 3)
+    return x
+
+
+def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> Err:
+    op, a = node.op, node.attrs
+    ins = node.inputs
+    fd = fm.precision.float_dtype
+    u = UNIT_ROUNDOFF.get(fd, 0.0)
+    if op == "linear":
+        return _act(_linear(node, g, fm, ref, mag, err), a.get("activation"))
+    if op == "matmul":
+        x, w = ins
+        tb = a.get("transpose_b")
+
+        def t(v: torch.Tensor) -> torch.Tensor:
+            return v.transpose(-1, -2) if tb else v
+
+        ma, mb = mag[x], t(mag[w])
+        ea, eb = err[x], err[w].map(t)
+        k = ma.shape[-1]
+        worst = ma @ eb.e + ea.e @ mb + ea.e @ eb.e + (k + 4) * U32 * (ma @ mb)
+        return Err(worst, ma**2 @ eb.var + ea.var @ mb**2)
+    if op in ("embedding_bag", "tbe"):
+        return _bags(node, g, fm, ref, mag)
+    if op in ("relu", "sigmoid", "tanh"):
+        return _act(err[ins[0]], op)
+
+    def operand(v: str, scale: float = 1.0) -> Err:
+        if g.kinds.get(v) == ValueKind.PARAM:  # a weight operand, rounded to the activations' type
+            m = u * scale * mag[v]
+            return Err(m, m**2 / 3)
+        x = err[v]
+        return Err(scale * x.e, scale**2 * x.var)
+
+    if op == "add":
+        if "scalar" in a:
+            c = u * abs(a["scalar"])
+            return Err(err[ins[0]].e + c, err[ins[0]].var + c**2 / 3)
+        ea, eb = err[ins[0]], operand(ins[1], abs(a.get("alpha", 1.0)))
+        return Err(ea.e + eb.e, ea.var + eb.var)
+    if op == "mul":
+        if "scalar" in a:
+            c = abs(a["scalar"])
+            ea = err[ins[0]]
+            r = u * c * mag[ins[0]]
+            return Err(c * ea.e + r, c**2 * ea.var + r**2 / 3)
+        ma, mb = mag[ins[0]], mag[ins[1]]
+        ea, eb = err[ins[0]], operand(ins[1])
+        return Err(ma * eb.e + mb * ea.e + ea.e * eb.e, ma**2 * eb.var + mb**2 * ea.var)
+    if op == "dequantize":  # a PT2E quantization point kept as is: the quantize's input and its rounding
+        q = producer.get(ins[0])
+        if q is None or q.op != "quantize":
+            z = torch.zeros_like(mag[node.outputs[0]])
+            return Err(z, z)
+        src = q.inputs[0]
+        return _quantized(
+            err[src], ref[src].detach().to(torch.float64), q.attrs["scale"], q.attrs["zero_point"]
+        )
+    x = err[ins[0]]
+    if op == "cat":
+        return Err(
+            torch.cat([err[v].e for v in ins], dim=a["dim"]),
+            torch.cat([err[v].var for v in ins], dim=a["dim"]),
+        )
+    if op in ("cast", "copy"):
+        return x
+    if op == "reshape":
+        return x.map(lambda t: t.reshape(a["shape"]))
+    if op == "permute":
+        return x.map(lambda t: t.permute(a["dims"]))
+    if op == "slice":
+        return x.map(lambda t: t.narrow(a["dim"], a["start"], a["end"] - a["start"]))
+    if op == "index":
+        return x.map(lambda t: t.reshape(t.shape[0], -1)[:, list(a["columns"])])
+    raise ValueError(f"no error bound rule for op {op!r} ({node.where()})")
+
+
+def _linear(node: Node, g, fm, ref, mag, err: dict[str, Err]) -> Err:
+    """device = (W + dW)(x + d) (+ b): error = dW x + (W + dW) d + accumulation, with dW the exact weight
+    error (rounding to fp16/bf16, or int8 quantization; 0 for a PT2E model's own int8 weights) and d the
+    input's error (after its quantization for int8)."""
+    x, w = node.inputs[0], node.inputs[1]
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    p = g.params[w]
+    W = ref[w].detach().to(torch.float64)
+    k = W.shape[1]
+    bias = mag[b].reshape(-1) if b is not None else torch.zeros(W.shape[0], dtype=torch.float64)
+    ex = err[x]
+    rx = ref[x].detach().to(torch.float64)
+    if not fm.precision.int8:
+        Wd = torch.from_numpy(_to_dtype(W, fm.precision.float_dtype))
+        eq = ex
+    else:
+        lq = fm.linears[node.name]
+        if lq.w_q is None:
+            raise ValueError(f"no error bound without weights ({node.where()})")
+        Wd = torch.from_numpy(lq.w_q.astype(np.float64) * lq.w_scales.astype(np.float64)[:, None])
+        if p.quant is not None:
+            Wd = W  # the model's weights are its int8 values dequantized: exact
+        if fm.dtypes.get(x) == DType.INT8:
+            eq = ex  # quantized by the producing FC's epilogue, already in its error
+        elif lq.x is not None:
+            eq = _quantized(ex, rx, lq.x.scale, lq.x.zero_point)
+        else:  # per row: the largest |x| of the row maps to 127, nothing saturates
+            row = (mag[x] + ex.e).amax(dim=-1, keepdim=True) / 127
+            row0 = mag[x].amax(dim=-1, keepdim=True) / 127
+            eq = Err(ex.e + row / 2 * (1 + 2.0**-20), ex.var + row0**2 / 12)
+    dW = Wd - W
+    dwx = rx @ dW.T  # exact, signed
+    absWd = Wd.abs()
+    xh = mag[x] + eq.e
+    worst = dwx.abs() + eq.e @ absWd.T + (k + 8) * U32 * (xh @ absWd.T + bias)
+    var = dwx**2 + eq.var @ (Wd**2).T
+    if fm.precision.int8 and b is not None and lq.post_bias is None:  # the bias rounded to INT32
+        step = lq.x.scale * torch.from_numpy(lq.w_scales.astype(np.float64))
+        worst, var = worst + step / 2, var + step**2 / 12
+    return Err(worst, var)
+
+
+def _to_dtype(t: torch.Tensor, dtype: DType) -> np.ndarray:
+    """`t` rounded to `dtype` (as the compiler stores weights), as float64 values."""
+    torch_dtype = {DType.FP16: torch.float16, DType.BF16: torch.bfloat16}.get(dtype, torch.float32)
+    return t.to(torch.float32).to(torch_dtype).to(torch.float64).numpy()
+
+
+def _bags(node: Node, g, fm, ref, mag) -> Err:
+    """Pooled rows: per-row storage error, weighted and pooled, plus fp32 accumulation."""
+    a = node.attrs
+    weight = g.params[node.inputs[0]].tensor
+    parts = []
+    if node.op == "tbe":
+        for spec in a["tables"]:
+            table = tbe_table(weight, spec, a["row_format"]).to(torch.float64)
+            parts.append((table, 4 * U32 * table.abs(), torch.zeros_like(table)))
+        pooled_inputs = _tbe_bags(node, ref, len(a["tables"]))
+    else:
+        fmt = a["row_format"]
+        if fmt == "int8_aten":
+            rows = weight.shape[0]
+            q = weight[:, :-8].to(torch.float64)
+            tail = weight[:, -8:].contiguous().view(torch.float32).reshape(rows, 2).to(torch.float64)
+            table = q * tail[:, :1] + tail[:, 1:]
+            row_err, row_var = 4 * U32 * table.abs(), torch.zeros_like(table)
+        else:
+            table = weight.detach().to(torch.float64)
+            if fm.precision.int8:
+                lo = table.amin(dim=1, keepdim=True)
+                hi = table.amax(dim=1, keepdim=True)
+                s16 = torch.from_numpy(((hi - lo) / 255).numpy().astype(np.float32).astype(np.float16))
+                s16 = s16.to(torch.float64)
+                u16 = UNIT_ROUNDOFF[DType.FP16]
+                row_err = (
+                    s16 / 2 + 2 * u16 * (lo.abs() + (hi - lo)) + 4 * U32 * (lo.abs() + hi.abs())
+                ).expand_as(table)
+                row_var = (s16**2 / 12).expand_as(table)
+            else:
+                row_err = UNIT_ROUNDOFF[DType.FP16] * table.abs() + HALF_SUBNORMAL[DType.FP16]
+                row_var = (UNIT_ROUNDOFF[DType.FP16] * table) ** 2 / 3
+        parts.append((table, row_err, row_var))
+        pooled_inputs = [_bag_args(node, ref)]
+    worst, var = [], []
+    for (table, row_err, row_var), (idx, off, w) in zip(parts, pooled_inputs, strict=True):
+        mode = a["mode"]
+        wabs = None if w is None else w.abs()
+        lengths = (off[1:] - off[:-1]).to(torch.float64)
+        longest = int(lengths.max()) if lengths.numel() else 0
+
+        if mode == "max":
+            e, v = _pool(idx, off, row_err, "max", None), _pool(idx, off, row_var, "max", None)
+        else:
+            e = _pool(idx, off, row_err, mode, wabs) + (longest + 3) * U32 * _pool(
+                idx, off, table.abs(), mode, wabs
+            )
+            v = _pool(idx, off, row_var, "sum", None if w is None else w**2)
+            if mode == "mean":
+                v = v / lengths.clamp_min(1)[:, None] ** 2
+        worst.append(e)
+        var.append(v)
+    return Err(torch.cat(worst, dim=1), torch.cat(var, dim=1))
+
+
+def _pool(idx: torch.Tensor, off: torch.Tensor, rows: torch.Tensor, mode: str, weights) -> torch.Tensor:
+    return F.embedding_bag(idx, rows, off, mode=mode, per_sample_weights=weights, include_last_offset=True)
+
+
+def _bag_args(node: Node, ref) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    a = node.attrs
+    ins = node.inputs
+    idx, off, w = normalize_bags(
+        ref[ins[1]],
+        ref[ins[2]] if len(ins) > 2 else None,
+        ref[ins[3]] if len(ins) > 3 else None,
+        include_last_offset=a.get("include_last_offset", False),
+        padding_idx=a.get("padding_idx"),
+        one_per_bag=a.get("one_per_bag", False),
+    )
+    wt = None if w is None else torch.from_numpy(w).to(torch.float64)
+    return torch.from_numpy(idx), torch.from_numpy(off), wt
+
+
+def _tbe_bags(node: Node, ref, n_tables: int) -> list:
+    ins = node.inputs
+    idx = ref[ins[1]].reshape(-1).to(torch.int64)
+    off = ref[ins[2]].reshape(-1).to(torch.int64)
+    psw = ref[ins[3]].reshape(-1).to(torch.float64) if len(ins) > 3 else None
+    batch = (off.numel() - 1) // n_tables
+    out = []
+    for t in range(n_tables):
+        o = off[t * batch : (t + 1) * batch + 1]
+        sl = idx[o[0] : o[-1]]
+        w = None if psw is None else psw[o[0] : o[-1]]
+        out.append((sl, o - o[0], w))
+    return out
