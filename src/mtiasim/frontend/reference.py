@@ -7,6 +7,7 @@ model's outputs. Embedding lookups first get their indices normalised as on the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -73,8 +74,16 @@ def normalize_bags(
     return idx, off, w
 
 
-def run_graph(graph: Graph, inputs: dict[str, torch.Tensor], *, keep: bool = True) -> dict[str, torch.Tensor]:
-    """Every value of `graph` (fp32 math where the graph says fp32) for the given device inputs."""
+def run_graph(
+    graph: Graph,
+    inputs: dict[str, torch.Tensor],
+    *,
+    keep: bool = True,
+    after: Callable[[Node, dict[str, Any]], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every value of `graph` (fp32 math where the graph says fp32) for the given device inputs. `keep=False`
+    drops each value after its last use (outputs and weights stay); `after(node, env)` is called once a
+    node's value is in `env`, before its inputs may be dropped."""
     env: dict[str, Any] = {}
     for name, p in graph.params.items():
         if p.virtual or p.tensor is None:
@@ -91,6 +100,8 @@ def run_graph(graph: Graph, inputs: dict[str, torch.Tensor], *, keep: bool = Tru
     with torch.no_grad():
         for node in graph.nodes:
             env[node.outputs[0]] = _run(node, [env[v] for v in node.inputs], graph)
+            if after is not None:
+                after(node, env)
             if not keep:
                 for v in node.inputs:
                     remaining[v] -= 1

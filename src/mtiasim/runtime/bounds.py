@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,41 +146,81 @@ def _quantized(x: Err, r: torch.Tensor, scale, zero_point: int = 0) -> Err:
     return Err(x.e + torch.maximum(scale / 2, sat), x.var + scale**2 / 12 + sat0**2)
 
 
+class _Magnitudes(dict):
+    """|reference| in float64, computed when first asked for (weights and tables only if an op needs them)."""
+
+    def __init__(self, env: dict[str, Any]) -> None:
+        super().__init__()
+        self.env = env
+
+    def __missing__(self, v: str) -> torch.Tensor:
+        m = self.env[v].detach().to(torch.float64).abs()
+        self[v] = m
+        return m
+
+
+class _Errors(dict):
+    """Each value's Err; a weight (never rounded on its own) has none."""
+
+    def __init__(self, mag: _Magnitudes, params: dict) -> None:
+        super().__init__()
+        self.mag, self.params = mag, params
+
+    def __missing__(self, v: str) -> Err:
+        if v not in self.params:
+            raise KeyError(v)
+        z = torch.zeros_like(self.mag[v])
+        return Err(z, z)
+
+
 def error_bounds(compiled: CompiledGraph, inputs: dict[str, torch.Tensor]) -> list[OutputBound]:
-    """The fp32 reference of every graph output, its error bound and expected error for this call's inputs."""
+    """The fp32 reference of every graph output, its error bound and expected error for this call's inputs.
+    Runs the graph once, keeping only the values still to be read (memory: a few copies of the live ones)."""
     g = compiled.graph
     fm = compiled.formats
-    env = run_graph(g, inputs, keep=True)
-    ref = {k: v for k, v in env.items() if isinstance(v, torch.Tensor)}
-    mag = {k: v.detach().to(torch.float64).abs() for k, v in ref.items() if v.is_floating_point()}
-    err: dict[str, Err] = {}
-    zero = {k: torch.zeros_like(m) for k, m in mag.items()}
+    env: dict[str, Any] = {}
+    mag = _Magnitudes(env)
+    err = _Errors(mag, g.params)
     for v in g.inputs:
-        if ref[v].is_floating_point():
-            err[v] = _stored(Err(zero[v], zero[v]), mag[v], fm.dtypes.get(v, DType.FP32))
-    for name in g.params:
-        if name in mag:
-            err[name] = Err(zero[name], zero[name])
+        t = inputs.get(v)
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            z = torch.zeros(t.shape, dtype=torch.float64)
+            env[v] = t
+            err[v] = _stored(Err(z, z), mag[v], fm.dtypes.get(v, DType.FP32))
     producer = g.producer()
-    for node in g.nodes:
+    outputs: dict[str, OutputBound] = {}
+
+    def after(node: Node, values: dict[str, Any]) -> None:
+        env.update({k: values[k] for k in (*node.inputs, node.outputs[0]) if k in values})
         y = node.outputs[0]
-        if y not in mag:
-            continue
-        x = _node_bound(node, g, fm, ref, mag, err, producer)
-        dt = fm.dtypes.get(y, DType.FP32)
-        if dt == DType.INT8:
-            yq = fm.acts[y]
-            x = _quantized(x, ref[y].detach().to(torch.float64), yq.scale, yq.zero_point)
-        else:
-            x = _stored(x, mag[y], dt)
-        # where the reference is not finite, or an error came from a non-finite value, nothing is bounded
-        nonfinite = ~torch.isfinite(mag[y])
-        inf = torch.full_like(x.e, math.inf)
-        err[y] = Err(
-            torch.where(nonfinite | torch.isnan(x.e), inf, x.e),
-            torch.where(nonfinite | torch.isnan(x.var), inf, x.var),
-        )
-    return [OutputBound(v, ref[v].detach().clone(), err[v].e, err[v].var.sqrt()) for v in g.outputs]
+        if isinstance(values[y], torch.Tensor) and values[y].is_floating_point():
+            x = _node_bound(node, g, fm, env, mag, err, producer)
+            dt = fm.dtypes.get(y, DType.FP32)
+            if dt == DType.INT8:
+                yq = fm.acts[y]
+                x = _quantized(x, env[y].detach().to(torch.float64), yq.scale, yq.zero_point)
+            else:
+                x = _stored(x, mag[y], dt)
+            # where the reference is not finite, or an error came from a non-finite value, nothing is bounded
+            nonfinite = ~torch.isfinite(mag[y])
+            inf = torch.full_like(x.e, math.inf)
+            err[y] = Err(
+                torch.where(nonfinite | torch.isnan(x.e), inf, x.e),
+                torch.where(nonfinite | torch.isnan(x.var), inf, x.var),
+            )
+            if y in g.outputs:
+                outputs[y] = OutputBound(y, env[y].detach().clone(), err[y].e, err[y].var.sqrt())
+        # forget what the graph will not read again
+        for store in (env, mag, err):
+            for k in [k for k in store if k not in values]:
+                del store[k]
+
+    run_graph(g, inputs, keep=False, after=after)
+    for v in g.outputs:
+        if v not in outputs:  # an output the device does not compute (a graph input returned as is)
+            t = inputs[v]
+            outputs[v] = OutputBound(v, t.detach().clone(), err[v].e, err[v].var.sqrt())
+    return [outputs[v] for v in g.outputs]
 
 
 def _act(x: Err, act: str | None) -> Err:
