@@ -205,9 +205,10 @@ def test_epilogue_argument_errors():
     s = p.add("s", (1, 10), DType.FP32, Level.SRAM)
     bad = p.add("s16", (1, 10), DType.FP16, Level.SRAM)
     with pytest.raises(
-        UsageError, match=r"^fc: unknown activation 'gelu' \(known: none, relu, sigmoid, tanh\)$"
+        UsageError,
+        match=r"^fc: unknown activation 'exp' \(known: none, gelu, leaky_relu, relu, sigmoid, silu, tanh\)$",
     ):
-        gemm_job(CHIP, "fc", a, w, c, out_scales=s, activation="gelu")
+        gemm_job(CHIP, "fc", a, w, c, out_scales=s, activation="exp")
     with pytest.raises(UsageError, match=r"^fc: out_scales must be \[1, 10\] fp32, got \[1, 10\] fp16$"):
         gemm_job(CHIP, "fc", a, w, c, out_scales=bad)
     with pytest.raises(UsageError, match=r"^fc: row_scales must be \[8, 1\] fp32, got \[1, 10\] fp32$"):
@@ -227,7 +228,9 @@ def _one_matmul(**fields) -> Program:
 
 
 def test_epilogue_rules_in_the_engine():
-    with pytest.raises(ProgramError, match=r"activation add is not relu, sigmoid or tanh$"):
+    with pytest.raises(
+        ProgramError, match=r"activation add is not an epilogue activation \(gelu, .*relu, .*\)$"
+    ):
         resolve(_one_matmul(out_cb=2, activation=SeOp.ADD), CHIP)
     with pytest.raises(
         ProgramError, match=r"post_bias_cb and activation apply where blocks are converted \(out_cb\)$"

@@ -78,12 +78,17 @@ LAYERS = {
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_imports_point_down(layer):
-    allowed = LAYERS[layer] | {layer, "errors", "dtypes"}
+    allowed = LAYERS[layer] | {layer, "errors", "dtypes", "opset"}  # the bottom: shared by every layer
     for path in (SRC / layer).rglob("*.py"):
         for mod in _imports(path):
             if mod.startswith("mtiasim."):
                 top = mod.split(".")[1]
                 assert top in allowed, f"{path.relative_to(SRC)} imports {mod}"
+
+
+def test_the_operator_set_is_the_bottom_layer():
+    mods = [m for m in _imports(SRC / "opset.py") if m.startswith("mtiasim.")]
+    assert mods == [], f"opset.py imports {mods}"
 
 
 def test_validation_runs_exactly_what_the_cli_runs(report, capsys):

@@ -533,6 +533,47 @@ def _print_run(res: dict[str, Any]) -> None:
         )
 
 
+# -------------------------------------------------------------------------------------------------- ops
+
+
+@cli.command("ops")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ops_cmd(as_json: bool) -> None:
+    """The operator set: every operator the chip runs, its unit, the aten ops that become it, its numerics."""
+    from mtiasim.frontend.aten import supported_ops
+    from mtiasim.opset import SPECS
+
+    converted = supported_ops()
+    rows = []
+    for kind, spec in SPECS.items():
+        e = spec.elementwise
+        rows.append(
+            {
+                "op": kind.value,
+                "unit": spec.unit.value,
+                "aten": sorted(f"aten::{a}" for a in e.aten) if e is not None else [],
+                "doc": spec.doc,
+                **(
+                    {
+                        "se_ops_per_element": e.se_ops,
+                        "abs_error": e.abs_error,
+                        "rel_error": e.rel_error,
+                        "epilogue": e.epilogue,
+                    }
+                    if e is not None
+                    else {}
+                ),
+            }
+        )
+    if as_json:
+        _emit_json({"ops": rows, "aten_converted": converted})
+        return
+    click.echo(f"{'op':14s} {'unit':5s} what")
+    for r in rows:
+        click.echo(f"{r['op']:14s} {r['unit']:5s} {r['doc']}")
+    click.echo(f"{len(rows)} operators; {len(converted)} aten/quantized/fbgemm ops convert to them")
+
+
 # --------------------------------------------------------------------------------------------- validate
 
 

@@ -8,6 +8,8 @@ that mtiasim's int8 outputs equal it exactly.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tests.oracles.models import Spec, SpecModel
 
@@ -26,10 +28,17 @@ def quantize(x32: torch.Tensor, scale, zero_point: int = 0) -> torch.Tensor:
     return torch.clamp(q, -128, 127).to(torch.int64)
 
 
+TABLES = {
+    "tanh": torch.tanh,
+    "sigmoid": lambda k: 1.0 / (1.0 + torch.exp(-k)),
+    "gelu_inner": lambda k: 0.5 * k * (1.0 + torch.erf(k / math.sqrt(2.0))) - torch.clamp(k, min=0.0),
+}
+
+
 def lut(x32: torch.Tensor, name: str, segments: int = 64) -> torch.Tensor:
+    """The SE's table: fp32 values at 65 knots over [-8, 8], linear in between, every step in FP32."""
     knots = -8.0 + torch.arange(segments + 1, dtype=torch.float64) * (16.0 / segments)
-    f64 = torch.tanh(knots) if name == "tanh" else 1.0 / (1.0 + torch.exp(-knots))
-    vals = f64.to(F32)
+    vals = TABLES[name](knots).to(F32)
     diffs = vals[1:] - vals[:-1]
     nan = torch.isnan(x32)
     xc = torch.clamp(torch.where(nan, torch.zeros_like(x32), x32), -8.0, 8.0)
@@ -40,8 +49,25 @@ def lut(x32: torch.Tensor, name: str, segments: int = 64) -> torch.Tensor:
 
 
 def activation(v32: torch.Tensor, name: str) -> torch.Tensor:
+    """The SE's function; a non-finite input gives PyTorch's value (the special-value table)."""
+    special = ~torch.isfinite(v32)
+    y = _activation(v32, name)
+    if bool(special.any()):
+        exact = getattr(torch.nn.functional, name)(v32)
+        y = torch.where(special, exact, y)
+    return y
+
+
+def _activation(v32: torch.Tensor, name: str) -> torch.Tensor:
+    relu = torch.where(v32 < 0, torch.zeros_like(v32), v32)
     if name == "relu":
-        return torch.where(v32 < 0, torch.zeros_like(v32), v32)
+        return relu
+    if name == "leaky_relu":  # the default slope 0.01, in FP32
+        return torch.where(v32 < 0, v32 * _f32(0.01), v32)
+    if name == "gelu":  # relu plus a table of gelu - relu
+        return relu + lut(v32, "gelu_inner")
+    if name == "silu":  # x times the sigmoid's table
+        return v32 * lut(v32, "sigmoid")
     return lut(v32, name)
 
 

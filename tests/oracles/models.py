@@ -4,7 +4,7 @@
 A spec is a list of steps, each making one new value from earlier ones:
 
 - ("linear", src, out_features, bias) -> nn.Linear
-- ("act", src, "relu" | "sigmoid" | "tanh")
+- ("act", src, "relu" | "sigmoid" | "tanh" | "gelu" | "silu" | "leaky_relu")
 - ("add", a, b), ("mul", a, b)   (same shapes: residual adds and gates)
 - ("bag", table)                 -> nn.EmbeddingBag of table `table`, pooled [batch, dim]
 - ("cat", (a, b, ...))           along dim 1
@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
-ACTS = ("relu", "sigmoid", "tanh")
+ACTS = ("relu", "sigmoid", "tanh", "gelu", "silu", "leaky_relu")
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class SpecModel(nn.Module):
             if op == "linear":
                 y = self.linears[str(i)](vals[step[1]])
             elif op == "act":
-                y = getattr(torch, step[2])(vals[step[1]])
+                y = getattr(F, step[2])(vals[step[1]])
             elif op == "add":
                 y = vals[step[1]] + vals[step[2]]
             elif op == "mul":

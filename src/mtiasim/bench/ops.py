@@ -11,7 +11,7 @@ Bytes counted for ``gbps`` (bytes / seconds), one read of every input and one wr
 | concat | two [m, k, n] -> [m, k, 2n] | 4*m*k*n*e |
 | quantize | [m, k, n] -> int8, scale from the data (dynamic) | m*k*n*(e + 1) |
 | dequantize | int8 [m, k, n] -> e | m*k*n*(1 + e) |
-| tanh, sigmoid, relu | elementwise | 2*m*k*n*e |
+| tanh, sigmoid, relu, ... (every unary operator of `mtiasim.opset`) | elementwise | 2*m*k*n*e |
 
 (e = bytes per element of `--dtype`). Dynamic quantization reads its input twice (min/max pass, then quantize);
 only one read is counted.
@@ -47,9 +47,14 @@ from mtiasim.kernels.bmm import bmm_job
 from mtiasim.kernels.elementwise import dynamic_quantize_job, elementwise_job
 from mtiasim.kernels.layout import concat_job, transpose_job
 from mtiasim.kernels.tiling import grid_loops, tile_shape
+from mtiasim.opset import ELEMENTWISE, Kind
 from mtiasim.runtime.bounds import accumulation_bound, bound_check, stored_bound
 
-OPS = ("batchmatmul", "transpose", "concat", "quantize", "dequantize", "tanh", "sigmoid", "relu")
+# the Fig 13 operators, then every unary elementwise operator of the operator set (tanh, sigmoid, relu, exp...)
+UNARY = tuple(
+    k.value for k, e in ELEMENTWISE.items() if e.arity == 1 and set(e.attrs) <= dict(e.defaults).keys()
+)
+OPS = ("batchmatmul", "transpose", "concat", "quantize", "dequantize", *UNARY)
 DEFAULT_DTYPE = {"quantize": "fp32", "dequantize": "fp32"}
 DEQUANT_SCALE, DEQUANT_ZERO = 0.02, 3
 
@@ -192,10 +197,11 @@ def _check(op: str, inputs, outputs, dt: DType, chip: Chip) -> dict[str, Any]:
     if op == "dequantize":
         ref = nx.dequantize(inputs["X"], DEQUANT_SCALE, DEQUANT_ZERO).astype(dt.numpy)
         return bound_check(outputs["Y"], ref, 0.0, "numpy, exact")
-    x = inputs["X"].astype(np.float64)
-    fn = {"tanh": np.tanh, "sigmoid": lambda v: 1 / (1 + np.exp(-v)), "relu": lambda v: np.maximum(v, 0)}[op]
-    ref = fn(x)
-    lut = nx.LUT_MAX_ABS_ERROR.get(op, 0.0)
-    return bound_check(
-        outputs["Y"], ref, stored_bound(np.full(ref.shape, lut), np.abs(ref), dt), "numpy, numerics bound"
-    )
+    import torch
+
+    spec = ELEMENTWISE[Kind(op)]
+    x = torch.from_numpy(inputs["X"].astype(np.float64))
+    ref = spec.torch(x).numpy()  # the exact function (float64)
+    chip = spec.abs_error + spec.rel_error * np.abs(ref) + spec.in_rel_error * np.abs(x.numpy())
+    bound = stored_bound(chip, np.abs(ref), dt)
+    return bound_check(outputs["Y"], ref, bound, "PyTorch float64, numerics bound")

@@ -31,15 +31,6 @@ from mtiasim.kernels.gemm import gemm_job
 from mtiasim.kernels.layout import copy_job, gather_columns_job, transpose_job
 from mtiasim.kernels.tbe import tbe_job
 
-SE_OPS = {
-    "relu": SeOp.RELU,
-    "sigmoid": SeOp.SIGMOID,
-    "tanh": SeOp.TANH,
-    "add": SeOp.ADD,
-    "mul": SeOp.MUL,
-    "cast": SeOp.CAST,
-}
-
 
 @dataclass
 class TbeSpec:
@@ -500,12 +491,13 @@ class Codegen:
                 chip, op.name, d(op.reads[0]), d(op.writes[0]), d(op.writes[1]), region=region
             )
         if k == "eltwise":
-            se = SE_OPS[op.attrs["op"]]
+            se = SeOp(op.attrs["op"])
             x = d(op.reads[0])
             y = d(op.reads[1]) if len(op.reads) > 1 else None
             if y is not None and y.shape != x.shape and y.rows * y.cols == x.cols:
                 y = d(op.reads[1], (1, x.cols)) if op.reads[1] in low.views else y
-            return elementwise_job(chip, op.name, se, x, d(op.writes[0]), y=y, region=region)
+            params = tuple(op.attrs.get("params", ()))
+            return elementwise_job(chip, op.name, se, x, d(op.writes[0]), y=y, region=region, params=params)
         raise UnsupportedOperatorError(f"{op.name}: no kernel for {k}")
 
 

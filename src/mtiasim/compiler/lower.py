@@ -25,6 +25,7 @@ from mtiasim.errors import UnsupportedOperatorError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.frontend.reference import tbe_table
 from mtiasim.ir import DYNAMIC, Graph, Node, Source, ValueKind
+from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
 
 # producers that can write their 2-D result into a column window of a wider buffer
 WINDOW_WRITERS = ("gemm", "tbe", "eltwise", "quantize", "dequantize", "copy", "gather", "cat")
@@ -136,7 +137,12 @@ class Lowering:
     # ------------------------------------------------------------------------------------------- ops
     def run(self) -> Lowered:
         for node in self.g.nodes:
-            getattr(self, "_op_" + node.op)(node)
+            handler = getattr(self, "_op_" + node.op, None)
+            if handler is None:
+                if elementwise(node.op) is None:
+                    raise self.fail(node, f"no lowering for {node.op}")
+                handler = self._eltwise
+            handler(node)
         self._group_lookups()
         self._layout()
         return Lowered(self.kops, self.buffers, self.views, self.lookups, self.dtypes)
@@ -330,28 +336,31 @@ class Lowering:
     def _op_cat(self, node: Node) -> None:
         self.kop("cat", list(node.inputs), [node.outputs[0]], {"dim": node.attrs["dim"]}, node)
 
-    def _eltwise(self, node: Node, op: str) -> None:
-        x = node.inputs[0]
-        y = node.outputs[0]
-        attrs: dict[str, Any] = {"op": op}
+    def _eltwise(self, node: Node) -> None:
+        """Any elementwise operator of the operator set: an SE job; a second operand that is a weight or a
+        scalar becomes a constant buffer in the activations' dtype (broadcast over rows when it is a vector)."""
+        op = node.op
+        spec = ELEMENTWISE[Kind(op)]
+        x, y = node.inputs[0], node.outputs[0]
+        params = tuple((k, node.attrs[k]) for k in spec.attrs if k in node.attrs and k != "alpha")
         reads = [x]
-        if op in ("add", "mul"):
+        if spec.arity == 2:
             if "scalar" in node.attrs:
                 n = self.shapes[x][-1]
                 cname = self.fresh(f"{op}_const")
-                val = node.attrs["scalar"]
                 dt = self.dtypes[x]
-                self.buffers[cname] = Buffer(cname, 1, n, dt, "weight", np.full((1, n), val, dtype=dt.numpy))
+                data = np.full((1, n), node.attrs["scalar"], dtype=np.float32).astype(dt.numpy)
+                self.buffers[cname] = Buffer(cname, 1, n, dt, "weight", data)
                 reads.append(cname)
             else:
                 other = node.inputs[1]
-                alpha = node.attrs.get("alpha", 1.0) if op == "add" else 1.0
+                alpha = node.attrs.get("alpha", 1.0)
                 if self.g.kinds.get(other) == ValueKind.PARAM:
                     other = self._constant(other, self.dtypes[x], alpha, self.shapes[x])
                 elif alpha != 1.0:
-                    raise self.fail(node, "x - y of two activations is not supported (only x + y)")
+                    params += (("alpha", alpha),)
                 reads.append(other)
-        self.kop("eltwise", reads, [y], attrs, node)
+        self.kop("eltwise", reads, [y], {"op": op, "params": params}, node)
 
     def _constant(self, param: str, dtype: DType, alpha: float, like: tuple[int, ...]) -> str:
         """A weight operand of an elementwise op, scaled by `alpha`, in the activations' dtype: [1, N] when it
@@ -372,21 +381,6 @@ class Lowering:
                 p.virtual,
             )
         return name
-
-    def _op_relu(self, node: Node) -> None:
-        self._eltwise(node, "relu")
-
-    def _op_sigmoid(self, node: Node) -> None:
-        self._eltwise(node, "sigmoid")
-
-    def _op_tanh(self, node: Node) -> None:
-        self._eltwise(node, "tanh")
-
-    def _op_add(self, node: Node) -> None:
-        self._eltwise(node, "add")
-
-    def _op_mul(self, node: Node) -> None:
-        self._eltwise(node, "mul")
 
     def _op_cast(self, node: Node) -> None:
         x, y = node.inputs[0], node.outputs[0]
@@ -656,3 +650,6 @@ def _to_numpy(t: torch.Tensor, dtype: DType) -> np.ndarray:
 
 def lower(graph: Graph, formats: Formats) -> Lowered:
     return Lowering(graph, formats).run()
+
+
+require({name[4:] for name in dir(Lowering) if name.startswith("_op_")}, "compiler.lower (Lowering._op_*)")

@@ -18,8 +18,9 @@ from dataclasses import replace
 import torch
 
 from mtiasim.ir import Graph, Node, Param, TensorType, ValueKind
+from mtiasim.opset import ELEMENTWISE, EPILOGUE_ACTIVATIONS, Kind
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
+ACTIVATIONS = tuple(k.value for k in EPILOGUE_ACTIVATIONS)  # what a GEMM's epilogue can apply
 
 
 def simplify(graph: Graph) -> Graph:
@@ -130,6 +131,12 @@ def _fuse_activation(g: Graph) -> None:
         user = _single_user(g, n.outputs[0])
         if user is None or user.op not in ACTIVATIONS:
             continue
+        spec = ELEMENTWISE[Kind(user.op)]
+        if (
+            any(user.attrs.get(k, v) != v for k, v in spec.defaults)
+            or set(user.attrs) - dict(spec.defaults).keys()
+        ):
+            continue  # the epilogue applies an activation with its default constants only
         n.attrs["activation"] = user.op
         _rename(g, user.outputs[0], n.outputs[0])
         g.nodes.remove(user)

@@ -6,9 +6,9 @@
   FP32 reciprocal of the scale, rounds half to even, adds the zero point and saturates; NaN becomes the zero
   point; float casts round to nearest even and overflow to +-inf. Each conversion can report what it met
   (`ConversionStats`: non-finite inputs, saturated integers, overflowed floats), so nothing is lost silently.
-- SE nonlinears (tanh, sigmoid): a table of `segments` + 1 FP32 values at equally spaced knots over [-8, 8],
-  evaluated in FP32 (`lut_apply`). Error (tested): with 64 segments, max |error| <= 6.0e-3 for tanh and
-  <= 7.5e-4 for sigmoid, before the rounding of the output to its dtype.
+- SE elementwise operators: as their `mtiasim.opset.Elementwise` records compute them (`elementwise`):
+  IEEE FP32 operations, the SE's lookup tables (`opset.lut_apply`: tanh within 6.0e-3, sigmoid 7.5e-4 with 64
+  segments) or the FP32 math library, before the rounding of the output to its dtype.
 - GEMM epilogue (`matmul_epilogue`): as `isa.MatMul` documents.
 - Embedding pooling (`pool_rows`), per row format. FBGEMM int8 rows: ``q*scale + bias`` (two FP32 roundings),
   weighted, summed in order. ATen int8 rows: as FBGEMM's CPU kernels behind
@@ -27,12 +27,14 @@ import numpy as np
 
 from mtiasim.dtypes import DType
 from mtiasim.isa import PoolMode, RowFormat
+from mtiasim.opset import ELEMENTWISE, Kind
+from mtiasim.opset import SIGMOID_MAX_ABS_ERROR as SIGMOID_MAX_ABS_ERROR  # re-exported
+from mtiasim.opset import TANH_MAX_ABS_ERROR as TANH_MAX_ABS_ERROR
+from mtiasim.opset import lut_apply as lut_apply
 
 INT8_MIN, INT8_MAX = -128, 127
-LUT_RANGE = 8.0
-TANH_MAX_ABS_ERROR = 6.0e-3
-SIGMOID_MAX_ABS_ERROR = 7.5e-4
-LUT_MAX_ABS_ERROR = {"tanh": TANH_MAX_ABS_ERROR, "sigmoid": SIGMOID_MAX_ABS_ERROR}
+# the SE's lookup tables and elementwise operators are defined with the operator set
+LUT_MAX_ABS_ERROR = {k.value: e.abs_error for k, e in ELEMENTWISE.items() if e.abs_error}
 
 
 @dataclass
@@ -144,34 +146,6 @@ def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.
     return quantize(x, 1.0, 0, out, stats)
 
 
-def _lut_table(name: str, segments: int) -> np.ndarray:
-    """The SE's table: fp32 values of the function at `segments` + 1 knots spaced equally over [-8, 8]."""
-    knots = -LUT_RANGE + np.arange(segments + 1, dtype=np.float64) * (2 * LUT_RANGE / segments)
-    if name == "tanh":
-        vals = np.tanh(knots)
-    elif name == "sigmoid":
-        vals = 1.0 / (1.0 + np.exp(-knots))
-    else:
-        raise ValueError(name)
-    return vals.astype(np.float32)
-
-
-def lut_apply(x: np.ndarray, name: str, segments: int) -> np.ndarray:
-    """Piecewise-linear LUT of tanh or sigmoid in FP32: ``t = (clamp(x, -8, 8) + 8) * (segments / 16)``,
-    ``j = min(floor(t), segments - 1)``, ``y = v[j] + (t - j) * (v[j+1] - v[j])``, every step rounded to FP32.
-    NaN stays NaN."""
-    vals = _lut_table(name, segments)
-    diffs = (vals[1:] - vals[:-1]).astype(np.float32)
-    xf = np.asarray(x, dtype=np.float32)
-    nan = np.isnan(xf)
-    xc = np.clip(np.where(nan, np.float32(0), xf), np.float32(-LUT_RANGE), np.float32(LUT_RANGE))
-    t = (xc + np.float32(LUT_RANGE)) * np.float32(segments / (2 * LUT_RANGE))
-    j = np.minimum(np.floor(t), np.float32(segments - 1)).astype(np.int64)
-    frac = t - j.astype(np.float32)
-    y = vals[j] + frac * diffs[j]
-    return np.where(nan, np.float32(np.nan), y).astype(np.float32)
-
-
 def matmul_epilogue(
     acc: np.ndarray,
     out: DType,
@@ -200,12 +174,8 @@ def matmul_epilogue(
             v = v * scales.astype(np.float32)
         if post_bias is not None:
             v = v + post_bias.astype(np.float32)
-    if activation == "relu":
-        v = np.where(v < 0, np.float32(0), v)
-    elif activation in ("sigmoid", "tanh"):
-        v = lut_apply(v, activation, segments)
-    elif activation is not None:
-        raise ValueError(activation)
+    if activation is not None:
+        v = elementwise(activation, v, segments=segments)
     if not out.is_float:
         return quantize(v, 1.0 if out_scale is None else out_scale, out_zero_point, out, stats)
     return cast(v, out, stats)
@@ -327,4 +297,25 @@ def pool_rows(
         out = _sum_in_order(rows, fmt, dim, lengths, w)
     if mode == PoolMode.MEAN:
         out[nz] = out[nz] / lengths[nz, None].astype(np.float32)
+    return out
+
+
+def elementwise(
+    op: str, x: np.ndarray, y: np.ndarray | None = None, *, segments: int = 64, **attrs
+) -> np.ndarray:
+    """An elementwise operator of the operator set, FP32 in and out, as the SE computes it."""
+    spec = ELEMENTWISE[Kind(op)]
+    xf = np.asarray(x, dtype=np.float32)
+    if spec.arity == 2:
+        return spec.chip(xf, np.asarray(y, dtype=np.float32), segments=segments, **attrs)
+    out = spec.chip(xf, segments=segments, **attrs)
+    special = ~np.isfinite(xf)
+    if special.any():
+        # the SE's special-value table: a non-finite input gives what PyTorch gives for it (a LUT alone would
+        # saturate at its edge, and silu(-inf) would be -inf where PyTorch's is NaN)
+        import torch
+
+        ref = spec.torch(torch.from_numpy(np.ascontiguousarray(xf[special])), **attrs)
+        out = np.array(out, dtype=np.float32, copy=True)
+        out[special] = ref.numpy().astype(np.float32)
     return out

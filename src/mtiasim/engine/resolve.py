@@ -48,7 +48,7 @@ from mtiasim.isa import (
     SePool,
     SeRowScale,
 )
-from mtiasim.isa.commands import EPILOGUE_ACTIVATIONS
+from mtiasim.isa.commands import BINARY_SE_OPS, EPILOGUE_ACTIVATIONS
 
 MATMUL_CHUNK_BYTES = 48 * 2**20
 
@@ -521,7 +521,10 @@ class _Resolver:
                 "converted (out_cb)"
             )
         if cmd.activation is not None and cmd.activation not in EPILOGUE_ACTIVATIONS:
-            raise ProgramError(f"{where}: activation {cmd.activation.value} is not relu, sigmoid or tanh")
+            known = ", ".join(sorted(a.value for a in EPILOGUE_ACTIVATIONS))
+            raise ProgramError(
+                f"{where}: activation {cmd.activation.value} is not an epilogue activation ({known})"
+            )
         if cmd.reduce_in is not None:
             src = _upstream(node.pe, cmd.reduce_in)
             q = st.links.get((src, node.pe))
@@ -589,7 +592,7 @@ class _Resolver:
         shape, in_dtype = segs[0].shape, segs[0].dtype
         self._check_tiles(st, node, segs, cmd.src, shape, in_dtype, "tiles")
         run2 = None
-        if cmd.op in (SeOp.ADD, SeOp.MUL):
+        if cmd.op in BINARY_SE_OPS:
             if cmd.src2 is None:
                 raise ProgramError(f"{where}: {cmd.op.value} needs a second source CB")
             if cmd.src2_period < 0:
@@ -929,18 +932,8 @@ def _se_compute(
         if op == SeOp.COPY and x.dtype == out.numpy:
             return x.copy()
         return nx.cast(x.astype(np.float32) if x.dtype.kind == "f" else x, out, stats)
-    xf = x.astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if op == SeOp.RELU:
-            r = np.where(xf < 0, np.float32(0), xf)
-        elif op in (SeOp.TANH, SeOp.SIGMOID):
-            r = nx.lut_apply(xf, op.value, segments)
-        elif op == SeOp.ADD:
-            r = xf + y.astype(np.float32)  # type: ignore[union-attr]
-        elif op == SeOp.MUL:
-            r = xf * y.astype(np.float32)  # type: ignore[union-attr]
-        else:
-            raise ProgramError(f"unknown SE op {op}")
+    y32 = None if y is None else y.astype(np.float32)
+    r = nx.elementwise(op.value, x.astype(np.float32), y32, segments=segments, **dict(cmd.params))
     return nx.cast(r, out, stats)
 
 

@@ -46,6 +46,7 @@ from mtiasim.isa import (
     TensorDecl,
 )
 from mtiasim.isa.memory import stream_bytes, stream_runs
+from mtiasim.opset import ELEMENTWISE
 
 INF = float("inf")
 
@@ -54,11 +55,7 @@ SE_OPS_PER_ELEMENT = {
     SeOp.CAST: 1,
     SeOp.QUANTIZE: 2,
     SeOp.DEQUANTIZE: 2,
-    SeOp.RELU: 1,
-    SeOp.TANH: 3,
-    SeOp.SIGMOID: 3,
-    SeOp.ADD: 1,
-    SeOp.MUL: 1,
+    **{SeOp(k.value): e.se_ops for k, e in ELEMENTWISE.items()},
 }
 POOL_OPS_PER_ELEMENT = 3  # dequantize (multiply, add) and accumulate
 FLOAT_POOL_OPS_PER_ELEMENT = 1  # float rows: accumulate (weighted: one fused multiply-add) or max

@@ -20,6 +20,7 @@ from mtiasim.errors import UnsupportedOperatorError, UsageError
 from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.frontend.source import node_source
 from mtiasim.ir import DYNAMIC, Node, Param, TensorType
+from mtiasim.opset import ELEMENTWISE, Elementwise, Kind
 
 aten = torch.ops.aten
 EMBEDDING_MODES = {0: "sum", 1: "mean", 2: "max"}
@@ -406,43 +407,63 @@ def _fbgemm_tbe(ctx: Ctx, node: fx.Node) -> None:
 
 
 # ------------------------------------------------------------------------------------------ elementwise
-@_register([aten.relu.default, aten.relu_.default])
-def _relu(ctx: Ctx, node: fx.Node) -> None:
-    ctx.emit("relu", [ctx.value_of(node.args[0])], _out(node))
+def _aten_overloads(names: tuple[str, ...]) -> list[Any]:
+    """torch.ops.aten overloads from "name" (its default) or "name.overload"; unknown names are skipped."""
+    out = []
+    for n in names:
+        base, _, overload = n.partition(".")
+        packet = getattr(aten, base, None)
+        op = getattr(packet, overload or "default", None) if packet is not None else None
+        if op is not None:
+            out.append(op)
+    return out
 
 
-@_register([aten.sigmoid.default])
-def _sigmoid(ctx: Ctx, node: fx.Node) -> None:
-    ctx.emit("sigmoid", [ctx.value_of(node.args[0])], _out(node))
+def _constant_arg(ctx: Ctx, value: Any, what: str) -> Any:
+    if isinstance(value, fx.Node):
+        raise ctx.fail(f"{what} must be a constant, not a tensor")
+    return value
 
 
-@_register([aten.tanh.default])
-def _tanh(ctx: Ctx, node: fx.Node) -> None:
-    ctx.emit("tanh", [ctx.value_of(node.args[0])], _out(node))
+def _elementwise_converter(kind: Kind, spec: Elementwise) -> Callable[[Ctx, fx.Node], None]:
+    """The converter of an operator-set elementwise op: tensor operands, scalar operands as attr `scalar`
+    (a binary op with one scalar), the op's constants as attrs; `sub` is `add` with alpha negated."""
 
-
-def _binary(op: str, sign: float = 1.0) -> Callable[[Ctx, fx.Node], None]:
     def conv(ctx: Ctx, node: fx.Node) -> None:
+        out = _out(node)
+        if spec.arity == 1:
+            x = ctx.value_of(node.args[0])
+            attrs = {}
+            for i, name in enumerate(spec.attrs):
+                value = _arg(node, i + 1, name, None)
+                if value is not None:
+                    attrs[name] = _constant_arg(ctx, value, f"{kind.value}'s {name}")
+            ctx.emit(kind.value, [x], out, attrs)
+            return
         x, y = node.args[0], node.args[1]
-        alpha = float(_arg(node, 2, "alpha", 1)) * sign if op == "add" else 1.0
+        sign = -1.0 if _op_name(node.target).startswith("aten::sub") else 1.0
+        alpha = (
+            float(_constant_arg(ctx, _arg(node, 2, "alpha", 1), "alpha")) * sign if kind == Kind.ADD else 1.0
+        )
         if isinstance(y, (int, float)) and isinstance(x, fx.Node):
-            attrs = {"scalar": float(y) * (alpha if op == "add" else 1.0)}
-            ctx.emit(op, [ctx.value_of(x)], _out(node), attrs)
+            scalar = float(y) * (alpha if kind == Kind.ADD else 1.0)
+            ctx.emit(kind.value, [ctx.value_of(x)], out, {"scalar": scalar})
             return
         if isinstance(x, (int, float)) and isinstance(y, fx.Node):
-            if op == "add" and alpha != 1.0:
-                raise ctx.fail("scalar - tensor is not supported")
-            ctx.emit(op, [ctx.value_of(y)], _out(node), {"scalar": float(x)})
+            if kind not in (Kind.ADD, Kind.MUL, Kind.MAXIMUM, Kind.MINIMUM) or alpha != 1.0:
+                raise ctx.fail(f"{_op_name(node.target)} of a scalar and a tensor is not supported")
+            ctx.emit(kind.value, [ctx.value_of(y)], out, {"scalar": float(x)})
             return
-        attrs = {"alpha": alpha} if op == "add" else {}
-        ctx.emit(op, [ctx.value_of(x), ctx.value_of(y)], _out(node), attrs)
+        attrs = {"alpha": alpha} if kind == Kind.ADD and alpha != 1.0 else {}
+        ctx.emit(kind.value, [ctx.value_of(x), ctx.value_of(y)], out, attrs)
 
     return conv
 
 
-_register([aten.add.Tensor, aten.add_.Tensor, aten.add.Scalar])(_binary("add"))
-_register([aten.sub.Tensor, aten.sub.Scalar])(_binary("add", -1.0))
-_register([aten.mul.Tensor, aten.mul_.Tensor, aten.mul.Scalar])(_binary("mul"))
+for _kind, _spec in ELEMENTWISE.items():
+    _register(_aten_overloads(_spec.aten))(_elementwise_converter(_kind, _spec))
+_register([aten.add.Scalar, aten.sub.Scalar])(_elementwise_converter(Kind.ADD, ELEMENTWISE[Kind.ADD]))
+_register([aten.mul.Scalar])(_elementwise_converter(Kind.MUL, ELEMENTWISE[Kind.MUL]))
 
 
 @_register([aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default])

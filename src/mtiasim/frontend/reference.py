@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mtiasim.errors import UsageError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.ir import Graph, Node
+from mtiasim.opset import Kind, elementwise, require
 
 MODES = {"sum": 0, "mean": 1, "max": 2}
 
@@ -111,53 +112,53 @@ def run_graph(
 
 
 def _run(node: Node, xs: list[Any], graph: Graph) -> torch.Tensor:
-    a = node.attrs
-    op = node.op
     out_dtype = DTYPE_TO_TORCH[graph.values[node.outputs[0]].dtype]
-    if op == "linear":
-        y = F.linear(xs[0], xs[1], xs[2] if len(xs) > 2 else None)
-        act = a.get("activation")
-        return getattr(torch, act)(y) if act else y
-    if op == "matmul":
-        return torch.matmul(xs[0], xs[1].transpose(-1, -2) if a.get("transpose_b") else xs[1])
-    if op == "embedding_bag":
-        return _embedding_bag(node, xs, out_dtype)
-    if op == "tbe":
-        return _tbe(node, xs, out_dtype)
-    if op == "cat":
-        return torch.cat(xs, dim=a["dim"])
-    if op == "relu":
-        return torch.relu(xs[0])
-    if op == "sigmoid":
-        return torch.sigmoid(xs[0])
-    if op == "tanh":
-        return torch.tanh(xs[0])
-    if op == "add":
-        if "scalar" in a:
-            return xs[0] + a["scalar"]
-        return torch.add(xs[0], xs[1], alpha=a.get("alpha", 1.0))
-    if op == "mul":
-        return xs[0] * a["scalar"] if "scalar" in a else xs[0] * xs[1]
-    if op == "cast":
-        return xs[0].to(out_dtype)
-    if op == "reshape":
-        return xs[0].reshape(a["shape"])
-    if op == "permute":
-        return xs[0].permute(a["dims"])
-    if op == "slice":
-        return xs[0].narrow(a["dim"], a["start"], a["end"] - a["start"])
-    if op == "index":
-        flat = xs[0].reshape(xs[0].shape[0], -1)
-        return flat[:, list(a["columns"])]
-    if op == "copy":
-        return xs[0].clone()
-    if op == "quantize":  # as torch's quantized_decomposed.quantize_per_tensor, in int8
-        recip = torch.tensor(1.0 / a["scale"], dtype=torch.float32)
-        q = torch.round(xs[0].to(torch.float32) * recip) + a["zero_point"]
-        return torch.clamp(q, -128, 127).to(torch.int8)
-    if op == "dequantize":
-        return ((xs[0].to(torch.float32) - a["zero_point"]) * a["scale"]).to(out_dtype)
-    raise UsageError(f"reference: op {op!r} has no torch meaning ({node.where()})")
+    spec = elementwise(node.op)
+    if spec is not None:  # the operator set's PyTorch reference
+        a = node.attrs
+        attrs = {k: a[k] for k in spec.attrs if k in a}
+        if spec.arity == 2:
+            other = torch.tensor(a["scalar"], dtype=xs[0].dtype) if "scalar" in a else xs[1]
+            return spec.torch(xs[0], other, **attrs)
+        return spec.torch(xs[0], **attrs)
+    rule = _RULES.get(node.op)
+    if rule is None:
+        raise UsageError(f"reference: op {node.op!r} has no torch meaning ({node.where()})")
+    return rule(node, xs, node.attrs, out_dtype)
+
+
+def _linear(node: Node, xs: list[Any], a: dict, out_dtype: torch.dtype) -> torch.Tensor:
+    y = F.linear(xs[0], xs[1], xs[2] if len(xs) > 2 else None)
+    act = a.get("activation")
+    return elementwise(act).torch(y) if act and act != "none" else y
+
+
+def _quantize(node: Node, xs: list[Any], a: dict, out_dtype: torch.dtype) -> torch.Tensor:
+    """As torch's quantized_decomposed.quantize_per_tensor, in int8."""
+    recip = torch.tensor(1.0 / a["scale"], dtype=torch.float32)
+    q = torch.round(xs[0].to(torch.float32) * recip) + a["zero_point"]
+    return torch.clamp(q, -128, 127).to(torch.int8)
+
+
+# the meaning of every non-elementwise operator (elementwise ones: their opset record's `torch`)
+_RULES: dict[str, Callable[[Node, list[Any], dict, torch.dtype], torch.Tensor]] = {
+    Kind.LINEAR: _linear,
+    Kind.MATMUL: lambda n, xs, a, dt: torch.matmul(
+        xs[0], xs[1].transpose(-1, -2) if a.get("transpose_b") else xs[1]
+    ),
+    Kind.EMBEDDING_BAG: lambda n, xs, a, dt: _embedding_bag(n, xs, dt),
+    Kind.TBE: lambda n, xs, a, dt: _tbe(n, xs, dt),
+    Kind.CAT: lambda n, xs, a, dt: torch.cat(xs, dim=a["dim"]),
+    Kind.CAST: lambda n, xs, a, dt: xs[0].to(dt),
+    Kind.RESHAPE: lambda n, xs, a, dt: xs[0].reshape(a["shape"]),
+    Kind.PERMUTE: lambda n, xs, a, dt: xs[0].permute(a["dims"]),
+    Kind.SLICE: lambda n, xs, a, dt: xs[0].narrow(a["dim"], a["start"], a["end"] - a["start"]),
+    Kind.INDEX: lambda n, xs, a, dt: xs[0].reshape(xs[0].shape[0], -1)[:, list(a["columns"])],
+    Kind.COPY: lambda n, xs, a, dt: xs[0].clone(),
+    Kind.QUANTIZE: _quantize,
+    Kind.DEQUANTIZE: lambda n, xs, a, dt: ((xs[0].to(torch.float32) - a["zero_point"]) * a["scale"]).to(dt),
+}
+require(set(_RULES), "frontend.reference")
 
 
 def _embedding_bag(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.Tensor:

@@ -21,6 +21,7 @@ from typing import Any
 
 from mtiasim.dtypes import DType
 from mtiasim.errors import ProgramError
+from mtiasim.opset import SPECS
 
 DYNAMIC = -1
 """A dimension known only when the model runs (e.g. the number of indices a table receives)."""
@@ -90,29 +91,8 @@ class Param:
     quant: Any = field(repr=False, compare=False, default=None)
 
 
-# The device vocabulary: op -> (what it computes, attributes)
-OPS: dict[str, str] = {
-    "linear": "y = x @ w.T (+ b): x [.., K], w [N, K], b [N]",
-    "matmul": "y = a @ b for 2-D a [M, K], b [K, N], or batched [B, M, K] @ [B, K, N]",
-    "embedding_bag": "pooled rows of one table: weight [R, D], indices [?], offsets [B(+1)], "
-    "per_sample_weights [?]; attrs mode (sum|mean|max), include_last_offset, padding_idx, row_format",
-    "tbe": "pooled rows of several tables in one byte buffer (FBGEMM TBE): attrs tables "
-    "((start_byte, dim, rows, row_bytes), ...), mode, row_format",
-    "cat": "concatenation along attr dim",
-    "relu": "elementwise max(x, 0)",
-    "sigmoid": "elementwise logistic",
-    "tanh": "elementwise tanh",
-    "add": "x + alpha * y with broadcasting (attr alpha)",
-    "mul": "x * y with broadcasting",
-    "cast": "x converted to attr dtype",
-    "reshape": "same elements, attr shape (a view when contiguous)",
-    "permute": "dimensions reordered by attr dims",
-    "slice": "x[..., start:end:step, ...] along attr dim",
-    "index": "x[:, rows, cols] for constant index vectors (DLRM's dot-interaction triangle): attr indices",
-    "copy": "y = x",
-    "quantize": "int8 y = saturate(round(x / attr scale) + attr zero_point) (a PT2E quantization point)",
-    "dequantize": "y = (x - attr zero_point) * attr scale",
-}
+# The device vocabulary: op -> what it computes and its attributes (the operator set, `mtiasim.opset`)
+OPS: dict[str, str] = {k.value: spec.doc for k, spec in SPECS.items()}
 
 
 @dataclass

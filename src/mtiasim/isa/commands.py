@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from mtiasim.dtypes import DType
 from mtiasim.isa.memory import TileStream
+from mtiasim.opset import ELEMENTWISE
+from mtiasim.opset import EPILOGUE_ACTIVATIONS as OPSET_EPILOGUE
 
 PeId = tuple[int, int]
 """A PE by its (row, col) in the chip grid."""
@@ -178,26 +181,20 @@ class MatMul:
         return DType.INT32 if self.dtype == DType.INT8 else DType.FP32
 
 
-class SeOp(StrEnum):
-    """SIMD Engine elementwise operations. Nonlinears (tanh, sigmoid) go through the SE's LUT."""
-
-    COPY = "copy"
-    CAST = "cast"
-    QUANTIZE = "quantize"
-    DEQUANTIZE = "dequantize"
-    RELU = "relu"
-    TANH = "tanh"
-    SIGMOID = "sigmoid"
-    ADD = "add"
-    MUL = "mul"
-
-
-UNARY_SE_OPS = frozenset(
-    {SeOp.COPY, SeOp.CAST, SeOp.QUANTIZE, SeOp.DEQUANTIZE, SeOp.RELU, SeOp.TANH, SeOp.SIGMOID}
+# SIMD Engine operations: data movement and (de)quantization, then every elementwise operator of the operator
+# set (`mtiasim.opset.ELEMENTWISE`, which says how each is computed: IEEE FP32, an SE lookup table, or the
+# FP32 math library)
+SeOp = StrEnum(
+    "SeOp",
+    [(n, n.lower()) for n in ("COPY", "CAST", "QUANTIZE", "DEQUANTIZE")]
+    + [(k.name, k.value) for k in ELEMENTWISE],
+)
+SeOp.__doc__ = (
+    "SIMD Engine elementwise operations (the operator set's elementwise operators and conversions)."
 )
 
-
-EPILOGUE_ACTIVATIONS = frozenset({SeOp.RELU, SeOp.SIGMOID, SeOp.TANH})
+BINARY_SE_OPS = frozenset(SeOp(k.value) for k, e in ELEMENTWISE.items() if e.arity == 2)
+EPILOGUE_ACTIVATIONS = frozenset(SeOp(k.value) for k in OPSET_EPILOGUE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +225,9 @@ class SeMap:
     src2_period: int = 0
     row_scale_cb: int | None = None
     row_scale_period: int = 0
+    params: tuple[
+        tuple[str, Any], ...
+    ] = ()  # an operator's constants (leaky_relu slope, clamp bounds, alpha...)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from mtiasim.isa import (
     TileStream,
     loop,
 )
+from mtiasim.isa.commands import BINARY_SE_OPS
 from mtiasim.kernels.common import Region, cb_layout, split
 from mtiasim.kernels.tiling import grid_loops, tile_shape
 
@@ -56,8 +57,10 @@ def elementwise_job(
     scale: float = 1.0,
     zero_point: int = 0,
     region: Region | None = None,
+    params: tuple[tuple[str, object], ...] = (),
 ) -> Job:
-    """``out = op(x[, y])`` with a static scale for (de)quantization; a [1, N] `y` broadcasts over x's rows."""
+    """``out = op(x[, y])`` with a static scale for (de)quantization and the operator's constants `params`;
+    a [1, N] `y` broadcasts over x's rows."""
     region = region or Region.whole(chip)
     region.check(chip)
     row_bcast = y is not None and y.shape != x.shape and y.rows == 1 and y.cols == x.cols
@@ -65,7 +68,7 @@ def elementwise_job(
         raise UsageError(
             f"{name}: elementwise shapes differ: {x.shape}, {out.shape}" + (f", {y.shape}" if y else "")
         )
-    binary = op in (SeOp.ADD, SeOp.MUL)
+    binary = op in BINARY_SE_OPS
     if binary != (y is not None):
         raise UsageError(f"{name}: {op.value} takes {'two inputs' if binary else 'one input'}")
     tile = tile_shape(x.rows, x.cols, max(x.dtype.itemsize, out.dtype.itemsize))
@@ -97,6 +100,7 @@ def elementwise_job(
                 scale=scale,
                 zero_point=zero_point,
                 src2_period=period,
+                params=params,
             )
         )
         prog.cores[1].append(DmaOut(CB_OUT, TileStream(out.name, tile, lp)))

@@ -56,6 +56,7 @@ from mtiasim.isa import (
     Transfer,
     loop,
 )
+from mtiasim.isa.commands import EPILOGUE_ACTIVATIONS
 from mtiasim.kernels.common import Region, cb_layout, cdiv, split
 
 CB_A, CB_B, CB_C, CB_BIAS, CB_SCALE, CB_POST_BIAS, CB_ROW_SCALE = 0, 1, 2, 3, 4, 5, 6
@@ -64,7 +65,8 @@ OUT_DEPTH_TILES = 2
 DPE_DTYPES = (DType.INT8, DType.FP16, DType.BF16)
 VARIANTS = ("ws", "is", "os")
 TILE_K_CHOICES = (32, 64, 128, 256)
-ACTIVATIONS = {"none": None, "relu": SeOp.RELU, "sigmoid": SeOp.SIGMOID, "tanh": SeOp.TANH}
+# what a MatMul's epilogue can apply (the operator set's epilogue activations)
+ACTIVATIONS = {"none": None, **{a.value: a for a in sorted(EPILOGUE_ACTIVATIONS)}}
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 from mtiasim.compiler import CompiledGraph
 from mtiasim.dtypes import DType
-from mtiasim.engine.numerics import LUT_MAX_ABS_ERROR
 from mtiasim.frontend.reference import normalize_bags, run_graph, tbe_table
 from mtiasim.ir import Node, ValueKind
+from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
 
 U32 = 2.0**-24
 UNIT_ROUNDOFF = {DType.FP16: 2.0**-11, DType.BF16: 2.0**-8, DType.FP32: U32}
@@ -57,16 +57,17 @@ class OutputBound:
 
     def check(self, got: torch.Tensor) -> dict[str, float | bool | int]:
         """Compare a device result with the reference under the bound: the worst error, the worst bound, the
-        worst error relative to its bound and to sigma, and whether every element is within (NaN must match
-        NaN, inf the same inf)."""
+        worst error relative to its bound and to sigma, and whether every element is within (where the
+        reference is non-finite the device must be non-finite too)."""
         g = got.detach().to(torch.float64).reshape(self.reference.shape)
         r = self.reference.to(torch.float64)
         finite = torch.isfinite(r)
         err = (g - r).abs()
         err = torch.where(finite, err, torch.zeros_like(err))
         ok = err <= self.bound * (1 + 1e-9)
-        # non-finite references: the device must give the same non-finite value
-        same = (torch.isnan(r) & torch.isnan(g)) | (torch.isinf(r) & (g == r))
+        # non-finite references: the device must be non-finite there too (docs/numerics.md section 3: a LUT
+        # saturates, so x * sigmoid(x) at -inf is -inf on the chip, NaN in PyTorch)
+        same = ~torch.isfinite(r) & ~torch.isfinite(g)
         ok = torch.where(finite, ok, same)
         ok |= torch.isinf(self.bound) & ~torch.isfinite(g)  # an overflow the bound allows
         fin_b = torch.isfinite(self.bound) & finite
@@ -114,14 +115,20 @@ def accumulation_bound(magnitudes: np.ndarray, terms: int) -> np.ndarray:
 
 def bound_check(got: np.ndarray, ref: np.ndarray, bound: np.ndarray, reference: str) -> dict[str, object]:
     """A benchmark's numbers against a float64 reference under the specification's element bound."""
-    err = np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64))
+    g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    same = (np.isnan(g) & np.isnan(r)) | (np.isinf(r) & (g == r))  # non-finite where the reference is
+    with np.errstate(invalid="ignore"):
+        err = np.where(same, 0.0, np.abs(g - r))
     bound = np.broadcast_to(np.asarray(bound, np.float64), err.shape)
-    ratio = np.where(bound > 0, err / np.where(bound > 0, bound, 1), np.where(err > 0, np.inf, 0))
+    bound = np.where(same, 0.0, bound)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(bound > 0, err / np.where(bound > 0, bound, 1), np.where(err > 0, np.inf, 0))
+    finite = np.isfinite(bound)
     return {
         "reference": reference,
-        "max_abs_err": float(err.max(initial=0.0)),
-        "max_bound": float(bound.max(initial=0.0)),
-        "max_err_over_bound": float(ratio.max(initial=0.0)),
+        "max_abs_err": float(np.nan_to_num(err, nan=np.inf).max(initial=0.0)),
+        "max_bound": float(bound[finite].max(initial=0.0)),
+        "max_err_over_bound": float(np.nan_to_num(ratio[finite], nan=np.inf).max(initial=0.0)),
         "passed": bool((err <= bound * (1 + 1e-9)).all()),
     }
 
@@ -223,13 +230,55 @@ def error_bounds(compiled: CompiledGraph, inputs: dict[str, torch.Tensor]) -> li
     return [outputs[v] for v in g.outputs]
 
 
-def _act(x: Err, act: str | None) -> Err:
-    """Lipschitz constant and LUT error; a sigmoid's error is at most 1 and a tanh's 2 (both sides bounded)."""
-    if act in ("sigmoid", "tanh"):
-        lut = LUT_MAX_ABS_ERROR[act]
-        lip, span = (0.25, 1.0) if act == "sigmoid" else (1.0, 2.0)
-        return Err(torch.clamp(lip * x.e + lut, max=span), lip**2 * x.var + lut**2 / 3)
-    return x
+def _unary(kind: str, x: Err, r_in: torch.Tensor | None, f_abs: torch.Tensor, attrs: dict) -> Err:
+    """An operator-set unary op (docs/numerics.md section 4): slope over [r - e, r + e] times e, plus the
+    chip's absolute, relative-to-output and relative-to-input errors, capped at the output's range width."""
+    spec = ELEMENTWISE[Kind(kind)]
+    if spec.rule == "power":
+        c = float(attrs.get("exponent", 1.0))
+        lo, hi = r_in - x.e, r_in + x.e
+        m = torch.maximum(lo.abs(), hi.abs())
+        if c >= 1:
+            slope = abs(c) * m ** (c - 1)
+        else:
+            slope = torch.where(
+                lo > 0, abs(c) * lo.clamp_min(1e-300) ** (c - 1), torch.full_like(lo, math.inf)
+            )
+        slope0 = abs(c) * r_in.abs().clamp_min(1e-300) ** (c - 1) if c != 1 else torch.ones_like(r_in)
+    elif callable(spec.slope):
+        slope = spec.slope(r_in - x.e, r_in + x.e)
+        slope0 = spec.slope(r_in, r_in)
+    else:
+        slope = slope0 = spec.slope
+    if kind == Kind.LEAKY_RELU.value:
+        slope = slope0 = max(1.0, abs(float(attrs.get("negative_slope", 0.01))))
+    inp = 0.0 if r_in is None else r_in.abs()
+    worst = slope * x.e + spec.abs_error + spec.rel_error * f_abs + spec.in_rel_error * (inp + x.e)
+    worst = torch.where(torch.isnan(worst), torch.full_like(worst, math.inf), worst)
+    if math.isfinite(spec.span):
+        worst = torch.clamp(worst, max=spec.span)
+    chip = spec.abs_error**2 + (spec.rel_error * f_abs) ** 2 + (spec.in_rel_error * inp) ** 2
+    return Err(worst, slope0**2 * x.var + chip / 3)
+
+
+def _binary(kind: str, a: Err, b: Err, ma: torch.Tensor, mb: torch.Tensor, f_abs: torch.Tensor) -> Err:
+    """An operator-set binary op: sum, product, quotient or extremum of two values with errors."""
+    spec = ELEMENTWISE[Kind(kind)]
+    if spec.rule == "sum":
+        return Err(a.e + b.e, a.var + b.var)
+    if spec.rule == "product":
+        return Err(ma * b.e + mb * a.e + a.e * b.e, ma**2 * b.var + mb**2 * a.var)
+    if spec.rule == "quotient":
+        den = mb * (mb - b.e)
+        worst = torch.where(
+            mb > b.e, (ma * b.e + mb * a.e) / den.clamp_min(1e-300), torch.full_like(den, math.inf)
+        )
+        worst = worst + spec.rel_error * f_abs
+        var = (a.var + f_abs**2 * b.var) / (mb**2).clamp_min(1e-300) + (spec.rel_error * f_abs) ** 2 / 3
+        return Err(worst, var)
+    if spec.rule == "extremum":
+        return Err(torch.maximum(a.e, b.e), torch.maximum(a.var, b.var))
+    raise ValueError(f"no bound rule {spec.rule!r} for {kind}")
 
 
 def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> Err:
@@ -237,8 +286,11 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
     ins = node.inputs
     fd = fm.precision.float_dtype
     u = UNIT_ROUNDOFF.get(fd, 0.0)
+    y = node.outputs[0]
     if op == "linear":
-        return _act(_linear(node, g, fm, ref, mag, err), a.get("activation"))
+        x, pre = _linear(node, g, fm, ref, mag, err)
+        act = a.get("activation")
+        return x if act in (None, "none") else _unary(act, x, pre, mag[y], {})
     if op == "matmul":
         x, w = ins
         tb = a.get("transpose_b")
@@ -253,35 +305,25 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
         return Err(worst, ma**2 @ eb.var + ea.var @ mb**2)
     if op in ("embedding_bag", "tbe"):
         return _bags(node, g, fm, ref, mag)
-    if op in ("relu", "sigmoid", "tanh"):
-        return _act(err[ins[0]], op)
-
-    def operand(v: str, scale: float = 1.0) -> Err:
-        if g.kinds.get(v) == ValueKind.PARAM:  # a weight operand, rounded to the activations' type
-            m = u * scale * mag[v]
-            return Err(m, m**2 / 3)
-        x = err[v]
-        return Err(scale * x.e, scale**2 * x.var)
-
-    if op == "add":
-        if "scalar" in a:
-            c = u * abs(a["scalar"])
-            return Err(err[ins[0]].e + c, err[ins[0]].var + c**2 / 3)
-        ea, eb = err[ins[0]], operand(ins[1], abs(a.get("alpha", 1.0)))
-        return Err(ea.e + eb.e, ea.var + eb.var)
-    if op == "mul":
-        if "scalar" in a:
-            c = abs(a["scalar"])
-            ea = err[ins[0]]
-            r = u * c * mag[ins[0]]
-            return Err(c * ea.e + r, c**2 * ea.var + r**2 / 3)
-        ma, mb = mag[ins[0]], mag[ins[1]]
-        ea, eb = err[ins[0]], operand(ins[1])
-        return Err(ma * eb.e + mb * ea.e + ea.e * eb.e, ma**2 * eb.var + mb**2 * ea.var)
+    spec = elementwise(op)
+    if spec is not None and spec.arity == 1:
+        return _unary(op, err[ins[0]], ref[ins[0]].detach().to(torch.float64), mag[y], a)
+    if spec is not None:
+        if "scalar" in a:  # a constant operand, rounded to the activations' type
+            c = torch.full_like(mag[ins[0]], abs(float(a["scalar"])))
+            other = Err(u * c, (u * c) ** 2 / 3)
+            return _binary(op, err[ins[0]], other, mag[ins[0]], c, mag[y])
+        scale = abs(float(a.get("alpha", 1.0)))
+        if g.kinds.get(ins[1]) == ValueKind.PARAM:
+            m = u * scale * mag[ins[1]]
+            eb = Err(m, m**2 / 3)
+        else:
+            eb = Err(scale * err[ins[1]].e, scale**2 * err[ins[1]].var)
+        return _binary(op, err[ins[0]], eb, mag[ins[0]], scale * mag[ins[1]], mag[y])
     if op == "dequantize":  # a PT2E quantization point kept as is: the quantize's input and its rounding
         q = producer.get(ins[0])
         if q is None or q.op != "quantize":
-            z = torch.zeros_like(mag[node.outputs[0]])
+            z = torch.zeros_like(mag[y])
             return Err(z, z)
         src = q.inputs[0]
         return _quantized(
@@ -306,10 +348,10 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
     raise ValueError(f"no error bound rule for op {op!r} ({node.where()})")
 
 
-def _linear(node: Node, g, fm, ref, mag, err: dict[str, Err]) -> Err:
+def _linear(node: Node, g, fm, ref, mag, err: dict[str, Err]) -> tuple[Err, torch.Tensor]:
     """device = (W + dW)(x + d) (+ b): error = dW x + (W + dW) d + accumulation, with dW the exact weight
     error (rounding to fp16/bf16, or int8 quantization; 0 for a PT2E model's own int8 weights) and d the
-    input's error (after its quantization for int8)."""
+    input's error (after its quantization for int8). Also returns the fp32 reference before the activation."""
     x, w = node.inputs[0], node.inputs[1]
     b = node.inputs[2] if len(node.inputs) > 2 else None
     p = g.params[w]
@@ -345,7 +387,8 @@ def _linear(node: Node, g, fm, ref, mag, err: dict[str, Err]) -> Err:
     if fm.precision.int8 and b is not None and lq.post_bias is None:  # the bias rounded to INT32
         step = lq.x.scale * torch.from_numpy(lq.w_scales.astype(np.float64))
         worst, var = worst + step / 2, var + step**2 / 12
-    return Err(worst, var)
+    pre = rx @ W.T + (ref[b].detach().to(torch.float64).reshape(-1) if b is not None else 0.0)
+    return Err(worst, var), pre
 
 
 def _to_dtype(t: torch.Tensor, dtype: DType) -> np.ndarray:
@@ -442,3 +485,12 @@ def _tbe_bags(node: Node, ref, n_tables: int) -> list:
         w = None if psw is None else psw[o[0] : o[-1]]
         out.append((sl, o - o[0], w))
     return out
+
+
+# the operators `_node_bound` has a rule for (elementwise ones through their opset record); a quantize's int8
+# output carries no float error of its own (its dequantize takes the rounding)
+require(
+    {"linear", "matmul", "embedding_bag", "tbe", "dequantize", "quantize", "cat", "cast", "copy", "reshape",
+     "permute", "slice", "index"},
+    "runtime.bounds",
+)  # fmt: skip
