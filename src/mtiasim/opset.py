@@ -49,6 +49,7 @@ class Kind(StrEnum):
     COPY = "copy"
     QUANTIZE = "quantize"
     DEQUANTIZE = "dequantize"
+    REDUCE = "reduce"
     # elementwise (see ELEMENTWISE)
     RELU = "relu"
     SIGMOID = "sigmoid"
@@ -365,6 +366,10 @@ _OTHER = {
     Kind.COPY: (Unit.DMA, "y = x"),
     Kind.QUANTIZE: (Unit.SE, "int8 y = saturate(round(x / attr scale) + attr zero_point) (a PT2E point)"),
     Kind.DEQUANTIZE: (Unit.SE, "y = (x - attr zero_point) * attr scale"),
+    Kind.REDUCE: (
+        Unit.SE,
+        "attr op (sum|mean|max|min) of the last dim, kept: [.., N] -> [.., 1] (FP32 accumulation in order)",
+    ),
 }
 
 SPECS: dict[Kind, OpSpec] = {}

@@ -22,13 +22,14 @@ from mtiasim.compiler.memory import MemoryPlan, plan_memory
 from mtiasim.errors import CapacityError, MtiasimError, UnsupportedOperatorError
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dpe_macs_per_cycle, dram_bytes_per_s, sram_bytes_per_s
-from mtiasim.isa import Job, Level, PoolMode, SeOp, TensorDecl
+from mtiasim.isa import Job, Level, PoolMode, ReduceOp, SeOp, TensorDecl
 from mtiasim.isa.commands import RowFormat
 from mtiasim.kernels.bmm import bmm_job
 from mtiasim.kernels.common import Region
 from mtiasim.kernels.elementwise import elementwise_job, quantize_rows_job
 from mtiasim.kernels.gemm import gemm_job
 from mtiasim.kernels.layout import copy_job, gather_columns_job, transpose_job
+from mtiasim.kernels.rowwise import reduce_rows_job
 from mtiasim.kernels.tbe import tbe_job
 
 
@@ -490,11 +491,14 @@ class Codegen:
             return quantize_rows_job(
                 chip, op.name, d(op.reads[0]), d(op.writes[0]), d(op.writes[1]), region=region
             )
+        if k == "reduce":
+            return reduce_rows_job(chip, op.name, ReduceOp(op.attrs["op"]), d(op.reads[0]), d(op.writes[0]),
+                                   region=region)  # fmt: skip
         if k == "eltwise":
             se = SeOp(op.attrs["op"])
             x = d(op.reads[0])
             y = d(op.reads[1]) if len(op.reads) > 1 else None
-            if y is not None and y.shape != x.shape and y.rows * y.cols == x.cols:
+            if y is not None and y.shape != x.shape and y.rows * y.cols == x.cols and y.cols != 1:
                 y = d(op.reads[1], (1, x.cols)) if op.reads[1] in low.views else y
             params = tuple(op.attrs.get("params", ()))
             return elementwise_job(chip, op.name, se, x, d(op.writes[0]), y=y, region=region, params=params)

@@ -245,10 +245,8 @@ class Lowering:
             b, sb = bt, self.shapes[bt]
             del rank
         if len(sa) == 3:
-            if sa != sb:
-                raise self.fail(
-                    node, f"batched matmul of {list(sa)} by {list(sb)}^T needs equal operand shapes"
-                )
+            if sa[0] != sb[0] or sa[2] != sb[2]:
+                raise self.fail(node, f"batched matmul of {list(sa)} by {list(sb)}^T: batch or depth differ")
             self.kop("bmm", [a, b], [y], {}, node)
             return
         self.kop(
@@ -364,10 +362,16 @@ class Lowering:
 
     def _constant(self, param: str, dtype: DType, alpha: float, like: tuple[int, ...]) -> str:
         """A weight operand of an elementwise op, scaled by `alpha`, in the activations' dtype: [1, N] when it
-        broadcasts over rows, else the activation's 2-D shape."""
+        broadcasts over rows, [M, 1] over columns, else the activation's 2-D shape."""
         p = self.g.params[param]
         shape = p.type.shape
-        rows, cols = (1, shape[-1]) if math.prod(shape) == shape[-1] else _natural(like)
+        like_rows, like_cols = _natural(like)
+        if math.prod(shape) == shape[-1] == like_cols:  # a row, broadcast over the rows
+            rows, cols = 1, like_cols
+        elif shape[-1] == 1 and math.prod(shape) == like_rows:  # a column, broadcast over the columns
+            rows, cols = like_rows, 1
+        else:
+            rows, cols = like_rows, like_cols
         name = f"{param}@{dtype.value}" + (f"*{alpha:g}" if alpha != 1.0 else "")
         if name not in self.buffers:
             data = None if p.virtual else _to_numpy(p.tensor.detach().to(torch.float32) * alpha, dtype)
@@ -428,6 +432,9 @@ class Lowering:
             },
             node,
         )
+
+    def _op_reduce(self, node: Node) -> None:
+        self.kop("reduce", [node.inputs[0]], [node.outputs[0]], {"op": node.attrs["op"]}, node)
 
     def _op_index(self, node: Node) -> None:
         self.kop("gather", [node.inputs[0]], [node.outputs[0]], {"columns": node.attrs["columns"]}, node)

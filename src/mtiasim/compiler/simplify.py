@@ -32,6 +32,7 @@ def simplify(graph: Graph) -> Graph:
     g.outputs = list(graph.outputs)
     for rewrite in (
         _matmul_to_linear,
+        _fold_scale,
         _fold_bias,
         _fuse_activation,
         _take_fake_quant,
@@ -103,25 +104,78 @@ def _matmul_to_linear(g: Graph) -> None:
             n.attrs["transpose_b"] = True
 
 
+def _vector_user(g: Graph, n: Node, op: str) -> tuple[Node, str] | None:
+    """The single user of a linear's output when it is `op` with a weight vector of the output's width (a
+    per-output-channel constant, e.g. an eval batch norm's scale or shift): (user, that weight)."""
+    user = _single_user(g, n.outputs[0])
+    if user is None or user.op != op or "scalar" in user.attrs or user.attrs.get("alpha", 1.0) != 1.0:
+        return None
+    if user.inputs[0] == user.inputs[1]:
+        return None
+    other = user.inputs[1] if user.inputs[0] == n.outputs[0] else user.inputs[0]
+    n_out = g.values[n.outputs[0]].shape[-1]
+    if g.kinds.get(other) != ValueKind.PARAM or g.values[other].shape not in ((n_out,), (1, n_out)):
+        return None
+    return user, other
+
+
+def _absorb(g: Graph, n: Node, user: Node) -> None:
+    _rename(g, user.outputs[0], n.outputs[0])
+    g.nodes.remove(user)
+    if user.outputs[0] in g.values:
+        g.values[n.outputs[0]] = g.values[user.outputs[0]]
+
+
+def _fold_scale(g: Graph) -> None:
+    """linear followed by a per-channel multiply: the weight's rows (and the bias) scaled, in fp32."""
+    for n in list(g.nodes):
+        if n.op != "linear" or n.attrs.get("activation") or n not in g.nodes:
+            continue
+        found = _vector_user(g, n, "mul")
+        wp = g.params.get(n.inputs[1])
+        if found is None or wp is None or wp.quant is not None:
+            continue
+        user, other = found
+        sp = g.params[other]
+        virtual = wp.virtual or sp.virtual
+        s = None if virtual else sp.tensor.detach().to(torch.float32).reshape(-1)
+        w = None if virtual else wp.tensor.detach().to(torch.float32) * s[:, None]
+        name = f"{n.inputs[1]}*{other}"
+        _add_param(g, name, w, wp.type, virtual, f"{wp.target} * {sp.target}")
+        inputs = [n.inputs[0], name]
+        if len(n.inputs) > 2:
+            bp = g.params[n.inputs[2]]
+            b = None if virtual or bp.virtual else bp.tensor.detach().to(torch.float32).reshape(-1) * s
+            _add_param(g, f"{n.inputs[2]}*{other}", b, bp.type, b is None, f"{bp.target} * {sp.target}")
+            inputs.append(f"{n.inputs[2]}*{other}")
+        n.inputs = tuple(inputs)
+        _absorb(g, n, user)
+
+
 def _fold_bias(g: Graph) -> None:
-    for n in g.nodes:
-        if n.op != "linear" or len(n.inputs) != 2 or n.attrs.get("activation"):
+    """linear followed by the add of a weight vector: it becomes (or adds to) the bias."""
+    for n in list(g.nodes):
+        if n.op != "linear" or n.attrs.get("activation") or n not in g.nodes:
             continue
-        user = _single_user(g, n.outputs[0])
-        if user is None or user.op != "add" or "scalar" in user.attrs or user.attrs.get("alpha", 1.0) != 1.0:
+        found = _vector_user(g, n, "add")
+        if found is None:
             continue
-        other = user.inputs[1] if user.inputs[0] == n.outputs[0] else user.inputs[0]
-        n_out = g.values[n.outputs[0]].shape[-1]
-        tb = g.values[other]
-        if g.kinds.get(other) != ValueKind.PARAM or tb.shape not in ((n_out,), (1, n_out)):
-            continue
-        if user.inputs[0] == user.inputs[1]:
-            continue
-        n.inputs = (*n.inputs, other)
-        _rename(g, user.outputs[0], n.outputs[0])
-        g.nodes.remove(user)
-        if user.outputs[0] in g.values:
-            g.values[n.outputs[0]] = g.values[user.outputs[0]]
+        user, other = found
+        if len(n.inputs) > 2:  # bias + shift, in fp32
+            bp, sp = g.params[n.inputs[2]], g.params[other]
+            virtual = bp.virtual or sp.virtual
+            b = None
+            if not virtual:
+                b = bp.tensor.detach().to(torch.float32).reshape(-1) + sp.tensor.detach().to(
+                    torch.float32
+                ).reshape(-1)
+            name = f"{n.inputs[2]}+{other}"
+            _add_param(g, name, b, bp.type, virtual, f"{bp.target} + {sp.target}")
+            other = name
+            n.inputs = (*n.inputs[:2], other)
+        else:
+            n.inputs = (*n.inputs, other)
+        _absorb(g, n, user)
 
 
 def _fuse_activation(g: Graph) -> None:

@@ -319,3 +319,19 @@ def elementwise(
         out = np.array(out, dtype=np.float32, copy=True)
         out[special] = ref.numpy().astype(np.float32)
     return out
+
+
+def reduce_rows(x: np.ndarray, op: str) -> np.ndarray:
+    """The SE's row reduction of [rows, cols] values (docs/numerics.md): sum accumulates in FP32 in column
+    order (`cumsum` is sequential), mean divides that sum by cols in FP32, max/min give NaN for a row holding
+    one. Returns [rows] FP32."""
+    xf = np.asarray(x, dtype=np.float32)
+    rows, cols = xf.shape
+    if cols == 0:
+        return np.zeros(rows, np.float32)
+    with np.errstate(all="ignore"):
+        if op in ("sum", "mean"):
+            total = np.cumsum(xf, axis=1, dtype=np.float32)[:, -1]
+            return (total / np.float32(cols)).astype(np.float32) if op == "mean" else total
+        fn = np.max if op == "max" else np.min  # np.max/np.min propagate NaN
+        return fn(xf, axis=1).astype(np.float32)

@@ -46,6 +46,7 @@ from mtiasim.isa import (
     SeMinMax,
     SeOp,
     SePool,
+    SeRowReduce,
     SeRowScale,
 )
 from mtiasim.isa.commands import BINARY_SE_OPS, EPILOGUE_ACTIVATIONS
@@ -600,7 +601,11 @@ class _Resolver:
             resident = cmd.src2_period > 0
             n2 = cmd.src2_period if resident else cmd.n_tiles
             run2, segs2 = self._take(st, node, cmd.src2, n2, pop=not resident)
-            shape2 = (1, shape[1]) if segs2 and segs2[0].shape[0] == 1 else shape
+            head = segs2[0].shape if segs2 else shape
+            # a [1, c] tile broadcasts over rows, an [r, 1] tile over columns
+            shape2 = (
+                (shape[0], 1) if tuple(head) == (shape[0], 1) else (1, shape[1]) if head[0] == 1 else shape
+            )
             self._check_tiles(st, node, segs2, cmd.src2, shape2, None, "second operand tiles")
             if resident:
                 self._resident_fits(st, node, cmd.src2, n2, segs2)
@@ -646,14 +651,18 @@ class _Resolver:
             source = ArrayTiles(np.array([[[x.min(), x.max()]]], dtype=np.float32))
         self._push(st, node, cmd.dst, 1, (1, 2), DType.FP32, source)
 
-    def _se_row_scale(self, node: Node, cmd: SeRowScale, st: _JobState) -> None:
+    def _take_bands(self, node: Node, cmd: SeRowScale | SeRowReduce, st: _JobState):
+        """(run, tile shape, bands) of a row-band command's input, checked."""
         where = f"job {st.job.name}: {node.where}"
         if cmd.band <= 0 or cmd.n_tiles % cmd.band:
             raise ProgramError(f"{where}: {cmd.n_tiles} tiles are not whole bands of {cmd.band}")
         run, segs = self._take(st, node, cmd.src, cmd.n_tiles, pop=True)
         shape = segs[0].shape
         self._check_tiles(st, node, segs, cmd.src, shape, segs[0].dtype, "tiles")
-        bands = cmd.n_tiles // cmd.band
+        return run, shape, cmd.n_tiles // cmd.band
+
+    def _se_row_scale(self, node: Node, cmd: SeRowScale, st: _JobState) -> None:
+        run, shape, bands = self._take_bands(node, cmd, st)
         source = None
         if run is not None:
             x = np.abs(run.get(0, cmd.n_tiles).astype(np.float32))
@@ -661,6 +670,21 @@ class _Resolver:
             amax = x.reshape(bands, cmd.band, shape[0], shape[1]).max(axis=(1, 3))
             source = ArrayTiles(nx.row_scales(amax)[:, :, None])
         self._push(st, node, cmd.dst, bands, (shape[0], 1), DType.FP32, source)
+
+    def _se_row_reduce(self, node: Node, cmd: SeRowReduce, st: _JobState) -> None:
+        where = f"job {st.job.name}: {node.where}"
+        run, shape, bands = self._take_bands(node, cmd, st)
+        if not (cmd.band - 1) * shape[1] < cmd.cols <= cmd.band * shape[1]:
+            raise ProgramError(f"{where}: {cmd.cols} columns do not end in the last of {cmd.band} tiles")
+        if not cmd.out_dtype.is_float:
+            raise ProgramError(f"{where}: a row reduction writes a float dtype, not {cmd.out_dtype.value}")
+        source = None
+        if run is not None:
+            x = run.get(0, cmd.n_tiles).reshape(bands, cmd.band, shape[0], shape[1])
+            rows = x.transpose(0, 2, 1, 3).reshape(bands * shape[0], cmd.band * shape[1])[:, : cmd.cols]
+            r = nx.reduce_rows(rows, cmd.op.value).reshape(bands, shape[0], 1)
+            source = ArrayTiles(nx.cast(r, cmd.out_dtype, st.stats))
+        self._push(st, node, cmd.dst, bands, (shape[0], 1), cmd.out_dtype, source)
 
     def _se_pool(self, node: Node, cmd: SePool, st: _JobState) -> None:
         where = f"job {st.job.name}: {node.where}"
@@ -755,6 +779,7 @@ _HANDLERS = {
     SeMap: _Resolver._se_map,
     SeMinMax: _Resolver._se_minmax,
     SeRowScale: _Resolver._se_row_scale,
+    SeRowReduce: _Resolver._se_row_reduce,
     SePool: _Resolver._se_pool,
     MluTranspose: _Resolver._mlu_transpose,
     MluConcat: _Resolver._mlu_concat,
@@ -787,7 +812,7 @@ def _inputs(cmd: Command) -> list[tuple[int, int]]:
         if cmd.row_scale_cb is not None:
             need.append((cmd.row_scale_cb, -(-cmd.n_tiles // max(cmd.row_scale_period, 1))))
         return need
-    if isinstance(cmd, SeMinMax | SeRowScale | MluTranspose | MluReshape):
+    if isinstance(cmd, SeMinMax | SeRowScale | SeRowReduce | MluTranspose | MluReshape):
         return [(cmd.src, cmd.n_tiles)]
     if isinstance(cmd, SePool):
         return [(cmd.src, cmd.rows)]

@@ -37,11 +37,13 @@ from mtiasim.isa import (
     MluTranspose,
     PeId,
     Program,
+    ReduceOp,
     RowFormat,
     SeMap,
     SeMinMax,
     SeOp,
     SePool,
+    SeRowReduce,
     SeRowScale,
     TensorDecl,
 )
@@ -680,6 +682,25 @@ class WorkModel:
             se_ops=ops,
             ls_read_bytes=elems * dt.itemsize,
             ls_write_bytes=float(bands * shape[0] * 4),
+            commands=cmd.n_tiles,
+        )
+        return w
+
+    def _w_SeRowReduce(self, node: Node, cmd: SeRowReduce) -> Work:
+        shape, dt = node.in_shape or (1, 1), node.in_dtype or DType.FP16
+        elems = float(cmd.n_tiles * shape[0] * shape[1])
+        bands = cmd.n_tiles // max(cmd.band, 1)
+        w = Work("se", "compute", items=cmd.n_tiles)
+        # one add (or compare) per element into FP32 lane accumulators, then a lane-tree per row (and a
+        # divide for the mean)
+        per_row = math.log2(max(self.chip.se.fp32_ops_per_cycle, 2.0)) + (cmd.op == ReduceOp.MEAN)
+        w.busy_s, ops = self._se(elems + bands * shape[0] * per_row, 1, DType.FP32, cmd.n_tiles)
+        w.issue_s = self._issue(cmd.n_tiles)
+        w.latency_s = self.chip.se.command_overhead_cycles * self.cyc
+        w.counters.update(
+            se_ops=ops,
+            ls_read_bytes=elems * dt.itemsize,
+            ls_write_bytes=float(bands * shape[0] * cmd.out_dtype.itemsize),
             commands=cmd.n_tiles,
         )
         return w

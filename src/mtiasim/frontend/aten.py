@@ -6,6 +6,7 @@ attributes. Views and no-op casts become `reshape` / `copy` / `cast` nodes the c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +113,42 @@ class Ctx:
             quant = pt2e_weight(node, args)
         self.params[node.name] = Param(node.name, f"<folded {node.target}>", tt, virtual, tensor, quant)
 
+    def param_view(self, name: str, shape: tuple[int, ...]) -> str:
+        """A parameter seen with another shape of the same elements (a new parameter, no op)."""
+        if self.params[name].type.shape == shape:
+            self.used.add(name)
+            return name
+        view = f"{name}@{'x'.join(str(d) for d in shape)}"
+        if view not in self.params:
+            p = self.params[name]
+            tensor = None if p.virtual else self.param_tensors[name].reshape(shape)
+            if tensor is not None:
+                self.param_tensors[view] = tensor
+            self.params[view] = Param(view, p.target, TensorType(shape, p.type.dtype), p.virtual, tensor)
+        self.values.setdefault(view, self.params[view].type)
+        self.used.add(view)
+        return view
+
+    def new_param(self, name: str, tensor: torch.Tensor | None, tt: TensorType, target: str) -> str:
+        """A constant the front end computes from the model's weights (None: virtual weights)."""
+        if tensor is not None:
+            self.param_tensors[name] = tensor
+        self.params[name] = Param(name, target, tt, tensor is None, tensor)
+        self.values[name] = tt
+        self.used.add(name)
+        return name
+
+    def reshape(self, x: str, shape: tuple[int, ...], name: str) -> str:
+        """`x` with another shape: a view (a parameter becomes a parameter of that shape)."""
+        tt = self.type(x)
+        if tt.shape == tuple(shape):
+            return x
+        if x in self.params:
+            return self.param_view(x, tuple(shape))
+        return self.emit(
+            "reshape", [x], TensorType(tuple(shape), tt.dtype), {"shape": tuple(shape)}, name=name
+        )
+
     def _where(self) -> str:
         return node_source(self.current).describe() if self.current is not None else "?"
 
@@ -195,15 +232,6 @@ def _linear(ctx: Ctx, node: fx.Node) -> None:
     b = _arg(node, 2, "bias")
     ins = [x, w] + ([ctx.value_of(b)] if b is not None else [])
     ctx.emit("linear", ins, _out(node))
-
-
-@_register([aten.mm.default, aten.bmm.default, aten.matmul.default])
-def _matmul(ctx: Ctx, node: fx.Node) -> None:
-    a, b = ctx.value_of(node.args[0]), ctx.value_of(node.args[1])
-    ra, rb = len(ctx.type(a).shape), len(ctx.type(b).shape)
-    if not ((ra == rb == 2) or (ra == rb == 3)):
-        raise ctx.fail(f"matmul of rank {ra} by rank {rb} is not supported (2-D @ 2-D or 3-D @ 3-D)")
-    ctx.emit("matmul", [a, b], _out(node))
 
 
 @_register([aten.addmm.default])
@@ -455,9 +483,71 @@ def _elementwise_converter(kind: Kind, spec: Elementwise) -> Callable[[Ctx, fx.N
             ctx.emit(kind.value, [ctx.value_of(y)], out, {"scalar": float(x)})
             return
         attrs = {"alpha": alpha} if kind == Kind.ADD and alpha != 1.0 else {}
-        ctx.emit(kind.value, [ctx.value_of(x), ctx.value_of(y)], out, attrs)
+        ctx.result(node, emit_binary(ctx, kind, ctx.value_of(x), ctx.value_of(y), out, attrs, node.name))
 
     return conv
+
+
+COMMUTATIVE = (Kind.ADD, Kind.MUL, Kind.MAXIMUM, Kind.MINIMUM)
+
+
+def emit_binary(
+    ctx: Ctx, kind: Kind, x: str, y: str, out: TensorType, attrs: dict[str, Any], name: str
+) -> str:
+    """``out = kind(x, y)`` with PyTorch's broadcasting, as the SE does it: operands of one shape, or one of
+    them broadcast along leading dims (a row [1, N] over [M, N]) or trailing dims (a column [M, 1]); the full
+    operand and the result are seen as [M, N] (views). An operand broadcast both ways needs an expand."""
+    so = out.shape
+    r = len(so)
+    sx, sy = ctx.type(x).shape, ctx.type(y).shape
+    ax, ay = (1,) * (r - len(sx)) + sx, (1,) * (r - len(sy)) + sy
+    if ax == so and ay == so:
+        return ctx.emit(kind.value, [ctx.reshape(x, so, name + "_x"), ctx.reshape(y, so, name + "_y")], out,
+                        attrs, name=name)  # fmt: skip
+    if ax == so:
+        full, part, ap, swapped = x, y, ay, False
+    elif ay == so:
+        full, part, ap, swapped = y, x, ax, True
+    else:
+        raise ctx.fail(
+            f"{kind.value} of shapes {list(sx)} and {list(sy)}: both operands broadcast (an expand), "
+            "which is not supported"
+        )
+    ones = lambda dims: all(d == 1 for d in dims)  # noqa: E731
+    k_row = next((k for k in range(r) if ones(ap[:k]) and ap[k:] == so[k:]), None)
+    k_col = next((k for k in range(r, 0, -1) if ones(ap[k:]) and ap[:k] == so[:k]), None)
+    if ones(ap):  # a single value: a column of one row
+        rows, cols, part_shape = 1, math.prod(so), (1, 1)
+    elif k_row is not None:
+        rows, cols = math.prod(so[:k_row]), math.prod(so[k_row:])
+        part_shape = (1, cols)
+    elif k_col is not None:
+        rows, cols = math.prod(so[:k_col]), math.prod(so[k_col:])
+        part_shape = (rows, 1)
+    else:
+        raise ctx.fail(
+            f"{kind.value} of shapes {list(sx)} and {list(sy)}: a broadcast along inner dims (an expand) "
+            "is not supported"
+        )
+    dt = out.dtype
+    full2 = ctx.reshape(full, (rows, cols), name + "_full")
+    part2 = ctx.reshape(part, part_shape, name + "_part")
+    flat = TensorType((rows, cols), dt)
+    if (
+        swapped
+        and kind not in COMMUTATIVE
+        or (kind == Kind.ADD and swapped and attrs.get("alpha", 1.0) != 1.0)
+    ):
+        if kind == Kind.ADD:  # part + alpha * full, full the broadcast-free one: (alpha * full) + part
+            full2 = ctx.emit("mul", [full2], flat, {"scalar": float(attrs["alpha"])}, name=name + "_scaled")
+            attrs = {}
+        elif kind == Kind.DIV:  # part / full = part * full^-1
+            full2 = ctx.emit("pow", [full2], flat, {"exponent": -1.0}, name=name + "_recip")
+            kind, attrs = Kind.MUL, {}
+        else:
+            raise ctx.fail(f"{kind.value} with its first operand broadcast is not supported")
+    res = ctx.emit(kind.value, [full2, part2], flat, attrs, name=name + ("_flat" if flat.shape != so else ""))
+    return ctx.reshape(res, so, name)
 
 
 for _kind, _spec in ELEMENTWISE.items():
@@ -739,3 +829,7 @@ def pt2e_weight(node: fx.Node, args: tuple) -> tuple[np.ndarray, np.ndarray] | N
     return q.detach().cpu().numpy().astype(np.int8), torch.as_tensor(scales).detach().to(
         torch.float32
     ).numpy()
+
+
+# the reductions and row-wise operators register their converters too (they build on emit_binary)
+from mtiasim.frontend import aten_rows as _aten_rows  # noqa: E402, F401

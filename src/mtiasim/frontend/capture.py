@@ -145,7 +145,31 @@ def capture(
     model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None, name: str = ""
 ) -> Captured:
     ep = export(model, example_inputs, kwargs)
-    return convert(ep, name or type(model).__name__)
+    return convert(to_core_aten(ep), name or type(model).__name__)
+
+
+def to_core_aten(ep: ExportedProgram) -> ExportedProgram:
+    """Decompose the ops that have no converter toward the Core ATen opset (`run_decompositions`), keeping
+    every op the chip runs whole (linear, embedding_bag, layer_norm, softmax... as composite kernels) and
+    the host's index bookkeeping. A program whose ops all convert is returned as is (no re-trace)."""
+    missing = {
+        n.target
+        for n in ep.graph.nodes
+        if n.op == "call_function"
+        and isinstance(n.target, torch._ops.OpOverload)
+        and n.target not in CONVERTERS
+        and not is_host_op(n.target)
+    }
+    if not missing:
+        return ep
+    table = torch.export.default_decompositions()
+    for op in list(table.keys()):
+        if op in CONVERTERS or is_host_op(op):
+            table.pop(op)
+    try:
+        return ep.run_decompositions(table)
+    except Exception:  # noqa: BLE001 - the unconverted op is then reported by name, as without decomposition
+        return ep
 
 
 def convert(ep: ExportedProgram, name: str) -> Captured:

@@ -104,7 +104,7 @@ def run_graph(
             if after is not None:
                 after(node, env)
             if not keep:
-                for v in node.inputs:
+                for v in dict.fromkeys(node.inputs):  # an op may read a value twice (x * x)
                     remaining[v] -= 1
                     if remaining[v] == 0 and v not in graph.outputs and v not in graph.params:
                         env.pop(v, None)
@@ -157,7 +157,9 @@ _RULES: dict[str, Callable[[Node, list[Any], dict, torch.dtype], torch.Tensor]] 
     Kind.COPY: lambda n, xs, a, dt: xs[0].clone(),
     Kind.QUANTIZE: _quantize,
     Kind.DEQUANTIZE: lambda n, xs, a, dt: ((xs[0].to(torch.float32) - a["zero_point"]) * a["scale"]).to(dt),
+    Kind.REDUCE: lambda n, xs, a, dt: _REDUCTIONS[a["op"]](xs[0].to(torch.float32), -1, keepdim=True).to(dt),
 }
+_REDUCTIONS = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}
 require(set(_RULES), "frontend.reference")
 
 

@@ -210,7 +210,8 @@ class SeMap:
 
     Binary ops read `src2`: with ``src2_period == 0`` one tile per tile of `src`, popped; with ``src2_period =
     p > 0`` the first p tiles of `src2` stay resident and tile i of `src` pairs with tile ``i % p`` (free them
-    with CbPop). A [1, c] second-operand tile is broadcast over the rows of an [r, c] tile (row broadcast).
+    with CbPop). A [1, c] second-operand tile is broadcast over the rows of an [r, c] tile (row broadcast), an
+    [r, 1] tile over its columns (column broadcast: a per-row value such as a row's max or sum).
     """
 
     op: SeOp
@@ -240,6 +241,31 @@ class SeRowScale:
     dst: int
     n_tiles: int
     band: int
+
+
+class ReduceOp(StrEnum):
+    """What an SE row reduction computes."""
+
+    SUM = "sum"
+    MEAN = "mean"
+    MAX = "max"
+    MIN = "min"
+
+
+@dataclass(frozen=True, slots=True)
+class SeRowReduce:
+    """An SE row reduction: every `band` consecutive tiles of `src` (popped) are one band of rows across a
+    tensor of `cols` columns (lanes past `cols` in the band's last tile are masked); for each band one [rows, 1]
+    tile of `out_dtype` goes to `dst`. Sum: FP32 accumulation in column order; mean: that sum divided
+    by `cols` in FP32; max/min: NaN if the row holds one. Rounded once to `out_dtype`."""
+
+    src: int
+    dst: int
+    n_tiles: int
+    band: int
+    op: ReduceOp
+    cols: int
+    out_dtype: DType
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +408,7 @@ Command = (
     | SeMap
     | SeMinMax
     | SeRowScale
+    | SeRowReduce
     | SePool
     | MluTranspose
     | MluConcat

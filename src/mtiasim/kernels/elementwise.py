@@ -3,9 +3,11 @@
 Each PE takes a rectangle of tiles of the tensor's 2-D view; core 0 loops the DMA of tiles in, core 1 has the
 SE transform them and DMAs the results out, through circular buffers four tiles deep.
 
-A binary op's second operand is either of x's shape or a [1, N] row broadcast over x's [M, N] rows (a bias,
+A binary op's second operand is either of x's shape, a [1, N] row broadcast over x's [M, N] rows (a bias,
 a per-column scale): each PE reads the [1, tile cols] pieces of its column range once and keeps them resident
-while its tiles stream past (or, if they do not fit its local store, re-reads one per tile).
+while its tiles stream past (or, if they do not fit its local store, re-reads one per tile), or an [M, 1]
+column broadcast over its columns (a row's max or sum, in softmax and the norms): the [tile rows, 1] piece
+beside each tile streams in with it.
 
 Dynamic quantization (scale from the data) takes two passes, since v1's SE quantizes with a given scale and
 has no fused min/max (ISCA'25 lists that as new in 2i): every PE reduces its tiles to [min, max] and writes
@@ -35,8 +37,8 @@ from mtiasim.isa import (
     loop,
 )
 from mtiasim.isa.commands import BINARY_SE_OPS
-from mtiasim.kernels.common import Region, cb_layout, split
-from mtiasim.kernels.tiling import grid_loops, tile_shape
+from mtiasim.kernels.common import Region, cb_layout
+from mtiasim.kernels.tiling import grid_loops, row_bands, tile_shape
 
 CB_IN, CB_IN2, CB_OUT, CB_MM, CB_Q = 0, 1, 2, 3, 4
 DEPTH = 4
@@ -60,11 +62,12 @@ def elementwise_job(
     params: tuple[tuple[str, object], ...] = (),
 ) -> Job:
     """``out = op(x[, y])`` with a static scale for (de)quantization and the operator's constants `params`;
-    a [1, N] `y` broadcasts over x's rows."""
+    a [1, N] `y` broadcasts over x's rows, an [M, 1] `y` over its columns."""
     region = region or Region.whole(chip)
     region.check(chip)
     row_bcast = y is not None and y.shape != x.shape and y.rows == 1 and y.cols == x.cols
-    if x.shape != out.shape or (y is not None and y.shape != x.shape and not row_bcast):
+    col_bcast = y is not None and y.shape != x.shape and y.cols == 1 and y.rows == x.rows
+    if x.shape != out.shape or (y is not None and y.shape != x.shape and not (row_bcast or col_bcast)):
         raise UsageError(
             f"{name}: elementwise shapes differ: {x.shape}, {out.shape}" + (f", {y.shape}" if y else "")
         )
@@ -82,6 +85,10 @@ def elementwise_job(
         if y is not None and row_bcast:
             y_stream, period = _row_broadcast(chip, y, tile, lp, sum(sizes.values()))
             sizes[CB_IN2] = max(period, DEPTH) * tile[1] * y.dtype.itemsize
+        elif y is not None and col_bcast:
+            # the [tile rows, 1] piece of the column beside every tile (re-read per tile: a few bytes)
+            y_stream = TileStream(y.name, (tile[0], 1), TileLoop((lp.base[0], 0), _no_cols(lp)))
+            sizes[CB_IN2] = DEPTH * tile[0] * y.dtype.itemsize
         elif y is not None:
             y_stream = TileStream(y.name, tile, lp)
             sizes[CB_IN2] = DEPTH * tile[0] * tile[1] * y.dtype.itemsize
@@ -108,6 +115,11 @@ def elementwise_job(
             prog.cores[1].append(CbPop(CB_IN2, period))
         pes[pe] = prog
     return Job(name, op.value, pes, work={"elements": float(x.rows * x.cols)})
+
+
+def _no_cols(lp: TileLoop) -> tuple[tuple[int, int, int], ...]:
+    """The loop's dims with their column steps dropped: the tiles' row origins, one per tile."""
+    return tuple((count, dr, 0) for count, dr, _dc in lp.dims)
 
 
 def _row_broadcast(
@@ -208,17 +220,11 @@ def quantize_rows_job(
         raise UsageError(f"{name}: per-row quantization writes int8 of the input's shape")
     if scales.shape != (x.rows, 1) or scales.dtype != DType.FP32:
         raise UsageError(f"{name}: row scales must be [{x.rows}, 1] fp32")
-    tile = tile_shape(x.rows, x.cols, x.dtype.itemsize)
+    tile, band, shares = row_bands(x.rows, x.cols, x.dtype.itemsize, region.size)
     tr, tc = tile
-    band = -(-x.cols // tc)
-    bands = -(-x.rows // tr)
     pes = {}
-    for pe, (b0, b1) in zip(_pes(region), split(bands, region.size, 1), strict=True):
-        n_bands = b1 - b0
-        if n_bands <= 0:
-            continue
-        dims = tuple(d for d in ((n_bands, tr, 0), (band, 0, tc)) if d[0] > 1)
-        lp = TileLoop((b0 * tr, 0), dims)
+    for pe, (n_bands, lp) in zip(_pes(region), shares, strict=False):
+        b0 = lp.base[0] // tr
         n = lp.n
         sizes = {
             CB_IN: DEPTH * tr * tc * x.dtype.itemsize,

@@ -38,3 +38,19 @@ def grid_loops(rows: int, cols: int, tile: tuple[int, int], parts: int) -> list[
                 dims = tuple(d for d in ((r1 - r0, tr, 0), (c1 - c0, 0, tc)) if d[0] > 1)
                 loops.append(TileLoop((r0 * tr, c0 * tc), dims))
     return loops
+
+
+def row_bands(
+    rows: int, cols: int, itemsize: int, parts: int
+) -> tuple[tuple[int, int], int, list[tuple[int, TileLoop]]]:
+    """Whole bands of rows (a band: one tile row across all `cols`) shared out over `parts` PEs: (tile,
+    tiles per band, [(bands, loop over its tiles, band by band)] per PE that has any)."""
+    tile = tile_shape(rows, cols, itemsize)
+    tr, tc = tile
+    band = cdiv(cols, tc)
+    out = []
+    for b0, b1 in split(cdiv(rows, tr), parts, 1):
+        if b1 > b0:
+            dims = tuple(d for d in ((b1 - b0, tr, 0), (band, 0, tc)) if d[0] > 1)
+            out.append((b1 - b0, TileLoop((b0 * tr, 0), dims)))
+    return tile, band, out

@@ -337,6 +337,8 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
         )
     if op in ("cast", "copy"):
         return x
+    if op == "reduce":
+        return _reduce(a["op"], x, mag[ins[0]], mag[y])
     if op == "reshape":
         return x.map(lambda t: t.reshape(a["shape"]))
     if op == "permute":
@@ -346,6 +348,21 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
     if op == "index":
         return x.map(lambda t: t.reshape(t.shape[0], -1)[:, list(a["columns"])])
     raise ValueError(f"no error bound rule for op {op!r} ({node.where()})")
+
+
+def _reduce(op: str, x: Err, mag_in: torch.Tensor, mag_out: torch.Tensor) -> Err:
+    """A row reduction (docs/numerics.md): max/min move by at most the largest input error; a sum adds its
+    inputs' errors and n - 1 FP32 roundings of partial sums bounded by sum |x|; a mean divides by n and
+    rounds once more."""
+    if op in ("max", "min"):
+        return Err(x.e.amax(-1, keepdim=True), x.var.amax(-1, keepdim=True))
+    n = mag_in.shape[-1]
+    total = (mag_in + x.e).sum(-1, keepdim=True)
+    e = x.e.sum(-1, keepdim=True) + max(n - 1, 0) * U32 * total
+    var = x.var.sum(-1, keepdim=True) + n * (U32 * total) ** 2 / 3
+    if op == "mean":
+        e, var = e / max(n, 1) + U32 * mag_out, var / max(n, 1) ** 2
+    return Err(e, var)
 
 
 def _linear(node: Node, g, fm, ref, mag, err: dict[str, Err]) -> tuple[Err, torch.Tensor]:
@@ -491,6 +508,6 @@ def _tbe_bags(node: Node, ref, n_tables: int) -> list:
 # output carries no float error of its own (its dequantize takes the rounding)
 require(
     {"linear", "matmul", "embedding_bag", "tbe", "dequantize", "quantize", "cat", "cast", "copy", "reshape",
-     "permute", "slice", "index"},
+     "permute", "slice", "index", "reduce"},
     "runtime.bounds",
 )  # fmt: skip
