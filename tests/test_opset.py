@@ -41,6 +41,15 @@ BINARY_CALLS = {
     Kind.DIV: lambda a, b: a / (b.abs() + 1.0),
     Kind.MAXIMUM: torch.maximum,
     Kind.MINIMUM: torch.minimum,
+    # masks: comparisons as 1.0/0.0 (used as numbers and to select), torch.where, masked_fill
+    Kind.GT: lambda a, b: (a > b).float() * a + b,
+    Kind.GE: lambda a, b: torch.where(a >= b, a, b * 0.5),
+    Kind.LT: lambda a, b: (a < 0.25).to(a.dtype) - b,
+    Kind.LE: lambda a, b: torch.where(a <= b, 1.5, b),
+    Kind.EQ: lambda a, b: torch.where(torch.logical_not(a > b), a, b),
+    Kind.NE: lambda a, b: torch.where((a != b) & (b > 0), a * b, b),
+    Kind.KEEP: lambda a, b: torch.where(a > 0, a, b),
+    Kind.FILL: lambda a, b: a.masked_fill(b > 0.3, -1.5),
 }
 
 

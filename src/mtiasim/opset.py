@@ -14,6 +14,7 @@ This module sits at the bottom of the layers (it imports numpy and nothing of ou
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -73,6 +74,14 @@ class Kind(StrEnum):
     DIV = "div"
     MAXIMUM = "maximum"
     MINIMUM = "minimum"
+    GT = "gt"
+    GE = "ge"
+    LT = "lt"
+    LE = "le"
+    EQ = "eq"
+    NE = "ne"
+    KEEP = "keep"
+    FILL = "fill"
 
 
 # ----------------------------------------------------------------------------------- SE lookup tables
@@ -224,7 +233,8 @@ class Elementwise:
     - error rule (docs/numerics.md section 4). Unary: ``e_out = slope * e_in + abs_error + rel_error * |f(r)| +
       in_rel_error * (|r| + e_in)``, `slope` bounding |f'| over [r - e_in, r + e_in] (a number, or a function of
       the interval's ends on torch tensors), capped at `span` (the output's range width). Binary: `rule` is
-      `sum`, `product`, `quotient` or `extremum`;
+      `sum`, `product`, `quotient`, `extremum`, `compare` (a mask: wrong where the operands are within their
+      errors of each other) or `select` (x where the mask is set);
     - `epilogue`: a GEMM's RE can apply it to its FP32 result (fusion).
     """
 
@@ -243,6 +253,7 @@ class Elementwise:
     defaults: tuple[tuple[str, Any], ...] = ()
     epilogue: bool = False
     doc: str = ""
+    predicate: bool = False  # the result is a mask: 1.0 where true, 0.0 where false, in x's float type
 
 
 def _t(name: str) -> Callable[..., Any]:
@@ -334,6 +345,59 @@ ELEMENTWISE: dict[Kind, Elementwise] = {
     Kind.MAXIMUM: Elementwise(2, _binary(np.maximum), _t("maximum"), ("maximum",), 1, rule="extremum"),
     Kind.MINIMUM: Elementwise(2, _binary(np.minimum), _t("minimum"), ("minimum",), 1, rule="extremum"),
 }  # fmt: skip
+
+
+def _compare(fn: Callable[[Any, Any], Any], doc: str) -> Elementwise:
+    """A comparison: a mask of 1.0/0.0 (PyTorch's bool, as a number the SE can select with)."""
+    name = fn.__name__
+
+    def ref(x: Any, y: Any, **_: Any) -> Any:
+        import torch
+
+        dt = x.dtype if x.is_floating_point() else torch.float32
+        return fn(x, y).to(dt)
+
+    def chip(x: np.ndarray, y: np.ndarray, **_: Any) -> np.ndarray:
+        return fn(_f32(x), _f32(y)).astype(np.float32)
+
+    aten = (f"{name}.Tensor", f"{name}.Scalar")
+    return Elementwise(2, chip, ref, aten, 1, rule="compare", predicate=True, doc=doc)
+
+
+def _keep_chip(x: np.ndarray, m: np.ndarray, **_: Any) -> np.ndarray:
+    return np.where(_f32(m) != 0, _f32(x), np.float32(0)).astype(np.float32)
+
+
+def _keep_ref(x: Any, m: Any, **_: Any) -> Any:
+    import torch
+
+    return torch.where(m != 0, x, torch.zeros((), dtype=x.dtype))
+
+
+def _fill_chip(m: np.ndarray, *, value: float = 0.0, **_: Any) -> np.ndarray:
+    return np.where(_f32(m) != 0, np.float32(value), np.float32(0)).astype(np.float32)
+
+
+def _fill_ref(m: Any, *, value: float = 0.0, **_: Any) -> Any:
+    import torch
+
+    return torch.where(m != 0, torch.tensor(value, dtype=m.dtype), torch.zeros((), dtype=m.dtype))
+
+
+ELEMENTWISE.update(
+    {
+        Kind.GT: _compare(operator.gt, "x > y as 1.0/0.0"),
+        Kind.GE: _compare(operator.ge, "x >= y as 1.0/0.0"),
+        Kind.LT: _compare(operator.lt, "x < y as 1.0/0.0"),
+        Kind.LE: _compare(operator.le, "x <= y as 1.0/0.0"),
+        Kind.EQ: _compare(operator.eq, "x == y as 1.0/0.0"),
+        Kind.NE: _compare(operator.ne, "x != y as 1.0/0.0"),
+        Kind.KEEP: Elementwise(2, _keep_chip, _keep_ref, (), 1, rule="select",
+                               doc="x where the mask y is set, else 0 (torch.where is keep(x, m) + keep(y, !m))"),
+        Kind.FILL: Elementwise(1, _fill_chip, _fill_ref, (), 1, rule="fill", attrs=("value",),
+                               defaults=(("value", 0.0),), doc="the constant value where the mask is set, else 0"),
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,9 @@ from mtiasim.runtime.bounds import accumulation_bound, bound_check, stored_bound
 
 # the Fig 13 operators, then every unary elementwise operator of the operator set (tanh, sigmoid, relu, exp...)
 UNARY = tuple(
-    k.value for k, e in ELEMENTWISE.items() if e.arity == 1 and set(e.attrs) <= dict(e.defaults).keys()
+    k.value
+    for k, e in ELEMENTWISE.items()
+    if e.arity == 1 and set(e.attrs) <= dict(e.defaults).keys() and e.rule != "fill"  # fill reads a mask
 )
 OPS = ("batchmatmul", "transpose", "concat", "quantize", "dequantize", *UNARY)
 DEFAULT_DTYPE = {"quantize": "fp32", "dequantize": "fp32"}

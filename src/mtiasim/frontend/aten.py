@@ -447,6 +447,15 @@ def _aten_overloads(names: tuple[str, ...]) -> list[Any]:
     return out
 
 
+def mask_type(ctx: Ctx, node: fx.Node) -> TensorType:
+    """A comparison's result: PyTorch's bool, held as 1.0/0.0 in its first float operand's type."""
+    val = node.meta.get("val")
+    floats = [ctx.type(ctx.value_of(a)).dtype for a in node.args if isinstance(a, fx.Node)]
+    dtype = next((d for d in floats if d.is_float), DType.FP32)
+    shape = tuple(int(d) if is_concrete_int(d) else DYNAMIC for d in val.shape)
+    return TensorType(shape, dtype)
+
+
 def _constant_arg(ctx: Ctx, value: Any, what: str) -> Any:
     if isinstance(value, fx.Node):
         raise ctx.fail(f"{what} must be a constant, not a tensor")
@@ -458,7 +467,7 @@ def _elementwise_converter(kind: Kind, spec: Elementwise) -> Callable[[Ctx, fx.N
     (a binary op with one scalar), the op's constants as attrs; `sub` is `add` with alpha negated."""
 
     def conv(ctx: Ctx, node: fx.Node) -> None:
-        out = _out(node)
+        out = mask_type(ctx, node) if spec.predicate else _out(node)
         if spec.arity == 1:
             x = ctx.value_of(node.args[0])
             attrs = {}
@@ -550,8 +559,12 @@ def emit_binary(
     return ctx.reshape(res, so, name)
 
 
+# ops that broadcast their operands themselves: an `expand` read only by them stays a view
+BROADCASTING: set[Any] = set()
 for _kind, _spec in ELEMENTWISE.items():
     _register(_aten_overloads(_spec.aten))(_elementwise_converter(_kind, _spec))
+    if _spec.arity == 2:
+        BROADCASTING.update(_aten_overloads(_spec.aten))
 _register([aten.add.Scalar, aten.sub.Scalar])(_elementwise_converter(Kind.ADD, ELEMENTWISE[Kind.ADD]))
 _register([aten.mul.Scalar])(_elementwise_converter(Kind.MUL, ELEMENTWISE[Kind.MUL]))
 
@@ -600,6 +613,9 @@ def _reshape(ctx: Ctx, node: fx.Node) -> None:
     out = _out(node)
     src = ctx.type(x)
     if node.target is aten.expand.default and out.numel != src.numel:
+        if node.users and all(u.target in BROADCASTING for u in node.users):
+            ctx.result(node, x)  # its readers broadcast x themselves
+            return
         raise ctx.fail(f"expand {src.shape_text} -> {out.shape_text} (broadcast copies) is not supported")
     if out.shape == src.shape:
         ctx.result(node, x)
@@ -623,7 +639,32 @@ def _permute(ctx: Ctx, node: fx.Node) -> None:
     if dims == tuple(range(rank)):
         ctx.result(node, x)
         return
-    ctx.emit("permute", [x], _out(node), {"dims": dims})
+    ctx.result(node, emit_permute(ctx, x, dims, _out(node), node.name))
+
+
+def emit_permute(ctx: Ctx, x: str, dims: tuple[int, ...], out: TensorType, name: str) -> str:
+    """Any permutation as swaps of the last two dims (the MLU's transpose) of views: to bring dim p_k to
+    place k, the dims from k up to it and the dims from it on trade places (a [P, Q, R] -> [P, R, Q] swap),
+    at most rank - 1 swaps; moving a dim of size 1 is only a view."""
+    shape = ctx.type(x).shape
+    rank = len(shape)
+    swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
+    if dims == swap:
+        return ctx.emit("permute", [x], out, {"dims": dims}, name=name)
+    if [d for d in dims if shape[d] != 1] == [d for d in range(rank) if shape[d] != 1]:
+        return ctx.reshape(x, out.shape, name)
+    cur = list(range(rank))
+    value = x
+    for k in range(rank):
+        i = cur.index(dims[k])
+        if i == k:
+            continue
+        p, q, r = (math.prod(shape[d] for d in part) for part in (cur[:k], cur[k:i], cur[i:]))
+        value = ctx.reshape(value, (p, q, r), f"{name}_v{k}")
+        value = ctx.emit("permute", [value], TensorType((p, r, q), out.dtype), {"dims": (0, 2, 1)},
+                         name=f"{name}_swap{k}")  # fmt: skip
+        cur = cur[:k] + cur[i:] + cur[k:i]
+    return ctx.reshape(value, out.shape, name)
 
 
 @_register([aten.cat.default, aten.concat.default])
@@ -833,3 +874,4 @@ def pt2e_weight(node: fx.Node, args: tuple) -> tuple[np.ndarray, np.ndarray] | N
 
 # the reductions and row-wise operators register their converters too (they build on emit_binary)
 from mtiasim.frontend import aten_rows as _aten_rows  # noqa: E402, F401
+from mtiasim.frontend import aten_select as _aten_select  # noqa: E402, F401

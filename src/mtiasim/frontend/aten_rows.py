@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from mtiasim.dtypes import DType
-from mtiasim.frontend.aten import Ctx, _arg, _out, _register, emit_binary
+from mtiasim.frontend.aten import Ctx, _arg, _aten_overloads, _out, _register, emit_binary, mask_type
 from mtiasim.ir import DYNAMIC, TensorType
 from mtiasim.opset import Kind
 
@@ -113,11 +113,13 @@ def _finish(ctx: Ctx, node: fx.Node, value: str, tuple_len: int = 0) -> None:
         ctx.result(node, value)
 
 
-def _reduce_op(ctx: Ctx, node: fx.Node, op: str, dims: list[int], tuple_len: int = 0) -> None:
+def _reduce_op(
+    ctx: Ctx, node: fx.Node, op: str, dims: list[int], tuple_len: int = 0, out: TensorType | None = None
+) -> None:
     rw = Rows(ctx, node)
     x = ctx.value_of(node.args[0])
     x2, kept, swapped = rw.rows_of(x, dims)
-    out = _out(node) if not tuple_len else _first_out(node)
+    out = out or (_out(node) if not tuple_len else _first_out(node))
     y = rw.reduce(x2, op)
     if ctx.type(y).dtype != out.dtype:
         y = ctx.emit(
@@ -150,6 +152,37 @@ def _extremum(ctx: Ctx, node: fx.Node) -> None:
     op = "max" if node.target in (aten.amax.default, aten.max.default) else "min"
     dims = _dims(_arg(node, 1, "dim")) if node.target in (aten.amax.default, aten.amin.default) else []
     _reduce_op(ctx, node, op, dims)
+
+
+@_register(_aten_overloads(("any.dim", "any.dims", "any", "all.dim", "all.dims", "all")))
+def _any_all(ctx: Ctx, node: fx.Node) -> None:
+    """any/all of masks (1.0/0.0): their max/min."""
+    op = "max" if "any" in str(node.target) else "min"
+    dims = _dims(_arg(node, 1, "dim")) if len(node.args) > 1 or "dim" in node.kwargs else []
+    _reduce_op(ctx, node, op, dims, out=mask_type(ctx, node))
+
+
+@_register(_aten_overloads(("linalg_vector_norm",)))
+def _vector_norm(ctx: Ctx, node: fx.Node) -> None:
+    """||x||_p over dims: sqrt(sum x^2) for p = 2, sum |x| for 1, max |x| for inf, (sum |x|^p)^(1/p) else."""
+    p = float(_arg(node, 1, "ord", 2))
+    dims = _dims(_arg(node, 2, "dim"))
+    rw = Rows(ctx, node)
+    x = ctx.value_of(node.args[0])
+    out = _out(node)
+    x2, _kept, _ = rw.rows_of(x, dims)
+    if p == 2:
+        y = rw.unary(Kind.SQRT, rw.reduce(rw.binary(Kind.MUL, x2, x2), "sum"))
+    elif p == 1:
+        y = rw.reduce(rw.unary(Kind.ABS, x2), "sum")
+    elif p == math.inf:
+        y = rw.reduce(rw.unary(Kind.ABS, x2), "max")
+    elif p > 0:
+        powered = rw.unary(Kind.POW, rw.unary(Kind.ABS, x2), exponent=p)
+        y = rw.unary(Kind.POW, rw.reduce(powered, "sum"), exponent=1.0 / p)
+    else:
+        raise ctx.fail(f"vector norm of order {p} is not supported")
+    ctx.result(node, rw.back(y, out.shape))
 
 
 @_register([aten.max.dim, aten.min.dim])

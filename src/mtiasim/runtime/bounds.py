@@ -234,6 +234,11 @@ def _unary(kind: str, x: Err, r_in: torch.Tensor | None, f_abs: torch.Tensor, at
     """An operator-set unary op (docs/numerics.md section 4): slope over [r - e, r + e] times e, plus the
     chip's absolute, relative-to-output and relative-to-input errors, capped at the output's range width."""
     spec = ELEMENTWISE[Kind(kind)]
+    if spec.rule == "fill":  # a constant where the mask is set: wrong by the constant where it may flip
+        worst = torch.where(
+            x.e > 0, torch.full_like(x.e, abs(float(attrs.get("value", 0.0)))), torch.zeros_like(x.e)
+        )
+        return Err(worst, worst**2 / 4)
     if spec.rule == "power":
         c = float(attrs.get("exponent", 1.0))
         lo, hi = r_in - x.e, r_in + x.e
@@ -261,9 +266,21 @@ def _unary(kind: str, x: Err, r_in: torch.Tensor | None, f_abs: torch.Tensor, at
     return Err(worst, slope0**2 * x.var + chip / 3)
 
 
-def _binary(kind: str, a: Err, b: Err, ma: torch.Tensor, mb: torch.Tensor, f_abs: torch.Tensor) -> Err:
-    """An operator-set binary op: sum, product, quotient or extremum of two values with errors."""
+def _binary(
+    kind: str, a: Err, b: Err, ma: torch.Tensor, mb: torch.Tensor, f_abs: torch.Tensor, gap: torch.Tensor
+) -> Err:
+    """An operator-set binary op: sum, product, quotient or extremum of two values with errors; a comparison
+    (`gap` = |x - y| of the references: within the errors, the mask may flip by 1) or a selection by a mask
+    (where the mask may flip, the result may be x or 0)."""
     spec = ELEMENTWISE[Kind(kind)]
+    if spec.rule == "compare":
+        flip = (gap <= a.e + b.e) | torch.isnan(gap)
+        worst = flip.to(torch.float64)
+        return Err(worst, worst / 4)
+    if spec.rule == "select":
+        worst = torch.where(b.e > 0, ma + a.e, torch.where(mb != 0, a.e, torch.zeros_like(a.e)))
+        var = torch.where(b.e > 0, (ma + a.e) ** 2 / 4, torch.where(mb != 0, a.var, torch.zeros_like(a.var)))
+        return Err(worst, var)
     if spec.rule == "sum":
         return Err(a.e + b.e, a.var + b.var)
     if spec.rule == "product":
@@ -309,17 +326,20 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
     if spec is not None and spec.arity == 1:
         return _unary(op, err[ins[0]], ref[ins[0]].detach().to(torch.float64), mag[y], a)
     if spec is not None:
+        r0 = ref[ins[0]].detach().to(torch.float64)
         if "scalar" in a:  # a constant operand, rounded to the activations' type
             c = torch.full_like(mag[ins[0]], abs(float(a["scalar"])))
             other = Err(u * c, (u * c) ** 2 / 3)
-            return _binary(op, err[ins[0]], other, mag[ins[0]], c, mag[y])
-        scale = abs(float(a.get("alpha", 1.0)))
+            return _binary(op, err[ins[0]], other, mag[ins[0]], c, mag[y], (r0 - float(a["scalar"])).abs())
+        alpha = float(a.get("alpha", 1.0))
+        scale = abs(alpha)
         if g.kinds.get(ins[1]) == ValueKind.PARAM:
             m = u * scale * mag[ins[1]]
             eb = Err(m, m**2 / 3)
         else:
             eb = Err(scale * err[ins[1]].e, scale**2 * err[ins[1]].var)
-        return _binary(op, err[ins[0]], eb, mag[ins[0]], scale * mag[ins[1]], mag[y])
+        gap = (r0 - alpha * ref[ins[1]].detach().to(torch.float64)).abs()
+        return _binary(op, err[ins[0]], eb, mag[ins[0]], scale * mag[ins[1]], mag[y], gap)
     if op == "dequantize":  # a PT2E quantization point kept as is: the quantize's input and its rounding
         q = producer.get(ins[0])
         if q is None or q.op != "quantize":
