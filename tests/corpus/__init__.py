@@ -1,6 +1,6 @@
 """A public corpus of recommendation models for mtiasim: each compiles and is checked against eager PyTorch.
 
-`CORPUS` lists every model (`CorpusModel`: name, group, provenance, factory) in registration order:
+`CORPUS` lists every model (`CorpusModel`: name, group, provenance, factory) in registration order (`select` gives them public first):
 
 - group "public": the models the project's issue names (torchrec's models and modules, torch.nn blocks, an
   HSTU block, classic feature interactions, a two-tower retrieval model);
@@ -24,8 +24,11 @@ def by_name(name: str) -> CorpusModel:
 
 
 def select(group: str | None = None, only: list[str] | None = None) -> list[CorpusModel]:
-    """The corpus models of `group` (all groups when None), restricted to the names in `only` when given."""
-    chosen = [m for m in CORPUS if group is None or m.group == group]
+    """The corpus models of `group` (all groups when None), restricted to the names in `only` when given;
+    public models first, each group in registration order."""
+    chosen = sorted(
+        (m for m in CORPUS if group is None or m.group == group), key=lambda m: GROUPS.index(m.group)
+    )
     if only:
         for name in only:
             by_name(name)  # an unknown name is an error, not an empty selection

@@ -23,6 +23,7 @@ _OPERATOR = re.compile(r"operator (\S+) has no MTIA kernel")
 _MODEL_PREFIX = re.compile(r"^model [^:]+: ")
 _SHAPE = re.compile(r"\[[\d, ]*\]")
 _NUMBER = re.compile(r"\d+")
+_DIRECTORY = re.compile(r"(?<=at )\S*?/(?:site-packages/|(?=tests/))")
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,12 @@ def load_fbgemm_ops() -> None:
         import fbgemm_gpu  # noqa: F401
 
 
-def first_line(err: BaseException, limit: int = 240) -> str:
-    """The error's message without the model name, the list of supported ops or a traceback: one line."""
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The error's message without the model name, the list of supported ops, a traceback or the directories of
+    source files: one line."""
     text = str(err).split("; supported:")[0].strip().splitlines()
     line = _MODEL_PREFIX.sub("", text[0] if text else type(err).__name__)
+    line = _DIRECTORY.sub("", line)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
