@@ -8,6 +8,7 @@ outputs to the per-element error bounds of docs/numerics.md against the model in
 from __future__ import annotations
 
 import contextlib
+import importlib
 import operator
 import re
 import warnings
@@ -112,17 +113,24 @@ def check_model(model: nn.Module, inputs: tuple, precision: str) -> Outcome:
 def missing_operators(model: nn.Module, inputs: tuple) -> list[str]:
     """Every operator of the exported model that mtiasim's front end would refuse, sorted: an estimate of all
     the kernels the model still needs, where compilation stops at the first. It follows the capture's rule
-    (an op reading activations, i.e. anything computed from a floating-point user input, needs a device
-    converter; an op on weights alone is folded if it has one; index bookkeeping runs on the host) without
-    stopping at the first refusal. Empty when the model does not export."""
+    (mtiasim.frontend.capture.convert: an op reading activations needs a device converter; an op on weights
+    alone is folded if it has one; index bookkeeping runs on the host; anything else is refused) without
+    stopping at the first refusal. Ops a converter takes but refuses for their shapes (a permute, a broadcast)
+    are not listed: they show in `check_model`'s blocker. Empty when the model does not export."""
     from torch.export.graph_signature import InputKind
 
     from mtiasim.frontend.aten import CONVERTERS
-    from mtiasim.frontend.capture import export
     from mtiasim.frontend.host import is_host_op
 
+    capture = importlib.import_module(
+        "mtiasim.frontend.capture"
+    )  # the module (the package exports a function)
     try:
-        program = export(model, inputs)
+        program = capture.export(model, inputs)
+        # the front end's own decomposition pass, where it has one, runs first as it does in mtiasim.compile
+        decompose = getattr(capture, "to_core_aten", None)
+        if decompose is not None:
+            program = decompose(program)
     except Exception:  # noqa: BLE001 - export failures show in check_model's outcome
         return []
     side: dict[str, str] = {}
@@ -131,30 +139,30 @@ def missing_operators(model: nn.Module, inputs: tuple) -> list[str]:
         val = node.meta.get("val")
         if spec.kind != InputKind.USER_INPUT:
             side[node.name] = "param"
-        elif isinstance(val, torch.Tensor) and val.is_floating_point():
-            side[node.name] = "device"
-        else:
-            side[node.name] = "host"
-    handled = {operator.getitem, torch.ops.aten._assert_tensor_metadata.default}  # by the capture itself
+        elif isinstance(val, torch.Tensor):
+            side[node.name] = "device" if val.is_floating_point() else "host"
     missing = set()
     for node in program.graph.nodes:
         if node.op != "call_function":
             continue
-        sides = {side.get(i.name, "host") for i in node.all_input_nodes}
-        known = node.target in CONVERTERS or node.target in handled
-        if "device" in sides or (known and node.target in CONVERTERS and CONVERTERS[node.target].index_args):
+        sides = {side.get(i.name, "none") for i in node.all_input_nodes}
+        conv = CONVERTERS.get(node.target)
+        refused = False
+        if node.target is operator.getitem:
+            side[node.name] = "device" if "device" in sides else "host"
+        elif "device" in sides or (conv is not None and conv.index_args):
             side[node.name] = "device"
-        elif sides == {"param"} and known:
+            refused = conv is None and node.target is not torch.ops.aten._assert_tensor_metadata.default
+        elif "param" in sides and sides <= {"param", "none"} and conv is not None:
             side[node.name] = "param"
-            continue
         elif is_host_op(node.target):
             side[node.name] = "host"
-            continue
-        else:
+        else:  # the capture refuses it, whatever its inputs (a float op on host values, say)
             side[node.name] = "device"
+            refused = True
         if not isinstance(node.meta.get("val"), torch.Tensor | tuple | list):
             side[node.name] = "host"  # a size or flag: what reads it is bookkeeping, not a kernel
-        if not known:
+        if refused:
             name = getattr(node.target, "name", None)
             missing.add(name() if callable(name) else str(node.target))
     return sorted(missing)
