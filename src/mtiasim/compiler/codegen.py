@@ -473,6 +473,14 @@ class Codegen:
             xv = low.views[op.reads[0]]
             x = d(op.reads[0], (xv.shape[0], math.prod(xv.shape) // xv.shape[0]))
             return gather_columns_job(chip, op.name, x, d(op.writes[0]), op.attrs["columns"], region=region)
+        if k == "copy" and "window" in op.attrs:  # a window of the source's bytes seen as another grid
+            (rows, row_elems), col0, cols = op.attrs["window"]
+            src = d(op.reads[0], (rows, row_elems))
+            item = src.dtype.itemsize
+            name = f"{op.reads[0]}[:, {col0}:{col0 + cols}]"
+            self.tensors[name] = TensorDecl(name, (rows, cols), src.dtype, src.level, src.address + col0 * item,
+                                            src.cached, row_elems * item, src.root)  # fmt: skip
+            return copy_job(chip, op.name, self.tensors[name], d(op.writes[0], (rows, cols)), region=region)
         if k == "copy":
             dst = d(op.writes[0])
             return copy_job(chip, op.name, d(op.reads[0], dst.shape), dst, region=region)

@@ -640,12 +640,20 @@ class Lowering:
         whole = xv.col0 == 0 and xv.cols == buf.cols
         if xv.rows == rows:
             self.views[y] = View(xv.buffer, rows, xv.col0 + col0, cols, self.shapes[y])
-        elif whole and buf.rows * buf.cols == rows * (buf.rows * buf.cols // rows) and y not in self.views:
-            raise UnsupportedOperatorError(
-                f"slice {op.name}: a slice across the grid of {x} is not supported"
-            )
+        elif whole and xv.rows == buf.rows and (buf.rows * buf.cols) % rows == 0:
+            # x's bytes seen as another grid ([rows, its size / rows]): the slice is a window of that grid,
+            # copied (strided DMA) into a buffer of its own
+            r, c = _natural(self.shapes[y])
+            self.buffers[y] = Buffer(y, r, c, self.dtypes[y], "activation")
+            self.views[y] = View(y, r, 0, c, self.shapes[y])
+            grid = (rows, buf.rows * buf.cols // rows)
+            copy = KOp(op.name, "copy", [x], [y], {"window": (grid, col0, cols)}, op.source, op.lane)
+            self.kops[self.kops.index(op)] = copy
+            self.producer_kind[y] = "copy"
         else:
-            raise UnsupportedOperatorError(f"slice {op.name}: cannot view {x} with {rows} rows")
+            raise UnsupportedOperatorError(
+                f"slice {op.name} ({op.source.describe()}): cannot view {x} with {rows} rows"
+            )
 
 
 def _to_numpy(t: torch.Tensor, dtype: DType) -> np.ndarray:

@@ -649,7 +649,7 @@ def emit_permute(ctx: Ctx, x: str, dims: tuple[int, ...], out: TensorType, name:
     shape = ctx.type(x).shape
     rank = len(shape)
     swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
-    if dims == swap:
+    if dims == swap and rank <= 3:
         return ctx.emit("permute", [x], out, {"dims": dims}, name=name)
     if [d for d in dims if shape[d] != 1] == [d for d in range(rank) if shape[d] != 1]:
         return ctx.reshape(x, out.shape, name)
