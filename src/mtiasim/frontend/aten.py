@@ -21,6 +21,7 @@ from mtiasim.errors import UnsupportedOperatorError, UsageError
 from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.frontend.source import node_source
 from mtiasim.ir import DYNAMIC, Node, Param, TensorType
+from mtiasim.isa import RowFormat
 from mtiasim.opset import ELEMENTWISE, Elementwise, Kind
 
 aten = torch.ops.aten
@@ -203,6 +204,25 @@ def _register(targets: list[Any], index_args: bool = False) -> Callable:
     return wrap
 
 
+# ops of libraries that may load after mtiasim does (fbgemm_gpu, imported by torchrec): found again by
+# `register_library_ops` before each conversion
+_LIBRARY_OPS: list[tuple[Callable[[], list[Any]], Callable[[Ctx, fx.Node], None], bool]] = []
+
+
+def _register_library(targets: Callable[[], list[Any]], index_args: bool = False) -> Callable:
+    def wrap(fn: Callable[[Ctx, fx.Node], None]) -> Callable[[Ctx, fx.Node], None]:
+        _LIBRARY_OPS.append((targets, fn, index_args))
+        return _register(targets(), index_args)(fn)
+
+    return wrap
+
+
+def register_library_ops() -> None:
+    """Register the converters of library ops loaded since mtiasim was imported."""
+    for targets, fn, index_args in _LIBRARY_OPS:
+        _register(targets(), index_args)(fn)
+
+
 def _op_name(target: Any) -> str:
     name = getattr(target, "name", None)
     return name() if callable(name) else str(target)
@@ -344,25 +364,35 @@ def _embedding(ctx: Ctx, node: fx.Node) -> None:
     ctx.emit("reshape", [pooled], _out(node), {"shape": _out(node).shape})
 
 
+# ATen's quantized EmbeddingBag ops and the row format of their (prepacked) tables
+_ATEN_QUANTIZED_BAGS = {
+    "embedding_bag_byte_rowwise_offsets": "int8_aten",
+    "embedding_bag_4bit_rowwise_offsets": "int4_aten",
+}
+
+
 def _quantized_ops() -> list[Any]:
     q = getattr(torch.ops, "quantized", None)
     try:
-        return [q.embedding_bag_byte_rowwise_offsets.default] if q is not None else []
+        return [getattr(q, name).default for name in _ATEN_QUANTIZED_BAGS] if q is not None else []
     except (AttributeError, RuntimeError):
         return []
 
 
 @_register(_quantized_ops(), index_args=True)
-def _embedding_bag_byte(ctx: Ctx, node: fx.Node) -> None:
+def _embedding_bag_quantized(ctx: Ctx, node: fx.Node) -> None:
+    """quantized::embedding_bag_{byte,4bit}_rowwise_offsets over the table their prepack op wrote."""
     # (weight, indices, offsets, scale_grad_by_freq, mode, pruned_weights, per_sample_weights,
     #  compressed_indices_mapping, include_last_offset)
     if _arg(node, 5, "pruned_weights", False):
         raise ctx.fail("pruned embedding tables are not supported")
+    if _table_dtype(ctx, node.args[0]) != DType.UINT8:
+        raise ctx.fail("quantized embedding tables must be the uint8 rows of the matching prepack op")
     _embedding_bag_common(
         ctx,
         node,
         node.args[0],
-        "int8_aten",
+        _ATEN_QUANTIZED_BAGS[_op_name(node.target).split("::")[-1].split(".")[0]],
         {
             "indices": node.args[1],
             "offsets": _arg(node, 2, "offsets"),
@@ -383,14 +413,14 @@ def _fbgemm_tbe_ops() -> list[Any]:
     return [getattr(packet, o) for o in packet.overloads()] if packet is not None else []
 
 
-# FBGEMM SparseType codes (fbgemm_gpu.split_embedding_configs.SparseType): FP32 0, FP16 1, INT8 2
-_FBGEMM_TY = {0: "fp32", 1: "fp16", 2: "int8_fbgemm"}
+# FBGEMM SparseType codes (fbgemm_gpu.split_embedding_configs.SparseType): FP32 0, FP16 1, INT8 2, INT4 3
+_FBGEMM_TY = {0: "fp32", 1: "fp16", 2: "int8_fbgemm", 3: "int4_fbgemm"}
 _FBGEMM_OUT = {0: DType.FP32, 1: DType.FP16, 5: DType.BF16}
 
 
-@_register(_fbgemm_tbe_ops(), index_args=True)
+@_register_library(_fbgemm_tbe_ops, index_args=True)
 def _fbgemm_tbe(ctx: Ctx, node: fx.Node) -> None:
-    """fbgemm.int_nbit_split_embedding_codegen_lookup_function: torchrec's int8 EmbeddingBagCollection."""
+    """fbgemm.int_nbit_split_embedding_codegen_lookup_function: torchrec's quantized EmbeddingBagCollection."""
     names = [
         "dev_weights", "uvm_weights", "weights_placements", "weights_offsets", "weights_tys", "D_offsets",
         "total_D", "max_int2_D", "max_int4_D", "max_int8_D", "max_float16_D", "max_float32_D", "indices",
@@ -408,7 +438,7 @@ def _fbgemm_tbe(ctx: Ctx, node: fx.Node) -> None:
     fmts = {_FBGEMM_TY.get(int(t)) for t in tys}
     if None in fmts or len(fmts) != 1:
         raise ctx.fail(
-            f"TBE weight types {sorted(set(tys.tolist()))} are not supported (one of fp32/fp16/int8)"
+            f"TBE weight types {sorted(set(tys.tolist()))} are not supported (one of fp32/fp16/int8/int4)"
         )
     mode = {0: "sum", 1: "mean"}.get(int(a["pooling_mode"]))
     if mode is None:
@@ -423,7 +453,7 @@ def _fbgemm_tbe(ctx: Ctx, node: fx.Node) -> None:
     tables = []
     for t in range(len(dims)):
         d = int(dims[t])
-        row_bytes = -(-(d + 4 if fmt == "int8_fbgemm" else d * (2 if fmt == "fp16" else 4)) // align) * align
+        row_bytes = -(-RowFormat(fmt).row_bytes(d) // align) * align
         start = int(weights_offsets[t])
         end = int(weights_offsets[t + 1]) if t + 1 < len(dims) else total
         # tables start 128 B aligned, so the rows of a table are the whole rows before the next one starts

@@ -22,7 +22,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from mtiasim.errors import MtiasimError, UnsupportedOperatorError, UsageError
-from mtiasim.frontend.aten import CONVERTERS, Ctx, supported_ops, type_of
+from mtiasim.frontend.aten import CONVERTERS, Ctx, register_library_ops, supported_ops, type_of
 from mtiasim.frontend.host import HostPrologue, is_host_op
 from mtiasim.frontend.source import node_source
 from mtiasim.ir import Graph, Param, ValueKind
@@ -173,6 +173,7 @@ def to_core_aten(ep: ExportedProgram) -> ExportedProgram:
 
 
 def convert(ep: ExportedProgram, name: str) -> Captured:
+    register_library_ops()
     specs = ep.graph_signature.input_specs
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(specs):
@@ -187,7 +188,8 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
         tt = type_of(node)
         if spec.kind == InputKind.USER_INPUT:
             user_inputs.append(node.name)
-            side[node.name] = NONE if tt is None else (DEVICE if tt.dtype.is_float else HOST)
+            device = tt is not None and tt.dtype.is_float and not _lookup_weights(node)
+            side[node.name] = NONE if tt is None else (DEVICE if device else HOST)
             continue
         tensor = _param_tensor(ep, spec, name, node.name)
         if tt is None:
@@ -265,6 +267,27 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
     graph = Graph(name, values, kinds, graph_params, inputs, outputs, ctx.nodes, prologue)
     graph.verify()
     return Captured(graph, ep, prologue, user_inputs, ep.call_spec.out_spec, returns)
+
+
+def _lookup_weights(node: fx.Node) -> bool:
+    """Whether a float input only reaches embedding lookups (as their per-sample weights), through host
+    bookkeeping alone: a KeyedJaggedTensor's weights, split per key. It is index data, kept on the host with
+    the indices, not an activation."""
+    todo, seen, lookups = [node], {node}, 0
+    while todo:
+        for user in todo.pop().users:
+            conv = CONVERTERS.get(user.target)
+            if user.op == "output":
+                continue
+            if conv is not None and conv.index_args:
+                lookups += 1
+            elif user.op == "call_function" and is_host_op(user.target):
+                if user not in seen:
+                    seen.add(user)
+                    todo.append(user)
+            else:
+                return False
+    return lookups > 0
 
 
 def _param_tensor(ep: ExportedProgram, spec: Any, model: str, node_name: str) -> torch.Tensor:

@@ -29,7 +29,7 @@ from mtiasim.errors import CapacityError, NumericsWarning, UsageError
 from mtiasim.frontend import Captured
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.frontend.host import host_cost_s, tensor_ops
-from mtiasim.frontend.reference import normalize_bags
+from mtiasim.frontend.reference import batched_table_bags, normalize_bags
 from mtiasim.hw import Chip
 from mtiasim.isa import Job, Level, Program, TensorDecl
 from mtiasim.runtime.report import RunReport, build_report, numerics_warnings
@@ -197,10 +197,12 @@ class CompiledModel:
             base = 0
             global_rows = []
             for t in spec.tables:
+                bags = (values[t.indices], values[t.offsets] if t.offsets else None)
+                bags += (values[t.weights] if t.weights else None,)
+                if t.batched is not None:
+                    bags = batched_table_bags(*bags, *t.batched)
                 idx, off, w = normalize_bags(
-                    values[t.indices],
-                    values[t.offsets] if t.offsets else None,
-                    values[t.weights] if t.weights else None,
+                    *bags,
                     include_last_offset=t.include_last_offset,
                     padding_idx=t.padding_idx,
                     one_per_bag=t.one_per_bag,
