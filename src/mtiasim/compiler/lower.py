@@ -286,6 +286,7 @@ class Lowering:
                 "include_last_offset": node.attrs.get("include_last_offset", False),
                 "padding_idx": node.attrs.get("padding_idx"),
                 "one_per_bag": node.attrs.get("one_per_bag", False),
+                "call_rows": self.shapes[node.outputs[0]][0] == DYNAMIC,
             },
             node,
         )
@@ -444,7 +445,8 @@ class Lowering:
     # ------------------------------------------------------------------------------------ lookups
     def _group_lookups(self) -> None:
         """Lookups of one row format, dim, mode and output dtype, with or without weights, run as one batched
-        TBE job (their output is the concatenation of their tables', in this order)."""
+        TBE job (their output is the concatenation of their tables', in this order). A lookup whose row count
+        is known per call only (`call_rows`) runs alone."""
         groups: dict[tuple, list[KOp]] = {}
         order: list[tuple] = []
         for op in self.kops:
@@ -459,6 +461,7 @@ class Lowering:
                 self.dtypes[out],
                 a["weights"] is not None,
                 self.shapes[out][0],
+                op.name if a.get("call_rows") else None,
             )
             if key not in groups:
                 groups[key] = []
@@ -506,7 +509,13 @@ class Lowering:
                 "tbe",
                 [table_name],
                 [op.writes[0] for op in members],
-                {"format": fmt, "dim": dim, "mode": members[0].attrs["mode"], "out_cols": out_cols},
+                {
+                    "format": fmt,
+                    "dim": dim,
+                    "mode": members[0].attrs["mode"],
+                    "out_cols": out_cols,
+                    "call_rows": members[0].attrs.get("call_rows", False),
+                },
                 members[0].source,
                 "sparse",
             )
@@ -614,8 +623,9 @@ class Lowering:
                 self.views[y] = View(pv.buffer, rows, 0, buf.cols, pv.shape)
                 view = View(pv.buffer, rows, col, cols, shape)
         else:
-            if any(d == DYNAMIC for d in shape):
-                r, c = 1, 1
+            if DYNAMIC in shape:  # rows known per call: a one-row stand-in, placed per call by the runtime
+                r, c = 1, shape[-1] if shape[-1] != DYNAMIC else 1
+                shape = (r, c)
             else:
                 r, c = _natural(shape)
             role = "input" if v in self.g.inputs else "activation"

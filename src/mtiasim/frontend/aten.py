@@ -41,6 +41,8 @@ class Ctx:
     alias: dict[str, str] = field(default_factory=dict)
     tuples: dict[str, list[str | None]] = field(default_factory=dict)
     current: fx.Node | None = None
+    # lookups over a data-dependent number of indices: rows known per call only, which can only be returned
+    call_rows: set[str] = field(default_factory=set)
 
     # ---------------------------------------------------------------------------------------------- values
     def value_of(self, node: Any) -> str:
@@ -68,6 +70,12 @@ class Ctx:
         self, op: str, inputs: list[str], out: TensorType, attrs: dict | None = None, name: str = ""
     ) -> str:
         assert self.current is not None
+        jagged = next((v for v in inputs if v in self.call_rows), None)
+        if jagged is not None:
+            raise self.fail(
+                f"{_op_name(self.current.target)} of {jagged}, an embedding lookup whose row count depends on "
+                "the indices, is not supported (such rows can only be returned)"
+            )
         out_name = name or self.current.name
         while out_name in self.values and name == "":
             out_name += "_"
@@ -337,16 +345,19 @@ def _table_dtype(ctx: Ctx, weight: Any) -> DType:
 
 @_register([aten.embedding.default], index_args=True)
 def _embedding(ctx: Ctx, node: fx.Node) -> None:
-    """embedding(weight, indices) = one-row bags, reshaped to indices.shape + [D]."""
+    """embedding(weight, indices) = one-row bags, reshaped to indices.shape + [D]. Over 1-D indices of a
+    data-dependent length (a KeyedJaggedTensor's values: torchrec's EmbeddingCollection) the rows are
+    [?, D], their count known per call."""
     weight, indices = node.args[0], node.args[1]
     w = ctx.value_of(weight)
     idx = ctx.value_of(indices)
     fmt = {DType.FP32: "fp32", DType.FP16: "fp16"}.get(ctx.type(w).dtype)
     if fmt is None:
         raise ctx.fail("embedding tables must be fp32 or fp16")
-    if any(d == DYNAMIC for d in ctx.type(idx).shape):
-        raise ctx.fail("embedding over a data-dependent number of indices is not supported")
-    n = int(np.prod(ctx.type(idx).shape))
+    per_call = DYNAMIC in ctx.type(idx).shape
+    if per_call and len(ctx.type(idx).shape) != 1:
+        raise ctx.fail("embedding over indices of a data-dependent shape needs 1-D indices")
+    n = DYNAMIC if per_call else int(np.prod(ctx.type(idx).shape))
     d = ctx.type(w).shape[1]
     pooled = ctx.emit(
         "embedding_bag",
@@ -361,6 +372,10 @@ def _embedding(ctx: Ctx, node: fx.Node) -> None:
         },
         name=node.name + "_rows",
     )
+    if per_call:
+        ctx.call_rows.add(pooled)
+        ctx.result(node, pooled)
+        return
     ctx.emit("reshape", [pooled], _out(node), {"shape": _out(node).shape})
 
 
