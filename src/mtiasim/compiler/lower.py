@@ -394,6 +394,10 @@ class Lowering:
         if self.dtypes[x] == self.dtypes[y]:
             self.alias_of[y] = x
             return
+        if DYNAMIC in self.shapes[x]:
+            raise self.fail(
+                node, f"a {self.dtypes[x].value} -> {self.dtypes[y].value} cast of rows known per call"
+            )
         self._eltwise(node, "cast")
 
     def _op_reshape(self, node: Node) -> None:
@@ -608,7 +612,8 @@ class Lowering:
         shape = self.shapes[v]
         if v in self.alias_of:
             base = self._view_of(self.alias_of[v])
-            view = self._reshape_view(base, shape)
+            # rows known per call: the same stand-in as the value it aliases
+            view = base if DYNAMIC in shape else self._reshape_view(base, shape)
         elif v in self.parent:
             y, rows, col = self.parent[v]
             pv = self._view_of(y)

@@ -71,7 +71,7 @@ class Ctx:
     ) -> str:
         assert self.current is not None
         jagged = next((v for v in inputs if v in self.call_rows), None)
-        if jagged is not None:
+        if jagged is not None and op != "cast":
             raise self.fail(
                 f"{_op_name(self.current.target)} of {jagged}, an embedding lookup whose row count depends on "
                 "the indices, is not supported (such rows can only be returned)"
@@ -79,6 +79,8 @@ class Ctx:
         out_name = name or self.current.name
         while out_name in self.values and name == "":
             out_name += "_"
+        if jagged is not None:  # a dtype cast of such rows, which stays such rows
+            self.call_rows.add(out_name)
         self.values[out_name] = out
         self.nodes.append(
             Node(out_name, op, tuple(inputs), (out_name,), dict(attrs or {}), node_source(self.current))

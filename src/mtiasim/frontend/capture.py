@@ -24,10 +24,12 @@ from torch.export.graph_signature import InputKind
 from mtiasim.errors import MtiasimError, UnsupportedOperatorError, UsageError
 from mtiasim.frontend.aten import CONVERTERS, Ctx, register_library_ops, supported_ops, type_of
 from mtiasim.frontend.host import HostPrologue, is_host_op
+from mtiasim.frontend.quantized import exportable, register_4bit_lookup_meta
 from mtiasim.frontend.source import node_source
 from mtiasim.ir import Graph, Param, ValueKind
 
 PARAM, HOST, DEVICE, NONE = "param", "host", "device", "none"
+register_4bit_lookup_meta()
 
 
 @dataclass
@@ -63,7 +65,8 @@ def _is_virtual(t: torch.Tensor) -> bool:
 
 
 def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None) -> ExportedProgram:
-    """torch.export, non-strict; a model whose weights all live on the meta device is exported with meta inputs."""
+    """torch.export, non-strict; a model whose weights all live on the meta device is exported with meta inputs.
+    torch.ao quantized EmbeddingBags are exported as the ATen lookups they run (`quantized.exportable`)."""
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, tuple):
@@ -83,7 +86,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = 
     was_training = model.training
     _set_training(model, False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exportable(model):
             return torch.export.export(
                 model,
                 example_inputs,
@@ -117,22 +120,27 @@ def _is_jagged(x: Any) -> bool:
 
 def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     """Index tensors may change length from call to call (bags of random sizes): their length is exported as
-    dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, and 1-D integer tensors
-    other than per-bag offsets (whose length is the batch, or the batch + 1: the batch stays static)."""
+    dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, 1-D integer tensors
+    other than per-bag offsets (whose length is the batch, or the batch + 1, the batch being the rows of the
+    first dense input: it stays static), and 1-D float tensors as long as such indices (per-sample weights)."""
     leaves = torch.utils._pytree.tree_leaves((args, kwargs), is_leaf=_is_jagged)
-    floats = [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 1]
-    batch = floats[0].shape[0] if floats else None
+    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    dense = [t for t in tensors if t.is_floating_point() and t.dim() >= 2]
+    batch = dense[0].shape[0] if dense else None
     dynamic: list[torch.Tensor] = []
     for leaf in leaves:
         if _is_jagged(leaf):
             dynamic += [t for t in (leaf.values(), leaf.weights_or_none()) if isinstance(t, torch.Tensor)]
-        elif (
-            isinstance(leaf, torch.Tensor)
-            and leaf.dim() == 1
-            and not leaf.is_floating_point()
-            and (batch is None or leaf.shape[0] not in (batch, batch + 1))
-        ):
-            dynamic.append(leaf)
+    indices = [
+        t
+        for t in tensors
+        if t.dim() == 1
+        and not t.is_floating_point()
+        and (batch is None or t.shape[0] not in (batch, batch + 1))
+    ]
+    lengths = {t.shape[0] for t in indices}
+    weights = [t for t in tensors if t.dim() == 1 and t.is_floating_point() and t.shape[0] in lengths]
+    dynamic += indices + weights
     if not dynamic:
         return None
     shapes = torch.export.ShapesCollection()
