@@ -153,6 +153,7 @@ def capture(
     model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None, name: str = ""
 ) -> Captured:
     ep = export(model, example_inputs, kwargs)
+    register_library_ops()  # before asking which ops have converters
     return convert(to_core_aten(ep), name or type(model).__name__)
 
 
