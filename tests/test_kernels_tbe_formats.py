@@ -1,4 +1,5 @@
-"""TBE row formats (FBGEMM int8, ATen int8, fp16, fp32), max pooling, windows of a wider output, vs torch."""
+"""TBE row formats (FBGEMM int8/int4, ATen int8/int4, fp16, fp32), max pooling, windows of a wider output, vs
+torch."""
 
 import numpy as np
 import pytest
@@ -31,6 +32,9 @@ def stored_rows(weights: np.ndarray, fmt: RowFormat) -> np.ndarray:
         return nx.fbgemm_rows_quantize(weights)
     if fmt == RowFormat.INT8_ATEN:
         return torch.ops.quantized.embedding_bag_byte_prepack(torch.from_numpy(weights)).numpy()
+    if fmt.bits == 4:  # ATen's prepack; FBGEMM's TBE rows hold the same bytes with scale and bias first
+        aten = torch.ops.quantized.embedding_bag_4bit_prepack(torch.from_numpy(weights)).numpy()
+        return aten if fmt == RowFormat.INT4_ATEN else np.concatenate([aten[:, -4:], aten[:, :-4]], axis=1)
     return weights.astype(fmt.dtype.numpy)
 
 
@@ -135,6 +139,54 @@ def _unweighted(t_packed):
 
 
 @given(
+    st.integers(1, 24),
+    st.lists(st.integers(1, 200), min_size=1, max_size=3),
+    st.sampled_from([2, 4, 14, 32, 100]),  # ATen's 4-bit rows hold an even dim
+    st.integers(0, 1000),
+    st.booleans(),
+    st.sampled_from([(0, 0), (3, 5)]),
+)
+@settings(max_examples=25)
+def test_int4_rows_match_torch_quantized_bit_exact(batch, table_rows, dim, seed, weighted, pad):
+    """ATen's and FBGEMM's 4-bit rows pool as torch.ops.quantized.embedding_bag_4bit_rowwise_offsets (the
+    FBGEMM CPU kernel behind both), bit for bit."""
+    rng = np.random.default_rng(seed)
+    weights = (rng.standard_normal((sum(table_rows), dim)) * 2).astype(np.float32)
+    aten = stored_rows(weights, RowFormat.INT4_ATEN)
+    assert aten.shape[1] == RowFormat.INT4_ATEN.row_cols(dim) == dim // 2 + 4
+    _lengths, offsets, idx = lookups(rng, table_rows, batch, 9)
+    psw = rng.random(idx.size).astype(np.float32) * 3 if weighted else None
+    t_packed = torch.from_numpy(aten)
+
+    def ref(ix, off, sl):
+        w = torch.from_numpy(psw[sl]) if weighted else None
+        return torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(t_packed, ix, off, False, 0, False, w)
+
+    expect = torch_bags(offsets, idx, table_rows, batch, ref).numpy()
+    for fmt in (RowFormat.INT4_ATEN, RowFormat.INT4_FBGEMM):
+        rows = stored_rows(weights, fmt)
+        got = run_tbe(rows, fmt, table_rows, batch, dim, offsets, idx, PoolMode.SUM, psw, pad=pad)
+        assert np.array_equal(got, expect), fmt
+    # max pools the rows as torch unpacks them
+    table = torch.ops.quantized.embedding_bag_4bit_unpack(t_packed)
+    assert np.array_equal(nx.rows_to_float(aten, RowFormat.INT4_ATEN, dim), table.numpy())
+    got = run_tbe(aten, RowFormat.INT4_ATEN, table_rows, batch, dim, offsets, idx, PoolMode.MAX)
+    expect = torch_bags(
+        offsets, idx, table_rows, batch, lambda ix, off, sl: F.embedding_bag(ix, table, off, mode="max")
+    )
+    assert np.array_equal(got, expect.numpy())
+
+
+def test_int4_nibbles_low_first():
+    """Element 2i sits in the low nibble of byte i, as torch's 4-bit prepack writes it."""
+    w = torch.tensor([[0.0, 15.0, 15.0, 0.0, 5.0, 10.0]])
+    packed = torch.ops.quantized.embedding_bag_4bit_prepack(w).numpy()
+    assert packed[0, :3].tolist() == [0xF0, 0x0F, 0xA5]
+    q, scale, bias = nx.quantized_rows_split(packed, RowFormat.INT4_ATEN, 6)
+    assert q.tolist() == [[0, 15, 15, 0, 5, 10]] and scale[0, 0] == 1.0 and bias[0, 0] == 0.0
+
+
+@given(
     *common,
     st.sampled_from([RowFormat.FP16, RowFormat.FP32]),
     st.sampled_from(["sum", "mean", "max"]),
@@ -214,6 +266,8 @@ def test_fbgemm_rows_keep_their_numerics_in_a_window():
         (RowFormat.INT8_ATEN, DType.UINT8, 20, r"int8_aten rows of dim 16 are uint8 \[rows, 24\]"),
         (RowFormat.FP32, DType.FP16, 16, r"fp32 rows of dim 16 are fp32 \[rows, 16\]"),
         (RowFormat.INT8_FBGEMM, DType.UINT8, 24, r"int8_fbgemm rows of dim 16 are uint8 \[rows, 20\]"),
+        (RowFormat.INT4_ATEN, DType.UINT8, 20, r"int4_aten rows of dim 16 are uint8 \[rows, 12\]"),
+        (RowFormat.INT4_FBGEMM, DType.FP16, 12, r"int4_fbgemm rows of dim 16 are uint8 \[rows, 12\]"),
     ],
 )
 def test_table_must_match_its_row_format(fmt, dtype, cols, message):
@@ -303,8 +357,10 @@ def test_more_row_bytes_never_take_less_time(level, dim):
     t = {fmt: _tbe_timing(fmt, dim=dim, level=level)[0] for fmt in RowFormat}
     assert t[RowFormat.INT8_FBGEMM] <= t[RowFormat.INT8_ATEN] * (1 + 1e-9)
     assert t[RowFormat.FP16] <= t[RowFormat.FP32]
+    assert t[RowFormat.INT4_FBGEMM] == t[RowFormat.INT4_ATEN]  # the same bytes in another order
     if level == Level.DRAM and dim == 256:
         assert t[RowFormat.INT8_ATEN] < t[RowFormat.FP16]
+        assert t[RowFormat.INT4_FBGEMM] < t[RowFormat.INT8_FBGEMM]  # about half the LPDDR5 bytes
 
 
 def test_float_rows_skip_the_dequantize_cost():
@@ -335,3 +391,5 @@ def test_float_rows_skip_the_dequantize_cost():
     busy = {fmt: pool_work(fmt) for fmt in RowFormat}
     assert busy[RowFormat.INT8_FBGEMM] == busy[RowFormat.INT8_ATEN]
     assert busy[RowFormat.FP16] < busy[RowFormat.FP32] < busy[RowFormat.INT8_FBGEMM]
+    # 4-bit rows: one more op per element (the nibble unpack) than int8 rows
+    assert busy[RowFormat.INT4_FBGEMM] == busy[RowFormat.INT4_ATEN] > busy[RowFormat.INT8_FBGEMM]

@@ -414,7 +414,8 @@ _OTHER = {
     Kind.EMBEDDING_BAG: (
         Unit.SE,
         "pooled rows of one table: weight [R, D], indices [?], offsets [B(+1)], per_sample_weights [?]; "
-        "attrs mode (sum|mean|max), include_last_offset, padding_idx, row_format",
+        "attrs mode (sum|mean|max), include_last_offset, padding_idx, row_format (isa.RowFormat), one_per_bag "
+        "(an embedding: a row per index, [?, D] when their number is known per call only)",
     ),
     Kind.TBE: (
         Unit.SE,

@@ -70,12 +70,15 @@ def compile_graph(
     low = lower(g, formats)
     index_bytes = 0
     lookups: dict[str, int] = {}
+    kops = {op.name: op for op in low.kops}
     for name, tables in low.lookups.items():
         n = 0
         for t in tables:
             n += int(example_inputs[t.indices].numel()) if t.indices in example_inputs else 0
         lookups[name] = n
         index_bytes += n * (4 + (4 if any(t.weights for t in tables) else 0))
+        if kops[name].attrs.get("call_rows"):  # its rows are placed per call too, after its indices
+            index_bytes += n * kops[name].attrs["dim"] * 4
     reserve = 2 * index_bytes + (1 << 20)
     code = Codegen(low, chip, list(g.inputs), list(g.outputs), reserve).build(lookups)
     return CompiledGraph(graph, g, formats, low, code)

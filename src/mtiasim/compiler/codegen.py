@@ -22,6 +22,7 @@ from mtiasim.compiler.memory import MemoryPlan, plan_memory
 from mtiasim.errors import CapacityError, MtiasimError, UnsupportedOperatorError
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dpe_macs_per_cycle, dram_bytes_per_s, sram_bytes_per_s
+from mtiasim.ir import DYNAMIC
 from mtiasim.isa import Job, Level, PoolMode, ReduceOp, SeOp, TensorDecl
 from mtiasim.isa.commands import RowFormat
 from mtiasim.kernels.bmm import bmm_job
@@ -48,7 +49,7 @@ class TbeSpec:
     weighted: bool
     region: Region
     deps: tuple[str, ...]
-    batch: int
+    batch: int  # DYNAMIC: one bag per index, as many as the call has (its output is placed per call)
 
 
 @dataclass
@@ -332,7 +333,7 @@ class Codegen:
                     any(t.weights for t in low.lookups[op.name]),
                     region,
                     deps,
-                    low.views[op.writes[0]].shape[0],
+                    DYNAMIC if op.attrs.get("call_rows") else low.views[op.writes[0]].shape[0],
                 )
             else:
                 try:
@@ -514,7 +515,7 @@ class Codegen:
 
 
 def tbe_job_for(chip: Chip, spec: TbeSpec, tensors: dict[str, TensorDecl], indices: str, weights: str | None,
-                offsets: np.ndarray) -> Job:  # fmt: skip
+                offsets: np.ndarray, batch: int | None = None) -> Job:  # fmt: skip
     rows = [t.rows for t in spec.tables]
     job = tbe_job(
         chip,
@@ -524,7 +525,7 @@ def tbe_job_for(chip: Chip, spec: TbeSpec, tensors: dict[str, TensorDecl], indic
         tensors[spec.out_decl] if spec.out_decl else [tensors[o] for o in spec.outs],
         offsets=offsets,
         table_rows=rows,
-        batch=spec.batch,
+        batch=spec.batch if batch is None else batch,
         dim=spec.dim,
         mode=PoolMode(spec.mode),
         weights=tensors[weights] if weights else None,

@@ -25,6 +25,7 @@ from mtiasim.errors import UnsupportedOperatorError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.frontend.reference import tbe_table
 from mtiasim.ir import DYNAMIC, Graph, Node, Source, ValueKind
+from mtiasim.isa import RowFormat
 from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
 
 # producers that can write their 2-D result into a column window of a wider buffer
@@ -85,6 +86,7 @@ class Lookup:
     include_last_offset: bool
     padding_idx: int | None
     one_per_bag: bool
+    batched: tuple[int, int] | None = None  # (table, tables) of an FBGEMM batched op's shared bags
 
 
 @dataclass
@@ -264,8 +266,8 @@ class Lowering:
         p = self.g.params[w]
         rows, dim = p.type.shape
         fmt = node.attrs["row_format"]
-        if fmt == "int8_aten":
-            dim -= 8
+        if RowFormat(fmt).is_quantized:  # the model's own quantized rows (ATen's layouts)
+            dim = RowFormat(fmt).dim_of(dim)
         else:  # float tables are stored in the precision's row format (int8 rows for int8)
             fmt = self.fm.precision.table_format
         self.kop(
@@ -284,6 +286,7 @@ class Lowering:
                 "include_last_offset": node.attrs.get("include_last_offset", False),
                 "padding_idx": node.attrs.get("padding_idx"),
                 "one_per_bag": node.attrs.get("one_per_bag", False),
+                "call_rows": self.shapes[node.outputs[0]][0] == DYNAMIC,
             },
             node,
         )
@@ -391,6 +394,10 @@ class Lowering:
         if self.dtypes[x] == self.dtypes[y]:
             self.alias_of[y] = x
             return
+        if DYNAMIC in self.shapes[x]:
+            raise self.fail(
+                node, f"a {self.dtypes[x].value} -> {self.dtypes[y].value} cast of rows known per call"
+            )
         self._eltwise(node, "cast")
 
     def _op_reshape(self, node: Node) -> None:
@@ -442,7 +449,8 @@ class Lowering:
     # ------------------------------------------------------------------------------------ lookups
     def _group_lookups(self) -> None:
         """Lookups of one row format, dim, mode and output dtype, with or without weights, run as one batched
-        TBE job (their output is the concatenation of their tables', in this order)."""
+        TBE job (their output is the concatenation of their tables', in this order). A lookup whose row count
+        is known per call only (`call_rows`) runs alone."""
         groups: dict[tuple, list[KOp]] = {}
         order: list[tuple] = []
         for op in self.kops:
@@ -457,6 +465,7 @@ class Lowering:
                 self.dtypes[out],
                 a["weights"] is not None,
                 self.shapes[out][0],
+                op.name if a.get("call_rows") else None,
             )
             if key not in groups:
                 groups[key] = []
@@ -471,7 +480,7 @@ class Lowering:
             datas = []
             virtual = False
             start = 0
-            row_bytes = {"int8_fbgemm": dim + 4, "int8_aten": dim + 8, "fp16": dim, "fp32": dim}[fmt]
+            row_cols = RowFormat(fmt).row_cols(dim)
             for t, op in enumerate(members):
                 a = op.attrs
                 p = self.g.params[a["param"]]
@@ -487,14 +496,16 @@ class Lowering:
                         a["include_last_offset"],
                         a["padding_idx"],
                         a["one_per_bag"],
+                        a.get("batched"),
                     )
                 )
                 start += a["rows"]
                 if not p.virtual:
                     datas.append(self._table_rows(p.tensor, a, fmt))
-            dtype = {"fp16": DType.FP16, "fp32": DType.FP32}.get(fmt, DType.UINT8)
             data = None if virtual else np.concatenate(datas, axis=0)
-            self.buffers[table_name] = Buffer(table_name, start, row_bytes, dtype, "table", data, virtual)
+            self.buffers[table_name] = Buffer(
+                table_name, start, row_cols, RowFormat(fmt).dtype, "table", data, virtual
+            )
             out_cols = sum(self.shapes[op.writes[0]][1] for op in members)
             # the bags (indices, offsets, weights) are packed per call into index tensors of their own
             kop = KOp(
@@ -502,7 +513,13 @@ class Lowering:
                 "tbe",
                 [table_name],
                 [op.writes[0] for op in members],
-                {"format": fmt, "dim": dim, "mode": members[0].attrs["mode"], "out_cols": out_cols},
+                {
+                    "format": fmt,
+                    "dim": dim,
+                    "mode": members[0].attrs["mode"],
+                    "out_cols": out_cols,
+                    "call_rows": members[0].attrs.get("call_rows", False),
+                },
                 members[0].source,
                 "sparse",
             )
@@ -519,14 +536,14 @@ class Lowering:
         if "fbgemm" in a:  # already in FBGEMM's layout: unpack this table (rows may be padded)
             start, dim, rows, row_bytes = a["fbgemm"]
             raw = tensor.detach().reshape(-1)[start : start + rows * row_bytes].reshape(rows, row_bytes)
-            if fmt == "int8_fbgemm":
-                return raw[:, : dim + 4].cpu().numpy()
+            if RowFormat(fmt).is_quantized:  # the rows without their padding
+                return raw[:, : RowFormat(fmt).row_cols(dim)].cpu().numpy()
             table = tbe_table(tensor, a["fbgemm"], fmt)
             return _to_numpy(table, DType.FP16 if fmt == "fp16" else DType.FP32)
-        if fmt == "int8_aten":
-            return tensor.detach().cpu().numpy()
         if fmt == "int8_fbgemm":
             return rowwise_int8(tensor)
+        if RowFormat(fmt).is_quantized:  # the model's own ATen rows
+            return tensor.detach().cpu().numpy()
         return _to_numpy(tensor, DType.FP16 if fmt == "fp16" else DType.FP32)
 
     # ------------------------------------------------------------------------------------- layout
@@ -595,7 +612,8 @@ class Lowering:
         shape = self.shapes[v]
         if v in self.alias_of:
             base = self._view_of(self.alias_of[v])
-            view = self._reshape_view(base, shape)
+            # rows known per call: the same stand-in as the value it aliases
+            view = base if DYNAMIC in shape else self._reshape_view(base, shape)
         elif v in self.parent:
             y, rows, col = self.parent[v]
             pv = self._view_of(y)
@@ -610,8 +628,9 @@ class Lowering:
                 self.views[y] = View(pv.buffer, rows, 0, buf.cols, pv.shape)
                 view = View(pv.buffer, rows, col, cols, shape)
         else:
-            if any(d == DYNAMIC for d in shape):
-                r, c = 1, 1
+            if DYNAMIC in shape:  # rows known per call: a one-row stand-in, placed per call by the runtime
+                r, c = 1, shape[-1] if shape[-1] != DYNAMIC else 1
+                shape = (r, c)
             else:
                 r, c = _natural(shape)
             role = "input" if v in self.g.inputs else "activation"

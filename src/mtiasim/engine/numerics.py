@@ -11,9 +11,10 @@
   segments) or the FP32 math library, before the rounding of the output to its dtype.
 - GEMM epilogue (`matmul_epilogue`): as `isa.MatMul` documents.
 - Embedding pooling (`pool_rows`), per row format. FBGEMM int8 rows: ``q*scale + bias`` (two FP32 roundings),
-  weighted, summed in order. ATen int8 rows: as FBGEMM's CPU kernels behind
-  ``torch.ops.quantized.embedding_bag_byte_rowwise_offsets``: per row ``acc = fma(scale*w, q, acc + bias*w)``
-  (bit-exact; FMA is emulated in float64, which could round differently only when the exact sum needs more
+  weighted, summed in order. ATen int8 and int4 rows and FBGEMM int4 rows: as FBGEMM's CPU kernels behind
+  ``torch.ops.quantized.embedding_bag_byte_rowwise_offsets`` / ``embedding_bag_4bit_rowwise_offsets`` and
+  ``fbgemm.int_nbit_split_embedding_codegen_lookup_function``: per row ``acc = fma(scale*w, q, acc + bias*w)``
+  with the fp16 scale and bias widened to FP32 (bit-exact; FMA is emulated in float64, which could round differently only when the exact sum needs more
   than 53 bits and lands on an FP32 tie, not seen in tests). FP16/FP32 rows: ``acc += x`` or
   ``acc = fma(w, x, acc)``, as ``torch.nn.functional.embedding_bag`` on FP32 rows (bit-exact). Mean divides the
   FP32 sum by the bag length; max takes the elementwise max of the rows as converted to FP32; empty bags are 0.
@@ -208,15 +209,28 @@ def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
 
 
-def aten_rows_split(rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ATen int8 rows ([n, dim + 8] uint8) -> (q [n, dim] fp32, scale [n, 1] fp32, bias [n, 1] fp32)."""
-    tail = np.ascontiguousarray(rows[:, dim : dim + 8]).view(np.float32)
-    return rows[:, :dim].astype(np.float32), tail[:, 0:1], tail[:, 1:2]
+def unpack_nibbles(packed: np.ndarray, dim: int) -> np.ndarray:
+    """[n, ceil(dim/2)] uint8 of 4-bit values -> [n, dim] uint8 (element 2i in the low nibble of byte i)."""
+    out = np.empty((packed.shape[0], 2 * packed.shape[1]), dtype=np.uint8)
+    out[:, 0::2] = packed & 0x0F
+    out[:, 1::2] = packed >> 4
+    return out[:, :dim]
 
 
-def aten_rows_dequantize(rows: np.ndarray, dim: int) -> np.ndarray:
-    """ATen int8 rows -> fp32 [n, dim]: ``fma(scale, q, bias)`` (the first step of a pooled sum)."""
-    q, scale, bias = aten_rows_split(rows, dim)
+def quantized_rows_split(
+    rows: np.ndarray, fmt: RowFormat, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantized rows of `fmt` -> (q [n, dim] fp32, scale [n, 1] fp32, bias [n, 1] fp32)."""
+    values, qparams = fmt.layout(dim)
+    sb = np.ascontiguousarray(rows[:, qparams]).view(fmt.qparams_dtype.numpy).astype(np.float32)
+    q = unpack_nibbles(rows[:, values], dim) if fmt.bits == 4 else rows[:, values]
+    return q.astype(np.float32), sb[:, 0:1], sb[:, 1:2]
+
+
+def fused_rows_dequantize(rows: np.ndarray, fmt: RowFormat, dim: int) -> np.ndarray:
+    """Rows of a fused-dequantize format (`FUSED_DEQUANTIZE`) -> fp32 [n, dim]: ``fma(scale, q, bias)`` (the
+    first step of a pooled sum)."""
+    q, scale, bias = quantized_rows_split(rows, fmt, dim)
     return fma32(np.broadcast_to(scale, q.shape), q, np.broadcast_to(bias, q.shape))
 
 
@@ -233,12 +247,16 @@ def aten_rows_quantize(weights: np.ndarray) -> np.ndarray:
     return np.concatenate([q, tail], axis=1)
 
 
+# formats pooled as FBGEMM's CPU kernels pool them: per row ``acc = fma(scale*w, q, acc + bias*w)``
+FUSED_DEQUANTIZE = frozenset({RowFormat.INT8_ATEN, RowFormat.INT4_ATEN, RowFormat.INT4_FBGEMM})
+
+
 def rows_to_float(rows: np.ndarray, fmt: RowFormat, dim: int) -> np.ndarray:
     """Stored rows of `fmt` -> fp32 [n, dim] values."""
     if fmt == RowFormat.INT8_FBGEMM:
         return fbgemm_rows_dequantize(rows, dim)
-    if fmt == RowFormat.INT8_ATEN:
-        return aten_rows_dequantize(rows, dim)
+    if fmt in FUSED_DEQUANTIZE:
+        return fused_rows_dequantize(rows, fmt, dim)
     return np.asarray(rows[:, :dim], dtype=np.float32)
 
 
@@ -250,8 +268,9 @@ def _sum_in_order(rows: np.ndarray, fmt: RowFormat, dim: int, lengths: np.ndarra
     """Each bag's rows accumulated one after another, as FBGEMM's and ATen's CPU kernels do."""
     out = np.zeros((lengths.size, dim), dtype=np.float32)
     starts = _bag_starts(lengths)
-    if fmt == RowFormat.INT8_ATEN:
-        q, scale, bias = aten_rows_split(rows, dim)
+    fused = fmt in FUSED_DEQUANTIZE
+    if fused:
+        q, scale, bias = quantized_rows_split(rows, fmt, dim)
         if w is not None:
             scale, bias = scale * w[:, None], bias * w[:, None]
     else:
@@ -260,7 +279,7 @@ def _sum_in_order(rows: np.ndarray, fmt: RowFormat, dim: int, lengths: np.ndarra
         live = np.flatnonzero(lengths > pos)
         r = starts[live] + pos
         acc = out[live]
-        if fmt == RowFormat.INT8_ATEN:
+        if fused:
             out[live] = fma32(np.broadcast_to(scale[r], (r.size, dim)), q[r], acc + bias[r])
         elif w is not None:
             out[live] = fma32(np.broadcast_to(w[r, None], (r.size, dim)), x[r], acc)

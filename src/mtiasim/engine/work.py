@@ -60,6 +60,7 @@ SE_OPS_PER_ELEMENT = {
     **{SeOp(k.value): e.se_ops for k, e in ELEMENTWISE.items()},
 }
 POOL_OPS_PER_ELEMENT = 3  # dequantize (multiply, add) and accumulate
+UNPACK_OPS_PER_ELEMENT = 1  # 4-bit rows: one more op per element to take its nibble out of the byte
 FLOAT_POOL_OPS_PER_ELEMENT = 1  # float rows: accumulate (weighted: one fused multiply-add) or max
 
 
@@ -715,8 +716,10 @@ class WorkModel:
         mean_len = cmd.rows / max(len(cmd.lengths), 1)
         w.granule = max(1.0, min(float(per_cmd), mean_len))
         fmt = cmd.row_format
-        # int8 rows are dequantized on the SE's FP16 path; float rows accumulate at their own width
-        ops_per = POOL_OPS_PER_ELEMENT if fmt.is_int8 else FLOAT_POOL_OPS_PER_ELEMENT
+        # quantized rows are dequantized on the SE's FP16 path (4-bit ones unpacked first); float rows
+        # accumulate at their own width
+        ops_per = POOL_OPS_PER_ELEMENT if fmt.is_quantized else FLOAT_POOL_OPS_PER_ELEMENT
+        ops_per += UNPACK_OPS_PER_ELEMENT if fmt.bits == 4 else 0
         rate_dtype = DType.FP32 if fmt == RowFormat.FP32 else DType.FP16
         busy, ops = self._se(elems, ops_per, rate_dtype, commands)
         out_elems = len(cmd.lengths) * cmd.dim

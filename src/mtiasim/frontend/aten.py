@@ -21,6 +21,7 @@ from mtiasim.errors import UnsupportedOperatorError, UsageError
 from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.frontend.source import node_source
 from mtiasim.ir import DYNAMIC, Node, Param, TensorType
+from mtiasim.isa import RowFormat
 from mtiasim.opset import ELEMENTWISE, Elementwise, Kind
 
 aten = torch.ops.aten
@@ -40,6 +41,8 @@ class Ctx:
     alias: dict[str, str] = field(default_factory=dict)
     tuples: dict[str, list[str | None]] = field(default_factory=dict)
     current: fx.Node | None = None
+    # lookups over a data-dependent number of indices: rows known per call only, which can only be returned
+    call_rows: set[str] = field(default_factory=set)
 
     # ---------------------------------------------------------------------------------------------- values
     def value_of(self, node: Any) -> str:
@@ -67,9 +70,17 @@ class Ctx:
         self, op: str, inputs: list[str], out: TensorType, attrs: dict | None = None, name: str = ""
     ) -> str:
         assert self.current is not None
+        jagged = next((v for v in inputs if v in self.call_rows), None)
+        if jagged is not None and op != "cast":
+            raise self.fail(
+                f"{_op_name(self.current.target)} of {jagged}, an embedding lookup whose row count depends on "
+                "the indices, is not supported (such rows can only be returned)"
+            )
         out_name = name or self.current.name
         while out_name in self.values and name == "":
             out_name += "_"
+        if jagged is not None:  # a dtype cast of such rows, which stays such rows
+            self.call_rows.add(out_name)
         self.values[out_name] = out
         self.nodes.append(
             Node(out_name, op, tuple(inputs), (out_name,), dict(attrs or {}), node_source(self.current))
@@ -203,6 +214,25 @@ def _register(targets: list[Any], index_args: bool = False) -> Callable:
     return wrap
 
 
+# ops of libraries that may load after mtiasim does (fbgemm_gpu, imported by torchrec): found again by
+# `register_library_ops` before each conversion
+_LIBRARY_OPS: list[tuple[Callable[[], list[Any]], Callable[[Ctx, fx.Node], None], bool]] = []
+
+
+def _register_library(targets: Callable[[], list[Any]], index_args: bool = False) -> Callable:
+    def wrap(fn: Callable[[Ctx, fx.Node], None]) -> Callable[[Ctx, fx.Node], None]:
+        _LIBRARY_OPS.append((targets, fn, index_args))
+        return _register(targets(), index_args)(fn)
+
+    return wrap
+
+
+def register_library_ops() -> None:
+    """Register the converters of library ops loaded since mtiasim was imported."""
+    for targets, fn, index_args in _LIBRARY_OPS:
+        _register(targets(), index_args)(fn)
+
+
 def _op_name(target: Any) -> str:
     name = getattr(target, "name", None)
     return name() if callable(name) else str(target)
@@ -317,16 +347,19 @@ def _table_dtype(ctx: Ctx, weight: Any) -> DType:
 
 @_register([aten.embedding.default], index_args=True)
 def _embedding(ctx: Ctx, node: fx.Node) -> None:
-    """embedding(weight, indices) = one-row bags, reshaped to indices.shape + [D]."""
+    """embedding(weight, indices) = one-row bags, reshaped to indices.shape + [D]. Over 1-D indices of a
+    data-dependent length (a KeyedJaggedTensor's values: torchrec's EmbeddingCollection) the rows are
+    [?, D], their count known per call."""
     weight, indices = node.args[0], node.args[1]
     w = ctx.value_of(weight)
     idx = ctx.value_of(indices)
     fmt = {DType.FP32: "fp32", DType.FP16: "fp16"}.get(ctx.type(w).dtype)
     if fmt is None:
         raise ctx.fail("embedding tables must be fp32 or fp16")
-    if any(d == DYNAMIC for d in ctx.type(idx).shape):
-        raise ctx.fail("embedding over a data-dependent number of indices is not supported")
-    n = int(np.prod(ctx.type(idx).shape))
+    per_call = DYNAMIC in ctx.type(idx).shape
+    if per_call and len(ctx.type(idx).shape) != 1:
+        raise ctx.fail("embedding over indices of a data-dependent shape needs 1-D indices")
+    n = DYNAMIC if per_call else int(np.prod(ctx.type(idx).shape))
     d = ctx.type(w).shape[1]
     pooled = ctx.emit(
         "embedding_bag",
@@ -341,28 +374,42 @@ def _embedding(ctx: Ctx, node: fx.Node) -> None:
         },
         name=node.name + "_rows",
     )
+    if per_call:
+        ctx.call_rows.add(pooled)
+        ctx.result(node, pooled)
+        return
     ctx.emit("reshape", [pooled], _out(node), {"shape": _out(node).shape})
+
+
+# ATen's quantized EmbeddingBag ops and the row format of their (prepacked) tables
+_ATEN_QUANTIZED_BAGS = {
+    "embedding_bag_byte_rowwise_offsets": "int8_aten",
+    "embedding_bag_4bit_rowwise_offsets": "int4_aten",
+}
 
 
 def _quantized_ops() -> list[Any]:
     q = getattr(torch.ops, "quantized", None)
     try:
-        return [q.embedding_bag_byte_rowwise_offsets.default] if q is not None else []
+        return [getattr(q, name).default for name in _ATEN_QUANTIZED_BAGS] if q is not None else []
     except (AttributeError, RuntimeError):
         return []
 
 
 @_register(_quantized_ops(), index_args=True)
-def _embedding_bag_byte(ctx: Ctx, node: fx.Node) -> None:
+def _embedding_bag_quantized(ctx: Ctx, node: fx.Node) -> None:
+    """quantized::embedding_bag_{byte,4bit}_rowwise_offsets over the table their prepack op wrote."""
     # (weight, indices, offsets, scale_grad_by_freq, mode, pruned_weights, per_sample_weights,
     #  compressed_indices_mapping, include_last_offset)
     if _arg(node, 5, "pruned_weights", False):
         raise ctx.fail("pruned embedding tables are not supported")
+    if _table_dtype(ctx, node.args[0]) != DType.UINT8:
+        raise ctx.fail("quantized embedding tables must be the uint8 rows of the matching prepack op")
     _embedding_bag_common(
         ctx,
         node,
         node.args[0],
-        "int8_aten",
+        _ATEN_QUANTIZED_BAGS[_op_name(node.target).split("::")[-1].split(".")[0]],
         {
             "indices": node.args[1],
             "offsets": _arg(node, 2, "offsets"),
@@ -383,14 +430,14 @@ def _fbgemm_tbe_ops() -> list[Any]:
     return [getattr(packet, o) for o in packet.overloads()] if packet is not None else []
 
 
-# FBGEMM SparseType codes (fbgemm_gpu.split_embedding_configs.SparseType): FP32 0, FP16 1, INT8 2
-_FBGEMM_TY = {0: "fp32", 1: "fp16", 2: "int8_fbgemm"}
+# FBGEMM SparseType codes (fbgemm_gpu.split_embedding_configs.SparseType): FP32 0, FP16 1, INT8 2, INT4 3
+_FBGEMM_TY = {0: "fp32", 1: "fp16", 2: "int8_fbgemm", 3: "int4_fbgemm"}
 _FBGEMM_OUT = {0: DType.FP32, 1: DType.FP16, 5: DType.BF16}
 
 
-@_register(_fbgemm_tbe_ops(), index_args=True)
+@_register_library(_fbgemm_tbe_ops, index_args=True)
 def _fbgemm_tbe(ctx: Ctx, node: fx.Node) -> None:
-    """fbgemm.int_nbit_split_embedding_codegen_lookup_function: torchrec's int8 EmbeddingBagCollection."""
+    """fbgemm.int_nbit_split_embedding_codegen_lookup_function: torchrec's quantized EmbeddingBagCollection."""
     names = [
         "dev_weights", "uvm_weights", "weights_placements", "weights_offsets", "weights_tys", "D_offsets",
         "total_D", "max_int2_D", "max_int4_D", "max_int8_D", "max_float16_D", "max_float32_D", "indices",
@@ -408,7 +455,7 @@ def _fbgemm_tbe(ctx: Ctx, node: fx.Node) -> None:
     fmts = {_FBGEMM_TY.get(int(t)) for t in tys}
     if None in fmts or len(fmts) != 1:
         raise ctx.fail(
-            f"TBE weight types {sorted(set(tys.tolist()))} are not supported (one of fp32/fp16/int8)"
+            f"TBE weight types {sorted(set(tys.tolist()))} are not supported (one of fp32/fp16/int8/int4)"
         )
     mode = {0: "sum", 1: "mean"}.get(int(a["pooling_mode"]))
     if mode is None:
@@ -423,7 +470,7 @@ def _fbgemm_tbe(ctx: Ctx, node: fx.Node) -> None:
     tables = []
     for t in range(len(dims)):
         d = int(dims[t])
-        row_bytes = -(-(d + 4 if fmt == "int8_fbgemm" else d * (2 if fmt == "fp16" else 4)) // align) * align
+        row_bytes = -(-RowFormat(fmt).row_bytes(d) // align) * align
         start = int(weights_offsets[t])
         end = int(weights_offsets[t + 1]) if t + 1 < len(dims) else total
         # tables start 128 B aligned, so the rows of a table are the whole rows before the next one starts

@@ -22,12 +22,14 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from mtiasim.errors import MtiasimError, UnsupportedOperatorError, UsageError
-from mtiasim.frontend.aten import CONVERTERS, Ctx, supported_ops, type_of
+from mtiasim.frontend.aten import CONVERTERS, Ctx, register_library_ops, supported_ops, type_of
 from mtiasim.frontend.host import HostPrologue, is_host_op
+from mtiasim.frontend.quantized import exportable, register_4bit_lookup_meta
 from mtiasim.frontend.source import node_source
 from mtiasim.ir import Graph, Param, ValueKind
 
 PARAM, HOST, DEVICE, NONE = "param", "host", "device", "none"
+register_4bit_lookup_meta()
 
 
 @dataclass
@@ -63,7 +65,8 @@ def _is_virtual(t: torch.Tensor) -> bool:
 
 
 def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None) -> ExportedProgram:
-    """torch.export, non-strict; a model whose weights all live on the meta device is exported with meta inputs."""
+    """torch.export, non-strict; a model whose weights all live on the meta device is exported with meta inputs.
+    torch.ao quantized EmbeddingBags are exported as the ATen lookups they run (`quantized.exportable`)."""
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, tuple):
@@ -83,7 +86,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = 
     was_training = model.training
     _set_training(model, False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exportable(model):
             return torch.export.export(
                 model,
                 example_inputs,
@@ -117,22 +120,27 @@ def _is_jagged(x: Any) -> bool:
 
 def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     """Index tensors may change length from call to call (bags of random sizes): their length is exported as
-    dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, and 1-D integer tensors
-    other than per-bag offsets (whose length is the batch, or the batch + 1: the batch stays static)."""
+    dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, 1-D integer tensors
+    other than per-bag offsets (whose length is the batch, or the batch + 1, the batch being the rows of the
+    first dense input: it stays static), and 1-D float tensors as long as such indices (per-sample weights)."""
     leaves = torch.utils._pytree.tree_leaves((args, kwargs), is_leaf=_is_jagged)
-    floats = [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 1]
-    batch = floats[0].shape[0] if floats else None
+    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    dense = [t for t in tensors if t.is_floating_point() and t.dim() >= 2]
+    batch = dense[0].shape[0] if dense else None
     dynamic: list[torch.Tensor] = []
     for leaf in leaves:
         if _is_jagged(leaf):
             dynamic += [t for t in (leaf.values(), leaf.weights_or_none()) if isinstance(t, torch.Tensor)]
-        elif (
-            isinstance(leaf, torch.Tensor)
-            and leaf.dim() == 1
-            and not leaf.is_floating_point()
-            and (batch is None or leaf.shape[0] not in (batch, batch + 1))
-        ):
-            dynamic.append(leaf)
+    indices = [
+        t
+        for t in tensors
+        if t.dim() == 1
+        and not t.is_floating_point()
+        and (batch is None or t.shape[0] not in (batch, batch + 1))
+    ]
+    lengths = {t.shape[0] for t in indices}
+    weights = [t for t in tensors if t.dim() == 1 and t.is_floating_point() and t.shape[0] in lengths]
+    dynamic += indices + weights
     if not dynamic:
         return None
     shapes = torch.export.ShapesCollection()
@@ -145,6 +153,7 @@ def capture(
     model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None, name: str = ""
 ) -> Captured:
     ep = export(model, example_inputs, kwargs)
+    register_library_ops()  # before asking which ops have converters
     return convert(to_core_aten(ep), name or type(model).__name__)
 
 
@@ -173,6 +182,7 @@ def to_core_aten(ep: ExportedProgram) -> ExportedProgram:
 
 
 def convert(ep: ExportedProgram, name: str) -> Captured:
+    register_library_ops()
     specs = ep.graph_signature.input_specs
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(specs):
@@ -187,7 +197,8 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
         tt = type_of(node)
         if spec.kind == InputKind.USER_INPUT:
             user_inputs.append(node.name)
-            side[node.name] = NONE if tt is None else (DEVICE if tt.dtype.is_float else HOST)
+            device = tt is not None and tt.dtype.is_float and not _lookup_weights(node)
+            side[node.name] = NONE if tt is None else (DEVICE if device else HOST)
             continue
         tensor = _param_tensor(ep, spec, name, node.name)
         if tt is None:
@@ -265,6 +276,27 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
     graph = Graph(name, values, kinds, graph_params, inputs, outputs, ctx.nodes, prologue)
     graph.verify()
     return Captured(graph, ep, prologue, user_inputs, ep.call_spec.out_spec, returns)
+
+
+def _lookup_weights(node: fx.Node) -> bool:
+    """Whether a float input only reaches embedding lookups (as their per-sample weights), through host
+    bookkeeping alone: a KeyedJaggedTensor's weights, split per key. It is index data, kept on the host with
+    the indices, not an activation."""
+    todo, seen, lookups = [node], {node}, 0
+    while todo:
+        for user in todo.pop().users:
+            conv = CONVERTERS.get(user.target)
+            if user.op == "output":
+                continue
+            if conv is not None and conv.index_args:
+                lookups += 1
+            elif user.op == "call_function" and is_host_op(user.target):
+                if user not in seen:
+                    seen.add(user)
+                    todo.append(user)
+            else:
+                return False
+    return lookups > 0
 
 
 def _param_tensor(ep: ExportedProgram, spec: Any, model: str, node_name: str) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mtiasim.errors import UsageError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.ir import Graph, Node
+from mtiasim.isa import RowFormat
 from mtiasim.opset import Kind, elementwise, require
 
 MODES = {"sum": 0, "mean": 1, "max": 2}
@@ -178,13 +179,12 @@ def _embedding_bag(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.T
         rows=weight.shape[0],
         where=node.where(),
     )
-    if a["row_format"] == "int8_aten":
-        rows = weight.shape[0]
-        q = weight[:, :-8].to(torch.float32)
-        tail = weight[:, -8:].contiguous().view(torch.float32).reshape(rows, 2)
-        table = q * tail[:, :1] + tail[:, 1:]
-    else:
-        table = weight.to(torch.float32)
+    fmt = RowFormat(a["row_format"])
+    table = (
+        dequantized(weight, fmt, fmt.dim_of(weight.shape[1]))
+        if fmt.is_quantized
+        else weight.to(torch.float32)
+    )
     out = F.embedding_bag(
         torch.from_numpy(idx),
         table,
@@ -196,16 +196,39 @@ def _embedding_bag(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.T
     return out.to(out_dtype)
 
 
+def dequantized(
+    rows: torch.Tensor, fmt: RowFormat, dim: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Quantized rows [n, cols] uint8 of `fmt` -> their values [n, dim], ``q*scale + bias`` in `dtype`."""
+    values, qparams = fmt.layout(dim)
+    sb = rows[:, qparams].contiguous().view(DTYPE_TO_TORCH[fmt.qparams_dtype]).to(dtype)
+    q = rows[:, values]
+    if fmt.bits == 4:  # element 2i in the low nibble of byte i
+        q = torch.stack([q & 0x0F, q >> 4], dim=2).reshape(q.shape[0], -1)[:, :dim]
+    return q.to(dtype) * sb[:, :1] + sb[:, 1:]
+
+
 def tbe_table(weights: torch.Tensor, table: tuple[int, int, int, int], row_format: str) -> torch.Tensor:
     """One table (start_byte, dim, rows, row_bytes) of an FBGEMM TBE weight buffer, as fp32 [rows, dim]."""
     start, dim, rows, row_bytes = table
     raw = weights[start : start + rows * row_bytes].reshape(rows, row_bytes)
-    if row_format == "int8_fbgemm":
-        head = raw[:, :4].contiguous().view(torch.float16).to(torch.float32)
-        return raw[:, 4 : 4 + dim].to(torch.float32) * head[:, :1] + head[:, 1:]
+    if RowFormat(row_format).is_quantized:
+        return dequantized(raw, RowFormat(row_format), dim)
     item = 2 if row_format == "fp16" else 4
     dt = torch.float16 if row_format == "fp16" else torch.float32
     return raw[:, : dim * item].contiguous().view(dt).reshape(rows, dim).to(torch.float32)
+
+
+def batched_table_bags(
+    indices: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor | None, table: int, tables: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Table `table`'s bags in an FBGEMM batched lookup over `tables` tables (offsets [tables * B + 1],
+    table-major): its indices, its offsets from 0 ([B + 1]) and its per-sample weights."""
+    idx, off = indices.reshape(-1), offsets.reshape(-1).to(torch.int64)
+    batch = (off.numel() - 1) // tables
+    o = off[table * batch : (table + 1) * batch + 1]
+    w = None if weights is None else weights.reshape(-1)[o[0] : o[-1]]
+    return idx[o[0] : o[-1]], o - o[0], w
 
 
 def _tbe(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.Tensor:
@@ -213,19 +236,18 @@ def _tbe(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.Tensor:
     weights, indices, offsets = xs[0], xs[1], xs[2]
     psw = xs[3] if len(xs) > 3 else None
     tables = a["tables"]
-    idx = indices.reshape(-1).to(torch.int64)
-    off = offsets.reshape(-1).to(torch.int64)
-    n_t = len(tables)
-    batch = (off.numel() - 1) // n_t
     outs = []
     for t, spec in enumerate(tables):
         table = tbe_table(weights, spec, a["row_format"])
-        o = off[t * batch : (t + 1) * batch + 1]
-        sl = idx[o[0] : o[-1]]
-        w = None if psw is None else psw.reshape(-1)[o[0] : o[-1]].to(torch.float32)
+        idx, off, w = batched_table_bags(indices, offsets, psw, t, len(tables))
         outs.append(
             F.embedding_bag(
-                sl, table, o - o[0], mode=a["mode"], per_sample_weights=w, include_last_offset=True
+                idx.to(torch.int64),
+                table,
+                off,
+                mode=a["mode"],
+                per_sample_weights=None if w is None else w.to(torch.float32),
+                include_last_offset=True,
             )
         )
     return torch.cat(outs, dim=1).to(out_dtype)

@@ -291,11 +291,17 @@ class RowFormat(StrEnum):
     - INT8_FBGEMM: uint8 [dim + 4]: fp16 scale, fp16 bias at the head, then dim bytes; ``x = q*scale + bias``.
     - INT8_ATEN: uint8 [dim + 8]: dim bytes, then fp32 scale and fp32 bias at the tail, as
       ``torch.ops.quantized.embedding_bag_byte_prepack`` writes them; ``x = q*scale + bias``.
+    - INT4_FBGEMM: uint8 [4 + ceil(dim/2)]: fp16 scale, fp16 bias at the head, then two 4-bit values per byte
+      (element 2i in the low nibble), as FBGEMM TBE's ``SparseType.INT4`` rows (without their row padding).
+    - INT4_ATEN: uint8 [ceil(dim/2) + 4]: the packed 4-bit values, then fp16 scale and fp16 bias at the tail,
+      as ``torch.ops.quantized.embedding_bag_4bit_prepack`` writes them.
     - FP16, FP32: the dim values themselves.
     """
 
     INT8_FBGEMM = "int8_fbgemm"
     INT8_ATEN = "int8_aten"
+    INT4_FBGEMM = "int4_fbgemm"
+    INT4_ATEN = "int4_aten"
     FP16 = "fp16"
     FP32 = "fp32"
 
@@ -304,12 +310,41 @@ class RowFormat(StrEnum):
         return {RowFormat.FP16: DType.FP16, RowFormat.FP32: DType.FP32}.get(self, DType.UINT8)
 
     @property
-    def is_int8(self) -> bool:
-        return self in (RowFormat.INT8_FBGEMM, RowFormat.INT8_ATEN)
+    def bits(self) -> int:
+        """Bits of one stored value: 4 or 8 for quantized rows, 16 or 32 for float rows."""
+        return {RowFormat.INT4_FBGEMM: 4, RowFormat.INT4_ATEN: 4, RowFormat.FP16: 16, RowFormat.FP32: 32}.get(
+            self, 8
+        )
+
+    @property
+    def is_quantized(self) -> bool:
+        """Integer rows with a per-row scale and bias (dequantized on the SE)."""
+        return self.dtype == DType.UINT8
+
+    @property
+    def qparams_dtype(self) -> DType:
+        """The dtype of a quantized row's scale and bias."""
+        return DType.FP32 if self == RowFormat.INT8_ATEN else DType.FP16
 
     def row_cols(self, dim: int) -> int:
         """Elements of one stored row (of `dtype`)."""
-        return dim + {RowFormat.INT8_FBGEMM: 4, RowFormat.INT8_ATEN: 8}.get(self, 0)
+        if not self.is_quantized:
+            return dim
+        return -(-dim * self.bits // 8) + 2 * self.qparams_dtype.itemsize
+
+    def dim_of(self, cols: int) -> int:
+        """The dim of rows of `cols` stored elements (4-bit rows: the even dim, as ATen's ops assume)."""
+        if not self.is_quantized:
+            return cols
+        return (cols - 2 * self.qparams_dtype.itemsize) * 8 // self.bits
+
+    def layout(self, dim: int) -> tuple[slice, slice]:
+        """(packed values, scale and bias): the byte ranges of a quantized row of `dim` values."""
+        qparams = 2 * self.qparams_dtype.itemsize
+        values = self.row_cols(dim) - qparams
+        if self in (RowFormat.INT8_FBGEMM, RowFormat.INT4_FBGEMM):  # scale and bias at the head
+            return slice(qparams, qparams + values), slice(0, qparams)
+        return slice(0, values), slice(values, values + qparams)
 
     def row_bytes(self, dim: int) -> int:
         return self.row_cols(dim) * self.dtype.itemsize
@@ -317,7 +352,7 @@ class RowFormat(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SePool:
-    """EmbeddingBag pooling on the SE: convert rows of `row_format` to fp32 (dequantize int8 rows) and
+    """EmbeddingBag pooling on the SE: convert rows of `row_format` to fp32 (dequantize int8/int4 rows) and
     accumulate (or take the max of) them into bags, at most `accumulate_max_rows` rows per SE command.
 
     `lengths` gives the rows of each bag (rows arrive in `src` in bag order); one [1, dim] tile per bag goes to

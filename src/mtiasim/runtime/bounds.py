@@ -34,8 +34,15 @@ import torch.nn.functional as F
 
 from mtiasim.compiler import CompiledGraph
 from mtiasim.dtypes import DType
-from mtiasim.frontend.reference import normalize_bags, run_graph, tbe_table
+from mtiasim.frontend.reference import (
+    batched_table_bags,
+    dequantized,
+    normalize_bags,
+    run_graph,
+    tbe_table,
+)
 from mtiasim.ir import Node, ValueKind
+from mtiasim.isa import RowFormat
 from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
 
 U32 = 2.0**-24
@@ -445,12 +452,9 @@ def _bags(node: Node, g, fm, ref, mag) -> Err:
             parts.append((table, 4 * U32 * table.abs(), torch.zeros_like(table)))
         pooled_inputs = _tbe_bags(node, ref, len(a["tables"]))
     else:
-        fmt = a["row_format"]
-        if fmt == "int8_aten":
-            rows = weight.shape[0]
-            q = weight[:, :-8].to(torch.float64)
-            tail = weight[:, -8:].contiguous().view(torch.float32).reshape(rows, 2).to(torch.float64)
-            table = q * tail[:, :1] + tail[:, 1:]
+        fmt = RowFormat(a["row_format"])
+        if fmt.is_quantized:  # the model's own quantized rows
+            table = dequantized(weight, fmt, fmt.dim_of(weight.shape[1]), torch.float64)
             row_err, row_var = 4 * U32 * table.abs(), torch.zeros_like(table)
         else:
             table = weight.detach().to(torch.float64)
@@ -511,16 +515,11 @@ def _bag_args(node: Node, ref) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 def _tbe_bags(node: Node, ref, n_tables: int) -> list:
     ins = node.inputs
-    idx = ref[ins[1]].reshape(-1).to(torch.int64)
-    off = ref[ins[2]].reshape(-1).to(torch.int64)
-    psw = ref[ins[3]].reshape(-1).to(torch.float64) if len(ins) > 3 else None
-    batch = (off.numel() - 1) // n_tables
+    psw = ref[ins[3]].to(torch.float64) if len(ins) > 3 else None
     out = []
     for t in range(n_tables):
-        o = off[t * batch : (t + 1) * batch + 1]
-        sl = idx[o[0] : o[-1]]
-        w = None if psw is None else psw[o[0] : o[-1]]
-        out.append((sl, o - o[0], w))
+        idx, off, w = batched_table_bags(ref[ins[1]], ref[ins[2]], psw, t, n_tables)
+        out.append((idx.to(torch.int64), off, w))
     return out
 
 

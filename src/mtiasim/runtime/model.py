@@ -29,8 +29,9 @@ from mtiasim.errors import CapacityError, NumericsWarning, UsageError
 from mtiasim.frontend import Captured
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.frontend.host import host_cost_s, tensor_ops
-from mtiasim.frontend.reference import normalize_bags
+from mtiasim.frontend.reference import batched_table_bags, normalize_bags
 from mtiasim.hw import Chip
+from mtiasim.ir import DYNAMIC
 from mtiasim.isa import Job, Level, Program, TensorDecl
 from mtiasim.runtime.report import RunReport, build_report, numerics_warnings
 
@@ -149,6 +150,8 @@ class CompiledModel:
         for i, v in enumerate(self.compiled.graph.outputs):
             decl = tensors[code.outputs[v]]
             shape = self.compiled.graph.values[v].shape
+            if DYNAMIC in shape:  # rows known per call (placed by `_inputs`)
+                shape = (decl.rows, *shape[1:])
             if result.outputs is not None:
                 arr = np.ascontiguousarray(result.outputs[decl.name]).reshape(shape)
                 t = _to_torch(arr, decl.dtype).to(self.out_dtypes[i])
@@ -190,6 +193,19 @@ class CompiledModel:
         lookups: dict[str, np.ndarray] = {}
         sram_at = code.index_base
         dram_at = code.dram_top
+
+        def place(nbytes: int, what: str) -> tuple[Level, int]:
+            """Where the next per-call tensor goes: the SRAM's index space, else LPDDR5 (128-byte aligned)."""
+            nonlocal sram_at, dram_at
+            size = -(-nbytes // 128) * 128
+            if sram_at + nbytes <= code.index_base + code.index_reserve:
+                sram_at += size
+                return Level.SRAM, sram_at - size
+            dram_at += size
+            if dram_at > self.chip.dram.bytes:
+                raise CapacityError(f"model {g.name}: the {what} do not fit LPDDR5")
+            return Level.DRAM, dram_at - size
+
         index_bytes = 0
         sources = {op.name: op.source for op in self.compiled.lowered.kops}
         for name, spec in code.tbe.items():
@@ -197,17 +213,19 @@ class CompiledModel:
             base = 0
             global_rows = []
             for t in spec.tables:
+                bags = (values[t.indices], values[t.offsets] if t.offsets else None)
+                bags += (values[t.weights] if t.weights else None,)
+                if t.batched is not None:
+                    bags = batched_table_bags(*bags, *t.batched)
                 idx, off, w = normalize_bags(
-                    values[t.indices],
-                    values[t.offsets] if t.offsets else None,
-                    values[t.weights] if t.weights else None,
+                    *bags,
                     include_last_offset=t.include_last_offset,
                     padding_idx=t.padding_idx,
                     one_per_bag=t.one_per_bag,
                     rows=t.rows,
                     where=f"model {g.name}: lookup {name} table {t.table} ({sources[name].describe()})",
                 )
-                if off.size - 1 != spec.batch:
+                if off.size - 1 != spec.batch and spec.batch != DYNAMIC:
                     raise UsageError(
                         f"model {g.name}: lookup {name} table {t.table}: {off.size - 1} bags, compiled for {spec.batch}"
                     )
@@ -223,14 +241,17 @@ class CompiledModel:
             idx_all = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
             idt = DType.INT32 if (idx_all.size == 0 or idx_all.max() < 2**31) else DType.INT64
             need = n * idt.itemsize + (n * 4 if spec.weighted else 0)
-            if sram_at + need <= code.index_base + code.index_reserve:
-                level, at = Level.SRAM, sram_at
-                sram_at += -(-need // 128) * 128
-            else:
-                level, at = Level.DRAM, dram_at
-                dram_at += -(-need // 128) * 128
-                if dram_at > self.chip.dram.bytes:
-                    raise CapacityError(f"model {g.name}: the indices of {name} do not fit LPDDR5")
+
+            level, at = place(need, f"indices of {name}")
+            batch = None
+            if (
+                spec.batch == DYNAMIC
+            ):  # one row per index, as many as this call has: its output is placed here
+                batch, out = base, spec.outs[0]
+                row = code.tensors[out]  # the compiled one-row stand-in
+                tensors[out] = TensorDecl(
+                    out, (batch, spec.dim), row.dtype, *place(row.nbytes * batch, f"rows of {name}")
+                )
             iname = f"{name}@indices"
             tensors[iname] = TensorDecl(iname, (n,), idt, level, at)
             arr = np.zeros(n, dtype=idt.numpy)
@@ -247,7 +268,7 @@ class CompiledModel:
             h2d += need + offsets.size * 4
             all_tensors = dict(code.tensors)
             all_tensors.update(tensors)
-            jobs[name] = tbe_job_for(self.chip, spec, all_tensors, iname, wname, offsets)
+            jobs[name] = tbe_job_for(self.chip, spec, all_tensors, iname, wname, offsets, batch)
             lookups[spec.table] = np.concatenate(global_rows) if global_rows else np.zeros(0, np.int64)
         return CallInputs(data, tensors, jobs, h2d, index_bytes, lookups)
 
