@@ -28,8 +28,10 @@ pytestmark = [
 # models that compile and match at every precision (maintained from scripts/corpus_status.py's output)
 EXPECTED_TO_PASS = frozenset(
     {
+        "autoint",
         "dcn-v2-parallel",
         "dcn-v2-stacked",
+        "dhen",
         "dlrm-batchnorm",
         "esmm",
         "factorization-machine",
@@ -38,33 +40,31 @@ EXPECTED_TO_PASS = frozenset(
         "layernorm-gelu-mlp",
         "masknet",
         "mmoe",
+        "multihead-attention",
         "nfm",
         "ple",
         "pnn-inner-product",
+        "sasrec",
         "torchrec-crossnet",
         "torchrec-deepfm",
         "torchrec-dlrm",
         "torchrec-dlrm-dcn",
         "torchrec-dlrm-projection",
         "torchrec-ebc",
+        "torchrec-ebc-quantized",
+        "torchrec-ebc-weighted",
         "torchrec-lowrank-crossnet",
         "torchrec-lowrank-mixture-crossnet",
         "torchrec-mlp-swish-layernorm",
         "torchrec-vector-crossnet",
+        "transformer-encoder-layer",
         "two-tower",
         "wide-and-deep",
         "youtube-dnn",
     }
 )
 
-# models that fail for a reason other than a missing kernel: bugs to fix outside the corpus
-KNOWN_BUGS = {
-    "torchrec-ebc-quantized": (
-        "int8 torchrec EBC: each table of the batched FBGEMM TBE is bounds-checked against all tables' ids "
-        "(UsageError 'index N is outside the table's rows'); its converter is also missing when mtiasim's "
-        "front end was imported before fbgemm_gpu"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 # the issue's public list: torchrec models and modules, torch.nn blocks, HSTU, classic interactions, two-tower
 PUBLIC_MODELS = frozenset(
