@@ -67,9 +67,12 @@ def run_case(spec, precision: str, scheme: str | None, count: bool = True) -> No
                 f"output {i} differs from the fake-quant oracle by {float((g - r).abs().max()):.3g}: {where}"
             )
     for i, (g, e, b) in enumerate(zip(got, eager, bounds, strict=True)):
-        assert torch.equal(b.reference.nan_to_num(nan=7.25), e.nan_to_num(nan=7.25)), (
-            f"fp32 reference: {where}"
-        )
+        ref, eag = b.reference.nan_to_num(nan=7.25), e.nan_to_num(nan=7.25)
+        if any(step[0] == "row" for step in spec.steps):  # the graph's fp32 meaning decomposes softmax/norms
+            close = torch.isclose(ref, eag, rtol=1e-4, atol=1e-5) | (ref == eag)
+            assert bool(close.all()), f"fp32 reference: {where}"
+        else:
+            assert torch.equal(ref, eag), f"fp32 reference: {where}"
         res = b.check(g)
         if precision == "int8" and spec.nonfinite:
             # NaN/Inf become finite int8 by the hardware's rule: only the finite reference is bounded

@@ -539,8 +539,10 @@ def _print_run(res: dict[str, Any]) -> None:
 @cli.command("ops")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ops_cmd(as_json: bool) -> None:
-    """The operator set: every operator the chip runs, its unit, the aten ops that become it, its numerics."""
+    """The operator set: every operator the chip runs, its unit, the aten ops that become it, its numerics;
+    then every Core ATen operator: on the chip (which unit), decomposed, on the host, or not supported."""
     from mtiasim.frontend.aten import supported_ops
+    from mtiasim.frontend.coverage import core_aten_coverage
     from mtiasim.opset import SPECS
 
     converted = supported_ops()
@@ -565,13 +567,26 @@ def ops_cmd(as_json: bool) -> None:
                 ),
             }
         )
+    core = core_aten_coverage()
+    counts = {s: sum(1 for c in core if c.status == s) for s in ("chip", "decomposed", "host", "none")}
     if as_json:
-        _emit_json({"ops": rows, "aten_converted": converted})
+        _emit_json(
+            {
+                "ops": rows,
+                "aten_converted": converted,
+                "core_aten": [{"op": c.op, "status": c.status, "unit": c.unit} for c in core],
+                "core_aten_counts": counts,
+            }
+        )
         return
     click.echo(f"{'op':14s} {'unit':5s} what")
     for r in rows:
         click.echo(f"{r['op']:14s} {r['unit']:5s} {r['doc']}")
     click.echo(f"{len(rows)} operators; {len(converted)} aten/quantized/fbgemm ops convert to them")
+    click.echo("")
+    click.echo(f"Core ATen ({len(core)} ops): " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    for c in core:
+        click.echo(f"  {c.op:44s} {c.status:10s} {c.unit}")
 
 
 # --------------------------------------------------------------------------------------------- validate

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from tests.oracles.models import Spec, SpecModel
 
@@ -69,6 +70,37 @@ def _activation(v32: torch.Tensor, name: str) -> torch.Tensor:
     if name == "silu":  # x times the sigmoid's table
         return v32 * lut(v32, "sigmoid")
     return lut(v32, name)
+
+
+def _row_sum(x: torch.Tensor) -> torch.Tensor:
+    """The SE's row sum: FP32, one column after the other."""
+    acc = torch.zeros(x.shape[0], dtype=F32)
+    for j in range(x.shape[1]):
+        acc = acc + x[:, j]
+    return acc[:, None]
+
+
+def _math(fn, x: torch.Tensor) -> torch.Tensor:
+    """The SE's FP32 math library (numpy's float32 functions, as the spec names them)."""
+    with np.errstate(all="ignore"):
+        return torch.from_numpy(np.asarray(fn(x.numpy().astype(np.float32)), dtype=np.float32))
+
+
+def row_op(x: torch.Tensor, which: str) -> torch.Tensor:
+    """Softmax, log_softmax, layer norm (eps 1e-5, no affine) or x - mean over the last dim, as the chip runs
+    them: row reductions and elementwise SE ops, every intermediate stored as fp16."""
+    n = _f32(float(x.shape[1]))
+    if which in ("softmax", "log_softmax"):
+        d = fp16(x - fp16(torch.amax(x, dim=1, keepdim=True)))
+        e = fp16(_math(np.exp, d))
+        s = fp16(_row_sum(e))
+        return fp16(d - fp16(_math(np.log, s))) if which == "log_softmax" else fp16(e / s)
+    d = fp16(x - fp16(_row_sum(x) / n))
+    if which == "center":
+        return d
+    var = fp16(_row_sum(fp16(d * d)) / n)
+    r = fp16(_math(lambda v: np.float32(1) / np.sqrt(v), fp16(var + fp16(_f32(1e-5)))))
+    return fp16(d * r)
 
 
 def fp16(v32: torch.Tensor) -> torch.Tensor:
@@ -237,6 +269,8 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
                 dev[v] = ("f", fp16(vv))
         elif op == "act":
             dev[v] = ("f", fp16(activation(dev[canon(st[1])][1], st[2])))
+        elif op == "row":
+            dev[v] = ("f", row_op(dev[canon(st[1])][1], st[2]))
         elif op in ("add", "mul"):
             a, b = dev[canon(st[1])][1], dev[canon(st[2])][1]
             dev[v] = ("f", fp16(a + b if op == "add" else a * b))
@@ -264,7 +298,7 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
 
 def _sources(step: tuple) -> list[int]:
     op = step[0]
-    if op in ("linear", "act"):
+    if op in ("linear", "act", "row"):
         return [step[1]]
     if op in ("add", "mul"):
         return [step[1], step[2]]

@@ -5,6 +5,7 @@ A spec is a list of steps, each making one new value from earlier ones:
 
 - ("linear", src, out_features, bias) -> nn.Linear
 - ("act", src, "relu" | "sigmoid" | "tanh" | "gelu" | "silu" | "leaky_relu")
+- ("row", src, "softmax" | "log_softmax" | "layer_norm" | "center")   over the last dim (center: x - mean)
 - ("add", a, b), ("mul", a, b)   (same shapes: residual adds and gates)
 - ("bag", table)                 -> nn.EmbeddingBag of table `table`, pooled [batch, dim]
 - ("cat", (a, b, ...))           along dim 1
@@ -24,6 +25,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 ACTS = ("relu", "sigmoid", "tanh", "gelu", "silu", "leaky_relu")
+ROWS = ("softmax", "log_softmax", "layer_norm", "center")
+
+
+def row_op(x: torch.Tensor, which: str) -> torch.Tensor:
+    """A row-wise op as a model writes it."""
+    if which == "softmax":
+        return torch.softmax(x, dim=-1)
+    if which == "log_softmax":
+        return F.log_softmax(x, dim=-1)
+    if which == "layer_norm":
+        return F.layer_norm(x, (x.shape[-1],))
+    return x - x.mean(dim=-1, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ class SpecModel(nn.Module):
                 y = self.linears[str(i)](vals[step[1]])
             elif op == "act":
                 y = getattr(F, step[2])(vals[step[1]])
+            elif op == "row":
+                y = row_op(vals[step[1]], step[2])
             elif op == "add":
                 y = vals[step[1]] + vals[step[2]]
             elif op == "mul":
@@ -172,6 +187,8 @@ def specs(draw, kinds=("mlp", "residual", "bags", "dlrm"), nonfinite: bool = Tru
             v = add(("linear", v, n, draw(st.booleans())), n)
             for _ in range(draw(st.integers(0, 2))):  # 0, 1 or 2 activations in a row, anywhere
                 v = add(("act", v, draw(st.sampled_from(ACTS))), widths[v])
+            if draw(st.integers(0, 3)) == 0:  # a row-wise op (softmax, norm...) between layers or last
+                v = add(("row", v, draw(st.sampled_from(ROWS))), widths[v])
         return v
 
     def bag(dim: int) -> int:

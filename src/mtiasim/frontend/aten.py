@@ -545,6 +545,32 @@ def _elementwise_converter(kind: Kind, spec: Elementwise) -> Callable[[Ctx, fx.N
 
 
 COMMUTATIVE = (Kind.ADD, Kind.MUL, Kind.MAXIMUM, Kind.MINIMUM)
+MAX_EXPAND_COLUMNS = 1 << 16
+
+
+def _natural_2d(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (math.prod(shape[:-1]) if len(shape) > 1 else 1), (shape[-1] if shape else 1)
+
+
+def emit_expand(ctx: Ctx, x: str, shape: tuple[int, ...], name: str) -> str:
+    """`x` broadcast to `shape` as a copy: the dims before the first broadcast one are rows, the rest a
+    constant column gather (the MLU) from x seen as [rows, its remaining elements]."""
+    tt = ctx.type(x)
+    r = len(shape)
+    ax = (1,) * (r - len(tt.shape)) + tt.shape
+    if DYNAMIC in shape or any(a not in (1, d) for a, d in zip(ax, shape, strict=True)):
+        raise ctx.fail(f"expand {tt.shape_text} -> {list(shape)} is not a broadcast")
+    k = next(i for i in range(r) if ax[i] != shape[i])
+    rows = math.prod(shape[:k])
+    cols = np.broadcast_to(np.arange(math.prod(ax[k:])).reshape(ax[k:]), shape[k:]).reshape(-1)
+    if cols.size > MAX_EXPAND_COLUMNS:
+        raise ctx.fail(
+            f"expand {tt.shape_text} -> {list(shape)}: {cols.size} columns per row is too wide a copy"
+        )
+    src = ctx.reshape(x, (rows, math.prod(ax[k:])), name + "_src")
+    flat = ctx.emit("index", [src], TensorType((rows, cols.size), tt.dtype),
+                    {"columns": tuple(int(c) for c in cols)}, name=name + "_expand")  # fmt: skip
+    return ctx.reshape(flat, shape, name + "_expanded")
 
 
 def emit_binary(
@@ -560,15 +586,13 @@ def emit_binary(
     if ax == so and ay == so:
         return ctx.emit(kind.value, [ctx.reshape(x, so, name + "_x"), ctx.reshape(y, so, name + "_y")], out,
                         attrs, name=name)  # fmt: skip
+    if ax != so and ay != so:  # both broadcast: one becomes a copy of the full shape
+        x = emit_expand(ctx, x, so, name + "_xfull")
+        ax = so
     if ax == so:
         full, part, ap, swapped = x, y, ay, False
-    elif ay == so:
-        full, part, ap, swapped = y, x, ax, True
     else:
-        raise ctx.fail(
-            f"{kind.value} of shapes {list(sx)} and {list(sy)}: both operands broadcast (an expand), "
-            "which is not supported"
-        )
+        full, part, ap, swapped = y, x, ax, True
     ones = lambda dims: all(d == 1 for d in dims)  # noqa: E731
     k_row = next((k for k in range(r) if ones(ap[:k]) and ap[k:] == so[k:]), None)
     k_col = next((k for k in range(r, 0, -1) if ones(ap[k:]) and ap[:k] == so[:k]), None)
@@ -580,11 +604,10 @@ def emit_binary(
     elif k_col is not None:
         rows, cols = math.prod(so[:k_col]), math.prod(so[k_col:])
         part_shape = (rows, 1)
-    else:
-        raise ctx.fail(
-            f"{kind.value} of shapes {list(sx)} and {list(sy)}: a broadcast along inner dims (an expand) "
-            "is not supported"
-        )
+    else:  # a broadcast along inner dims: the part becomes a copy of the full shape
+        part = emit_expand(ctx, part, so, name + "_pfull")
+        rows, cols = _natural_2d(so)
+        part_shape = (rows, cols)
     dt = out.dtype
     full2 = ctx.reshape(full, (rows, cols), name + "_full")
     part2 = ctx.reshape(part, part_shape, name + "_part")
@@ -663,7 +686,8 @@ def _reshape(ctx: Ctx, node: fx.Node) -> None:
         if node.users and all(u.target in BROADCASTING for u in node.users):
             ctx.result(node, x)  # its readers broadcast x themselves
             return
-        raise ctx.fail(f"expand {src.shape_text} -> {out.shape_text} (broadcast copies) is not supported")
+        ctx.result(node, emit_expand(ctx, x, out.shape, node.name))
+        return
     if out.shape == src.shape:
         ctx.result(node, x)
         return
@@ -844,9 +868,16 @@ def _index(ctx: Ctx, node: fx.Node) -> None:
         flat = (rows % m) * n + (cols % n)
         ctx.emit("index", [x], _out(node), {"columns": tuple(int(c) for c in flat)})
         return
-    if len(idx) == 2 and idx[0] is None and idx[1] is not None and len(src.shape) == 2:
-        cols = ctx.const_tensor(idx[1]).astype(np.int64).reshape(-1) % src.shape[1]
-        ctx.emit("index", [x], _out(node), {"columns": tuple(int(c) for c in cols)})
+    if len(idx) == 2 and idx[0] is None and idx[1] is not None and len(src.shape) >= 2:
+        # x[:, i] of [B, F, ...]: the picked fields' elements, as columns of x seen as [B, F * inner]
+        picked = ctx.const_tensor(idx[1]).astype(np.int64).reshape(-1) % src.shape[1]
+        inner = math.prod(src.shape[2:])
+        cols = (picked[:, None] * inner + np.arange(inner)[None, :]).reshape(-1)
+        b = src.shape[0]
+        flat = ctx.emit("index", [ctx.reshape(x, (b, src.shape[1] * inner), node.name + "_rows")],
+                        TensorType((b, cols.size), src.dtype), {"columns": tuple(int(c) for c in cols)},
+                        name=node.name + "_picked")  # fmt: skip
+        ctx.result(node, ctx.reshape(flat, _out(node).shape, node.name))
         return
     raise ctx.fail("only x[:, rows, cols] and x[:, cols] with constant index vectors are supported")
 
