@@ -176,6 +176,7 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
 
     ctx = Ctx(name, params, tensors)
     host_nodes: list[fx.Node] = []
+    host_constants: dict[str, torch.Tensor] = {}
     host_to_device: dict[str, None] = {}
     for node in ep.graph.nodes:
         if node.op != "call_function":
@@ -198,12 +199,22 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
             side[node.name] = DEVICE
             host_to_device.update({i.name: None for i in ins if side.get(i.name) == HOST})
             conv(ctx, node)
-        elif PARAM in sides and sides <= {PARAM, NONE} and conv is not None:
-            side[node.name] = PARAM  # an op on weights alone: folded once, here
+        elif PARAM in sides and sides <= {PARAM, NONE} and (conv is not None or _foldable(node)):
+            side[node.name] = (
+                PARAM  # an op on constants alone (weights, in-forward torch.tensor): folded once
+            )
             ctx.fold(node)
         elif is_host_op(node.target):
             side[node.name] = HOST
             host_nodes.append(node)
+            # a folded constant the host reads (placeholders it gets from the call's inputs)
+            host_constants.update(
+                {
+                    i.name: ctx.param_tensors[i.name]
+                    for i in ins
+                    if i.op != "placeholder" and i.name in ctx.param_tensors
+                }
+            )
         else:
             raise _unsupported(name, node)
 
@@ -236,11 +247,22 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
         kinds.update({o: ValueKind.NODE for o in n.outputs})
     position = {n.name: i for i, n in enumerate(placeholders)}
     host_returns = [v for kind, v in returns if kind == "host" and v not in inputs]
-    prologue = HostPrologue(host_nodes, position, inputs + host_returns)
+    prologue = HostPrologue(host_nodes, position, inputs + host_returns, host_constants)
     values = {k: v for k, v in ctx.values.items() if k in kinds}
     graph = Graph(name, values, kinds, graph_params, inputs, outputs, ctx.nodes, prologue)
     graph.verify()
     return Captured(graph, ep, prologue, user_inputs, ep.call_spec.out_spec, returns)
+
+
+def _foldable(node: fx.Node) -> bool:
+    """An aten op without a converter that may still be folded when all its inputs are constants: it is
+    functional (no mutation of a model's weight: a `detach_` on a fresh in-forward copy is fine) and makes one
+    tensor of a device dtype."""
+    if not isinstance(node.target, torch._ops.OpOverload) or node.target is operator.getitem:
+        return False
+    if torch.Tag.nondeterministic_seeded in node.target.tags:
+        return False
+    return type_of(node) is not None
 
 
 def _param_tensor(ep: ExportedProgram, spec: Any, model: str, node_name: str) -> torch.Tensor:

@@ -140,10 +140,12 @@ class HostPrologue:
     nodes: list[fx.Node]
     placeholders: dict[str, int]
     needed: list[str]
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)  # folded constants the host nodes read
     ops_run: int = field(default=0)
 
     def __call__(self, flat_graph_inputs: list[Any]) -> dict[str, Any]:
         env: dict[str, Any] = {name: flat_graph_inputs[i] for name, i in self.placeholders.items()}
+        env.update(self.constants)
 
         def load(a: Any) -> Any:
             return env[a.name]
