@@ -200,9 +200,8 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
             host_to_device.update({i.name: None for i in ins if side.get(i.name) == HOST})
             conv(ctx, node)
         elif PARAM in sides and sides <= {PARAM, NONE} and (conv is not None or _foldable(node)):
-            side[node.name] = (
-                PARAM  # an op on constants alone (weights, in-forward torch.tensor): folded once
-            )
+            # an op on constants alone (weights, a torch.tensor built in forward): folded once, here
+            side[node.name] = PARAM
             ctx.fold(node)
         elif is_host_op(node.target):
             side[node.name] = HOST
@@ -255,9 +254,8 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
 
 
 def _foldable(node: fx.Node) -> bool:
-    """An aten op without a converter that may still be folded when all its inputs are constants: it is
-    functional (no mutation of a model's weight: a `detach_` on a fresh in-forward copy is fine) and makes one
-    tensor of a device dtype."""
+    """Whether an aten op without a converter may be folded when all its inputs are constants: it is not
+    random and makes one tensor of a device dtype (an in-place one, e.g. `detach_`, runs on a copy)."""
     if not isinstance(node.target, torch._ops.OpOverload) or node.target is operator.getitem:
         return False
     if torch.Tag.nondeterministic_seeded in node.target.tags:
