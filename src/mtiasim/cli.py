@@ -472,11 +472,15 @@ def _print_run(res: dict[str, Any]) -> None:
         f"{res['workload']} batch {res['batch']} on {res['chip']} ({res['precision']}, {res['mode']}, "
         f"{res['fidelity']}; tables {res['table_rows']})"
     )
-    click.echo(
-        f"  latency     {res['latency_us']:.2f} us   (host {res['host_us']:.1f}, PCIe in {res['h2d_us']:.1f}, "
-        f"device {res['device_us']:.1f}, PCIe out {res['d2h_us']:.1f})"
-    )
-    click.echo(f"  throughput  {res['samples_per_s']:,.0f} samples/s")
+    if res["latency_us"] is None:
+        click.echo("  latency     not timed (functional mode)")
+    else:
+        click.echo(
+            f"  latency     {res['latency_us']:.2f} us   (host {res['host_us']:.1f}, PCIe in {res['h2d_us']:.1f}, "
+            f"device {res['device_us']:.1f}, PCIe out {res['d2h_us']:.1f})"
+        )
+    if res["samples_per_s"] is not None:
+        click.echo(f"  throughput  {res['samples_per_s']:,.0f} samples/s")
     if "avg_power_w" in res:
         pw = res["samples_per_s_per_w"]
         click.echo(
@@ -493,21 +497,24 @@ def _print_run(res: dict[str, Any]) -> None:
         click.echo("  chip energy " + ", ".join(f"{k} {100 * v / total_j:.0f}%" for k, v in top))
         for warning in res.get("power_warnings", []):
             click.echo(f"  warning     {warning}")
-    click.echo(
-        f"  MACs        {res['macs']:.4g} per batch, {100 * res['mac_utilization']:.1f} % of the DPE peak"
-    )
-    att = res.get("attribution_detail_us") or res["attribution_us"]
-    total = sum(att.values()) or 1.0
-    shares = ", ".join(
-        f"{k} {100 * v / total:.0f}%"
-        for k, v in sorted(att.items(), key=lambda kv: -kv[1])
-        if v / total >= 0.005
-    )
-    click.echo(f"  bound       {res['bound']}   (time in {shares})")
+    peak = "" if res["mac_utilization"] is None else f", {100 * res['mac_utilization']:.1f} % of the DPE peak"
+    click.echo(f"  MACs        {res['macs']:.4g} per batch{peak}")
+    if res["bound"] is not None:
+        att = res.get("attribution_detail_us") or res["attribution_us"]
+        total = sum(att.values()) or 1.0
+        shares = ", ".join(
+            f"{k} {100 * v / total:.0f}%"
+            for k, v in sorted(att.items(), key=lambda kv: -kv[1])
+            if v / total >= 0.005
+        )
+        click.echo(f"  bound       {res['bound']}   (time in {shares})")
     click.echo("  memory plan")
     for line in res["memory_plan"]:
         click.echo("    " + line)
-    click.echo(f"  {'op':28s} {'kind':14s} {'lane':6s} {'PEs':>4s} {'start us':>10s} {'time us':>10s}  bound")
+    if res["ops"]:
+        click.echo(
+            f"  {'op':28s} {'kind':14s} {'lane':6s} {'PEs':>4s} {'start us':>10s} {'time us':>10s}  bound"
+        )
     for op in res["ops"]:
         click.echo(
             f"  {op['name'][:28]:28s} {op['kind'][:14]:14s} {op['lane']:6s} {op['pes']:4d} {op['start_us']:10.2f} "

@@ -177,6 +177,7 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
     ctx = Ctx(name, params, tensors)
     host_nodes: list[fx.Node] = []
     host_constants: dict[str, torch.Tensor] = {}
+    host_writes: set[str] = set()
     host_to_device: dict[str, None] = {}
     for node in ep.graph.nodes:
         if node.op != "call_function":
@@ -199,6 +200,12 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
             side[node.name] = DEVICE
             host_to_device.update({i.name: None for i in ins if side.get(i.name) == HOST})
             conv(ctx, node)
+        elif PARAM in sides and _writes_a_placeholder(node):
+            # a side effect on a model's buffer (a counter a forward bumps): done on the host on every call, on
+            # the model's own tensor, as eager does
+            side[node.name] = HOST
+            host_nodes.append(node)
+            host_writes.add(node.name)
         elif PARAM in sides and sides <= {PARAM, NONE} and (conv is not None or _foldable(node)):
             # an op on constants alone (weights, a torch.tensor built in forward): folded once, here
             side[node.name] = PARAM
@@ -246,7 +253,9 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
         kinds.update({o: ValueKind.NODE for o in n.outputs})
     position = {n.name: i for i, n in enumerate(placeholders)}
     host_returns = [v for kind, v in returns if kind == "host" and v not in inputs]
-    prologue = HostPrologue(host_nodes, position, inputs + host_returns, host_constants)
+    prologue = HostPrologue(
+        host_nodes, position, inputs + host_returns, host_constants, frozenset(host_writes)
+    )
     values = {k: v for k, v in ctx.values.items() if k in kinds}
     graph = Graph(name, values, kinds, graph_params, inputs, outputs, ctx.nodes, prologue)
     graph.verify()
@@ -261,6 +270,19 @@ def _foldable(node: fx.Node) -> bool:
     if torch.Tag.nondeterministic_seeded in node.target.tags:
         return False
     return type_of(node) is not None
+
+
+def _writes_a_placeholder(node: fx.Node) -> bool:
+    """Whether an in-place op writes to one of the graph's inputs (a parameter or buffer of the model)."""
+    if not isinstance(node.target, torch._ops.OpOverload) or not node.target._schema.is_mutable:
+        return False
+    for i, arg in enumerate(node.target._schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+        if isinstance(value, fx.Node) and value.op == "placeholder":
+            return True
+    return False
 
 
 def _param_tensor(ep: ExportedProgram, spec: Any, model: str, node_name: str) -> torch.Tensor:
