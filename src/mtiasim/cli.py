@@ -406,7 +406,14 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 
 @cli.command("run")
 @click.argument("workload")
-@click.option("--batch", type=int, default=256, show_default=True, help="Samples per batch.")
+@click.option(
+    "--inputs",
+    "inputs_path",
+    default=None,
+    metavar="FILE",
+    help='FILE.pt2 only: torch.save of the args tuple or of {"args": ..., "kwargs": ...} (default: the archive\'s).',
+)
+@click.option("--batch", type=int, default=None, help="Samples per batch (zoo workloads; default 256).")
 @click.option("--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset name or a TOML file.")
 @click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16.")
 @click.option("--mode", default="timing", show_default=True, help="timing, functional or both.")
@@ -421,10 +428,12 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 @click.option(
     "--max-rows", type=int, default=None, help="Cap every table (default: full size in timing mode)."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=None, help="Seed of a zoo workload's weights and inputs (default 0)."
+)
 @click.option("--warmup", type=int, default=1, show_default=True, help="Batches run first to warm the cache.")
 @click.option(
-    "--distribution", default="uniform", show_default=True, help="Index distribution: uniform, zipf."
+    "--distribution", default=None, help="A zoo workload's index distribution: uniform (default), zipf."
 )
 @click.option("--trace", "trace_path", default=None, help="Write a Perfetto trace (Chrome JSON) to FILE.")
 @click.option(
@@ -435,9 +444,13 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 )
 @click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html + PNGs) to DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, quantization, max_rows, seed, warmup,
-            distribution, trace_path, trace_aggregate, report_dir, as_json) -> None:  # fmt: skip
-    """Compile a zoo workload (see `mtiasim run --list`) and run one batch on the simulated chip."""
+def run_cmd(workload, inputs_path, batch, chip_name, precision, mode, fidelity, check, quantization, max_rows, seed,
+            warmup, distribution, trace_path, trace_aggregate, report_dir, as_json) -> None:  # fmt: skip
+    """Compile a model and run one batch on the simulated chip.
+
+    WORKLOAD is a zoo workload (e.g. dlrm-kaggle; an unknown name lists them all), a
+    torch.export archive (FILE.pt2, from torch.export.save) or FILE.py:FUNCTION, a function that returns
+    (model, args) or (model, args, kwargs)."""
     from mtiasim.progress import Progress
     from mtiasim.runtime.run import run_workload
 
@@ -460,6 +473,7 @@ def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, quanti
             report_dir=report_dir,
             progress=bar.step,
             quantization=quantization,
+            inputs=inputs_path,
         )
     _emit_json(res) if as_json else _print_run(res)
     verdict = _check_verdict(res)

@@ -43,12 +43,28 @@ class Captured:
 
     def flat_inputs(self, args: tuple, kwargs: dict) -> list[Any]:
         """The call's arguments flattened in the graph's placeholder order (parameters first)."""
-        try:
-            return list(self.exported._graph_module_flat_inputs(args, kwargs))
-        except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
-            raise UsageError(
-                f"model {self.graph.name}: the inputs do not match the compiled signature: {_first_line(exc)}"
-            ) from None
+        return flat_graph_inputs(
+            self.exported,
+            args,
+            kwargs,
+            f"model {self.graph.name}: the inputs do not match the compiled signature",
+        )
+
+
+def flat_graph_inputs(ep: ExportedProgram, args: tuple, kwargs: dict, what: str) -> list[Any]:
+    """`(args, kwargs)` flattened in `ep`'s placeholder order (parameters first); a UsageError starting with
+    `what` when they do not fit its signature (structure, count, shapes)."""
+    try:
+        return list(ep._graph_module_flat_inputs(args, kwargs))
+    except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
+        expected = ep.call_spec.in_spec
+        got = torch.utils._pytree.tree_flatten((tuple(args), dict(kwargs)))[1]
+        if expected is not None and got != expected:  # the structure differs: show both, `*` a leaf
+            show = torch.utils._pytree.treespec_pprint
+            why = f"expected (args, kwargs) {show(expected)}, got {show(got)} (* a tensor or value)"
+        else:
+            why = _first_line(exc)
+        raise UsageError(f"{what}: {why}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -142,10 +158,30 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
 
 
 def capture(
-    model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None, name: str = ""
+    model: torch.nn.Module | ExportedProgram,
+    example_inputs: tuple,
+    kwargs: dict | None = None,
+    name: str = "",
 ) -> Captured:
+    """`model` exported and converted; an ExportedProgram (e.g. from `torch.export.load`) is converted as it is,
+    its module paths and source lines kept."""
+    if isinstance(model, ExportedProgram):
+        name = name or exported_name(model)
+        flat_graph_inputs(model, example_inputs, dict(kwargs or {}), f"model {name}: the inputs do not match")
+        return convert(model, name)
     ep = export(model, example_inputs, kwargs)
     return convert(ep, name or type(model).__name__)
+
+
+def exported_name(ep: ExportedProgram) -> str:
+    """The class name of the module `ep` was exported from (its nn_module_stack's root), if the graph says."""
+    for node in ep.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            _, root = next(iter(stack.values()))
+            root = root if isinstance(root, str) else getattr(root, "__qualname__", str(root))
+            return root.rsplit(".", 1)[-1]
+    return "ExportedProgram"
 
 
 def convert(ep: ExportedProgram, name: str) -> Captured:
