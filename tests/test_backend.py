@@ -69,3 +69,60 @@ def test_torch_compile_torchrec_dlrm_dcn():
     assert got.shape == ref.shape
     direct = mtiasim.compile(w.model, w.example_inputs, mode="functional")
     assert torch.equal(got, direct(*w.example_inputs)) and direct.check()["passed"]
+
+
+class Counter(nn.Module):
+    """A forward whose only work is a side effect on its own buffer: Dynamo hands over a graph with no outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x):
+        self.calls.add_(1)
+
+
+@pytest.mark.parametrize("mode", ["functional", "both"])
+def test_graph_with_no_outputs_runs_as_a_no_op(mode):
+    torch._dynamo.reset()
+    model = Counter()
+    compiled = torch.compile(model, backend=mtiasim.backend(mode=mode))
+    for _ in range(3):
+        assert compiled(torch.rand(5, 4)) is None
+    assert model.calls.item() == 3  # the side effect happened once per call, as in eager
+    report = last_report()
+    assert report is not None and report.ops == [] and report.device_s == 0 and report.macs == 0
+    assert report.batch == 0 and report.samples_per_s is None  # the graph takes no data: no throughput
+    doc = report.to_json()
+    assert doc["ops"] == [] and doc["samples_per_s"] is None
+    if mode == "both":
+        assert report.latency_s == pytest.approx(report.host_s)  # the host's one op, nothing crossed PCIe
+    else:
+        assert last_model().check() == {
+            "reference": "the model in fp32 (PyTorch)",
+            "max_abs_err": 0.0,
+            "max_bound": 0.0,
+            "max_err_over_bound": 0.0,
+            "max_sigma": 0.0,
+            "passed": True,
+            "outputs": [],
+        }
+
+
+def test_functional_run_claims_no_time():
+    torch._dynamo.reset()
+    model = BagModel().eval()
+    compiled = torch.compile(model, backend="mtiasim")  # functional by default
+    with torch.no_grad():
+        compiled(*_bag_inputs(12, 0))
+    report = last_report()
+    assert report.computed and not report.timed
+    assert report.latency_s is None and report.samples_per_s is None
+    doc = report.to_json()
+    for key in ("latency_us", "samples_per_s", "host_us", "h2d_us", "device_us", "d2h_us", "bound"):
+        assert doc[key] is None, key
+    assert doc["attribution_us"] == {} and "samples_per_s_per_w" not in doc
+    assert (
+        str(report)
+        == "dynamo_graph batch 12 on mtia-v1 (int8, functional, event): not timed (functional mode)"
+    )

@@ -406,7 +406,14 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 
 @cli.command("run")
 @click.argument("workload")
-@click.option("--batch", type=int, default=256, show_default=True, help="Samples per batch.")
+@click.option(
+    "--inputs",
+    "inputs_path",
+    default=None,
+    metavar="FILE",
+    help='FILE.pt2 only: torch.save of the args tuple or of {"args": ..., "kwargs": ...} (default: the archive\'s).',
+)
+@click.option("--batch", type=int, default=None, help="Samples per batch (zoo workloads; default 256).")
 @click.option("--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset name or a TOML file.")
 @click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16.")
 @click.option("--mode", default="timing", show_default=True, help="timing, functional or both.")
@@ -421,10 +428,12 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 @click.option(
     "--max-rows", type=int, default=None, help="Cap every table (default: full size in timing mode)."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=None, help="Seed of a zoo workload's weights and inputs (default 0)."
+)
 @click.option("--warmup", type=int, default=1, show_default=True, help="Batches run first to warm the cache.")
 @click.option(
-    "--distribution", default="uniform", show_default=True, help="Index distribution: uniform, zipf."
+    "--distribution", default=None, help="A zoo workload's index distribution: uniform (default), zipf."
 )
 @click.option("--trace", "trace_path", default=None, help="Write a Perfetto trace (Chrome JSON) to FILE.")
 @click.option(
@@ -435,9 +444,13 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
 )
 @click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html + PNGs) to DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, quantization, max_rows, seed, warmup,
-            distribution, trace_path, trace_aggregate, report_dir, as_json) -> None:  # fmt: skip
-    """Compile a zoo workload (see `mtiasim run --list`) and run one batch on the simulated chip."""
+def run_cmd(workload, inputs_path, batch, chip_name, precision, mode, fidelity, check, quantization, max_rows, seed,
+            warmup, distribution, trace_path, trace_aggregate, report_dir, as_json) -> None:  # fmt: skip
+    """Compile a model and run one batch on the simulated chip.
+
+    WORKLOAD is a zoo workload (e.g. dlrm-kaggle; an unknown name lists them all), a
+    torch.export archive (FILE.pt2, from torch.export.save) or FILE.py:FUNCTION, a function that returns
+    (model, args) or (model, args, kwargs)."""
     from mtiasim.progress import Progress
     from mtiasim.runtime.run import run_workload
 
@@ -460,6 +473,7 @@ def run_cmd(workload, batch, chip_name, precision, mode, fidelity, check, quanti
             report_dir=report_dir,
             progress=bar.step,
             quantization=quantization,
+            inputs=inputs_path,
         )
     _emit_json(res) if as_json else _print_run(res)
     verdict = _check_verdict(res)
@@ -472,11 +486,15 @@ def _print_run(res: dict[str, Any]) -> None:
         f"{res['workload']} batch {res['batch']} on {res['chip']} ({res['precision']}, {res['mode']}, "
         f"{res['fidelity']}; tables {res['table_rows']})"
     )
-    click.echo(
-        f"  latency     {res['latency_us']:.2f} us   (host {res['host_us']:.1f}, PCIe in {res['h2d_us']:.1f}, "
-        f"device {res['device_us']:.1f}, PCIe out {res['d2h_us']:.1f})"
-    )
-    click.echo(f"  throughput  {res['samples_per_s']:,.0f} samples/s")
+    if res["latency_us"] is None:
+        click.echo("  latency     not timed (functional mode)")
+    else:
+        click.echo(
+            f"  latency     {res['latency_us']:.2f} us   (host {res['host_us']:.1f}, PCIe in {res['h2d_us']:.1f}, "
+            f"device {res['device_us']:.1f}, PCIe out {res['d2h_us']:.1f})"
+        )
+    if res["samples_per_s"] is not None:
+        click.echo(f"  throughput  {res['samples_per_s']:,.0f} samples/s")
     if "avg_power_w" in res:
         pw = res["samples_per_s_per_w"]
         click.echo(
@@ -493,21 +511,24 @@ def _print_run(res: dict[str, Any]) -> None:
         click.echo("  chip energy " + ", ".join(f"{k} {100 * v / total_j:.0f}%" for k, v in top))
         for warning in res.get("power_warnings", []):
             click.echo(f"  warning     {warning}")
-    click.echo(
-        f"  MACs        {res['macs']:.4g} per batch, {100 * res['mac_utilization']:.1f} % of the DPE peak"
-    )
-    att = res.get("attribution_detail_us") or res["attribution_us"]
-    total = sum(att.values()) or 1.0
-    shares = ", ".join(
-        f"{k} {100 * v / total:.0f}%"
-        for k, v in sorted(att.items(), key=lambda kv: -kv[1])
-        if v / total >= 0.005
-    )
-    click.echo(f"  bound       {res['bound']}   (time in {shares})")
+    peak = "" if res["mac_utilization"] is None else f", {100 * res['mac_utilization']:.1f} % of the DPE peak"
+    click.echo(f"  MACs        {res['macs']:.4g} per batch{peak}")
+    if res["bound"] is not None:
+        att = res.get("attribution_detail_us") or res["attribution_us"]
+        total = sum(att.values()) or 1.0
+        shares = ", ".join(
+            f"{k} {100 * v / total:.0f}%"
+            for k, v in sorted(att.items(), key=lambda kv: -kv[1])
+            if v / total >= 0.005
+        )
+        click.echo(f"  bound       {res['bound']}   (time in {shares})")
     click.echo("  memory plan")
     for line in res["memory_plan"]:
         click.echo("    " + line)
-    click.echo(f"  {'op':28s} {'kind':14s} {'lane':6s} {'PEs':>4s} {'start us':>10s} {'time us':>10s}  bound")
+    if res["ops"]:
+        click.echo(
+            f"  {'op':28s} {'kind':14s} {'lane':6s} {'PEs':>4s} {'start us':>10s} {'time us':>10s}  bound"
+        )
     for op in res["ops"]:
         click.echo(
             f"  {op['name'][:28]:28s} {op['kind'][:14]:14s} {op['lane']:6s} {op['pes']:4d} {op['start_us']:10.2f} "

@@ -118,6 +118,9 @@ class Ctx:
                 return self.param_tensors[self.alias.get(a.name, a.name)]
 
             args = fx.node.map_arg(node.args, load)
+            if isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable:
+                # an in-place op (detach_ of an in-forward constant): on a copy, never on the model's weight
+                args = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, args)
             with torch.no_grad():
                 tensor = node.target(*args, **fx.node.map_arg(node.kwargs, load))
             self.param_tensors[node.name] = tensor

@@ -45,12 +45,28 @@ class Captured:
 
     def flat_inputs(self, args: tuple, kwargs: dict) -> list[Any]:
         """The call's arguments flattened in the graph's placeholder order (parameters first)."""
-        try:
-            return list(self.exported._graph_module_flat_inputs(args, kwargs))
-        except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
-            raise UsageError(
-                f"model {self.graph.name}: the inputs do not match the compiled signature: {_first_line(exc)}"
-            ) from None
+        return flat_graph_inputs(
+            self.exported,
+            args,
+            kwargs,
+            f"model {self.graph.name}: the inputs do not match the compiled signature",
+        )
+
+
+def flat_graph_inputs(ep: ExportedProgram, args: tuple, kwargs: dict, what: str) -> list[Any]:
+    """`(args, kwargs)` flattened in `ep`'s placeholder order (parameters first); a UsageError starting with
+    `what` when they do not fit its signature (structure, count, shapes)."""
+    try:
+        return list(ep._graph_module_flat_inputs(args, kwargs))
+    except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
+        expected = ep.call_spec.in_spec
+        got = torch.utils._pytree.tree_flatten((tuple(args), dict(kwargs)))[1]
+        if expected is not None and got != expected:  # the structure differs: show both, `*` a leaf
+            show = torch.utils._pytree.treespec_pprint
+            why = f"expected (args, kwargs) {show(expected)}, got {show(got)} (* a tensor or value)"
+        else:
+            why = _first_line(exc)
+        raise UsageError(f"{what}: {why}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -150,8 +166,18 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
 
 
 def capture(
-    model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None, name: str = ""
+    model: torch.nn.Module | ExportedProgram,
+    example_inputs: tuple,
+    kwargs: dict | None = None,
+    name: str = "",
 ) -> Captured:
+    """`model` exported and converted; an ExportedProgram (e.g. from `torch.export.load`) is converted as it is,
+    its module paths and source lines kept."""
+    if isinstance(model, ExportedProgram):
+        name = name or exported_name(model)
+        flat_graph_inputs(model, example_inputs, dict(kwargs or {}), f"model {name}: the inputs do not match")
+        register_library_ops()
+        return convert(to_core_aten(model), name)
     ep = export(model, example_inputs, kwargs)
     register_library_ops()  # before asking which ops have converters
     return convert(to_core_aten(ep), name or type(model).__name__)
@@ -179,6 +205,17 @@ def to_core_aten(ep: ExportedProgram) -> ExportedProgram:
         return ep.run_decompositions(table)
     except Exception:  # noqa: BLE001 - the unconverted op is then reported by name, as without decomposition
         return ep
+
+
+def exported_name(ep: ExportedProgram) -> str:
+    """The class name of the module `ep` was exported from (its nn_module_stack's root), if the graph says."""
+    for node in ep.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            _, root = next(iter(stack.values()))
+            root = root if isinstance(root, str) else getattr(root, "__qualname__", str(root))
+            return root.rsplit(".", 1)[-1]
+    return "ExportedProgram"
 
 
 def convert(ep: ExportedProgram, name: str) -> Captured:
@@ -211,6 +248,8 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
 
     ctx = Ctx(name, params, tensors)
     host_nodes: list[fx.Node] = []
+    host_constants: dict[str, torch.Tensor] = {}
+    host_writes: set[str] = set()
     host_to_device: dict[str, None] = {}
     for node in ep.graph.nodes:
         if node.op != "call_function":
@@ -233,12 +272,27 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
             side[node.name] = DEVICE
             host_to_device.update({i.name: None for i in ins if side.get(i.name) == HOST})
             conv(ctx, node)
-        elif PARAM in sides and sides <= {PARAM, NONE} and conv is not None:
-            side[node.name] = PARAM  # an op on weights alone: folded once, here
+        elif PARAM in sides and _writes_a_placeholder(node):
+            # a side effect on a model's buffer (a counter a forward bumps): done on the host on every call, on
+            # the model's own tensor, as eager does
+            side[node.name] = HOST
+            host_nodes.append(node)
+            host_writes.add(node.name)
+        elif PARAM in sides and sides <= {PARAM, NONE} and (conv is not None or _foldable(node)):
+            # an op on constants alone (weights, a torch.tensor built in forward): folded once, here
+            side[node.name] = PARAM
             ctx.fold(node)
         elif is_host_op(node.target):
             side[node.name] = HOST
             host_nodes.append(node)
+            # a folded constant the host reads (placeholders it gets from the call's inputs)
+            host_constants.update(
+                {
+                    i.name: ctx.param_tensors[i.name]
+                    for i in ins
+                    if i.op != "placeholder" and i.name in ctx.param_tensors
+                }
+            )
         else:
             raise _unsupported(name, node)
 
@@ -271,7 +325,9 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
         kinds.update({o: ValueKind.NODE for o in n.outputs})
     position = {n.name: i for i, n in enumerate(placeholders)}
     host_returns = [v for kind, v in returns if kind == "host" and v not in inputs]
-    prologue = HostPrologue(host_nodes, position, inputs + host_returns)
+    prologue = HostPrologue(
+        host_nodes, position, inputs + host_returns, host_constants, frozenset(host_writes)
+    )
     values = {k: v for k, v in ctx.values.items() if k in kinds}
     graph = Graph(name, values, kinds, graph_params, inputs, outputs, ctx.nodes, prologue)
     graph.verify()
@@ -297,6 +353,29 @@ def _lookup_weights(node: fx.Node) -> bool:
             else:
                 return False
     return lookups > 0
+
+
+def _foldable(node: fx.Node) -> bool:
+    """Whether an aten op without a converter may be folded when all its inputs are constants: it is not
+    random and makes one tensor of a device dtype (an in-place one, e.g. `detach_`, runs on a copy)."""
+    if not isinstance(node.target, torch._ops.OpOverload) or node.target is operator.getitem:
+        return False
+    if torch.Tag.nondeterministic_seeded in node.target.tags:
+        return False
+    return type_of(node) is not None
+
+
+def _writes_a_placeholder(node: fx.Node) -> bool:
+    """Whether an in-place op writes to one of the graph's inputs (a parameter or buffer of the model)."""
+    if not isinstance(node.target, torch._ops.OpOverload) or not node.target._schema.is_mutable:
+        return False
+    for i, arg in enumerate(node.target._schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+        if isinstance(value, fx.Node) and value.op == "placeholder":
+            return True
+    return False
 
 
 def _param_tensor(ep: ExportedProgram, spec: Any, model: str, node_name: str) -> torch.Tensor:

@@ -140,10 +140,15 @@ class HostPrologue:
     nodes: list[fx.Node]
     placeholders: dict[str, int]
     needed: list[str]
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)  # folded constants the host nodes read
+    writes: frozenset[str] = frozenset()  # nodes that write to the model's own tensors (a side effect)
     ops_run: int = field(default=0)
 
-    def __call__(self, flat_graph_inputs: list[Any]) -> dict[str, Any]:
+    def __call__(self, flat_graph_inputs: list[Any], *, effects: bool = False) -> dict[str, Any]:
+        """The values the device needs. The side effects on the model's tensors happen only with `effects`
+        (a call of the compiled model, not its compilation or calibration): otherwise they act on copies."""
         env: dict[str, Any] = {name: flat_graph_inputs[i] for name, i in self.placeholders.items()}
+        env.update(self.constants)
 
         def load(a: Any) -> Any:
             return env[a.name]
@@ -151,6 +156,8 @@ class HostPrologue:
         for node in self.nodes:
             args = fx.node.map_arg(node.args, load)
             kwargs = fx.node.map_arg(node.kwargs, load)
+            if node.name in self.writes and not effects:
+                args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
             try:
                 env[node.name] = _call(node.target, args, kwargs)
             except (RuntimeError, ValueError, IndexError, AssertionError) as exc:

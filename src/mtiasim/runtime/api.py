@@ -6,6 +6,7 @@ import warnings
 from typing import Any
 
 import torch
+from torch.export import ExportedProgram
 
 from mtiasim.compiler import Precision, Quantization, compile_graph
 from mtiasim.engine import FIDELITIES, MODES
@@ -24,7 +25,7 @@ def resolve_chip(chip: str | Chip) -> Chip:
 
 
 def compile(  # noqa: A001 - the public name mirrors torch.compile
-    model: torch.nn.Module,
+    model: torch.nn.Module | ExportedProgram,
     example_inputs: Any,
     *,
     chip: str | Chip = "mtia-v1",
@@ -36,7 +37,8 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     quantization: Quantization | str | dict | None = None,
     calibration: list | None = None,
 ) -> CompiledModel:
-    """Compile `model` for the simulated chip.
+    """Compile `model` (a module, or an ExportedProgram such as `torch.export.load` returns, compiled as it is)
+    for the simulated chip.
 
     `example_inputs` (a tuple of the forward's positional arguments) fix the shapes, calibrate the int8
     scales and size the per-call index space. `mode`: `timing` (no numbers; outputs are zeros of the right
@@ -57,7 +59,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     chip_ = resolve_chip(chip)
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    captured = capture(model, example_inputs, kwargs, name or type(model).__name__)
+    captured = capture(model, example_inputs, kwargs, name or "")
     g = captured.graph
     virtual = [p.target for p in g.params.values() if p.virtual]
     if virtual and mode != "timing":

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from mtiasim.dtypes import DType
 from mtiasim.engine import ExecutionResult, TimingResult
@@ -98,12 +100,29 @@ class RunReport:
     numerics_warnings: list[str] = field(default_factory=list)
 
     @property
-    def latency_s(self) -> float:
-        return self.host_s + self.h2d_s + self.device_s + self.d2h_s
+    def timed(self) -> bool:
+        """Whether the run was timed: a functional run computes numbers and claims no time."""
+        return self.mode != "functional"
 
     @property
-    def samples_per_s(self) -> float:
-        return self.batch / self.latency_s if self.latency_s > 0 else math.inf
+    def latency_s(self) -> float | None:
+        """Host + PCIe in + device + PCIe out; None for a run that was not timed (functional mode)."""
+        return self.host_s + self.h2d_s + self.device_s + self.d2h_s if self.timed else None
+
+    @property
+    def samples_per_s(self) -> float | None:
+        """The batch over the latency; None when not timed or when nothing took time (a graph with no work)."""
+        latency = self.latency_s
+        return self.batch / latency if latency and self.batch else None
+
+    def __str__(self) -> str:
+        head = (
+            f"{self.model} batch {self.batch} on {self.chip} ({self.precision}, {self.mode}, {self.fidelity})"
+        )
+        if not self.timed:
+            return f"{head}: not timed (functional mode)"
+        rate = f"{self.samples_per_s:,.0f} samples/s" if self.samples_per_s is not None else "no work"
+        return f"{head}: latency {1e6 * (self.latency_s or 0.0):.2f} us, {rate}, bound {self.bound}"
 
     @property
     def attribution_s(self) -> dict[str, float]:
@@ -122,24 +141,36 @@ class RunReport:
             "precision": self.precision,
             "batch": self.batch,
             "computed": self.computed,
-            "latency_us": round(self.latency_s * 1e6, 4),
-            "samples_per_s": round(self.samples_per_s, 3),
-            "host_us": round(self.host_s * 1e6, 4),
-            "h2d_us": round(self.h2d_s * 1e6, 4),
-            "device_us": round(self.device_s * 1e6, 4),
-            "d2h_us": round(self.d2h_s * 1e6, 4),
-            "macs": self.macs,
-            "mac_utilization": round(self.mac_utilization, 5),
-            "bound": self.bound,
-            "attribution_us": {k: round(v * 1e6, 4) for k, v in sorted(self.attribution_s.items())},
-            "attribution_detail_us": {
-                k: round(v * 1e6, 4) for k, v in sorted(self.detail_s.items()) if v > 0
-            },
+            **self._timing_json(),
             "ops": [op.to_json() for op in self.ops],
             "memory_plan": self.memory_plan.splitlines(),
             "counters": self.counters,
             **self._power_json(),
             **self._numerics_json(),
+        }
+
+    def _timing_json(self) -> dict[str, Any]:
+        """Latency, throughput and where the time went; None (and no attribution) for a functional run, which
+        is not timed."""
+        timed = self.timed
+        phases = {
+            "host_us": self.host_s,
+            "h2d_us": self.h2d_s,
+            "device_us": self.device_s,
+            "d2h_us": self.d2h_s,
+        }
+        rate = self.samples_per_s
+        return {
+            "latency_us": _us(self.latency_s),
+            "samples_per_s": None if rate is None else round(rate, 3),
+            **{key: _us(s) if timed else None for key, s in phases.items()},
+            "macs": self.macs,
+            "mac_utilization": round(self.mac_utilization, 5) if timed else None,
+            "bound": self.bound if timed else None,
+            "attribution_us": {k: round(v * 1e6, 4) for k, v in sorted(self.attribution_s.items()) if timed},
+            "attribution_detail_us": {
+                k: round(v * 1e6, 4) for k, v in sorted(self.detail_s.items()) if v > 0 and timed
+            },
         }
 
     def _numerics_json(self) -> dict[str, Any]:
@@ -155,12 +186,16 @@ class RunReport:
             return {}
         out = self.power.to_json()
         out["samples_per_s_per_w"] = {
-            k: round(v, 3) for k, v in self.power.per_watt(self.samples_per_s).items()
+            k: round(v, 3) for k, v in self.power.per_watt(self.samples_per_s or 0.0).items()
         }
         if self.timing is not None and self.timing.nodes is not None:
             util = pe_utilization(self.power.chip, self.timing.nodes, self.timing.seconds)
             out["pe_utilization"] = {u: np.round(a, 4).tolist() for u, a in util.items()}
         return out
+
+
+def _us(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e6, 4)
 
 
 def _pcie_s(model: CompiledModel, nbytes: int) -> float:
@@ -228,15 +263,13 @@ def build_report(
     chip = model.chip
     peak = dpe_macs_per_cycle(chip, dtype) * chip.grid.rows * chip.grid.cols * chip.clock.frequency_ghz * 1e9
     util = total_macs / (peak * device_s) if device_s > 0 else 0.0
-    out0 = compiled.graph.outputs[0]
-    shape = compiled.graph.values[out0].shape
     return RunReport(
         compiled.graph.name,
         chip.name,
         model.mode,
         model.fidelity,
         compiled.formats.precision.name,
-        int(shape[0]) if shape else 1,
+        _batch(model),
         result.outputs is not None,
         host_s,
         h2d_s,
@@ -252,6 +285,21 @@ def build_report(
         timing=t,
         conversions={k: v for k, v in result.resolved.conversions.items() if not v.clean},
     )
+
+
+def _batch(model: CompiledModel) -> int:
+    """The leading dimension of the first device output; for a graph whose outputs the device does not compute
+    (host bookkeeping, a side effect), that of the first tensor the call takes; 0 when it takes none."""
+    graph = model.compiled.graph
+    if graph.outputs:
+        shape = graph.values[graph.outputs[0]].shape
+        return int(shape[0]) if shape else 1
+    user = set(model.captured.user_inputs)
+    for node in model.captured.exported.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" and node.name in user else None
+        if isinstance(val, torch.Tensor):
+            return int(val.shape[0]) if val.dim() and is_concrete_int(val.shape[0]) else 1
+    return 0
 
 
 SATURATION_WARN_FRACTION = 1e-3

@@ -1,4 +1,5 @@
-"""`mtiasim run WORKLOAD`: build a zoo model, compile it, run one batch (after warm-up batches), report.
+"""`mtiasim run WORKLOAD`: build a zoo model (or load a user's, `sources`), compile it, run one batch (after
+warm-up batches), report.
 
 In timing mode the tables are full size and virtual unless `max_rows` caps them. `check` runs the model
 functionally on tables capped at `max_rows` (default `CHECK_MAX_ROWS`), runs the same model in PyTorch on the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +24,53 @@ from mtiasim.hw import Chip, load_chip
 from mtiasim.report.atomic import make_dirs, remove_if_empty
 from mtiasim.runtime.api import compile
 from mtiasim.runtime.limits import MAX_BATCH, MAX_WARMUP, check_host_memory, int_arg
+from mtiasim.runtime.sources import is_user_model, load_user_model
 
 CHECK_MAX_ROWS = 100_000
+
+
+DEFAULT_BATCH, DEFAULT_SEED, DEFAULT_DISTRIBUTION = 256, 0, "uniform"
+
+
+@dataclass
+class _Source:
+    """What runs: the model, the inputs of the measured batch, those of each warm-up batch, the reference."""
+
+    model: Any
+    args: tuple
+    kwargs: dict
+    name: str | None  # the compiled graph's name (None: the model's class name)
+    table_rows: str
+    warmup_inputs: Callable[[int], tuple[tuple, dict]]  # warm-up batch i -> (args, kwargs)
+    eager: Callable[[], Any]  # the model's outputs in PyTorch on the CPU
+    extra: dict[str, Any] = field(default_factory=dict)  # what the JSON says of where the model came from
 
 
 def run_workload(
     name: str,
     *,
-    batch: int,
+    batch: int | None = None,
     chip: str | Chip = "mtia-v1",
     precision: str = "int8",
     mode: str = "timing",
     fidelity: str = "event",
     check: bool = False,
     max_rows: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     warmup: int = 1,
-    distribution: str = "uniform",
+    distribution: str | None = None,
     trace: str | None = None,
     trace_aggregate: str = "auto",
     report_dir: str | None = None,
     progress: Callable[[str], None] | None = None,
     quantization: str | None = None,
+    inputs: str | None = None,
 ) -> dict[str, Any]:
-    """Build, compile and run `name`; the run's JSON. `trace` writes a Perfetto trace (Chrome JSON) of the
-    measured batch, `report_dir` an HTML report; `progress(step)` is told each step as it starts.
+    """Build (or load), compile and run `name`; the run's JSON. `name` is a zoo workload or a user's model
+    (`FILE.pt2`, `FILE.py:FUNCTION`, see `sources`; `inputs` a file of inputs for the archive). `trace` writes a
+    Perfetto trace (Chrome JSON) of the measured batch, `report_dir` an HTML report; `progress(step)` is told
+    each step as it starts. Every option applies to every model source, except those that shape a zoo workload
+    (`batch`, `max_rows`, `seed`, `distribution`): given with a user's model they are a UsageError.
 
     Arguments, the chip, the output paths and the host memory the run would need (`limits.check_host_memory`)
     are checked before anything is built: a run that cannot finish fails in a second, with a UsageError."""
@@ -55,18 +79,24 @@ def run_workload(
         if progress is not None:
             progress(what)
 
-    batch = int_arg("--batch", batch, 1, MAX_BATCH)
+    user = is_user_model(name)
+    if user:
+        _refuse_zoo_options(name, batch=batch, max_rows=max_rows, seed=seed, distribution=distribution)
+    elif inputs is not None:
+        raise UsageError(f"--inputs applies to a model file (FILE.pt2); {name} is a zoo workload")
+    batch = int_arg("--batch", DEFAULT_BATCH if batch is None else batch, 1, MAX_BATCH)
+    seed = int_arg("--seed", DEFAULT_SEED if seed is None else seed, 0)
+    distribution = distribution or DEFAULT_DISTRIBUTION
     warmup = int_arg("--warmup", warmup, 0, MAX_WARMUP)
-    seed = int_arg("--seed", seed, 0)
     if max_rows is not None:
         max_rows = int_arg("--max-rows", max_rows, 1)
     chip_ = chip if isinstance(chip, Chip) else load_chip(chip)
     quant = Quantization.parse(quantization)
     if check:
         mode = "both" if mode == "timing" else mode
-        max_rows = max_rows or CHECK_MAX_ROWS
+        max_rows = max_rows or (None if user else CHECK_MAX_ROWS)
     functional = mode in ("functional", "both")
-    if functional and max_rows is None:
+    if functional and max_rows is None and not user:
         max_rows = CHECK_MAX_ROWS
     if (trace or report_dir) and mode == "functional":
         raise UsageError("--trace and --report need a timed run: use --mode timing or both")
@@ -90,26 +120,82 @@ def run_workload(
                 raise UsageError(f"--trace {trace}: folder {str(folder)!r} does not exist")
             if Path(trace).is_dir():
                 raise UsageError(f"--trace {trace}: is a folder; give a file name (e.g. {trace}/trace.json)")
-        check_host_memory(
-            name, batch=batch, seed=seed, max_rows=max_rows, functional=functional, distribution=distribution
-        )
+        if not user:
+            check_host_memory(
+                name,
+                batch=batch,
+                seed=seed,
+                max_rows=max_rows,
+                functional=functional,
+                distribution=distribution,
+            )
+        step(f"{'loading' if user else 'building'} {name}")
+        t0 = time.perf_counter()
+        if user:
+            source = _user_source(name, inputs)
+        else:
+            source = _zoo_source(name, batch, seed, max_rows, distribution, functional)
         return _run(
-            name, batch=batch, seed=seed, max_rows=max_rows, distribution=distribution, chip=chip_,
-            precision=precision, mode=mode, fidelity=fidelity, check=check, functional=functional, warmup=warmup,
-            trace=trace, trace_aggregate=trace_aggregate, report_dir=report_dir, step=step, quantization=quant,
+            name, source, build_s=time.perf_counter() - t0, chip=chip_, precision=precision, mode=mode, fidelity=fidelity, check=check,
+            functional=functional, warmup=warmup, trace=trace, trace_aggregate=trace_aggregate,
+            report_dir=report_dir, step=step, quantization=quant,
         )  # fmt: skip
     except BaseException:
         remove_if_empty(created)  # a failed run leaves no empty report folder behind
         raise
 
 
+def _refuse_zoo_options(name: str, **given: Any) -> None:
+    """The options that shape a zoo workload have no meaning for a user's model: one line if any is given."""
+    for key, value in given.items():
+        if value is not None:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} applies to zoo workloads; {name} runs on its own example inputs")
+
+
+def _zoo_source(
+    name: str, batch: int, seed: int, max_rows: int | None, distribution: str, functional: bool
+) -> _Source:
+    from mtiasim import workloads
+
+    w = workloads.build(
+        name, batch=batch, seed=seed, max_rows=max_rows, materialize=functional, distribution=distribution
+    )
+
+    def warmup_inputs(i: int) -> tuple[tuple, dict]:
+        # fresh requests (other indices) warm the SRAM cache, as a serving system's previous batches would
+        wi = workloads.build(
+            name,
+            batch=batch,
+            seed=seed + 1 + i,
+            max_rows=max_rows,
+            materialize=False,
+            distribution=distribution,
+        )
+        return wi.example_inputs, {}
+
+    def eager() -> Any:
+        with torch.no_grad():
+            return w.model(*w.example_inputs)
+
+    rows = "full (virtual)" if max_rows is None else f"capped at {max_rows}"
+    return _Source(w.model, w.example_inputs, {}, name, rows, warmup_inputs, eager)
+
+
+def _user_source(spec: str, inputs: str | None) -> _Source:
+    um = load_user_model(spec, inputs)
+    # no generator of other requests: the warm-up batches repeat the example inputs
+    return _Source(
+        um.model, um.args, um.kwargs, None, "as in the model", lambda i: (um.args, um.kwargs), um.eager,
+        {"source": um.kind, "inputs": um.inputs_from},
+    )  # fmt: skip
+
+
 def _run(
     name: str,
+    source: _Source,
     *,
-    batch: int,
-    seed: int,
-    max_rows: int | None,
-    distribution: str,
+    build_s: float,
     chip: Chip,
     precision: str,
     mode: str,
@@ -123,52 +209,37 @@ def _run(
     step: Callable[[str], None],
     quantization: Quantization,
 ) -> dict[str, Any]:
-    from mtiasim import workloads
-
-    step(f"building {name}")
-    t0 = time.perf_counter()
-    w = workloads.build(
-        name, batch=batch, seed=seed, max_rows=max_rows, materialize=functional, distribution=distribution
-    )
-    t_build = time.perf_counter() - t0
     step("compiling")
     t0 = time.perf_counter()
     cm = compile(
-        w.model,
-        w.example_inputs,
+        source.model,
+        source.args,
+        kwargs=source.kwargs,
         chip=chip,
         mode=mode,
         precision=precision,
         fidelity=fidelity,
-        name=name,
+        name=source.name,
         quantization=quantization,
     )
     t_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(warmup):
         step(f"warm-up batch {i + 1}/{warmup}")
-        # fresh requests (other indices) warm the SRAM cache, as a serving system's previous batches would
-        wi = workloads.build(
-            name,
-            batch=batch,
-            seed=seed + 1 + i,
-            max_rows=max_rows,
-            materialize=False,
-            distribution=distribution,
-        )
-        cm(*wi.example_inputs)
+        args, kwargs = source.warmup_inputs(i)
+        cm(*args, **kwargs)
     t_warm = time.perf_counter() - t0
     step("running the batch")
     t0 = time.perf_counter()
-    out = cm(*w.example_inputs)
+    out = cm(*source.args, **source.kwargs)
     t_run = time.perf_counter() - t0
     report = cm.report
     assert report is not None
-    res: dict[str, Any] = {"workload": name, **report.to_json()}
-    res["table_rows"] = "full (virtual)" if max_rows is None else f"capped at {max_rows}"
+    res: dict[str, Any] = {"workload": name, **source.extra, **report.to_json()}
+    res["table_rows"] = source.table_rows
     res["warmup_batches"] = warmup
     res["simulator_s"] = {
-        "build": round(t_build, 3),
+        "build": round(build_s, 3),
         "compile": round(t_compile, 3),
         "warmup": round(t_warm, 3),
         "run": round(t_run, 3),
@@ -176,14 +247,8 @@ def _run(
     if functional:
         step("checking against PyTorch on the CPU")
         numerics = cm.check()
-        with torch.no_grad():
-            ref = w.model(*w.example_inputs)
         # the graph's fp32 meaning is the model's: the same numbers as eager PyTorch
-        eager_err = float((out.to(torch.float64) - ref.to(torch.float64)).abs().max())
-        rel = (out.to(torch.float64) - ref.to(torch.float64)).abs() / ref.to(torch.float64).abs().clamp_min(
-            1e-6
-        )
-        numerics["max_rel_err"] = float(rel.max())
+        eager_err, numerics["max_rel_err"] = _errors(out, source.eager())
         numerics["passed"] = numerics["passed"] and eager_err <= numerics["max_abs_err"] * (1 + 1e-9)
         res["numerics"] = numerics
         if check:
@@ -197,6 +262,20 @@ def _run(
         step("writing the trace")
         res["trace"] = _write_trace(report, chip, trace, trace_aggregate, res)
     return res
+
+
+def _errors(out: Any, ref: Any) -> tuple[float, float]:
+    """The largest absolute and relative difference between the floating-point tensors of two outputs (any
+    nesting of tuples, lists and dicts)."""
+    pairs = zip(torch.utils._pytree.tree_leaves(out), torch.utils._pytree.tree_leaves(ref), strict=True)
+    abs_err, rel_err = 0.0, 0.0
+    for got, want in pairs:
+        if not (isinstance(got, torch.Tensor) and got.is_floating_point() and got.numel()):
+            continue
+        diff = (got.to(torch.float64) - want.to(torch.float64)).abs()
+        abs_err = max(abs_err, float(diff.max()))
+        rel_err = max(rel_err, float((diff / want.to(torch.float64).abs().clamp_min(1e-6)).max()))
+    return abs_err, rel_err
 
 
 def _write_trace(report: Any, chip: Chip, path: str, aggregate: str, res: dict[str, Any]) -> dict[str, Any]:
