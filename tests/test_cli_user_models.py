@@ -371,3 +371,39 @@ def test_factory_that_raises(capsys, folder):
 def test_factory_returning_the_wrong_thing(capsys, folder, body, what):
     path = _bad_module(folder, f"from rec_parts import SmallRec, example_inputs\n\ndef make():\n    {body}\n")
     assert error(capsys, "run", f"{path}:make") == f"mtiasim: error: {path}: make() {what}"
+
+
+# --- corpus models through both doors ----------------------------------------------------------------------
+
+CORPUS_FACTORY = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.corpus import by_name
+
+
+def build():
+    return by_name({name!r}).build()
+"""
+
+
+@pytest.mark.parametrize("name", ["two-tower", "autoint", "dcn-v2-parallel"])
+def test_corpus_model_as_a_factory_and_as_an_archive(capsys, tmp_path, name):
+    """A third-party-style model of the corpus, as a user would bring it: `file.py:factory` and `model.pt2`
+    both compile, run and pass `--check`, with the same simulated time."""
+    from tests.corpus import by_name
+
+    root = str(Path(__file__).resolve().parents[1])
+    (tmp_path / "corpus_model.py").write_text(CORPUS_FACTORY.format(root=root, name=name))
+    code, out, err = run(capsys, "run", f"{tmp_path / 'corpus_model.py'}:build", "--check", "--json")
+    assert code == 0, err
+    from_factory = json.loads(out)
+    assert from_factory["check"]["passed"] is True and from_factory["latency_us"] > 0
+
+    model, args = by_name(name).build()
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(model, args, strict=False), path)
+    code, out, err = run(capsys, "run", path, "--check", "--json")
+    assert code == 0, err
+    from_archive = json.loads(out)
+    assert from_archive["check"]["passed"] is True
+    assert from_archive["latency_us"] == pytest.approx(from_factory["latency_us"], rel=1e-9)

@@ -28,15 +28,21 @@ pytestmark = [
 # models that compile and match at every precision (maintained from scripts/corpus_status.py's output)
 EXPECTED_TO_PASS = frozenset(
     {
+        "afm",
         "autoint",
+        "bst",
         "dcn-v2-parallel",
         "dcn-v2-stacked",
         "dhen",
+        "din",
         "dlrm-batchnorm",
+        "dssm",
         "esmm",
         "factorization-machine",
+        "fibinet",
         "fwfm",
         "gated-fusion",
+        "hstu-block",
         "layernorm-gelu-mlp",
         "masknet",
         "mmoe",
@@ -50,6 +56,7 @@ EXPECTED_TO_PASS = frozenset(
         "torchrec-dlrm",
         "torchrec-dlrm-dcn",
         "torchrec-dlrm-projection",
+        "torchrec-dlrm-train",
         "torchrec-ebc",
         "torchrec-ebc-quantized",
         "torchrec-ebc-weighted",
@@ -60,6 +67,7 @@ EXPECTED_TO_PASS = frozenset(
         "transformer-encoder-layer",
         "two-tower",
         "wide-and-deep",
+        "xdeepfm-cin",
         "youtube-dnn",
     }
 )

@@ -34,6 +34,11 @@ UNARY_CALLS = {
     Kind.LEAKY_RELU: lambda v: F.leaky_relu(v, 0.2),
     Kind.CLAMP: lambda v: torch.clamp(v, -0.5, 0.75),
     Kind.POW: lambda v: v**2,
+    Kind.SIN: torch.sin,
+    Kind.COS: torch.cos,
+    Kind.RECIPROCAL: lambda v: torch.reciprocal(v.abs() + 0.5),
+    Kind.LOG2: lambda v: torch.log2(v.abs() + 0.5),
+    Kind.HARDTANH: lambda v: F.hardtanh(v, -0.5, 2.0),
 }
 BINARY_CALLS = {
     Kind.ADD: lambda a, b: a - b,

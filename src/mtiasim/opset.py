@@ -66,6 +66,11 @@ class Kind(StrEnum):
     RSQRT = "rsqrt"
     ABS = "abs"
     NEG = "neg"
+    SIN = "sin"
+    COS = "cos"
+    RECIPROCAL = "reciprocal"
+    LOG2 = "log2"
+    HARDTANH = "hardtanh"
     LEAKY_RELU = "leaky_relu"
     CLAMP = "clamp"
     POW = "pow"
@@ -291,6 +296,15 @@ def _pos(t: Any, lo: Any, v: Any) -> Any:
     return t.where(lo > 0, v, t.full_like(v, math.inf))
 
 
+def _apart(t: Any, lo: Any, hi: Any, v: Any) -> Any:
+    """`v` where [lo, hi] does not hold 0, else inf (a pole at 0)."""
+    return t.where((lo > 0) | (hi < 0), v, t.full_like(v, math.inf))
+
+
+def _hardtanh_chip(x: np.ndarray, *, min_val: float = -1.0, max_val: float = 1.0, **_: Any) -> np.ndarray:
+    return _clamp_chip(x, min=min_val, max=max_val)
+
+
 # The SE LUT's error (64 segments, tested in tests/test_numerics.py), before the output's rounding.
 TANH_MAX_ABS_ERROR = 6.0e-3
 SIGMOID_MAX_ABS_ERROR = 7.5e-4
@@ -331,6 +345,17 @@ ELEMENTWISE: dict[Kind, Elementwise] = {
                             rel_error=2 * MATH_REL_ERROR),
     Kind.ABS: Elementwise(1, _math32(np.abs), _t("abs"), ("abs",), 1),
     Kind.NEG: Elementwise(1, _math32(np.negative), _t("neg"), ("neg",), 1),
+    Kind.SIN: Elementwise(1, _math32(np.sin), _t("sin"), ("sin",), 8, 1.0, 2.0**-24, MATH_REL_ERROR, 2.0**-23, span=2.0,
+                          doc="sine, FP32 math library"),
+    Kind.COS: Elementwise(1, _math32(np.cos), _t("cos"), ("cos",), 8, 1.0, 2.0**-24, MATH_REL_ERROR, 2.0**-23, span=2.0,
+                          doc="cosine, FP32 math library"),
+    Kind.RECIPROCAL: Elementwise(1, _math32(lambda v: np.float32(1) / v), _t("reciprocal"), ("reciprocal",), 4,
+                                 _slope(lambda t, lo, hi: _apart(t, lo, hi, 1 / t.minimum(lo.abs(), hi.abs()) ** 2)),
+                                 rel_error=2.0**-24, doc="1 / x (FP32 division, correctly rounded)"),
+    Kind.LOG2: Elementwise(1, _math32(np.log2), _t("log2"), ("log2",), 8,
+                           _slope(lambda t, lo, hi: _pos(t, lo, 1 / (lo * math.log(2)))), 2.0**-24, MATH_REL_ERROR),
+    Kind.HARDTANH: Elementwise(1, _hardtanh_chip, _tnn("hardtanh"), ("hardtanh",), 2, attrs=("min_val", "max_val"),
+                               defaults=(("min_val", -1.0), ("max_val", 1.0)), doc="clamp(x, min_val, max_val)"),
     Kind.LEAKY_RELU: Elementwise(1, _leaky_chip, _tnn("leaky_relu"), ("leaky_relu",), 2, attrs=("negative_slope",),
                                  defaults=(("negative_slope", 0.01),), epilogue=True,
                                  doc="x < 0 ? slope * x : x (|slope| <= 1)"),

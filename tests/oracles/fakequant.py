@@ -86,6 +86,18 @@ def _math(fn, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(fn(x.numpy().astype(np.float32)), dtype=np.float32))
 
 
+def row_op32(x: torch.Tensor, which: str) -> torch.Tensor:
+    """The fp32 meaning of a row-wise step as the compiler's graph states it (reductions, then elementwise)."""
+    if which in ("softmax", "log_softmax"):
+        d = x - torch.amax(x, -1, keepdim=True)
+        s = torch.sum(torch.exp(d), -1, keepdim=True)
+        return d - torch.log(s) if which == "log_softmax" else torch.exp(d) / s
+    d = x - torch.mean(x, -1, keepdim=True)
+    if which == "center":
+        return d
+    return d * torch.rsqrt(torch.mean(d * d, -1, keepdim=True) + torch.tensor(1e-5, dtype=F32))
+
+
 def row_op(x: torch.Tensor, which: str) -> torch.Tensor:
     """Softmax, log_softmax, layer norm (eps 1e-5, no affine) or x - mean over the last dim, as the chip runs
     them: row reductions and elementwise SE ops, every intermediate stored as fp16."""
@@ -159,7 +171,9 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
     steps = spec.steps
     n_vals = len(steps) + 1
     with torch.no_grad():
-        vals32 = model.values(*args)
+        # static scales come from the graph's fp32 meaning, where softmax and the norms are their
+        # decompositions computed by torch in fp32 (the calibration sees those values, not the fused kernels')
+        vals32 = model.values(*args, row=row_op32)
     readers: dict[int, list[int]] = {v: [] for v in range(n_vals)}
     for i, st in enumerate(steps):
         for src in _sources(st):

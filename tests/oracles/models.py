@@ -100,8 +100,8 @@ class SpecModel(nn.Module):
         outs = tuple(vals[j] for j in self.spec.outputs)
         return outs[0] if len(outs) == 1 else outs
 
-    def values(self, x, *bag_inputs) -> list[torch.Tensor]:
-        """Every value of the spec, in fp32 eager torch."""
+    def values(self, x, *bag_inputs, row=None) -> list[torch.Tensor]:
+        """Every value of the spec, in fp32 eager torch (`row` replaces `row_op` for the row-wise steps)."""
         spec = self.spec
         vals = [x]
         for i, step in enumerate(spec.steps):
@@ -111,7 +111,7 @@ class SpecModel(nn.Module):
             elif op == "act":
                 y = getattr(F, step[2])(vals[step[1]])
             elif op == "row":
-                y = row_op(vals[step[1]], step[2])
+                y = (row or row_op)(vals[step[1]], step[2])
             elif op == "add":
                 y = vals[step[1]] + vals[step[2]]
             elif op == "mul":

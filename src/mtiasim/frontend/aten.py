@@ -184,7 +184,8 @@ def type_of(node: fx.Node) -> TensorType | None:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return None
-    dtype = to_dtype(val.dtype)
+    # a bool tensor is a mask: 1.0/0.0 on the device (the host hands it over as float32)
+    dtype = DType.FP32 if val.dtype == torch.bool else to_dtype(val.dtype)
     if dtype is None:
         return None
     # never int() a symbolic size: that would specialise it (a guard) in the exported program
@@ -537,9 +538,16 @@ def _elementwise_converter(kind: Kind, spec: Elementwise) -> Callable[[Ctx, fx.N
             ctx.emit(kind.value, [ctx.value_of(x)], out, {"scalar": scalar})
             return
         if isinstance(x, (int, float)) and isinstance(y, fx.Node):
-            if kind not in (Kind.ADD, Kind.MUL, Kind.MAXIMUM, Kind.MINIMUM) or alpha != 1.0:
+            yv = ctx.value_of(y)
+            if kind == Kind.ADD and alpha != 1.0:  # c - y (rsub): (alpha * y) + c
+                yv = ctx.emit("mul", [yv], ctx.type(yv), {"scalar": alpha}, name=node.name + "_scaled")
+            op = kind
+            if kind == Kind.DIV:  # c / y = c * y^-1
+                yv = ctx.emit("pow", [yv], ctx.type(yv), {"exponent": -1.0}, name=node.name + "_recip")
+                op = Kind.MUL
+            elif kind not in (Kind.ADD, Kind.MUL, Kind.MAXIMUM, Kind.MINIMUM):
                 raise ctx.fail(f"{_op_name(node.target)} of a scalar and a tensor is not supported")
-            ctx.emit(kind.value, [ctx.value_of(y)], out, {"scalar": float(x)})
+            ctx.emit(op.value, [yv], out, {"scalar": float(x)})
             return
         attrs = {"alpha": alpha} if kind == Kind.ADD and alpha != 1.0 else {}
         ctx.result(node, emit_binary(ctx, kind, ctx.value_of(x), ctx.value_of(y), out, attrs, node.name))

@@ -88,11 +88,12 @@ def _clamp_one_side(ctx: Ctx, node: fx.Node) -> None:
     ctx.result(node, ctx.emit(Kind.CLAMP.value, [x], _out(node), {side: float(bound)}))
 
 
-@_register(_aten_overloads(("full_like", "zeros_like", "ones_like")))
+@_register(_aten_overloads(("full_like", "zeros_like", "ones_like", "new_zeros", "new_ones", "new_full")))
 def _full_like(ctx: Ctx, node: fx.Node) -> None:
-    """A constant of x's (static) shape: a buffer made once, here."""
+    """A constant of a (static) shape: a buffer made once, here."""
     out = _out(node)
     name = str(node.target)
-    value = 0.0 if "zeros" in name else 1.0 if "ones" in name else float(node.args[1])
+    fill = node.args[2] if "new_full" in name else node.args[1] if "full_like" in name else None
+    value = 0.0 if "zeros" in name else 1.0 if "ones" in name else float(fill)
     tensor = torch.full(out.shape, value, dtype=torch.float32)
     ctx.result(node, ctx.new_param(node.name + "_const", tensor, out, f"<{name.split('.')[0]} {value:g}>"))

@@ -234,7 +234,8 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
         tt = type_of(node)
         if spec.kind == InputKind.USER_INPUT:
             user_inputs.append(node.name)
-            device = tt is not None and tt.dtype.is_float and not _lookup_weights(node)
+            is_mask = getattr(node.meta.get("val"), "dtype", None) == torch.bool  # handed over as float32
+            device = tt is not None and tt.dtype.is_float and not is_mask and not _lookup_weights(node)
             side[node.name] = NONE if tt is None else (DEVICE if device else HOST)
             continue
         tensor = _param_tensor(ep, spec, name, node.name)
@@ -270,7 +271,10 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
                     continue
                 raise _unsupported(name, node)
             side[node.name] = DEVICE
-            host_to_device.update({i.name: None for i in ins if side.get(i.name) == HOST})
+            # host tensors it reads cross as inputs (a host size it reads is a number in its arguments)
+            host_to_device.update(
+                {i.name: None for i in ins if side.get(i.name) == HOST and type_of(i) is not None}
+            )
             conv(ctx, node)
         elif PARAM in sides and _writes_a_placeholder(node):
             # a side effect on a model's buffer (a counter a forward bumps): done on the host on every call, on
@@ -293,6 +297,11 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
                     if i.op != "placeholder" and i.name in ctx.param_tensors
                 }
             )
+        elif sides <= {HOST, NONE} and HOST in sides:
+            # arithmetic on index data alone (a padding mask from the ids, a count of valid items): the host
+            # computes it with the rest of the bookkeeping; what the device reads of it crosses as an input
+            side[node.name] = HOST
+            host_nodes.append(node)
         else:
             raise _unsupported(name, node)
 
@@ -398,6 +407,11 @@ def _param_tensor(ep: ExportedProgram, spec: Any, model: str, node_name: str) ->
 def _unsupported(model: str, node: fx.Node) -> UnsupportedOperatorError:
     target = node.target
     op = getattr(target, "name", lambda: str(target))()
+    if target in CONVERTERS:  # it has a kernel, but not for what it reads
+        return UnsupportedOperatorError(
+            f"model {model}: operator {op} mixes weights with values the host computes from index data (a "
+            f"tensor built from integer inputs or from nothing), which is not supported ({node_source(node).describe()})"
+        )
     return UnsupportedOperatorError(
         f"model {model}: operator {op} has no MTIA kernel ({node_source(node).describe()}); "
         f"supported: {', '.join(supported_ops())}"

@@ -165,7 +165,12 @@ class HostPrologue:
                 raise UsageError(
                     f"host bookkeeping op {node.name} ({node.target}) failed on these inputs: {first}"
                 ) from exc
-        return {name: env[name] for name in self.needed}
+        # a mask crosses to the device as 1.0/0.0 in float32 (its type there, `type_of`)
+        return {name: _as_device(env[name]) for name in self.needed}
+
+
+def _as_device(value: Any) -> Any:
+    return value.to(torch.float32) if isinstance(value, torch.Tensor) and value.dtype == torch.bool else value
 
 
 def _call(target: Callable[..., Any], args: Any, kwargs: Any) -> Any:
