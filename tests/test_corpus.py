@@ -47,6 +47,7 @@ EXPECTED_TO_PASS = frozenset(
         "masknet",
         "mmoe",
         "multihead-attention",
+        "neumf",
         "nfm",
         "ple",
         "pnn-inner-product",
@@ -203,3 +204,26 @@ def test_status_script_json(capsys):
         assert m["fp16"]["max_abs_err"] <= m["fp16"]["max_bound"]
     assert doc["summary"]["public"]["models"] == 1 and doc["summary"]["heldout"]["all_ok"] == 1
     assert doc["blockers"] == {}
+
+
+DYNAMO_MODELS = ["torchrec-dlrm-dcn", "transformer-encoder-layer", "hstu-block", "two-tower", "bst"]
+
+
+@pytest.mark.parametrize("name", DYNAMO_MODELS)
+def test_torch_compile_backend_runs_the_corpus_model_whole(name):
+    """`torch.compile(model, backend=mtiasim.backend(...))`: Dynamo captures the model in one graph (no graph
+    breaks) and the backend's numbers are the export path's, bit for bit."""
+    import torch._dynamo as dynamo
+
+    import mtiasim
+
+    model, inputs = by_name(name).build()
+    dynamo.reset()
+    assert dynamo.explain(model)(*inputs).graph_break_count == 0
+    compiled = torch.compile(model, backend=mtiasim.backend(mode="functional", precision="fp16"))
+    exported = mtiasim.compile(model, inputs, mode="functional", precision="fp16")
+    with torch.no_grad():
+        got, want = compiled(*inputs), exported(*inputs)
+    for a, b in zip(_flat(got), _flat(want), strict=True):
+        assert torch.equal(a, b)
+    dynamo.reset()

@@ -143,6 +143,16 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
     dense = [t for t in tensors if t.is_floating_point() and t.dim() >= 2]
     batch = dense[0].shape[0] if dense else None
+    ids = [t for t in tensors if t.dim() == 1 and not t.is_floating_point()]
+    if (
+        batch is None
+        and not any(_is_jagged(x) for x in leaves)
+        and len(ids) >= 2
+        and len({len(t) for t in ids}) == 1
+    ):
+        batch = len(
+            ids[0]
+        )  # ids alone, one per sample each (a user's and an item's): their length is the batch
     dynamic: list[torch.Tensor] = []
     for leaf in leaves:
         if _is_jagged(leaf):
