@@ -86,6 +86,22 @@ def test_imports_point_down(layer):
                 assert top in allowed, f"{path.relative_to(SRC)} imports {mod}"
 
 
+# passes inside a package, lowest first: a module imports none of those after it
+PASSES = {
+    "compiler": ["kinds", "lower", "kernel_table", "placement", "lanes", "dispatch", "codegen"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(PASSES))
+def test_passes_import_down(package):
+    order = PASSES[package]
+    for i, name in enumerate(order):
+        for mod in _imports(SRC / package / f"{name}.py"):
+            parts = mod.split(".")
+            if parts[:2] == ["mtiasim", package] and len(parts) > 2 and parts[2] in order:
+                assert order.index(parts[2]) < i, f"{package}/{name}.py imports {mod}"
+
+
 def test_the_operator_set_is_the_bottom_layer():
     mods = [m for m in _imports(SRC / "opset.py") if m.startswith("mtiasim.")]
     assert mods == [], f"opset.py imports {mods}"
