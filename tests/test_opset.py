@@ -136,6 +136,16 @@ def test_a_layer_without_a_rule_fails_at_import():
         require({"linear"}, "somewhere")
 
 
+def test_every_kernel_kind_has_one_record_in_the_kernel_table(monkeypatch):
+    from mtiasim.compiler import kernel_table
+    from mtiasim.compiler.kinds import LOWERING_ONLY, KernelKind
+
+    assert set(kernel_table.KERNELS) == set(KernelKind) - LOWERING_ONLY
+    monkeypatch.delitem(kernel_table.KERNELS, KernelKind.REDUCE)
+    with pytest.raises(ImportError, match=r"no record for kernel kind\(s\) reduce"):
+        kernel_table._check_table()
+
+
 def test_sub_of_two_activations_and_scalar_forms():
     class M(nn.Module):
         def forward(self, x, y):

@@ -86,6 +86,34 @@ def test_imports_point_down(layer):
                 assert top in allowed, f"{path.relative_to(SRC)} imports {mod}"
 
 
+# passes inside a package, lowest first: a module imports none of those after it
+PASSES = {
+    "compiler": ["kinds", "lower", "kernel_table", "placement", "lanes", "dispatch", "codegen"],
+    "engine": ["numerics", "tiles", "functional", "resolve"],
+}
+
+
+def _package_modules(path: Path, package: str) -> set[str]:
+    """The modules of mtiasim.`package` that `path` imports (`from mtiasim.package import x` included)."""
+    out = set()
+    for mod in _imports(path):
+        parts = mod.split(".")
+        if parts[:2] == ["mtiasim", package] and len(parts) > 2:
+            out.add(parts[2])
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == f"mtiasim.{package}":
+            out.update(a.name for a in node.names)
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(PASSES))
+def test_passes_import_down(package):
+    order = PASSES[package]
+    for i, name in enumerate(order):
+        for mod in _package_modules(SRC / package / f"{name}.py", package) & set(order):
+            assert order.index(mod) < i, f"{package}/{name}.py imports mtiasim.{package}.{mod}"
+
+
 def test_the_operator_set_is_the_bottom_layer():
     mods = [m for m in _imports(SRC / "opset.py") if m.startswith("mtiasim.")]
     assert mods == [], f"opset.py imports {mods}"

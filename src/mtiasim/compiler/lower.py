@@ -1,8 +1,10 @@
 """Lowering: graph ops -> kernel ops over buffers (what runs, what it reads and writes, where the bytes live).
 
-A kernel op (`KOp`) is one kernel invocation: an FC (`gemm`), a batched lookup (`tbe`, several tables of one
-row format and dim in one job, as FBGEMM's TBE), `bmm`, `eltwise` (SE: relu/sigmoid/tanh/add/mul/cast),
-`quantize`, `gather` (constant column gather), `transpose`, `copy`.
+A kernel op (`KOp`) is one kernel invocation, of a `compiler.kinds.KernelKind`: an FC (`gemm`), a batched
+lookup (`tbe`, several tables of one row format and dim in one job, as FBGEMM's TBE), `bmm`, `eltwise` (SE:
+relu/sigmoid/tanh/add/mul/cast), `quantize`, `dequantize`, `quantize_rows`, `gather` (constant column
+gather), `transpose`, `copy`, `reduce`. What code generation does with each kind is its record in
+`compiler.kernel_table.KERNELS`.
 
 Values live in buffers. Views cost nothing: a reshape is the same bytes, and a `cat` is laid out in place: each
 input is written by its producer straight into its column window of the output buffer (the TBE writes its
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtiasim.compiler.kinds import KernelKind
 from mtiasim.compiler.precision import Formats, rowwise_int8
 from mtiasim.dtypes import DType
 from mtiasim.errors import UnsupportedOperatorError
@@ -29,7 +32,18 @@ from mtiasim.isa import RowFormat
 from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
 
 # producers that can write their 2-D result into a column window of a wider buffer
-WINDOW_WRITERS = ("gemm", "tbe", "eltwise", "quantize", "dequantize", "copy", "gather", "cat")
+WINDOW_WRITERS = frozenset(
+    {
+        KernelKind.GEMM,
+        KernelKind.TBE,
+        KernelKind.ELTWISE,
+        KernelKind.QUANTIZE,
+        KernelKind.DEQUANTIZE,
+        KernelKind.COPY,
+        KernelKind.GATHER,
+        KernelKind.CAT,
+    }
+)
 
 
 @dataclass
@@ -65,12 +79,15 @@ class View:
 @dataclass
 class KOp:
     name: str
-    kind: str
+    kind: KernelKind  # a kind given by name is converted (an unknown name raises ValueError)
     reads: list[str]
     writes: list[str]
     attrs: dict[str, Any]
     source: Source
     lane: str = "joint"  # sparse (lookups) | dense (independent of lookups) | joint
+
+    def __post_init__(self) -> None:
+        self.kind = KernelKind(self.kind)
 
 
 @dataclass
@@ -114,7 +131,7 @@ class Lowering:
         self.lookups: dict[str, list[Lookup]] = {}
         self.dtypes = dict(formats.dtypes)
         self.shapes = {v: tt.shape for v, tt in graph.values.items()}
-        self.producer_kind: dict[str, str] = {}
+        self.producer_kind: dict[str, KernelKind] = {}
         self.alias_of: dict[str, str] = {}  # value -> the value it is a reshape of (same bytes)
         self.parent: dict[str, tuple[str, int, int]] = {}  # value -> (cat value, rows, col0)
         self._uid = 0
@@ -125,7 +142,7 @@ class Lowering:
         return f"{base}~{self._uid}"
 
     def kop(
-        self, kind: str, reads: list[str], writes: list[str], attrs: dict, node: Node, name: str = ""
+        self, kind: KernelKind, reads: list[str], writes: list[str], attrs: dict, node: Node, name: str = ""
     ) -> KOp:
         op = KOp(name or node.name, kind, reads, writes, attrs, node.source)
         self.kops.append(op)
@@ -181,7 +198,7 @@ class Lowering:
                 self.buffers[bname] = Buffer(bname, 1, n_out, DType.FP32, "weight", data, bp.virtual)
             reads.append(bname)
         attrs.update(bias=b is not None, scales=None)
-        self.kop("gemm", reads, [y], attrs, node)
+        self.kop(KernelKind.GEMM, reads, [y], attrs, node)
 
     def _int8_linear(self, node: Node, x: str, w: str, b: str | None, attrs: dict[str, Any]) -> None:
         """An int8 FC: its input quantized (statically by an SE job, or per row at run time, or already int8
@@ -198,7 +215,7 @@ class Lowering:
             if q not in self.producer_kind:
                 self.dtypes[q], self.shapes[q] = DType.INT8, self.shapes[x]
                 self.dtypes[s], self.shapes[s] = DType.FP32, (self.shapes[x][0], 1)
-                self.kop("quantize_rows", [x], [q, s], {}, node, name=q)
+                self.kop(KernelKind.QUANTIZE_ROWS, [x], [q, s], {}, node, name=q)
             x = q
             attrs["row_scales"] = s
         else:
@@ -208,7 +225,7 @@ class Lowering:
                     self.dtypes[q] = DType.INT8
                     self.shapes[q] = self.shapes[x]
                     qa = {"scale": lq.x.scale, "zero_point": lq.x.zero_point}
-                    self.kop("quantize", [x], [q], qa, node, name=q)
+                    self.kop(KernelKind.QUANTIZE, [x], [q], qa, node, name=q)
                 x = q
         wname = f"{w}@int8" + (
             "" if wp.quant is not None or fm.quantization.weights == "per-channel" else "/t"
@@ -231,7 +248,7 @@ class Lowering:
         if lq.y is not None:
             attrs["out_scale"], attrs["out_zero_point"] = lq.out_scale, lq.y.zero_point
         attrs["bias"] = lq.int_bias
-        self.kop("gemm", reads, [y], attrs, node)
+        self.kop(KernelKind.GEMM, reads, [y], attrs, node)
 
     def _op_matmul(self, node: Node) -> None:
         a, b = node.inputs
@@ -243,16 +260,16 @@ class Lowering:
             bt = self.fresh(b + "_T")
             self.shapes[bt] = tuple(sb[:-2]) + (sb[-1], sb[-2])
             self.dtypes[bt] = self.dtypes[b]
-            self.kop("transpose", [b], [bt], {}, node, name=bt)
+            self.kop(KernelKind.TRANSPOSE, [b], [bt], {}, node, name=bt)
             b, sb = bt, self.shapes[bt]
             del rank
         if len(sa) == 3:
             if sa[0] != sb[0] or sa[2] != sb[2]:
                 raise self.fail(node, f"batched matmul of {list(sa)} by {list(sb)}^T: batch or depth differ")
-            self.kop("bmm", [a, b], [y], {}, node)
+            self.kop(KernelKind.BMM, [a, b], [y], {}, node)
             return
         self.kop(
-            "gemm",
+            KernelKind.GEMM,
             [a, b],
             [y],
             {"activation": "none", "bias": False, "scales": None, "w_is_data": True},
@@ -271,7 +288,7 @@ class Lowering:
         else:  # float tables are stored in the precision's row format (int8 rows for int8)
             fmt = self.fm.precision.table_format
         self.kop(
-            "lookup",
+            KernelKind.LOOKUP,
             [idx] + ([offsets] if offsets else []) + ([weights] if weights else []),
             [node.outputs[0]],
             {
@@ -305,7 +322,7 @@ class Lowering:
             self.shapes[part] = (batch, dim)
             self.dtypes[part] = self.dtypes[y]
             self.kop(
-                "lookup",
+                KernelKind.LOOKUP,
                 [idx, off] + ([weights] if weights else []),
                 [part],
                 {
@@ -332,10 +349,10 @@ class Lowering:
         self.parent_cat(node, parts, y, 1)
 
     def parent_cat(self, node: Node, parts: list[str], y: str, dim: int) -> None:
-        self.kop("cat", parts, [y], {"dim": dim}, node, name=y)
+        self.kop(KernelKind.CAT, parts, [y], {"dim": dim}, node, name=y)
 
     def _op_cat(self, node: Node) -> None:
-        self.kop("cat", list(node.inputs), [node.outputs[0]], {"dim": node.attrs["dim"]}, node)
+        self.kop(KernelKind.CAT, list(node.inputs), [node.outputs[0]], {"dim": node.attrs["dim"]}, node)
 
     def _eltwise(self, node: Node) -> None:
         """Any elementwise operator of the operator set: an SE job; a second operand that is a weight or a
@@ -361,7 +378,7 @@ class Lowering:
                 elif alpha != 1.0:
                     params += (("alpha", alpha),)
                 reads.append(other)
-        self.kop("eltwise", reads, [y], {"op": op, "params": params}, node)
+        self.kop(KernelKind.ELTWISE, reads, [y], {"op": op, "params": params}, node)
 
     def _constant(self, param: str, dtype: DType, alpha: float, like: tuple[int, ...]) -> str:
         """A weight operand of an elementwise op, scaled by `alpha`, in the activations' dtype: [1, N] when it
@@ -405,14 +422,14 @@ class Lowering:
 
     def _op_quantize(self, node: Node) -> None:
         attrs = {"scale": node.attrs["scale"], "zero_point": node.attrs["zero_point"]}
-        self.kop("quantize", [node.inputs[0]], [node.outputs[0]], attrs, node)
+        self.kop(KernelKind.QUANTIZE, [node.inputs[0]], [node.outputs[0]], attrs, node)
 
     def _op_dequantize(self, node: Node) -> None:
         attrs = {"scale": node.attrs["scale"], "zero_point": node.attrs["zero_point"]}
-        self.kop("dequantize", [node.inputs[0]], [node.outputs[0]], attrs, node)
+        self.kop(KernelKind.DEQUANTIZE, [node.inputs[0]], [node.outputs[0]], attrs, node)
 
     def _op_copy(self, node: Node) -> None:
-        self.kop("copy", [node.inputs[0]], [node.outputs[0]], {}, node)
+        self.kop(KernelKind.COPY, [node.inputs[0]], [node.outputs[0]], {}, node)
 
     def _op_permute(self, node: Node) -> None:
         x = node.inputs[0]
@@ -421,7 +438,7 @@ class Lowering:
         swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
         if rank < 2 or dims != swap:
             raise self.fail(node, f"permute {dims} is not supported (only swapping the last two dims)")
-        self.kop("transpose", [x], [node.outputs[0]], {}, node)
+        self.kop(KernelKind.TRANSPOSE, [x], [node.outputs[0]], {}, node)
 
     def _op_slice(self, node: Node) -> None:
         x, y = node.inputs[0], node.outputs[0]
@@ -429,7 +446,7 @@ class Lowering:
         shape = self.shapes[x]
         inner = math.prod(shape[d + 1 :])
         self.kop(
-            "slice",
+            KernelKind.SLICE,
             [x],
             [y],
             {
@@ -441,10 +458,12 @@ class Lowering:
         )
 
     def _op_reduce(self, node: Node) -> None:
-        self.kop("reduce", [node.inputs[0]], [node.outputs[0]], {"op": node.attrs["op"]}, node)
+        self.kop(KernelKind.REDUCE, [node.inputs[0]], [node.outputs[0]], {"op": node.attrs["op"]}, node)
 
     def _op_index(self, node: Node) -> None:
-        self.kop("gather", [node.inputs[0]], [node.outputs[0]], {"columns": node.attrs["columns"]}, node)
+        self.kop(
+            KernelKind.GATHER, [node.inputs[0]], [node.outputs[0]], {"columns": node.attrs["columns"]}, node
+        )
 
     # ------------------------------------------------------------------------------------ lookups
     def _group_lookups(self) -> None:
@@ -454,7 +473,7 @@ class Lowering:
         groups: dict[tuple, list[KOp]] = {}
         order: list[tuple] = []
         for op in self.kops:
-            if op.kind != "lookup":
+            if op.kind != KernelKind.LOOKUP:
                 continue
             a = op.attrs
             out = op.writes[0]
@@ -510,7 +529,7 @@ class Lowering:
             # the bags (indices, offsets, weights) are packed per call into index tensors of their own
             kop = KOp(
                 name,
-                "tbe",
+                KernelKind.TBE,
                 [table_name],
                 [op.writes[0] for op in members],
                 {
@@ -529,7 +548,7 @@ class Lowering:
                 self.kops.remove(op)
             self.kops.insert(first, kop)
             for w in kop.writes:
-                self.producer_kind[w] = "tbe"
+                self.producer_kind[w] = KernelKind.TBE
 
     def _table_rows(self, tensor: torch.Tensor, a: dict, fmt: str) -> np.ndarray:
         """A table's rows in the device's row format."""
@@ -559,7 +578,7 @@ class Lowering:
         placed: dict[str, tuple[str, int, int]] = {}
         new_kops: list[KOp] = []
         for op in reversed(list(self.kops)):
-            if op.kind != "cat":
+            if op.kind != KernelKind.CAT:
                 continue
             y = op.writes[0]
             d = op.attrs["dim"]
@@ -583,22 +602,22 @@ class Lowering:
                     c = self.fresh(f"{x}_into_{y}")
                     self.shapes[c] = (rows, cols)
                     self.dtypes[c] = self.dtypes[x]
-                    new_kops.append(KOp(c, "copy", [x], [c], {}, op.source))
-                    self.producer_kind[c] = "copy"
+                    new_kops.append(KOp(c, KernelKind.COPY, [x], [c], {}, op.source))
+                    self.producer_kind[c] = KernelKind.COPY
                     placed[c] = (y, rows, col)
                     op.reads[i] = c
                 col += cols
         # copies run right before their cat
         for c in new_kops:
-            cat = next(op for op in self.kops if c.writes[0] in op.reads and op.kind == "cat")
+            cat = next(op for op in self.kops if c.writes[0] in op.reads and op.kind == KernelKind.CAT)
             self.kops.insert(self.kops.index(cat), c)
         self.parent = placed
         self._views()
         # slices become windows when their source is a plain buffer grid of the right rows, else copies
         for op in list(self.kops):
-            if op.kind == "slice":
+            if op.kind == KernelKind.SLICE:
                 self._slice_view(op)
-        self.kops = [op for op in self.kops if op.kind not in ("cat", "slice")]
+        self.kops = [op for op in self.kops if op.kind not in (KernelKind.CAT, KernelKind.SLICE)]
 
     def _views(self) -> None:
         used = {v for op in self.kops for v in op.reads + op.writes} | set(self.g.outputs)
@@ -666,9 +685,9 @@ class Lowering:
             self.buffers[y] = Buffer(y, r, c, self.dtypes[y], "activation")
             self.views[y] = View(y, r, 0, c, self.shapes[y])
             grid = (rows, buf.rows * buf.cols // rows)
-            copy = KOp(op.name, "copy", [x], [y], {"window": (grid, col0, cols)}, op.source, op.lane)
+            copy = KOp(op.name, KernelKind.COPY, [x], [y], {"window": (grid, col0, cols)}, op.source, op.lane)
             self.kops[self.kops.index(op)] = copy
-            self.producer_kind[y] = "copy"
+            self.producer_kind[y] = KernelKind.COPY
         else:
             raise UnsupportedOperatorError(
                 f"slice {op.name} ({op.source.describe()}): cannot view {x} with {rows} rows"

@@ -1,4 +1,5 @@
-"""Numerics of the fixed-function units (the specification is docs/numerics.md; this module implements it).
+"""Numerics of the fixed-function units (the specification is docs/numerics.md; this module implements it, on
+arrays; `engine.functional` applies it to each command's tiles).
 
 - DPE: INT8 x INT8 products summed exactly in INT32. FP16/BF16: products exact, a PE's sum over its K range
   formed exactly (modelled in float64) and rounded once to FP32; K-split partials added in FP32 in chain order.

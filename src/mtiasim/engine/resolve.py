@@ -8,6 +8,9 @@ cannot make progress is a deadlock, reported with what each stuck core waits for
 
 Each command runs atomically here (a DMA loop delivers its whole stream before its consumer runs). The timing
 engine later overlaps producers and consumers; the numbers do not depend on that overlap.
+
+In functional mode the resolver moves tiles (DMA in, out, gathers, peer copies, the MLU's layout commands);
+what a computing command makes of its tiles (MatMul, the SE's commands) is `engine.functional`'s.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtiasim.dtypes import DType
+from mtiasim.engine import functional as fx
 from mtiasim.engine import numerics as nx
 from mtiasim.engine.tiles import ArrayTiles, Piece, RowTiles, TensorTiles, TileRun
 from mtiasim.errors import CapacityError, ProgramError
@@ -50,8 +54,6 @@ from mtiasim.isa import (
     SeRowScale,
 )
 from mtiasim.isa.commands import BINARY_SE_OPS, EPILOGUE_ACTIVATIONS
-
-MATMUL_CHUNK_BYTES = 48 * 2**20
 
 
 @dataclass
@@ -568,7 +570,7 @@ class _Resolver:
             partials = data
         acc = None
         if self.memory is not None:
-            acc = _matmul_compute(cmd, a_run, b_run, bias_run, partials)
+            acc = fx.matmul_blocks(cmd, a_run, b_run, bias_run, partials)
         if cmd.reduce_out is not None:
             dst = cmd.reduce_out.step(node.pe)
             if dst not in st.job.pes:
@@ -582,7 +584,7 @@ class _Resolver:
             if acc is not None:
                 tiles = {k: run.get(0, cmd.blocks) for k, run in vectors.items() if run is not None}
                 data = ArrayTiles(
-                    _convert_acc(acc, cmd, out_dtype, tiles, self.chip.se.lut_segments, st.stats)
+                    fx.convert_blocks(acc, cmd, out_dtype, tiles, self.chip.se.lut_segments, st.stats)
                 )
             self._push(st, node, cmd.out_cb, cmd.blocks, (cmd.tile_m, cmd.tile_n), out_dtype, data)  # type: ignore[arg-type]
         return True
@@ -618,7 +620,7 @@ class _Resolver:
             self._check_tiles(st, node, qsegs, cmd.scale_cb, (1, 2), DType.FP32, "min/max tile")
             if qrun is not None:
                 lo, hi = (float(v) for v in qrun.get(0, 1).reshape(-1))
-                qparams = _dynamic_qparams(lo, hi)
+                qparams = fx.dynamic_qparams(lo, hi)
         row_scales = None
         if cmd.row_scale_cb is not None:
             if cmd.row_scale_period <= 0 or cmd.op != SeOp.QUANTIZE:
@@ -640,15 +642,12 @@ class _Resolver:
                     y = run2.take(np.arange(cmd.n_tiles) % cmd.src2_period)
                 else:
                     y = run2.get(0, cmd.n_tiles)
-            source = ArrayTiles(_se_compute(cmd, x, y, qparams, self.chip.se.lut_segments, st.stats))
+            source = ArrayTiles(fx.se_map(cmd, x, y, qparams, self.chip.se.lut_segments, st.stats))
         self._push(st, node, cmd.dst, cmd.n_tiles, shape, cmd.out_dtype, source)
 
     def _se_minmax(self, node: Node, cmd: SeMinMax, st: _JobState) -> None:
         run, segs = self._take(st, node, cmd.src, cmd.n_tiles, pop=True)
-        source = None
-        if run is not None:
-            x = run.get(0, cmd.n_tiles).astype(np.float32)
-            source = ArrayTiles(np.array([[[x.min(), x.max()]]], dtype=np.float32))
+        source = ArrayTiles(fx.minmax(run.get(0, cmd.n_tiles))) if run is not None else None
         self._push(st, node, cmd.dst, 1, (1, 2), DType.FP32, source)
 
     def _take_bands(self, node: Node, cmd: SeRowScale | SeRowReduce, st: _JobState):
@@ -663,12 +662,7 @@ class _Resolver:
 
     def _se_row_scale(self, node: Node, cmd: SeRowScale, st: _JobState) -> None:
         run, shape, bands = self._take_bands(node, cmd, st)
-        source = None
-        if run is not None:
-            x = np.abs(run.get(0, cmd.n_tiles).astype(np.float32))
-            x = np.where(np.isfinite(x), x, np.float32(0))
-            amax = x.reshape(bands, cmd.band, shape[0], shape[1]).max(axis=(1, 3))
-            source = ArrayTiles(nx.row_scales(amax)[:, :, None])
+        source = ArrayTiles(fx.row_scales(run.get(0, cmd.n_tiles), cmd.band)) if run is not None else None
         self._push(st, node, cmd.dst, bands, (shape[0], 1), DType.FP32, source)
 
     def _se_row_reduce(self, node: Node, cmd: SeRowReduce, st: _JobState) -> None:
@@ -680,10 +674,7 @@ class _Resolver:
             raise ProgramError(f"{where}: a row reduction writes a float dtype, not {cmd.out_dtype.value}")
         source = None
         if run is not None:
-            x = run.get(0, cmd.n_tiles).reshape(bands, cmd.band, shape[0], shape[1])
-            rows = x.transpose(0, 2, 1, 3).reshape(bands * shape[0], cmd.band * shape[1])[:, : cmd.cols]
-            r = nx.reduce_rows(rows, cmd.op.value).reshape(bands, shape[0], 1)
-            source = ArrayTiles(nx.cast(r, cmd.out_dtype, st.stats))
+            source = ArrayTiles(fx.reduce_rows(run.get(0, cmd.n_tiles), cmd, st.stats))
         self._push(st, node, cmd.dst, bands, (shape[0], 1), cmd.out_dtype, source)
 
     def _se_pool(self, node: Node, cmd: SePool, st: _JobState) -> None:
@@ -705,8 +696,7 @@ class _Resolver:
             if cmd.weights is not None:
                 decl = self.program.tensor(cmd.weights, where)
                 w = self._array(decl.name).reshape(-1)[cmd.weights_start : cmd.weights_start + cmd.rows]
-            pooled = nx.pool_rows(rows, fmt, cmd.dim, np.asarray(cmd.lengths), cmd.mode, w)
-            source = ArrayTiles(nx.cast(pooled, cmd.out_dtype, st.stats)[:, None, :])
+            source = ArrayTiles(fx.pool(cmd, rows, w, st.stats))
         self._push(st, node, cmd.dst, len(cmd.lengths), (1, cmd.dim), cmd.out_dtype, source)
 
     def _mlu_transpose(self, node: Node, cmd: MluTranspose, st: _JobState) -> None:
@@ -865,101 +855,6 @@ def job_order(program: Program) -> list[Job]:
     for job in program.jobs:
         visit(job, ())
     return order
-
-
-# ---------------------------------------------------------------------------------------- functional math
-
-
-def _matmul_compute(
-    cmd: MatMul, a_run: TileRun, b_run: TileRun, bias_run: TileRun | None, partials
-) -> np.ndarray:
-    steps, tm, tn, tk = cmd.steps, cmd.tile_m, cmd.tile_n, cmd.tile_k
-    blocks = cmd.blocks
-    acc_np = np.int32 if cmd.acc_dtype == DType.INT32 else np.float32
-    out = np.zeros((blocks, tm, tn), dtype=acc_np)
-    per_block = steps * tk * (tm + tn) * 8
-    chunk = max(1, MATMUL_CHUNK_BYTES // max(per_block, 1))
-    for b0 in range(0, blocks, chunk):
-        b1 = min(blocks, b0 + chunk)
-        bidx = np.arange(b0, b1)
-        im, jn = bidx // cmd.n_blocks, bidx % cmd.n_blocks
-        s = np.arange(steps)
-        if cmd.a_mode == Operand.STREAM:
-            a = a_run.get(b0 * steps, b1 * steps).reshape(b1 - b0, steps, tm, tk)
-        else:
-            a = a_run.take((im[:, None] * steps + s[None, :]).reshape(-1)).reshape(b1 - b0, steps, tm, tk)
-        a_cat = a.transpose(0, 2, 1, 3).reshape(b1 - b0, tm, steps * tk)
-        if cmd.dtype == DType.INT8 and cmd.b_mode != Operand.STREAM:
-            # blocks that share a resident B tile run as one taller product (integer sums: exact either way)
-            for j in np.unique(jn).tolist():
-                sel = np.flatnonzero(jn == j)
-                b = b_run.take(j * steps + s).reshape(steps, tn, tk)
-                b_cat = b.transpose(0, 2, 1).reshape(steps * tk, tn)
-                rows = a_cat[sel].reshape(sel.size * tm, steps * tk)
-                out[b0 + sel] = nx.matmul_acc(rows, b_cat, cmd.dtype).reshape(sel.size, tm, tn)
-            continue
-        if cmd.b_mode == Operand.STREAM:
-            b = b_run.get(b0 * steps, b1 * steps).reshape(b1 - b0, steps, tn, tk)
-        else:
-            b = b_run.take((jn[:, None] * steps + s[None, :]).reshape(-1)).reshape(b1 - b0, steps, tn, tk)
-        b_cat = b.transpose(0, 1, 3, 2).reshape(b1 - b0, steps * tk, tn)
-        out[b0:b1] = nx.matmul_acc(a_cat, b_cat, cmd.dtype)
-    if bias_run is not None:
-        out = nx.add_acc(out, bias_run.get(0, blocks))
-    if partials is not None:
-        out = nx.add_acc(out, partials)
-    return out
-
-
-def _convert_acc(
-    acc: np.ndarray,
-    cmd: MatMul,
-    out_dtype: DType,
-    vectors: dict[str, np.ndarray],
-    segments: int,
-    stats: nx.ConversionStats,
-) -> np.ndarray:
-    plain = not vectors and cmd.activation is None and cmd.out_scale is None
-    if plain and out_dtype == cmd.acc_dtype:
-        return acc
-    return nx.matmul_epilogue(
-        acc,
-        out_dtype,
-        scales=vectors.get("scales"),
-        row_scales=vectors.get("row_scales"),
-        post_bias=vectors.get("post_bias"),
-        out_scale=cmd.out_scale,
-        out_zero_point=cmd.out_zero_point,
-        activation=cmd.activation.value if cmd.activation is not None else None,
-        segments=segments,
-        stats=stats,
-    )
-
-
-def _dynamic_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """Asymmetric int8 parameters covering [min(lo, 0), max(hi, 0)] (zero stays exact)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
-    zero_point = int(np.clip(np.rint(-128 - lo / scale), -128, 127))
-    return float(np.float32(scale)), zero_point
-
-
-def _se_compute(
-    cmd: SeMap, x: np.ndarray, y: np.ndarray | None, qparams, segments: int, stats: nx.ConversionStats
-) -> np.ndarray:
-    op, out = cmd.op, cmd.out_dtype
-    scale, zp = qparams if qparams is not None else (cmd.scale, cmd.zero_point)
-    if op == SeOp.QUANTIZE:
-        return nx.quantize(x, scale, zp, out, stats)
-    if op == SeOp.DEQUANTIZE:
-        return nx.cast(nx.dequantize(x, scale, zp), out, stats)
-    if op in (SeOp.COPY, SeOp.CAST):
-        if op == SeOp.COPY and x.dtype == out.numpy:
-            return x.copy()
-        return nx.cast(x.astype(np.float32) if x.dtype.kind == "f" else x, out, stats)
-    y32 = None if y is None else y.astype(np.float32)
-    r = nx.elementwise(op.value, x.astype(np.float32), y32, segments=segments, **dict(cmd.params))
-    return nx.cast(r, out, stats)
 
 
 def _scatter(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run: TileRun) -> None:
