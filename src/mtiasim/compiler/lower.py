@@ -415,7 +415,7 @@ class Lowering:
             raise self.fail(
                 node, f"a {self.dtypes[x].value} -> {self.dtypes[y].value} cast of rows known per call"
             )
-        self._eltwise(node, "cast")
+        self.kop("eltwise", [x], [y], {"op": "cast", "params": ()}, node)
 
     def _op_reshape(self, node: Node) -> None:
         self.alias_of[node.outputs[0]] = node.inputs[0]
