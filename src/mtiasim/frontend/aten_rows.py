@@ -370,12 +370,14 @@ def _matmul(ctx: Ctx, node: fx.Node) -> None:
     (m, k), (k2, n) = sa[-2:], sb[-2:]
     ba, bb = sa[:-2], sb[:-2]
     batch_a, batch_b = math.prod(ba), math.prod(bb)
-    if batch_b == 1:  # [.., M, K] @ [K, N]: one 2-D product
+    if len(sb) == 2 or (batch_b == 1 and len(sa) != len(sb)):  # [.., M, K] @ [K, N]: one 2-D product
         a2 = rw.reshape(a, (batch_a * m, k))
         y = ctx.emit(
             "matmul", [a2, rw.reshape(b, (k2, n))], TensorType((batch_a * m, n), dt), name=rw.name("mm")
         )
-    elif batch_a == 1:  # [M, K] @ [.., K, N] = ([.., N, K] @ [K, M])^T
+    elif len(sa) == 2 or (
+        batch_a == 1 and len(sa) != len(sb)
+    ):  # [M, K] @ [.., K, N] = ([.., N, K] @ [K, M])^T
         bt = rw.reshape(rw.transpose(rw.reshape(b, (batch_b, k2, n))), (batch_b * n, k2))
         if a in ctx.params:
             prod = ctx.emit(
