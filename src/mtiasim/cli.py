@@ -443,9 +443,15 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
     help="none (every command), bins (per PE and unit, time-binned), auto (bins above ~100 MB).",
 )
 @click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html + PNGs) to DIR.")
+@click.option(
+    "--fallback",
+    type=click.Choice(["host"]),
+    default=None,
+    help="Run operators the chip has no kernel for on the host CPU (timed with the PCIe round trip).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def run_cmd(workload, inputs_path, batch, chip_name, precision, mode, fidelity, check, quantization, max_rows, seed,
-            warmup, distribution, trace_path, trace_aggregate, report_dir, as_json) -> None:  # fmt: skip
+            warmup, distribution, trace_path, trace_aggregate, report_dir, fallback, as_json) -> None:  # fmt: skip
     """Compile a model and run one batch on the simulated chip.
 
     WORKLOAD is a zoo workload (e.g. dlrm-kaggle; an unknown name lists them all), a
@@ -474,6 +480,7 @@ def run_cmd(workload, inputs_path, batch, chip_name, precision, mode, fidelity, 
             progress=bar.step,
             quantization=quantization,
             inputs=inputs_path,
+            fallback=fallback,
         )
     _emit_json(res) if as_json else _print_run(res)
     verdict = _check_verdict(res)

@@ -51,6 +51,7 @@ class Kind(StrEnum):
     QUANTIZE = "quantize"
     DEQUANTIZE = "dequantize"
     REDUCE = "reduce"
+    HOST_CALL = "host_call"
     # elementwise (see ELEMENTWISE)
     RELU = "relu"
     SIGMOID = "sigmoid"
@@ -456,6 +457,11 @@ _OTHER = {
     Kind.COPY: (Unit.DMA, "y = x"),
     Kind.QUANTIZE: (Unit.SE, "int8 y = saturate(round(x / attr scale) + attr zero_point) (a PT2E point)"),
     Kind.DEQUANTIZE: (Unit.SE, "y = (x - attr zero_point) * attr scale"),
+    Kind.HOST_CALL: (
+        Unit.HOST,
+        'an aten op the chip has no kernel for, run by the host CPU (fallback="host"): attr call, its '
+        "inputs over PCIe and its output back",
+    ),
     Kind.REDUCE: (
         Unit.SE,
         "attr op (sum|mean|max|min) of the last dim, kept: [.., N] -> [.., 1] (FP32 accumulation in order)",

@@ -20,12 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+import torch
+
 from mtiasim.compiler.kinds import LOWERING_ONLY, KernelKind
-from mtiasim.compiler.lower import KOp, Lowered, _natural
+from mtiasim.compiler.lower import KOp, Lowered, _natural, _to_numpy
 from mtiasim.errors import UnsupportedOperatorError
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dpe_macs_per_cycle, dram_bytes_per_s, sram_bytes_per_s
-from mtiasim.isa import Job, ReduceOp, SeOp, TensorDecl
+from mtiasim.isa import HostCall, Job, PeProgram, ReduceOp, SeOp, TensorDecl
 from mtiasim.kernels.bmm import bmm_job
 from mtiasim.kernels.common import Region
 from mtiasim.kernels.elementwise import elementwise_job, quantize_rows_job
@@ -201,6 +204,38 @@ def _eltwise(d: TensorDecls, op: KOp, region: Region) -> Job:
 
 
 K = KernelKind
+
+
+def _host_call(d: TensorDecls, op: KOp, region: Region) -> Job:
+    """One command on the region's first PE: the host's round trip (PCIe both ways, a launch of the op and a
+    pass over its bytes on the host CPU) while the device waits."""
+    reads = [d.decl(v) for v in op.reads]
+    out = d.decl(op.writes[0])
+    shapes = [d.low.views[v].shape for v in op.reads]
+    out_shape = d.low.views[op.writes[0]].shape
+    call = op.attrs["call"]
+
+    def fn(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        xs = [
+            torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(s))
+            for a, s in zip(arrays, shapes, strict=True)
+        ]
+        y = call(*xs).detach().to(torch.float32).reshape(out_shape).numpy()
+        return (_to_numpy(torch.from_numpy(y), out.dtype).reshape(out.rows, out.cols),)
+
+    host = d.chip.host
+    nbytes = sum(r.rows * r.cols * r.dtype.itemsize for r in reads) + out.rows * out.cols * out.dtype.itemsize
+    seconds = (
+        2 * host.latency_ns * 1e-9
+        + nbytes / (host.bandwidth_gbps * 1e9)
+        + host.cpu_op_ns * 1e-9
+        + nbytes / (host.cpu_copy_gbps * 1e9)
+    )
+    pe = region.pe(0, 0)
+    cmd = HostCall(op.attrs["aten"], fn, tuple(r.name for r in reads), (out.name,), seconds)
+    return Job(op.name, "host_call", {pe: PeProgram(pe, (), ([cmd], []))}, work={"bytes": float(nbytes)})
+
+
 KERNELS: dict[KernelKind, KernelSpec] = {
     K.GEMM: KernelSpec(_needs_natural, _macs_s, _gemm),
     K.TBE: KernelSpec(_needs_pooled, _lookups_s, None, per_call=True),
@@ -213,6 +248,7 @@ KERNELS: dict[KernelKind, KernelSpec] = {
     K.TRANSPOSE: KernelSpec(_needs_logical, _bytes_only, _transpose),
     K.COPY: KernelSpec(_needs_natural, _bytes_only, _copy),
     K.REDUCE: KernelSpec(_needs_natural, _bytes_only, _reduce),
+    K.HOST_CALL: KernelSpec(_needs_natural, _bytes_only, _host_call),
 }
 del K
 

@@ -22,6 +22,7 @@ class KernelKind(StrEnum):
     TRANSPOSE = "transpose"
     COPY = "copy"  # a contiguous copy, or a window of the source's bytes seen as another grid
     REDUCE = "reduce"  # a row reduction (sum, mean, max, min)
+    HOST_CALL = "host_call"  # an op without a kernel, run by the host CPU (fallback="host")
     LOOKUP = "lookup"  # one table's lookup, before grouping into `tbe`
     CAT = "cat"  # a concatenation, before layout
     SLICE = "slice"  # a column slice, before layout

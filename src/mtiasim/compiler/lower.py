@@ -460,6 +460,10 @@ class Lowering:
     def _op_reduce(self, node: Node) -> None:
         self.kop(KernelKind.REDUCE, [node.inputs[0]], [node.outputs[0]], {"op": node.attrs["op"]}, node)
 
+    def _op_host_call(self, node: Node) -> None:
+        attrs = {"call": node.attrs["call"], "aten": node.attrs["aten"]}
+        self.kop(KernelKind.HOST_CALL, list(node.inputs), [node.outputs[0]], attrs, node)
+
     def _op_index(self, node: Node) -> None:
         self.kop(
             KernelKind.GATHER, [node.inputs[0]], [node.outputs[0]], {"columns": node.attrs["columns"]}, node

@@ -37,6 +37,7 @@ from mtiasim.isa import (
     DmaIn,
     DmaOut,
     DmaPeer,
+    HostCall,
     Job,
     MatMul,
     MluConcat,
@@ -740,6 +741,15 @@ class _Resolver:
         source = ArrayTiles(run.get(0, cmd.n_tiles).reshape(cmd.n_tiles, *cmd.shape)) if run else None
         self._push(st, node, cmd.dst, cmd.n_tiles, cmd.shape, dt, source)
 
+    def _host_call(self, node: Node, cmd: HostCall, st: _JobState) -> None:
+        decls = [self.program.tensor(n, f"job {st.job.name}") for n in cmd.reads + cmd.writes]
+        del decls  # every tensor it names must exist
+        if self.memory is None:
+            return
+        outs = cmd.fn(*(self._array(n) for n in cmd.reads))
+        for name, value in zip(cmd.writes, outs, strict=True):
+            self._array(name)[...] = value
+
     def _cb_pop(self, node: Node, cmd: CbPop, st: _JobState) -> None:
         _run, segs = self._take(st, node, cmd.cb, cmd.n, pop=True, record=False)
         for seg in segs:
@@ -775,6 +785,7 @@ _HANDLERS = {
     MluConcat: _Resolver._mlu_concat,
     MluReshape: _Resolver._mlu_reshape,
     CbPop: _Resolver._cb_pop,
+    HostCall: _Resolver._host_call,
     CoreWork: _Resolver._core_work,
 }
 

@@ -30,6 +30,7 @@ from mtiasim.isa import (
     DmaIn,
     DmaOut,
     DmaPeer,
+    HostCall,
     Level,
     MatMul,
     MluConcat,
@@ -759,6 +760,9 @@ class WorkModel:
 
     def _w_Barrier(self, node: Node, cmd: Barrier) -> Work:
         return Work("none", "sync")
+
+    def _w_HostCall(self, node: Node, cmd: HostCall) -> Work:
+        return Work("core", "host", busy_s=cmd.seconds)
 
     def _w_CoreWork(self, node: Node, cmd: CoreWork) -> Work:
         t = cmd.cycles * self.cyc

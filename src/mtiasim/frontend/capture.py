@@ -23,10 +23,11 @@ from torch.export.graph_signature import InputKind
 
 from mtiasim.errors import MtiasimError, UnsupportedOperatorError, UsageError
 from mtiasim.frontend.aten import CONVERTERS, Ctx, register_library_ops, supported_ops, type_of
+from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.frontend.host import HostPrologue, is_host_op
 from mtiasim.frontend.quantized import exportable, register_4bit_lookup_meta
 from mtiasim.frontend.source import node_source
-from mtiasim.ir import Graph, Param, ValueKind
+from mtiasim.ir import Graph, Param, TensorType, ValueKind
 
 PARAM, HOST, DEVICE, NONE = "param", "host", "device", "none"
 register_4bit_lookup_meta()
@@ -180,17 +181,64 @@ def capture(
     example_inputs: tuple,
     kwargs: dict | None = None,
     name: str = "",
+    fallback: str | None = None,
 ) -> Captured:
     """`model` exported and converted; an ExportedProgram (e.g. from `torch.export.load`) is converted as it is,
-    its module paths and source lines kept."""
+    its module paths and source lines kept. `fallback="host"`: an op on activations the chip has no kernel
+    for runs on the host CPU (`host_call`) instead of failing."""
+    if fallback not in (None, "host"):
+        raise UsageError(f"unknown fallback {fallback!r} (known: host)")
     if isinstance(model, ExportedProgram):
         name = name or exported_name(model)
         flat_graph_inputs(model, example_inputs, dict(kwargs or {}), f"model {name}: the inputs do not match")
         register_library_ops()
-        return convert(to_core_aten(model), name)
+        return convert(to_core_aten(model), name, fallback)
     ep = export(model, example_inputs, kwargs)
     register_library_ops()  # before asking which ops have converters
-    return convert(to_core_aten(ep), name or type(model).__name__)
+    return convert(to_core_aten(ep), name or type(model).__name__, fallback)
+
+
+def _host_call(ctx: Ctx, node: fx.Node, side: dict[str, str]) -> None:
+    """`node` as a `host_call`: its activations cross to the host, which runs the aten op in torch (weights and
+    constants it reads are the host's own), and its one tensor result crosses back."""
+    ctx.current = node
+    tensors = [
+        i for i in node.all_input_nodes if side.get(i.name) in (DEVICE, HOST) and type_of(i) is not None
+    ]
+    names = [ctx.value_of(i) for i in tensors]
+    consts = {i.name: ctx.param_tensors[ctx.alias.get(i.name, i.name)] for i in node.all_input_nodes
+              if side.get(i.name) == PARAM}  # fmt: skip
+    if any(ctx.params[ctx.alias.get(k, k)].virtual for k in consts):
+        raise ctx.fail(f"{node.target} on the host needs the values of its weights (virtual here)")
+    target, args, kwargs = node.target, node.args, node.kwargs
+    order = [i.name for i in tensors]
+
+    def call(*xs: torch.Tensor) -> torch.Tensor:
+        env = dict(zip(order, xs, strict=True)) | consts
+        load = lambda a: env[a.name]  # noqa: E731
+        with torch.no_grad():
+            return target(*fx.node.map_arg(args, load), **fx.node.map_arg(kwargs, load))
+
+    op_name = getattr(target, "name", lambda: str(target))()
+    val = node.meta.get("val")
+    if isinstance(val, (tuple, list)):  # one host call per tensor of the result (each a round trip)
+        items: list[str | None] = []
+        for k, v in enumerate(val):
+            dtype = to_dtype(v.dtype) if isinstance(v, torch.Tensor) else None
+            if dtype is None:
+                items.append(None)
+                continue
+            tt = TensorType(tuple(int(d) for d in v.shape), dtype)
+            pick = lambda *xs, k=k: call(*xs)[k]  # noqa: E731
+            items.append(
+                ctx.emit("host_call", names, tt, {"call": pick, "aten": op_name}, name=f"{node.name}_{k}")
+            )
+        ctx.tuples[node.name] = items
+        return
+    out = type_of(node)
+    if out is None:
+        raise ctx.fail(f"{node.target} cannot run on the host: its result is not a tensor of a device dtype")
+    ctx.emit("host_call", names, out, {"call": call, "aten": op_name})
 
 
 def to_core_aten(ep: ExportedProgram) -> ExportedProgram:
@@ -228,7 +276,7 @@ def exported_name(ep: ExportedProgram) -> str:
     return "ExportedProgram"
 
 
-def convert(ep: ExportedProgram, name: str) -> Captured:
+def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Captured:
     register_library_ops()
     specs = ep.graph_signature.input_specs
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
@@ -279,13 +327,24 @@ def convert(ep: ExportedProgram, name: str) -> Captured:
                 if node.target is torch.ops.aten._assert_tensor_metadata.default:
                     side[node.name] = NONE
                     continue
-                raise _unsupported(name, node)
+                if fallback != "host":
+                    raise _unsupported(name, node)
             side[node.name] = DEVICE
             # host tensors it reads cross as inputs (a host size it reads is a number in its arguments)
             host_to_device.update(
                 {i.name: None for i in ins if side.get(i.name) == HOST and type_of(i) is not None}
             )
-            conv(ctx, node)
+            if conv is None:
+                _host_call(ctx, node, side)
+                continue
+            emitted = len(ctx.nodes)
+            try:
+                conv(ctx, node)
+            except UnsupportedOperatorError:
+                # a converter that refuses this use (a shape, an argument): the host runs it, if allowed
+                if fallback != "host" or len(ctx.nodes) != emitted or conv.index_args:
+                    raise
+                _host_call(ctx, node, side)
         elif PARAM in sides and _writes_a_placeholder(node):
             # a side effect on a model's buffer (a counter a forward bumps): done on the host on every call, on
             # the model's own tensor, as eager does

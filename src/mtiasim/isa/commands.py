@@ -11,9 +11,12 @@ via the RE, SE, MLU) push tiles, consumers read them. A consumer in `stream` mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import numpy as np
 
 from mtiasim.dtypes import DType
 from mtiasim.isa.memory import TileStream
@@ -243,6 +246,20 @@ class SeRowScale:
     band: int
 
 
+@dataclass(frozen=True, slots=True)
+class HostCall:
+    """An operator the chip has no kernel for, run by the host CPU (an explicit fallback): the core hands the
+    tensors `reads` to the host over PCIe, waits while the host computes and takes `writes` back. `seconds` is
+    that round trip (both transfers and the host's work), set by the compiler; `fn` computes the outputs from
+    the inputs (2-D arrays of their declared shapes and dtypes) in a functional run."""
+
+    op: str
+    fn: Callable[..., tuple[np.ndarray, ...]] = field(compare=False, hash=False, repr=False)
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
 class ReduceOp(StrEnum):
     """What an SE row reduction computes."""
 
@@ -444,6 +461,7 @@ Command = (
     | SeMinMax
     | SeRowScale
     | SeRowReduce
+    | HostCall
     | SePool
     | MluTranspose
     | MluConcat

@@ -36,6 +36,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     name: str | None = None,
     quantization: Quantization | str | dict | None = None,
     calibration: list | None = None,
+    fallback: str | None = None,
 ) -> CompiledModel:
     """Compile `model` (a module, or an ExportedProgram such as `torch.export.load` returns, compiled as it is)
     for the simulated chip.
@@ -50,6 +51,10 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     alone; ``"dynamic"``: per-row scales on the chip at run time; ``"per-tensor"`` weights instead of
     per-channel, e.g. ``"dynamic,per-tensor"``). A model already quantized with PyTorch's PT2E flow keeps its
     own scales and int8 weights.
+
+    `fallback="host"`: an operator the chip has no kernel for runs on the host CPU (timed as its PCIe round
+    trip and the host's work, listed as `host_call` in the report) instead of raising
+    `UnsupportedOperatorError`; what follows it is not bounded by the numerics specification.
     """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
@@ -59,7 +64,7 @@ def compile(  # noqa: A001 - the public name mirrors torch.compile
     chip_ = resolve_chip(chip)
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    captured = capture(model, example_inputs, kwargs, name or "")
+    captured = capture(model, example_inputs, kwargs, name or "", fallback=fallback)
     g = captured.graph
     virtual = [p.target for p in g.params.values() if p.virtual]
     if virtual and mode != "timing":

@@ -181,7 +181,8 @@ class _Errors(dict):
         self.mag, self.params = mag, params
 
     def __missing__(self, v: str) -> Err:
-        if v not in self.params:
+        exact = v in self.params or (v in self.mag.env and not self.mag.env[v].is_floating_point())
+        if not exact:  # weights and integer values (a host call's indices) carry no rounding error
             raise KeyError(v)
         z = torch.zeros_like(self.mag[v])
         return Err(z, z)
@@ -366,6 +367,9 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
         return x
     if op == "reduce":
         return _reduce(a["op"], x, mag[ins[0]], mag[y])
+    if op == "host_call":  # any function the host runs: the specification bounds nothing after it
+        inf = torch.full_like(mag[y], math.inf)
+        return Err(inf, inf)
     if op == "reshape":
         return x.map(lambda t: t.reshape(a["shape"]))
     if op == "permute":
@@ -527,6 +531,6 @@ def _tbe_bags(node: Node, ref, n_tables: int) -> list:
 # output carries no float error of its own (its dequantize takes the rounding)
 require(
     {"linear", "matmul", "embedding_bag", "tbe", "dequantize", "quantize", "cat", "cast", "copy", "reshape",
-     "permute", "slice", "index", "reduce"},
+     "permute", "slice", "index", "reduce", "host_call"},
     "runtime.bounds",
 )  # fmt: skip

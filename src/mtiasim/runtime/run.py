@@ -65,6 +65,7 @@ def run_workload(
     progress: Callable[[str], None] | None = None,
     quantization: str | None = None,
     inputs: str | None = None,
+    fallback: str | None = None,
 ) -> dict[str, Any]:
     """Build (or load), compile and run `name`; the run's JSON. `name` is a zoo workload or a user's model
     (`FILE.pt2`, `FILE.py:FUNCTION`, see `sources`; `inputs` a file of inputs for the archive). `trace` writes a
@@ -138,7 +139,7 @@ def run_workload(
         return _run(
             name, source, build_s=time.perf_counter() - t0, chip=chip_, precision=precision, mode=mode, fidelity=fidelity, check=check,
             functional=functional, warmup=warmup, trace=trace, trace_aggregate=trace_aggregate,
-            report_dir=report_dir, step=step, quantization=quant,
+            report_dir=report_dir, step=step, quantization=quant, fallback=fallback,
         )  # fmt: skip
     except BaseException:
         remove_if_empty(created)  # a failed run leaves no empty report folder behind
@@ -208,6 +209,7 @@ def _run(
     report_dir: str | None,
     step: Callable[[str], None],
     quantization: Quantization,
+    fallback: str | None = None,
 ) -> dict[str, Any]:
     step("compiling")
     t0 = time.perf_counter()
@@ -221,6 +223,7 @@ def _run(
         fidelity=fidelity,
         name=source.name,
         quantization=quantization,
+        fallback=fallback,
     )
     t_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
