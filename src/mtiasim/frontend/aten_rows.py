@@ -372,9 +372,9 @@ def _matmul(ctx: Ctx, node: fx.Node) -> None:
     batch_a, batch_b = math.prod(ba), math.prod(bb)
     if len(sb) == 2 or (batch_b == 1 and len(sa) != len(sb)):  # [.., M, K] @ [K, N]: one 2-D product
         a2 = rw.reshape(a, (batch_a * m, k))
-        y = ctx.emit(
-            "matmul", [a2, rw.reshape(b, (k2, n))], TensorType((batch_a * m, n), dt), name=rw.name("mm")
-        )
+        shape = (batch_a * m, n)
+        y = ctx.emit("matmul", [a2, rw.reshape(b, (k2, n))], TensorType(shape, dt),
+                     name=node.name if shape == out.shape else rw.name("mm"))  # fmt: skip
     elif len(sa) == 2 or (
         batch_a == 1 and len(sa) != len(sb)
     ):  # [M, K] @ [.., K, N] = ([.., N, K] @ [K, M])^T
@@ -389,7 +389,13 @@ def _matmul(ctx: Ctx, node: fx.Node) -> None:
         y = rw.transpose(rw.reshape(prod, (batch_b, n, m)))
     elif (1,) * (len(bb) - len(ba)) + ba == (1,) * (len(ba) - len(bb)) + bb:  # equal batch dims
         a3, b3 = rw.reshape(a, (batch_a, m, k)), rw.reshape(b, (batch_b, k2, n))
-        y = ctx.emit("matmul", [a3, b3], TensorType((batch_a, m, n), dt), name=rw.name("bmm"))
+        shape = (batch_a, m, n)
+        y = ctx.emit(
+            "matmul",
+            [a3, b3],
+            TensorType(shape, dt),
+            name=node.name if shape == out.shape else rw.name("bmm"),
+        )
     else:
         raise ctx.fail(f"matmul of shapes {list(sa)} and {list(sb)}: batch dims broadcast (an expand)")
     ctx.result(node, rw.reshape(y, out.shape))
