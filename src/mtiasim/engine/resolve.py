@@ -742,8 +742,8 @@ class _Resolver:
         self._push(st, node, cmd.dst, cmd.n_tiles, cmd.shape, dt, source)
 
     def _host_call(self, node: Node, cmd: HostCall, st: _JobState) -> None:
-        decls = [self.program.tensor(n, f"job {st.job.name}") for n in cmd.reads + cmd.writes]
-        del decls  # every tensor it names must exist
+        for name in cmd.reads + cmd.writes:  # every tensor it names must exist
+            self.program.tensor(name, f"job {st.job.name}")
         if self.memory is None:
             return
         outs = cmd.fn(*(self._array(n) for n in cmd.reads))

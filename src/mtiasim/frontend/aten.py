@@ -500,11 +500,9 @@ def _aten_overloads(names: tuple[str, ...]) -> list[Any]:
 
 def mask_type(ctx: Ctx, node: fx.Node) -> TensorType:
     """A comparison's result: PyTorch's bool, held as 1.0/0.0 in its first float operand's type."""
-    val = node.meta.get("val")
     floats = [ctx.type(ctx.value_of(a)).dtype for a in node.args if isinstance(a, fx.Node)]
     dtype = next((d for d in floats if d.is_float), DType.FP32)
-    shape = tuple(int(d) if is_concrete_int(d) else DYNAMIC for d in val.shape)
-    return TensorType(shape, dtype)
+    return TensorType(_out(node).shape, dtype)
 
 
 def _constant_arg(ctx: Ctx, value: Any, what: str) -> Any:

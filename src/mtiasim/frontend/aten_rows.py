@@ -18,6 +18,7 @@ from torch import fx
 
 from mtiasim.dtypes import DType
 from mtiasim.frontend.aten import Ctx, _arg, _aten_overloads, _out, _register, emit_binary, mask_type
+from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.ir import DYNAMIC, TensorType
 from mtiasim.opset import Kind
 
@@ -71,9 +72,9 @@ class Rows:
         """x [M, N] with y of x's shape, [M, 1] or [1, N]."""
         return emit_binary(self.ctx, kind, x, y, self.tt(x), {}, self.name(kind.value))
 
-    def rows_of(self, x: str, dims: list[int]) -> tuple[str, tuple[int, ...], bool]:
+    def rows_of(self, x: str, dims: list[int]) -> tuple[str, bool]:
         """`x` as [rows, n] with the elements of `dims` (adjacent, after normalising) along each row: (that
-        view, x's shape with `dims` set to 1, whether a swap of the last two dims was needed)."""
+        view, whether a swap of the last two dims was needed)."""
         s = self.shape(x)
         r = len(s)
         dims = sorted({d % r for d in dims}) if dims else list(range(r))
@@ -88,12 +89,11 @@ class Rows:
             math.prod(s[dims[0] : dims[-1] + 1]),
             math.prod(s[dims[-1] + 1 :]),
         )
-        kept = tuple(1 if i in dims else d for i, d in enumerate(s))
         if after == 1:
-            return self.reshape(x, (before, inner)), kept, False
+            return self.reshape(x, (before, inner)), False
         x3 = self.reshape(x, (before, inner, after))
         swapped = self.swap_last(x3)  # [before, after, inner]
-        return self.reshape(swapped, (before * after, inner)), kept, True
+        return self.reshape(swapped, (before * after, inner)), True
 
     def back(self, y2: str, out_shape: tuple[int, ...]) -> str:
         """A [rows, 1] reduction as the op's output: its rows are the kept dims in memory order."""
@@ -118,7 +118,7 @@ def _reduce_op(
 ) -> None:
     rw = Rows(ctx, node)
     x = ctx.value_of(node.args[0])
-    x2, kept, swapped = rw.rows_of(x, dims)
+    x2, _ = rw.rows_of(x, dims)
     out = out or (_out(node) if not tuple_len else _first_out(node))
     y = rw.reduce(x2, op)
     if ctx.type(y).dtype != out.dtype:
@@ -129,8 +129,6 @@ def _reduce_op(
 
 
 def _first_out(node: fx.Node) -> TensorType:
-    from mtiasim.frontend.dtypes import to_dtype
-
     val = node.meta["val"][0]
     return TensorType(tuple(int(d) for d in val.shape), to_dtype(val.dtype))  # type: ignore[arg-type]
 
@@ -170,7 +168,7 @@ def _vector_norm(ctx: Ctx, node: fx.Node) -> None:
     rw = Rows(ctx, node)
     x = ctx.value_of(node.args[0])
     out = _out(node)
-    x2, _kept, _ = rw.rows_of(x, dims)
+    x2, _ = rw.rows_of(x, dims)
     if p == 2:
         y = rw.unary(Kind.SQRT, rw.reduce(rw.binary(Kind.MUL, x2, x2), "sum"))
     elif p == 1:
@@ -191,19 +189,17 @@ def _extremum_dim(ctx: Ctx, node: fx.Node) -> None:
     _reduce_op(ctx, node, "max" if node.target is aten.max.dim else "min", _dims(node.args[1]), tuple_len=2)
 
 
-def _variance(
-    ctx: Ctx, node: fx.Node, dims: list[int], correction: float
-) -> tuple[Rows, str, str, tuple, bool]:
-    """(rows, mean [rows, 1], var [rows, 1], kept shape, swapped) of the first argument over `dims`."""
+def _variance(ctx: Ctx, node: fx.Node, dims: list[int], correction: float) -> tuple[Rows, str, str]:
+    """(rows, mean [rows, 1], var [rows, 1]) of the first argument over `dims`."""
     rw = Rows(ctx, node)
-    x2, kept, swapped = rw.rows_of(ctx.value_of(node.args[0]), dims)
+    x2, _ = rw.rows_of(ctx.value_of(node.args[0]), dims)
     n = rw.shape(x2)[1]
     mean = rw.reduce(x2, "mean")
     d = _sub(rw, x2, mean)
     var = rw.reduce(rw.binary(Kind.MUL, d, d), "mean")
     if correction:
         var = rw.scalar(Kind.MUL, var, n / max(n - correction, 0) if n > correction else math.inf)
-    return rw, mean, var, kept, swapped
+    return rw, mean, var
 
 
 def _sub(rw: Rows, x: str, y: str) -> str:
@@ -221,7 +217,7 @@ def _correction(node: fx.Node) -> float:
 @_register([aten.var.correction, aten.var.dim, aten.std.correction, aten.std.dim, aten.var_mean.correction])
 def _var(ctx: Ctx, node: fx.Node) -> None:
     dims = _dims(_arg(node, 1, "dim"))
-    rw, mean, var, kept, swapped = _variance(ctx, node, dims, _correction(node))
+    rw, mean, var = _variance(ctx, node, dims, _correction(node))
     std = node.target in (aten.std.correction, aten.std.dim)
     if node.target is aten.var_mean.correction:
         out = _first_out(node)
@@ -251,7 +247,7 @@ def _softmax(ctx: Ctx, node: fx.Node) -> None:
     if ctx.type(x).dtype != out.dtype:
         x = ctx.emit("cast", [x], TensorType(s, out.dtype), {"dtype": out.dtype}, name=rw.name("cast"))
     d = int(node.args[1]) % max(len(s), 1)
-    x2, _kept, swapped = rw.rows_of(x, [d])
+    x2, swapped = rw.rows_of(x, [d])
     y2 = _softmax_rows(rw, x2, log)
     if swapped:  # [before * after, n] -> [before, after, n] -> [before, n, after]
         before, after = math.prod(s[:d]), math.prod(s[d + 1 :])
@@ -279,7 +275,7 @@ def _layer_norm(ctx: Ctx, node: fx.Node) -> None:
     weight, bias = _arg(node, 2, "weight"), _arg(node, 3, "bias")
     eps = float(_arg(node, 4, "eps", 1e-5))
     rw = Rows(ctx, node)
-    x2, _kept, _ = rw.rows_of(x, list(range(len(s) - k, len(s))))
+    x2, _ = rw.rows_of(x, list(range(len(s) - k, len(s))))
     n = rw.shape(x2)[1]
     mean = rw.reduce(x2, "mean")
     d = _sub(rw, x2, mean)
@@ -305,7 +301,7 @@ def _rms_norm(ctx: Ctx, node: fx.Node) -> None:
     if eps is None:
         eps = torch.finfo(node.args[0].meta["val"].dtype).eps
     rw = Rows(ctx, node)
-    x2, _kept, _ = rw.rows_of(x, list(range(len(s) - k, len(s))))
+    x2, _ = rw.rows_of(x, list(range(len(s) - k, len(s))))
     ms = rw.reduce(rw.binary(Kind.MUL, x2, x2), "mean")
     y2 = rw.binary(Kind.MUL, x2, rw.unary(Kind.RSQRT, rw.scalar(Kind.ADD, ms, float(eps))))
     ctx.result(node, rw.reshape(_affine(rw, y2, weight, None, rw.shape(x2)[1]), s))
