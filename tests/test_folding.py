@@ -95,3 +95,40 @@ def test_any_op_on_constants_alone_folds():
     assert torch.equal(folded.tensor.reshape(-1), torch.tensor([3.875, 3.75, 1.75, 0.75, 0.5]))
     env = run_graph(cap.graph, cap.host(cap.flat_inputs((x,), {})))
     assert torch.equal(env[cap.graph.outputs[0]], model(x))
+
+
+class RecurrentEncoder(nn.Module):
+    """An nn.GRU (batch first) over a sequence: its zero initial state is a tensor built from nothing, which
+    decomposes into an unbind of it and its products with the recurrent weights; then an FC on the states,
+    transposed back to batch-first (a concatenation of the steps seen through a reshape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.gru = nn.GRU(5, 7, batch_first=True)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(x)
+        return self.head(torch.relu(states))
+
+
+def test_a_state_built_from_nothing_folds():
+    model, x = RecurrentEncoder().eval(), torch.randn(4, 6, 5)
+    cap = capture(model, (x,))
+    assert not any(n.op == "host_call" for n in cap.graph.nodes)
+    assert any(p.target.startswith("<folded") for p in cap.graph.params.values())
+    env = run_graph(cap.graph, cap.host(cap.flat_inputs((x,), {})))
+    with torch.no_grad():
+        assert torch.allclose(env[cap.graph.outputs[0]], model(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_recurrent_encoder_runs_within_its_bound(precision):
+    model, x = RecurrentEncoder().eval(), torch.randn(4, 6, 5)
+    cm = mtiasim.compile(model, (x,), mode="both", precision=precision)
+    for seed in (0, 1):
+        x = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(seed))
+        cm(x)
+        check = cm.check()
+        assert check["passed"], check

@@ -154,8 +154,8 @@ def pool(table, idx, off, psw, mode: str, batch: int) -> torch.Tensor:
     return out
 
 
-def _weights(lin: torch.nn.Linear, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    w = lin.weight.detach().to(F32)
+def _weights(w: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w.detach().to(F32)
     amax = w.abs().amax(dim=1)
     if per_tensor:
         amax = torch.full_like(amax, float(amax.max()))
@@ -183,10 +183,21 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
     # fusion: an FC whose output's only reader is an activation (and not an output) applies it
     alias = list(range(n_vals))
     fused: dict[int, str] = {}
+    # an FC whose output's only reader multiplies it by a constant row ([1, width]: a "const" mul at batch
+    # 1) has the row folded into its weights and bias, in fp32 (compiler.simplify._fold_scale)
+    scaled: dict[int, torch.Tensor] = {}
     for i, st in enumerate(steps):
         v = i + 1
-        if st[0] == "linear" and v not in outputs and len(readers[v]) == 1:
+        if st[0] != "linear":
+            continue
+        out = v
+        if v not in outputs and len(readers[v]) == 1 and spec.batch == 1:
             r = readers[v][0]
+            if steps[r - 1][0] == "const" and steps[r - 1][2] == "mul":
+                scaled[v] = torch.linspace(-3.0, 3.0, spec.widths[v])
+                alias[r], out = v, r
+        if out not in outputs and len(readers[out]) == 1:
+            r = readers[out][0]
             if steps[r - 1][0] == "act":
                 fused[v] = steps[r - 1][2]
                 alias[r] = v
@@ -235,7 +246,10 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
         if op == "linear":
             src = canon(st[1])
             lin = model.linears[str(i)]
-            wq, s_w = _weights(lin, per_tensor)
+            row = scaled.get(v)
+            w32 = lin.weight.detach().to(F32) * (1.0 if row is None else row[:, None])
+            bias = None if lin.bias is None else lin.bias.detach().to(F32) * (1.0 if row is None else row)
+            wq, s_w = _weights(w32, per_tensor)
             kind = dev[src]
             if dynamic:
                 x32 = kind[1]
@@ -247,8 +261,8 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
                 q = quantize(x32, s_row)
                 acc = (q @ wq.T).to(torch.int32).to(F32)
                 vv = acc * s_row * s_w[None, :]
-                if lin.bias is not None:
-                    vv = vv + lin.bias.detach().to(F32)[None, :]
+                if bias is not None:
+                    vv = vv + bias[None, :]
                 if v in fused:
                     vv = activation(vv, fused[v])
                 dev[v] = ("f", fp16(vv))
@@ -261,12 +275,12 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
             acc_scale = torch.tensor(s_x, dtype=torch.float64) * s_w.to(torch.float64)
             acc = q @ wq.T
             fbias = None
-            if lin.bias is not None:  # INT32 in the accumulator unless it would exceed 2^24
-                b_q = torch.round(lin.bias.detach().to(torch.float64) / acc_scale)
+            if bias is not None:  # INT32 in the accumulator unless it would exceed 2^24
+                b_q = torch.round(bias.to(torch.float64) / acc_scale)
                 if float(b_q.abs().max()) <= 2**24:
                     acc = acc + b_q.to(torch.int64)
                 else:
-                    fbias = lin.bias.detach().to(torch.float64)
+                    fbias = bias.to(torch.float64)
             acc32 = acc.to(torch.int32).to(F32)
             out_int8 = only_fc_readers(v)
             s_y = act_scale(v) if out_int8 else 1.0
@@ -285,9 +299,18 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
             dev[v] = ("f", fp16(activation(dev[canon(st[1])][1], st[2])))
         elif op == "row":
             dev[v] = ("f", row_op(dev[canon(st[1])][1], st[2]))
-        elif op in ("add", "mul"):
+        elif op in ("add", "mul", "add3"):
             a, b = dev[canon(st[1])][1], dev[canon(st[2])][1]
-            dev[v] = ("f", fp16(a + b if op == "add" else a * b))
+            dev[v] = ("f", fp16(a * b if op == "mul" else a + b))
+        elif op == "slice":
+            dev[v] = ("f", dev[canon(st[1])][1][:, st[2] : st[3]])
+        elif op == "const":
+            a = dev[canon(st[1])][1]
+            c = fp16(torch.linspace(-3.0, 3.0, a.numel()).reshape(a.shape))  # in the activations' dtype
+            dev[v] = (
+                "f",
+                fp16(c - a if st[2] == "sub" else (c * a if st[2] == "mul" else torch.maximum(c, a))),
+            )
         elif op == "bag":
             t = st[1]
             idx, off, psw = bag_args[t]
@@ -312,9 +335,9 @@ def reference(model: SpecModel, args: tuple, *, dynamic: bool = False, per_tenso
 
 def _sources(step: tuple) -> list[int]:
     op = step[0]
-    if op in ("linear", "act", "row"):
+    if op in ("linear", "act", "row", "slice", "const"):
         return [step[1]]
-    if op in ("add", "mul"):
+    if op in ("add", "mul", "add3"):
         return [step[1], step[2]]
     if op in ("cat", "interact"):
         return list(step[1])

@@ -7,6 +7,10 @@ A spec is a list of steps, each making one new value from earlier ones:
 - ("act", src, "relu" | "sigmoid" | "tanh" | "gelu" | "silu" | "leaky_relu")
 - ("row", src, "softmax" | "log_softmax" | "layer_norm" | "center")   over the last dim (center: x - mean)
 - ("add", a, b), ("mul", a, b)   (same shapes: residual adds and gates)
+- ("add3", a, b)                 a[None] + b, back to 2-D: an add of a 3-D and a 2-D value (views, broadcast)
+- ("slice", src, start, end)     x[:, start:end]: a column window
+- ("const", src, "sub" | "mul" | "maximum")   c - x, c * x, max(c, x), c a [batch, width] tensor built
+                                 in forward (a constant folded at compile time, the first operand)
 - ("bag", table)                 -> nn.EmbeddingBag of table `table`, pooled [batch, dim]
 - ("cat", (a, b, ...))           along dim 1
 - ("interact", (a, b, ...))      DLRM's dot interaction of [batch, d] features: the strict lower triangle of
@@ -114,6 +118,14 @@ class SpecModel(nn.Module):
                 y = (row or row_op)(vals[step[1]], step[2])
             elif op == "add":
                 y = vals[step[1]] + vals[step[2]]
+            elif op == "add3":
+                y = (vals[step[1]].unsqueeze(0) + vals[step[2]]).squeeze(0)
+            elif op == "slice":
+                y = vals[step[1]][:, step[2] : step[3]]
+            elif op == "const":
+                src = vals[step[1]]
+                c = torch.linspace(-3.0, 3.0, src.numel()).reshape(src.shape)
+                y = c - src if step[2] == "sub" else (c * src if step[2] == "mul" else torch.maximum(c, src))
             elif op == "mul":
                 y = vals[step[1]] * vals[step[2]]
             elif op == "bag":
@@ -189,7 +201,18 @@ def specs(draw, kinds=("mlp", "residual", "bags", "dlrm"), nonfinite: bool = Tru
                 v = add(("act", v, draw(st.sampled_from(ACTS))), widths[v])
             if draw(st.integers(0, 3)) == 0:  # a row-wise op (softmax, norm...) between layers or last
                 v = add(("row", v, draw(st.sampled_from(ROWS))), widths[v])
+            if draw(st.integers(0, 5)) == 0:  # a constant built in forward as the first operand
+                v = add(("const", v, draw(st.sampled_from(["sub", "mul", "maximum"]))), widths[v])
         return v
+
+    def window(v: int) -> int:
+        """Sometimes `v` as a column window of a wider layer (a slice of an FC's output)."""
+        if not draw(st.booleans()):
+            return v
+        w, pad = widths[v], draw(st.integers(1, 9))
+        wide = add(("linear", v, w + pad, draw(st.booleans())), w + pad)
+        start = draw(st.integers(0, pad))
+        return add(("slice", wide, start, start + w), w)
 
     def bag(dim: int) -> int:
         mode = draw(st.sampled_from(["sum", "mean", "max"]))
@@ -203,8 +226,8 @@ def specs(draw, kinds=("mlp", "residual", "bags", "dlrm"), nonfinite: bool = Tru
         v = mlp(0, draw(st.integers(1, 2)))
         for _ in range(draw(st.integers(1, 3))):
             w = widths[v]
-            h = mlp(v, draw(st.integers(1, 2)), width_last=w)
-            v = add((draw(st.sampled_from(["add", "add", "mul"])), h, v), w)
+            h = window(mlp(v, draw(st.integers(1, 2)), width_last=w))
+            v = add((draw(st.sampled_from(["add", "add", "mul", "add3"])), window(v), h), w)
             if draw(st.booleans()):
                 v = add(("act", v, draw(st.sampled_from(ACTS))), w)
         v = mlp(v, draw(st.integers(0, 2)))

@@ -40,6 +40,7 @@ class TbeSpec:
     region: Region
     deps: tuple[str, ...]
     batch: int  # DYNAMIC: one bag per index, as many as the call has (its output is placed per call)
+    stacked: bool = False  # the tables' rows (DYNAMIC batch) one after another in one output, as one table
 
 
 Access = tuple[str, str, int, int, int]  # (job, buffer, col0, col1, rows)
@@ -100,6 +101,7 @@ def _tbe_spec(decls: Declarations, op: KOp, region: Region, deps: tuple[str, ...
         region,
         deps,
         DYNAMIC if op.attrs.get("call_rows") else low.views[op.writes[0]].shape[0],
+        op.attrs.get("stacked", False),
     )
 
 
@@ -130,6 +132,8 @@ def tbe_job_for(chip: Chip, spec: TbeSpec, tensors: dict[str, TensorDecl], indic
                 offsets: np.ndarray, batch: int | None = None) -> Job:  # fmt: skip
     """A lookup's job for one call: its bags' `indices` (and `weights`) placed, split by `offsets`."""
     rows = [t.rows for t in spec.tables]
+    if spec.stacked:  # one table to the kernel: the indices are already rows of the packed tables
+        rows = [sum(rows)]
     job = tbe_job(
         chip,
         spec.kop,

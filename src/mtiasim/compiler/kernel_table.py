@@ -168,7 +168,8 @@ def _copy(d: TensorDecls, op: KOp, region: Region) -> Job:
         d.tensors[name] = TensorDecl(name, (rows, cols), src.dtype, src.level, src.address + col0 * item,
                                      src.cached, row_elems * item, src.root)  # fmt: skip
         return copy_job(d.chip, op.name, d.tensors[name], d.decl(op.writes[0], (rows, cols)), region=region)
-    dst = d.decl(op.writes[0])
+    out = d.low.views.get(op.writes[0])  # copied on the destination's grid (a window's copy keeps its grid)
+    dst = d.decl(op.writes[0], (out.rows, out.cols) if out is not None else None)
     return copy_job(d.chip, op.name, d.decl(op.reads[0], dst.shape), dst, region=region)
 
 

@@ -134,6 +134,7 @@ class Lowering:
         self.producer_kind: dict[str, KernelKind] = {}
         self.alias_of: dict[str, str] = {}  # value -> the value it is a reshape of (same bytes)
         self.parent: dict[str, tuple[str, int, int]] = {}  # value -> (cat value, rows, col0)
+        self.pending_slices: dict[str, KOp] = {}  # slice output -> its op, until its view is made
         self._uid = 0
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -352,7 +353,25 @@ class Lowering:
         self.kop(KernelKind.CAT, parts, [y], {"dim": dim}, node, name=y)
 
     def _op_cat(self, node: Node) -> None:
-        self.kop(KernelKind.CAT, list(node.inputs), [node.outputs[0]], {"dim": node.attrs["dim"]}, node)
+        y = node.outputs[0]
+        if DYNAMIC in self.shapes[y]:
+            self._stack_rows(node)
+            return
+        self.kop(KernelKind.CAT, list(node.inputs), [y], {"dim": node.attrs["dim"]}, node)
+
+    def _stack_rows(self, node: Node) -> None:
+        """Lookups' rows known per call, one after another (an EmbeddingCollection's features): the lookups
+        run as one job whose bags, one per index, write the rows in order into the concatenation."""
+        y = node.outputs[0]
+        writers = {op.writes[0]: op for op in self.kops if op.kind == KernelKind.LOOKUP}
+        for i, x in enumerate(node.inputs):
+            op = writers.get(self._root(x))
+            if op is None or op.attrs.get("stack") is not None:
+                raise self.fail(
+                    node, f"a concatenation of {x}, rows known per call that are not one lookup's"
+                )
+            op.attrs["stack"], op.attrs["stack_position"] = y, i
+        self.dtypes[y] = self.dtypes[self._root(node.inputs[0])]
 
     def _eltwise(self, node: Node) -> None:
         """Any elementwise operator of the operator set: an SE job; a second operand that is a weight or a
@@ -361,6 +380,10 @@ class Lowering:
         spec = ELEMENTWISE[Kind(op)]
         x, y = node.inputs[0], node.outputs[0]
         params = tuple((k, node.attrs[k]) for k in spec.attrs if k in node.attrs and k != "alpha")
+        if self.g.kinds.get(x) == ValueKind.PARAM:  # a weight first (1 - x, c * x): a constant buffer too
+            other = node.inputs[1] if len(node.inputs) > 1 else None
+            dt = self.dtypes[other] if other is not None and other not in self.g.params else self.dtypes[y]
+            x = self._constant(x, dt, 1.0, self.shapes[x])
         reads = [x]
         if spec.arity == 2:
             if "scalar" in node.attrs:
@@ -488,14 +511,33 @@ class Lowering:
                 self.dtypes[out],
                 a["weights"] is not None,
                 self.shapes[out][0],
-                op.name if a.get("call_rows") else None,
+                (a.get("stack") or op.name) if a.get("call_rows") else None,
             )
             if key not in groups:
                 groups[key] = []
                 order.append(key)
             groups[key].append(op)
+        stacks = [groups[key][0].attrs.get("stack") for key in order]
+        split = next((s for s in stacks if s is not None and stacks.count(s) > 1), None)
+        if split is not None:
+            raise UnsupportedOperatorError(
+                f"model {self.g.name}: {split} concatenates rows known per call of lookups of different row "
+                "formats, dims or dtypes"
+            )
+        read = {self._root(v) for op in self.kops if op.kind != KernelKind.LOOKUP for v in op.reads}
+        read |= {self._root(v) for v in self.g.outputs}
+        for op in self.kops:
+            if op.kind == KernelKind.LOOKUP and op.attrs.get("stack") and op.writes[0] in read:
+                raise UnsupportedOperatorError(
+                    f"model {self.g.name}: {op.writes[0]}, rows known per call, is used beside its "
+                    f"concatenation {op.attrs['stack']} ({op.source.describe()})"
+                )
         for key in order:
             members = groups[key]
+            stack = members[0].attrs.get("stack")
+            first = min(self.kops.index(op) for op in members)
+            if stack:  # the tables in the concatenation's order
+                members.sort(key=lambda op: op.attrs["stack_position"])
             fmt, dim = key[0], key[1]
             name = members[0].name if len(members) == 1 else f"tbe{len(self.lookups)}"
             table_name = f"{name}@tables"
@@ -529,25 +571,25 @@ class Lowering:
             self.buffers[table_name] = Buffer(
                 table_name, start, row_cols, RowFormat(fmt).dtype, "table", data, virtual
             )
-            out_cols = sum(self.shapes[op.writes[0]][1] for op in members)
+            out_cols = dim if stack else sum(self.shapes[op.writes[0]][1] for op in members)
             # the bags (indices, offsets, weights) are packed per call into index tensors of their own
             kop = KOp(
                 name,
                 KernelKind.TBE,
                 [table_name],
-                [op.writes[0] for op in members],
+                [stack] if stack else [op.writes[0] for op in members],
                 {
                     "format": fmt,
                     "dim": dim,
                     "mode": members[0].attrs["mode"],
                     "out_cols": out_cols,
                     "call_rows": members[0].attrs.get("call_rows", False),
+                    "stacked": stack is not None,
                 },
                 members[0].source,
                 "sparse",
             )
             self.lookups[name] = tables
-            first = self.kops.index(members[0])
             for op in members:
                 self.kops.remove(op)
             self.kops.insert(first, kop)
@@ -616,11 +658,12 @@ class Lowering:
             cat = next(op for op in self.kops if c.writes[0] in op.reads and op.kind == KernelKind.CAT)
             self.kops.insert(self.kops.index(cat), c)
         self.parent = placed
+        # slices become windows when their source is a plain buffer grid of the right rows, else copies; each
+        # when its view is first asked for (a reshape of a slice is a view of the slice's window)
+        self.pending_slices = {op.writes[0]: op for op in self.kops if op.kind == KernelKind.SLICE}
         self._views()
-        # slices become windows when their source is a plain buffer grid of the right rows, else copies
-        for op in list(self.kops):
-            if op.kind == KernelKind.SLICE:
-                self._slice_view(op)
+        for op in list(self.pending_slices.values()):
+            self._slice_view(op)
         self.kops = [op for op in self.kops if op.kind not in (KernelKind.CAT, KernelKind.SLICE)]
 
     def _views(self) -> None:
@@ -631,6 +674,9 @@ class Lowering:
 
     def _view_of(self, v: str) -> View:
         if v in self.views:
+            return self.views[v]
+        if v in self.pending_slices:
+            self._slice_view(self.pending_slices[v])
             return self.views[v]
         shape = self.shapes[v]
         if v in self.alias_of:
@@ -646,8 +692,12 @@ class Lowering:
             else:
                 buf = self.buffers[pv.buffer]
                 assert pv.col0 == 0 and pv.cols * pv.rows == buf.rows * buf.cols
-                # the parent is a whole buffer: give it the grid its windows need
+                # the parent is a whole buffer: give it the grid its windows need (and so every whole view
+                # of it made before, a reshape of the concatenation)
                 buf.rows, buf.cols = rows, buf.rows * buf.cols // rows
+                for u, uv in list(self.views.items()):
+                    if uv.buffer == pv.buffer and uv.rows * uv.cols == buf.rows * buf.cols:
+                        self.views[u] = View(pv.buffer, rows, 0, buf.cols, uv.shape)
                 self.views[y] = View(pv.buffer, rows, 0, buf.cols, pv.shape)
                 view = View(pv.buffer, rows, col, cols, shape)
         else:
@@ -676,7 +726,8 @@ class Lowering:
 
     def _slice_view(self, op: KOp) -> None:
         x, y = op.reads[0], op.writes[0]
-        xv = self.views[x]
+        del self.pending_slices[y]
+        xv = self._view_of(x)
         rows, col0, cols = op.attrs["rows"], op.attrs["col0"], op.attrs["cols"]
         buf = self.buffers[xv.buffer]
         whole = xv.col0 == 0 and xv.cols == buf.cols

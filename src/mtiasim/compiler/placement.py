@@ -60,7 +60,9 @@ def fix_views(low: Lowered) -> None:
                 )
             c = f"{value}~contig"
             if c not in low.views:
-                r, cc = _natural(shape)
+                # the copy keeps the window's grid; the kernel sees the whole contiguous buffer as `shape`
+                src = low.views[value]
+                r, cc = (src.rows, src.cols) if math.prod(shape) == src.rows * src.cols else _natural(shape)
                 low.buffers[c] = Buffer(c, r, cc, low.dtypes[value], "activation")
                 low.views[c] = View(c, r, 0, cc, shape)
                 low.dtypes[c] = low.dtypes[value]

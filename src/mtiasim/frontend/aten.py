@@ -43,6 +43,8 @@ class Ctx:
     current: fx.Node | None = None
     # lookups over a data-dependent number of indices: rows known per call only, which can only be returned
     call_rows: set[str] = field(default_factory=set)
+    # folded ops with several tensors (an unbind of a constant), by name: whether their weights are virtual
+    folded_tuples: dict[str, bool] = field(default_factory=dict)
 
     # ---------------------------------------------------------------------------------------------- values
     def value_of(self, node: Any) -> str:
@@ -71,15 +73,16 @@ class Ctx:
     ) -> str:
         assert self.current is not None
         jagged = next((v for v in inputs if v in self.call_rows), None)
-        if jagged is not None and op != "cast":
+        stacked = op == "cat" and (attrs or {}).get("dim") == 0 and all(v in self.call_rows for v in inputs)
+        if jagged is not None and op != "cast" and not stacked:
             raise self.fail(
                 f"{_op_name(self.current.target)} of {jagged}, an embedding lookup whose row count depends on "
-                "the indices, is not supported (such rows can only be returned)"
+                "the indices, is not supported (such rows can only be returned or concatenated)"
             )
         out_name = name or self.current.name
         while out_name in self.values and name == "":
             out_name += "_"
-        if jagged is not None:  # a dtype cast of such rows, which stays such rows
+        if jagged is not None:  # a dtype cast of such rows, or their rows one after another: such rows too
             self.call_rows.add(out_name)
         self.values[out_name] = out
         self.nodes.append(
@@ -105,10 +108,11 @@ class Ctx:
     def fold(self, node: fx.Node) -> None:
         """An op on weights alone: computed once now (shape only for virtual weights)."""
         self.current = node
-        ins = [i for i in node.all_input_nodes]
-        virtual = any(self.params[self.alias.get(i.name, i.name)].virtual for i in ins)
+        ins = [self.alias.get(i.name, i.name) for i in node.all_input_nodes]
+        virtual = any(self.params[i].virtual if i in self.params else self.folded_tuples[i] for i in ins)
         tt = type_of(node)
-        if tt is None:
+        several = isinstance(node.meta.get("val"), (list, tuple))  # unbind, split: read by getitem
+        if tt is None and not several:
             raise UnsupportedOperatorError(f"model {self.model}: cannot fold {node.target} ({self._where()})")
         tensor = None
         quant = None
@@ -124,7 +128,10 @@ class Ctx:
             with torch.no_grad():
                 tensor = node.target(*args, **fx.node.map_arg(node.kwargs, load))
             self.param_tensors[node.name] = tensor
-            quant = pt2e_weight(node, args)
+            quant = None if several else pt2e_weight(node, args)
+        if several or tt is None:
+            self.folded_tuples[node.name] = virtual
+            return
         self.params[node.name] = Param(node.name, f"<folded {node.target}>", tt, virtual, tensor, quant)
 
     def param_view(self, name: str, shape: tuple[int, ...]) -> str:

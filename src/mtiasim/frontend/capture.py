@@ -252,17 +252,25 @@ def to_core_aten(ep: ExportedProgram) -> ExportedProgram:
         and isinstance(n.target, torch._ops.OpOverload)
         and n.target not in CONVERTERS
         and not is_host_op(n.target)
+        and not _factory(n.target)
     }
     if not missing:
         return ep
     table = torch.export.default_decompositions()
     for op in list(table.keys()):
-        if op in CONVERTERS or is_host_op(op):
+        if op in CONVERTERS or is_host_op(op) or _factory(op):
             table.pop(op)
     try:
         return ep.run_decompositions(table)
     except Exception:  # noqa: BLE001 - the unconverted op is then reported by name, as without decomposition
         return ep
+
+
+def _factory(op: Any) -> bool:
+    """Whether `op` makes a tensor from numbers alone (linspace, arange, full): it is folded, or run by the
+    host, whole, as eager runs it (its decomposition may round differently)."""
+    schema = getattr(op, "_schema", None)
+    return schema is not None and not any("Tensor" in str(a.type) for a in schema.arguments)
 
 
 def exported_name(ep: ExportedProgram) -> str:
@@ -288,6 +296,7 @@ def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Capt
     params: dict[str, Param] = {}
     tensors: dict[str, torch.Tensor] = {}
     user_inputs: list[str] = []
+    weights: set[str] = set()  # the model's parameters (not its buffers: masks, offsets, constants)
     for node, spec in zip(placeholders, specs, strict=True):
         tt = type_of(node)
         if spec.kind == InputKind.USER_INPUT:
@@ -302,6 +311,8 @@ def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Capt
                 f"model {name}: {spec.target!r} has unsupported dtype {tensor.dtype}"
             )
         side[node.name] = PARAM
+        if spec.kind == InputKind.PARAMETER:
+            weights.add(node.name)
         tensors[node.name] = tensor
         params[node.name] = Param(node.name, str(spec.target), tt, _is_virtual(tensor), tensor)
 
@@ -318,11 +329,23 @@ def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Capt
         conv = CONVERTERS.get(node.target)
         if not node.users and node.target is operator.getitem:
             continue  # an unused element of a tuple result
+        # host values (from index data, or constants built in forward) with the model's own weights: the
+        # device runs it, the host values cross as inputs
+        weighted = any(i.name in weights for i in ins)
+        out_type = type_of(node)
+        host_and_weights = (
+            HOST in sides
+            and sides <= {HOST, PARAM, NONE}
+            and weighted
+            and conv is not None
+            and out_type is not None
+            and out_type.dtype.is_float
+        )
         if node.target is operator.getitem and ins and side.get(ins[0].name) == DEVICE:
             side[node.name] = DEVICE
             ctx.current = node
             ctx.getitem(node)
-        elif DEVICE in sides or (conv is not None and conv.index_args):
+        elif DEVICE in sides or (conv is not None and conv.index_args) or host_and_weights:
             if conv is None:
                 if node.target is torch.ops.aten._assert_tensor_metadata.default:
                     side[node.name] = NONE
@@ -355,7 +378,13 @@ def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Capt
             # an op on constants alone (weights, a torch.tensor built in forward): folded once, here
             side[node.name] = PARAM
             ctx.fold(node)
-        elif is_host_op(node.target):
+        elif not ins and _foldable(node) and type_of(node).dtype.is_float:  # type: ignore[union-attr]
+            # a float tensor built from nothing (a recurrent layer's zero initial state): a constant, folded
+            side[node.name] = PARAM
+            ctx.fold(node)
+        elif is_host_op(node.target) or (HOST in sides and sides <= {HOST, PARAM, NONE}):
+            # index bookkeeping, or arithmetic on index data and constants built in forward (a mask's fill
+            # value): the host's, as eager computes it
             side[node.name] = HOST
             host_nodes.append(node)
             # a folded constant the host reads (placeholders it gets from the call's inputs)
@@ -436,10 +465,15 @@ def _lookup_weights(node: fx.Node) -> bool:
 def _foldable(node: fx.Node) -> bool:
     """Whether an aten op without a converter may be folded when all its inputs are constants: it is not
     random and makes one tensor of a device dtype (an in-place one, e.g. `detach_`, runs on a copy)."""
-    if not isinstance(node.target, torch._ops.OpOverload) or node.target is operator.getitem:
+    if node.target is operator.getitem:  # an element of a folded op's tensors
+        return type_of(node) is not None
+    if not isinstance(node.target, torch._ops.OpOverload):
         return False
     if torch.Tag.nondeterministic_seeded in node.target.tags:
         return False
+    val = node.meta.get("val")
+    if isinstance(val, (list, tuple)):  # several tensors (unbind, split), each folded when read
+        return all(isinstance(v, torch.Tensor) for v in val)
     return type_of(node) is not None
 
 

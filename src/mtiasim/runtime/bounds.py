@@ -346,8 +346,12 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
             eb = Err(m, m**2 / 3)
         else:
             eb = Err(scale * err[ins[1]].e, scale**2 * err[ins[1]].var)
+        ea = err[ins[0]]
+        if g.kinds.get(ins[0]) == ValueKind.PARAM:  # a weight first: a constant rounded to the activations'
+            m = u * mag[ins[0]]
+            ea = Err(m, m**2 / 3)
         gap = (r0 - alpha * ref[ins[1]].detach().to(torch.float64)).abs()
-        return _binary(op, err[ins[0]], eb, mag[ins[0]], scale * mag[ins[1]], mag[y], gap)
+        return _binary(op, ea, eb, mag[ins[0]], scale * mag[ins[1]], mag[y], gap)
     if op == "dequantize":  # a PT2E quantization point kept as is: the quantize's input and its rounding
         q = producer.get(ins[0])
         if q is None or q.op != "quantize":

@@ -236,7 +236,9 @@ class CompiledModel:
             n = max(base, 1)
             offsets = np.concatenate(off_parts + [np.array([base], dtype=np.int64)])
             index_bytes += base * 8 + offsets.size * 8  # the model's int64 indices and offsets, read once
-            idx_all = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
+            # stacked tables are one table to the kernel: their indices are rows of the packed tables
+            parts = global_rows if spec.stacked else idx_parts
+            idx_all = np.concatenate(parts) if parts else np.zeros(0, np.int64)
             idt = DType.INT32 if (idx_all.size == 0 or idx_all.max() < 2**31) else DType.INT64
             need = n * idt.itemsize + (n * 4 if spec.weighted else 0)
 
