@@ -52,6 +52,8 @@ class Kind(StrEnum):
     DEQUANTIZE = "dequantize"
     REDUCE = "reduce"
     HOST_CALL = "host_call"
+    JAGGED_TO_DENSE = "jagged_to_dense"
+    DENSE_TO_JAGGED = "dense_to_jagged"
     # elementwise (see ELEMENTWISE)
     RELU = "relu"
     SIGMOID = "sigmoid"
@@ -461,6 +463,16 @@ _OTHER = {
         Unit.HOST,
         'an aten op the chip has no kernel for, run by the host CPU (fallback="host"): attr call, its '
         "inputs over PCIe and its output back",
+    ),
+    Kind.JAGGED_TO_DENSE: (
+        Unit.DMA,
+        "jagged rows to padded dense (fbgemm.jagged_to_padded_dense): values [T, D], offsets [B+1] -> [B, S, D]; "
+        "row offsets[b] + s to [b, s] for s < min(length, S), attr padding elsewhere; attr max_len S (mtiasim.jagged)",
+    ),
+    Kind.DENSE_TO_JAGGED: (
+        Unit.DMA,
+        "padded dense back to jagged rows (fbgemm.dense_to_jagged): dense [B, S, D], offsets [B+1] -> [T, D]; "
+        "[b, s] to row offsets[b] + s for s < min(length, S), zeros in every other row (mtiasim.jagged)",
     ),
     Kind.REDUCE: (
         Unit.SE,

@@ -181,7 +181,11 @@ class Ctx:
 
 
 def type_of(node: fx.Node) -> TensorType | None:
-    val = node.meta.get("val")
+    return tensor_type(node.meta.get("val"))
+
+
+def tensor_type(val: Any) -> TensorType | None:
+    """The IR type of an exported (fake) tensor; None for anything else."""
     if not isinstance(val, torch.Tensor):
         return None
     # a bool tensor is a mask: 1.0/0.0 on the device (the host hands it over as float32)
@@ -960,5 +964,6 @@ def pt2e_weight(node: fx.Node, args: tuple) -> tuple[np.ndarray, np.ndarray] | N
 
 
 # the reductions and row-wise operators register their converters too (they build on emit_binary)
+from mtiasim.frontend import aten_jagged as _aten_jagged  # noqa: E402, F401
 from mtiasim.frontend import aten_rows as _aten_rows  # noqa: E402, F401
 from mtiasim.frontend import aten_select as _aten_select  # noqa: E402, F401

@@ -139,7 +139,8 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     """Index tensors may change length from call to call (bags of random sizes): their length is exported as
     dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, 1-D integer tensors
     other than per-bag offsets (whose length is the batch, or the batch + 1, the batch being the rows of the
-    first dense input: it stays static), and 1-D float tensors as long as such indices (per-sample weights)."""
+    first dense input: it stays static) and the offsets of jagged rows (`_row_offsets`), and 1-D float tensors
+    as long as such indices (per-sample weights)."""
     leaves = torch.utils._pytree.tree_leaves((args, kwargs), is_leaf=_is_jagged)
     tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
     dense = [t for t in tensors if t.is_floating_point() and t.dim() >= 2]
@@ -164,6 +165,7 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         if t.dim() == 1
         and not t.is_floating_point()
         and (batch is None or t.shape[0] not in (batch, batch + 1))
+        and not _row_offsets(t, tensors)
     ]
     lengths = {t.shape[0] for t in indices}
     weights = [t for t in tensors if t.dim() == 1 and t.is_floating_point() and t.shape[0] in lengths]
@@ -174,6 +176,16 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     for t in dynamic:
         shapes[t] = {0: torch.export.Dim.AUTO}
     return shapes.dynamic_shapes(model, args, kwargs)
+
+
+def _row_offsets(t: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
+    """Whether `t` splits the rows of a float input into sequences (fbgemm's jagged layout: never decreasing,
+    from 0 or more up to that input's row count): its length is the number of sequences + 1, not data."""
+    if t.device.type == "meta" or t.numel() == 0:
+        return False
+    if bool((t[1:] < t[:-1]).any()) or int(t[0]) < 0:
+        return False
+    return any(x.is_floating_point() and x.dim() >= 1 and x.shape[0] == int(t[-1]) for x in tensors)
 
 
 def capture(

@@ -18,6 +18,7 @@ from mtiasim.errors import UsageError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.ir import Graph, Node
 from mtiasim.isa import RowFormat
+from mtiasim.jagged import check_offsets, gather_rows, to_dense_pieces, to_jagged_pieces
 from mtiasim.opset import Kind, elementwise, require
 
 MODES = {"sum": 0, "mean": 1, "max": 2}
@@ -160,9 +161,30 @@ _RULES: dict[str, Callable[[Node, list[Any], dict, torch.dtype], torch.Tensor]] 
     Kind.DEQUANTIZE: lambda n, xs, a, dt: ((xs[0].to(torch.float32) - a["zero_point"]) * a["scale"]).to(dt),
     Kind.HOST_CALL: lambda n, xs, a, dt: a["call"](*xs).to(dt),
     Kind.REDUCE: lambda n, xs, a, dt: _REDUCTIONS[a["op"]](xs[0].to(torch.float32), -1, keepdim=True).to(dt),
+    Kind.JAGGED_TO_DENSE: lambda n, xs, a, dt: jagged_rows(n, xs[0], xs[1], a.get("padding", 0.0)).to(dt),
+    Kind.DENSE_TO_JAGGED: lambda n, xs, a, dt: jagged_rows(n, xs[0], xs[1], 0.0).to(dt),
 }
 _REDUCTIONS = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}
 require(set(_RULES), "frontend.reference")
+
+
+def jagged_rows(node: Node, x: torch.Tensor, offsets: torch.Tensor, fill: float) -> torch.Tensor:
+    """A jagged op's rows (`mtiasim.jagged`): x [T, D] -> [B, S, D] (jagged_to_dense) or [B, S, D] -> [T, D]
+    (dense_to_jagged, T its attr rows), every other row `fill`; the error bounds run it on errors too."""
+    a = node.attrs
+    s = a["max_len"]
+    to_dense = node.op == Kind.JAGGED_TO_DENSE
+    sequences = offsets.numel() - 1 if to_dense else x.shape[0]
+    rows = x.shape[0] if to_dense else a["rows"]
+    off = check_offsets(offsets.detach().cpu().numpy(), sequences=sequences, rows=rows, where=node.where())
+    pieces = to_dense_pieces(off, s) if to_dense else to_jagged_pieces(off, s, rows)
+    n_out = sequences * s if to_dense else rows
+    idx = torch.from_numpy(gather_rows(pieces, n_out))
+    flat = x.reshape(-1, x.shape[-1])
+    out = flat.new_full((n_out, flat.shape[1]), fill)
+    keep = idx >= 0
+    out[keep] = flat[idx[keep]]
+    return out.reshape(sequences, s, -1) if to_dense else out
 
 
 def _embedding_bag(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.Tensor:

@@ -268,6 +268,14 @@ class CompiledModel:
             all_tensors.update(tensors)
             jobs[name] = tbe_job_for(self.chip, spec, all_tensors, iname, wname, offsets, batch)
             lookups[spec.table] = np.concatenate(global_rows) if global_rows else np.zeros(0, np.int64)
+        for name, jc in code.calls.items():  # the jagged ops: the offsets say which rows go where
+            given = jc.const_offsets if jc.const_offsets is not None else values[jc.offsets]
+            where = f"model {g.name}: {jc.kind} {name} ({sources[name].describe()})"
+            offsets = jc.check(given, code.tensors, where)
+            if jc.const_offsets is None:  # the host reads them and hands them over (int32)
+                index_bytes += offsets.size * 8
+                h2d += offsets.size * 4
+            jobs[name] = jc.job(self.chip, code.tensors, offsets)
         return CallInputs(data, tensors, jobs, h2d, index_bytes, lookups)
 
 
