@@ -43,6 +43,7 @@ EXPECTED_TO_PASS = frozenset(
         "fwfm",
         "gated-fusion",
         "hstu-block",
+        "hstu-jagged",
         "layernorm-gelu-mlp",
         "masknet",
         "mmoe",
@@ -206,7 +207,7 @@ def test_status_script_json(capsys):
     assert doc["blockers"] == {}
 
 
-DYNAMO_MODELS = ["torchrec-dlrm-dcn", "transformer-encoder-layer", "hstu-block", "two-tower", "bst"]
+DYNAMO_MODELS = ["torchrec-dlrm-dcn", "transformer-encoder-layer", "hstu-block", "hstu-jagged", "two-tower", "bst"]
 
 
 @pytest.mark.parametrize("name", DYNAMO_MODELS)

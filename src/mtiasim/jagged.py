@@ -16,8 +16,6 @@ import numpy as np
 
 from mtiasim.errors import UsageError
 
-PAD = ""  # the source of a piece that is padding (or zeros), not rows of a tensor
-
 
 @dataclass(frozen=True)
 class Piece:
@@ -97,12 +95,3 @@ def _append(pieces: list[Piece], p: Piece) -> None:
         pieces[-1] = Piece(last.dst, last.src, last.rows + p.rows, p.from_input)
     else:
         pieces.append(p)
-
-
-def gather_rows(pieces: list[Piece], out_rows: int) -> np.ndarray:
-    """For every output row, the input row it copies, or -1 for padding."""
-    idx = np.full(out_rows, -1, dtype=np.int64)
-    for p in pieces:
-        if p.from_input:
-            idx[p.dst : p.dst + p.rows] = np.arange(p.src, p.src + p.rows)
-    return idx

@@ -62,9 +62,8 @@ def _offsets(ctx: Ctx, what: str, arg: Any, sequences: int, rows: int) -> str:
     if tt.dtype.is_float or len(tt.shape) != 1:
         raise ctx.fail(f"{what}: offsets must be a 1-D integer tensor, got {tt}")
     if name in ctx.params:
-        check_offsets(
-            ctx.const_tensor(node), sequences=sequences, rows=rows, where=f"{what} ({ctx._where()})"
-        )
+        where = f"model {ctx.model}: {what} ({ctx._where()})"
+        check_offsets(ctx.const_tensor(node), sequences=sequences, rows=rows, where=where)
     elif tt.shape[0] not in (sequences + 1, DYNAMIC):
         raise ctx.fail(f"{what}: offsets must have {sequences + 1} entries (sequences + 1), got {tt}")
     return name
@@ -84,10 +83,13 @@ def _result(ctx: Ctx, node: fx.Node, what: str) -> TensorType:
     val = node.meta.get("val")  # dense_to_jagged's is (values, [offsets])
     tt = tensor_type(val[0] if isinstance(val, (tuple, list)) else val)
     if tt is None or DYNAMIC in tt.shape:
-        raise ctx.fail(
-            f"{what}: the result's shape must be known when compiling"
-            + (" (give total_L, the jagged rows' count)" if "dense_to_jagged" in what else "")
+        shape = "?" if tt is None else tt.shape_text
+        why = (
+            "give total_L, the jagged rows' count"
+            if "dense_to_jagged" in what
+            else "the sequences are counted by the offsets' length, static when they end at the values' rows"
         )
+        raise ctx.fail(f"{what}: its result {shape} has a data-dependent size ({why})")
     return tt
 
 
@@ -96,6 +98,7 @@ def _jagged_to_dense(ctx: Ctx, node: fx.Node) -> None:
     what = _op_name(node.target)
     values = ctx.value_of(node.args[0])
     (t,), d = _rows(ctx, what, values, 1)
+    _one(ctx, what, node.args[1])
     out = _result(ctx, node, what)
     b, s = out.shape[0], out.shape[1]
     if math.prod(out.shape[2:]) != d:
@@ -112,7 +115,7 @@ def _jagged_to_dense(ctx: Ctx, node: fx.Node) -> None:
             raise ctx.fail(f"{what}: max_lengths must be a constant, got {s_arg}")
     rows = ctx.reshape(values, (t, d), node.name + "_rows")
     dense = ctx.emit(Kind.JAGGED_TO_DENSE.value, [rows, offsets], TensorType((b, s, d), out.dtype),
-                     {"max_len": s, "padding": padding}, name=node.name + "_dense")  # fmt: skip
+                     {"max_len": s, "padding": padding, "aten": what}, name=node.name + "_dense")  # fmt: skip
     ctx.result(node, ctx.reshape(dense, out.shape, node.name))
 
 
@@ -121,11 +124,12 @@ def _dense_to_jagged(ctx: Ctx, node: fx.Node) -> None:
     what = _op_name(node.target)
     dense = ctx.value_of(node.args[0])
     (b, s), d = _rows(ctx, what, dense, 2)
+    _one(ctx, what, node.args[1])
     out = _result(ctx, node, what)
     t = out.shape[0]
     offsets = _offsets(ctx, what, node.args[1], b, t)
     grid = ctx.reshape(dense, (b, s, d), node.name + "_grid")
-    rows = ctx.emit(Kind.DENSE_TO_JAGGED.value, [grid, offsets], TensorType((t, d), out.dtype), {"max_len": s, "rows": t},
+    rows = ctx.emit(Kind.DENSE_TO_JAGGED.value, [grid, offsets], TensorType((t, d), out.dtype), {"max_len": s, "rows": t, "aten": what},
                     name=node.name + "_jagged")  # fmt: skip
     value = ctx.reshape(rows, out.shape, node.name + "_values")
     if isinstance(node.meta.get("val"), (tuple, list)):  # (values, [offsets]): the offsets pass through

@@ -18,7 +18,7 @@ from mtiasim.errors import UsageError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.ir import Graph, Node
 from mtiasim.isa import RowFormat
-from mtiasim.jagged import check_offsets, gather_rows, to_dense_pieces, to_jagged_pieces
+from mtiasim.jagged import check_offsets, lengths
 from mtiasim.opset import Kind, elementwise, require
 
 MODES = {"sum": 0, "mean": 1, "max": 2}
@@ -177,14 +177,17 @@ def jagged_rows(node: Node, x: torch.Tensor, offsets: torch.Tensor, fill: float)
     sequences = offsets.numel() - 1 if to_dense else x.shape[0]
     rows = x.shape[0] if to_dense else a["rows"]
     off = check_offsets(offsets.detach().cpu().numpy(), sequences=sequences, rows=rows, where=node.where())
-    pieces = to_dense_pieces(off, s) if to_dense else to_jagged_pieces(off, s, rows)
-    n_out = sequences * s if to_dense else rows
-    idx = torch.from_numpy(gather_rows(pieces, n_out))
-    flat = x.reshape(-1, x.shape[-1])
-    out = flat.new_full((n_out, flat.shape[1]), fill)
-    keep = idx >= 0
-    out[keep] = flat[idx[keep]]
-    return out.reshape(sequences, s, -1) if to_dense else out
+    pos = torch.arange(s)
+    keep = pos[None, :] < torch.from_numpy(lengths(off, s))[:, None]  # [B, S]: positions the dense form holds
+    row = torch.from_numpy(off[:-1])[:, None] + pos[None, :]  # their jagged rows
+    d = x.shape[-1]
+    if to_dense:
+        out = x.new_full((sequences, s, d), fill)
+        out[keep] = x[row[keep]]
+    else:
+        out = x.new_full((rows, d), fill)
+        out[row[keep]] = x.reshape(sequences, s, d)[keep]
+    return out
 
 
 def _embedding_bag(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.Tensor:

@@ -116,6 +116,7 @@ class JaggedCall:
     sequences: int
     max_len: int
     region: Region
+    aten: str = ""  # the model's op, for messages
     deps: tuple[str, ...] = ()
 
     def check(self, offsets: object, tensors: dict[str, TensorDecl], where: str) -> np.ndarray:

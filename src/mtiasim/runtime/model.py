@@ -270,7 +270,7 @@ class CompiledModel:
             lookups[spec.table] = np.concatenate(global_rows) if global_rows else np.zeros(0, np.int64)
         for name, jc in code.calls.items():  # the jagged ops: the offsets say which rows go where
             given = jc.const_offsets if jc.const_offsets is not None else values[jc.offsets]
-            where = f"model {g.name}: {jc.kind} {name} ({sources[name].describe()})"
+            where = f"model {g.name}: {jc.aten} (op {name}, {sources[name].describe()})"
             offsets = jc.check(given, code.tensors, where)
             if jc.const_offsets is None:  # the host reads them and hands them over (int32)
                 index_bytes += offsets.size * 8
