@@ -195,6 +195,23 @@ def test_what_is_refused_says_so_in_one_line():
         assert "\n" not in str(err.value) and "fbgemm::" in str(err.value) and what in str(err.value)
 
 
+def test_dense_to_jagged_without_total_l_takes_the_rows_export_found():
+    """As generative-recommenders writes it: no total_L, the result added to the jagged values, so export finds
+    its rows (offsets[-1]) equal to theirs; every call's offsets must then end there."""
+
+    class Residual(nn.Module):
+        def forward(self, values, offsets):
+            dense = fbgemm.jagged_to_padded_dense(values, [offsets], [4], 0.0)
+            return values + fbgemm.dense_to_jagged(dense * 3, [offsets])[0]
+
+    values, offsets = torch.randn(9, 5), _offsets([2, 6, 0, 1])
+    cm = _compile(Residual(), (values, offsets), "fp16")
+    _same(cm(values, offsets), Residual()(values.half(), offsets))
+    assert cm.check()["passed"]
+    with pytest.raises(UsageError, match=r"fbgemm::dense_to_jagged .*offsets must end at 9, .* got 8$"):
+        cm(values, _offsets([2, 5, 0, 1]))
+
+
 def test_timing_mode_builds_each_calls_job_from_its_offsets():
     model = Both(6, 0.0)
     values, dense = torch.randn(12, 7), torch.randn(3, 6, 7)

@@ -28,9 +28,12 @@ class Piece:
     from_input: bool
 
 
-def check_offsets(offsets: object, *, sequences: int, rows: int, where: str) -> np.ndarray:
+def check_offsets(
+    offsets: object, *, sequences: int, rows: int, where: str, whole: bool = False
+) -> np.ndarray:
     """`offsets` as int64 [sequences + 1]: integers, never decreasing, within the `rows` rows of the jagged
-    values (from 0 to `rows`); a one-line UsageError starting with `where` otherwise."""
+    values (from 0 to `rows`; ending at `rows` when `whole`); a one-line UsageError starting with `where`
+    otherwise."""
     arr = np.asarray(offsets)
     if arr.dtype.kind not in "iu":
         raise UsageError(f"{where}: offsets must be integers, got {arr.dtype}")
@@ -49,6 +52,10 @@ def check_offsets(offsets: object, *, sequences: int, rows: int, where: str) -> 
     if arr[0] < 0 or arr[-1] > rows:
         raise UsageError(
             f"{where}: offsets must stay within the {rows} jagged rows, got [{int(arr[0])}, {int(arr[-1])}]"
+        )
+    if whole and arr[-1] != rows:
+        raise UsageError(
+            f"{where}: offsets must end at {rows}, the jagged rows it was compiled for (no total_L), got {int(arr[-1])}"
         )
     return arr
 

@@ -54,7 +54,7 @@ def _one(ctx: Ctx, what: str, value: Any) -> Any:
     return value
 
 
-def _offsets(ctx: Ctx, what: str, arg: Any, sequences: int, rows: int) -> str:
+def _offsets(ctx: Ctx, what: str, arg: Any, sequences: int, rows: int, whole: bool = False) -> str:
     """The offsets' value; a constant one is checked now (a model's buffer: it is the same every call)."""
     node = _one(ctx, what, arg)
     name = ctx.value_of(node)
@@ -63,7 +63,7 @@ def _offsets(ctx: Ctx, what: str, arg: Any, sequences: int, rows: int) -> str:
         raise ctx.fail(f"{what}: offsets must be a 1-D integer tensor, got {tt}")
     if name in ctx.params:
         where = f"model {ctx.model}: {what} ({ctx._where()})"
-        check_offsets(ctx.const_tensor(node), sequences=sequences, rows=rows, where=where)
+        check_offsets(ctx.const_tensor(node), sequences=sequences, rows=rows, where=where, whole=whole)
     elif tt.shape[0] not in (sequences + 1, DYNAMIC):
         raise ctx.fail(f"{what}: offsets must have {sequences + 1} entries (sequences + 1), got {tt}")
     return name
@@ -127,9 +127,13 @@ def _dense_to_jagged(ctx: Ctx, node: fx.Node) -> None:
     _one(ctx, what, node.args[1])
     out = _result(ctx, node, what)
     t = out.shape[0]
-    offsets = _offsets(ctx, what, node.args[1], b, t)
+    whole = (
+        _arg(node, 2, "total_L") is None
+    )  # the result has offsets[-1] rows, t for export: every call's must
+    offsets = _offsets(ctx, what, node.args[1], b, t, whole)
     grid = ctx.reshape(dense, (b, s, d), node.name + "_grid")
-    rows = ctx.emit(Kind.DENSE_TO_JAGGED.value, [grid, offsets], TensorType((t, d), out.dtype), {"max_len": s, "rows": t, "aten": what},
+    attrs = {"max_len": s, "rows": t, "aten": what, "whole": whole}
+    rows = ctx.emit(Kind.DENSE_TO_JAGGED.value, [grid, offsets], TensorType((t, d), out.dtype), attrs,
                     name=node.name + "_jagged")  # fmt: skip
     value = ctx.reshape(rows, out.shape, node.name + "_values")
     if isinstance(node.meta.get("val"), (tuple, list)):  # (values, [offsets]): the offsets pass through

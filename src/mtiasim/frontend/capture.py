@@ -27,7 +27,7 @@ from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.frontend.host import HostPrologue, is_host_op
 from mtiasim.frontend.quantized import exportable, register_4bit_lookup_meta
 from mtiasim.frontend.source import node_source
-from mtiasim.ir import Graph, Param, TensorType, ValueKind
+from mtiasim.ir import DYNAMIC, Graph, Param, TensorType, ValueKind
 
 PARAM, HOST, DEVICE, NONE = "param", "host", "device", "none"
 register_4bit_lookup_meta()
@@ -334,6 +334,15 @@ def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Capt
             side[node.name] = DEVICE
             ctx.current = node
             ctx.getitem(node)
+        elif (
+            node.target is torch.ops.aten.sym_size.int
+            and sides == {DEVICE}
+            and _static_size(node) is not None
+        ):
+            # the size of a device value that export resolved to a number (a data-dependent size it unified with
+            # a static one, checked by the asserts that follow): the host knows it
+            side[node.name] = HOST
+            host_constants[node.name] = _static_size(node)
         elif DEVICE in sides or (conv is not None and conv.index_args):
             if conv is None:
                 if node.target is torch.ops.aten._assert_tensor_metadata.default:
@@ -443,6 +452,13 @@ def _lookup_weights(node: fx.Node) -> bool:
             else:
                 return False
     return lookups > 0
+
+
+def _static_size(node: fx.Node) -> int | None:
+    """`sym_size.int(x, dim)`'s value when x's size there is known when compiling."""
+    tt = type_of(node.args[0])
+    size = tt.shape[node.args[1]] if tt is not None and isinstance(node.args[1], int) else DYNAMIC
+    return None if size == DYNAMIC else size
 
 
 def _foldable(node: fx.Node) -> bool:

@@ -176,7 +176,8 @@ def jagged_rows(node: Node, x: torch.Tensor, offsets: torch.Tensor, fill: float)
     to_dense = node.op == Kind.JAGGED_TO_DENSE
     sequences = offsets.numel() - 1 if to_dense else x.shape[0]
     rows = x.shape[0] if to_dense else a["rows"]
-    off = check_offsets(offsets.detach().cpu().numpy(), sequences=sequences, rows=rows, where=node.where())
+    off = check_offsets(offsets.detach().cpu().numpy(), sequences=sequences, rows=rows, where=node.where(),
+                        whole=a.get("whole", False))  # fmt: skip
     pos = torch.arange(s)
     keep = pos[None, :] < torch.from_numpy(lengths(off, s))[:, None]  # [B, S]: positions the dense form holds
     row = torch.from_numpy(off[:-1])[:, None] + pos[None, :]  # their jagged rows

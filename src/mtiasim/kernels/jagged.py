@@ -117,12 +117,15 @@ class JaggedCall:
     max_len: int
     region: Region
     aten: str = ""  # the model's op, for messages
+    whole: bool = False  # the offsets must end at the jagged rows (dense_to_jagged without total_L)
     deps: tuple[str, ...] = ()
 
     def check(self, offsets: object, tensors: dict[str, TensorDecl], where: str) -> np.ndarray:
         """This call's offsets, checked against the op's sequences and jagged rows."""
         jagged = tensors[self.x if self.kind == TO_DENSE else self.out]
-        return check_offsets(offsets, sequences=self.sequences, rows=jagged.rows, where=where)
+        return check_offsets(
+            offsets, sequences=self.sequences, rows=jagged.rows, where=where, whole=self.whole
+        )
 
     def job(self, chip: Chip, tensors: dict[str, TensorDecl], offsets: np.ndarray) -> Job:
         x, out = tensors[self.x], tensors[self.out]
