@@ -55,7 +55,7 @@ def check_offsets(
         )
     if whole and arr[-1] != rows:
         raise UsageError(
-            f"{where}: offsets must end at {rows}, the jagged rows it was compiled for (no total_L), got {int(arr[-1])}"
+            f"{where}: offsets must end at {rows}, the rows compiled for (no total_L), got {int(arr[-1])}"
         )
     return arr
 
@@ -84,7 +84,7 @@ def to_jagged_pieces(offsets: np.ndarray, max_len: int, rows: int) -> list[Piece
         start = int(offsets[b])
         _append(pieces, Piece(at, 0, start - at, False))
         _append(pieces, Piece(start, b * max_len, n, True))
-        at = max(at, start + n)
+        at = start + n
     _append(pieces, Piece(at, 0, rows - at, False))
     return pieces
 

@@ -127,9 +127,8 @@ def _dense_to_jagged(ctx: Ctx, node: fx.Node) -> None:
     _one(ctx, what, node.args[1])
     out = _result(ctx, node, what)
     t = out.shape[0]
-    whole = (
-        _arg(node, 2, "total_L") is None
-    )  # the result has offsets[-1] rows, t for export: every call's must
+    # without total_L the result has offsets[-1] rows, which export found to be t: so must every call's
+    whole = _arg(node, 2, "total_L") is None
     offsets = _offsets(ctx, what, node.args[1], b, t, whole)
     grid = ctx.reshape(dense, (b, s, d), node.name + "_grid")
     attrs = {"max_len": s, "rows": t, "aten": what, "whole": whole}

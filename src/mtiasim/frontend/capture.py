@@ -180,10 +180,8 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
 
 def _row_offsets(t: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
     """Whether `t` splits the rows of a float input into sequences (fbgemm's jagged layout: never decreasing,
-    from 0 or more up to that input's row count): its length is the number of sequences + 1, not data."""
-    if t.device.type == "meta" or t.numel() == 0:
-        return False
-    if bool((t[1:] < t[:-1]).any()) or int(t[0]) < 0:
+    from 0 up to that input's row count): its length is the number of sequences + 1, not data."""
+    if t.device.type == "meta" or t.numel() < 2 or int(t[0]) != 0 or bool((t[1:] < t[:-1]).any()):
         return False
     return any(x.is_floating_point() and x.dim() >= 1 and x.shape[0] == int(t[-1]) for x in tensors)
 

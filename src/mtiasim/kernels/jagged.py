@@ -12,6 +12,7 @@ The offsets are data, known per call: the job is built on every call (`JaggedCal
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,7 @@ def pad_rows(cols: int, itemsize: int) -> int:
 
 def _streams(
     src: str, dst: str, piece: Piece, tile: tuple[int, int], cols: int
-) -> list[tuple[TileStream, ...]]:
+) -> list[tuple[TileStream, TileStream]]:
     """(source, destination) tile streams of one piece: whole tiles of rows, then one tile of the rest; padding
     reads the same rows of `src` for every tile."""
     tr, tc = min(tile[0], piece.rows), tile[1]
@@ -86,10 +87,11 @@ def jagged_rows_job(
     if pad.rows < tile[0] and any(not p.from_input for p in pieces):
         raise UsageError(f"{name}: the padding tensor needs {tile[0]} rows, has {pad.rows}")
     pe_list = _pe_list(region)
+    firsts = [p.dst for p in pieces]
     pes = {}
     for pe, (lo, hi) in zip(pe_list, split(out.rows, len(pe_list), tile[0]), strict=False):
         moves = []
-        for p in pieces:
+        for p in pieces[max(0, bisect_right(firsts, lo) - 1) : bisect_left(firsts, hi)]:
             a, e = max(lo, p.dst), min(hi, p.dst + p.rows)
             if e <= a:
                 continue
