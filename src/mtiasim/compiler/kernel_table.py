@@ -212,7 +212,7 @@ def _jagged(d: TensorDecls, op: KOp, region: Region) -> JaggedCall:
     a = op.attrs
     x, out, pad = (d.decl(v).name for v in (op.reads[0], op.writes[0], a["pad"]))
     return JaggedCall(op.name, op.kind.value, x, out, pad, a["offsets"], a["const_offsets"], a["sequences"],
-                      a["max_len"], region, a["aten"], a["whole"])  # fmt: skip
+                      a["max_len"], region, a["aten"], a["whole"], a["rows_per_call"])  # fmt: skip
 
 
 K = KernelKind

@@ -485,7 +485,7 @@ class Lowering:
         const = None if p is None else tuple(int(v) for v in p.tensor.reshape(-1).tolist())
         attrs = {"offsets": offsets, "const_offsets": const, "sequences": sequences,
                  "max_len": node.attrs["max_len"], "pad": pad, "aten": node.attrs.get("aten", node.op),
-                 "whole": node.attrs.get("whole", False)}  # fmt: skip
+                 "whole": node.attrs.get("whole", False), "rows_per_call": self.shapes[y][0] == DYNAMIC}  # fmt: skip
         self.kop(kind, [x, pad], [y], attrs, node)
 
     def _op_index(self, node: Node) -> None:

@@ -41,7 +41,8 @@ class Ctx:
     alias: dict[str, str] = field(default_factory=dict)
     tuples: dict[str, list[str | None]] = field(default_factory=dict)
     current: fx.Node | None = None
-    # lookups over a data-dependent number of indices: rows known per call only, which can only be returned
+    # rows known per call only (lookups over a data-dependent number of indices, dense_to_jagged without a
+    # static total), which can only be returned or padded to dense
     call_rows: set[str] = field(default_factory=set)
 
     # ---------------------------------------------------------------------------------------------- values
@@ -71,15 +72,15 @@ class Ctx:
     ) -> str:
         assert self.current is not None
         jagged = next((v for v in inputs if v in self.call_rows), None)
-        if jagged is not None and op != "cast":
+        if jagged is not None and op not in (Kind.CAST, Kind.JAGGED_TO_DENSE):
             raise self.fail(
-                f"{_op_name(self.current.target)} of {jagged}, an embedding lookup whose row count depends on "
-                "the indices, is not supported (such rows can only be returned)"
+                f"{_op_name(self.current.target)} of {jagged}, rows whose count is known per call only, is not "
+                "supported (such rows can only be returned, or padded to dense by fbgemm.jagged_to_padded_dense)"
             )
         out_name = name or self.current.name
         while out_name in self.values and name == "":
             out_name += "_"
-        if jagged is not None:  # a dtype cast of such rows, which stays such rows
+        if jagged is not None and op == Kind.CAST:  # a dtype cast of such rows, which stays such rows
             self.call_rows.add(out_name)
         self.values[out_name] = out
         self.nodes.append(

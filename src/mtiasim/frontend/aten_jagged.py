@@ -63,32 +63,33 @@ def _offsets(ctx: Ctx, what: str, arg: Any, sequences: int, rows: int, whole: bo
         raise ctx.fail(f"{what}: offsets must be a 1-D integer tensor, got {tt}")
     if name in ctx.params:
         where = f"model {ctx.model}: {what} ({ctx._where()})"
-        check_offsets(ctx.const_tensor(node), sequences=sequences, rows=rows, where=where, whole=whole)
+        const = ctx.const_tensor(node)
+        rows = rows if rows != DYNAMIC else int(const.reshape(-1)[-1]) if const.size else 0  # rows per call
+        check_offsets(const, sequences=sequences, rows=rows, where=where, whole=whole)
     elif tt.shape[0] not in (sequences + 1, DYNAMIC):
         raise ctx.fail(f"{what}: offsets must have {sequences + 1} entries (sequences + 1), got {tt}")
     return name
 
 
 def _rows(ctx: Ctx, what: str, name: str, lead: int) -> tuple[tuple[int, ...], int]:
-    """A float value's leading dims (`lead` of them) and the product of the rest (the row width)."""
+    """A float value's leading dims (`lead` of them) and the product of the rest (the row width); jagged rows
+    [?, D] known per call only (an EmbeddingCollection's) have `DYNAMIC` rows."""
     tt = ctx.type(name)
     if not tt.dtype.is_float:
         raise ctx.fail(f"{what}: {tt.dtype.value} values are not supported (float values only)")
-    if DYNAMIC in tt.shape:
+    per_call = name in ctx.call_rows and len(tt.shape) == 2 and tt.shape[1] != DYNAMIC
+    if DYNAMIC in tt.shape and not per_call:
         raise ctx.fail(f"{what}: values of a data-dependent shape {tt.shape_text} are not supported")
-    return tt.shape[:lead], math.prod(tt.shape[lead:])
+    return tt.shape[:lead], tt.shape[-1] if per_call else math.prod(tt.shape[lead:])
 
 
-def _result(ctx: Ctx, node: fx.Node, what: str) -> TensorType:
+def _result(ctx: Ctx, node: fx.Node, what: str, rows_per_call: bool = False) -> TensorType:
+    """The op's result type; with `rows_per_call` its rows may be known per call only (`DYNAMIC`)."""
     val = node.meta.get("val")  # dense_to_jagged's is (values, [offsets])
     tt = tensor_type(val[0] if isinstance(val, (tuple, list)) else val)
-    if tt is None or DYNAMIC in tt.shape:
+    if tt is None or DYNAMIC in (tt.shape[1:] if rows_per_call else tt.shape):
         shape = "?" if tt is None else tt.shape_text
-        why = (
-            "give total_L, the jagged rows' count"
-            if "dense_to_jagged" in what
-            else "the sequences are counted by the offsets' length, static when they end at the values' rows"
-        )
+        why = "the sequences are counted by the offsets' length, static when they end at the values' rows"
         raise ctx.fail(f"{what}: its result {shape} has a data-dependent size ({why})")
     return tt
 
@@ -125,15 +126,18 @@ def _dense_to_jagged(ctx: Ctx, node: fx.Node) -> None:
     dense = ctx.value_of(node.args[0])
     (b, s), d = _rows(ctx, what, dense, 2)
     _one(ctx, what, node.args[1])
-    out = _result(ctx, node, what)
+    out = _result(ctx, node, what, rows_per_call=True)
     t = out.shape[0]
-    # without total_L the result has offsets[-1] rows, which export found to be t: so must every call's
+    # without total_L the result has offsets[-1] rows: when export found them to be t, so must every call's;
+    # when it did not, the rows are known per call only (offsets[-1] of them), as an EmbeddingCollection's
     whole = _arg(node, 2, "total_L") is None
     offsets = _offsets(ctx, what, node.args[1], b, t, whole)
     grid = ctx.reshape(dense, (b, s, d), node.name + "_grid")
     attrs = {"max_len": s, "rows": t, "aten": what, "whole": whole}
     rows = ctx.emit(Kind.DENSE_TO_JAGGED.value, [grid, offsets], TensorType((t, d), out.dtype), attrs,
                     name=node.name + "_jagged")  # fmt: skip
+    if t == DYNAMIC:
+        ctx.call_rows.add(rows)
     value = ctx.reshape(rows, out.shape, node.name + "_values")
     if isinstance(node.meta.get("val"), (tuple, list)):  # (values, [offsets]): the offsets pass through
         ctx.tuples[node.name] = [value, node.name + "_offsets"]

@@ -30,6 +30,7 @@ from mtiasim.frontend.source import node_source
 from mtiasim.ir import DYNAMIC, Graph, Param, TensorType, ValueKind
 
 PARAM, HOST, DEVICE, NONE = "param", "host", "device", "none"
+PER_CALL = "per_call"  # the size of device rows known per call only (not the host's)
 register_4bit_lookup_meta()
 
 
@@ -332,15 +333,19 @@ def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Capt
             side[node.name] = DEVICE
             ctx.current = node
             ctx.getitem(node)
-        elif (
-            node.target is torch.ops.aten.sym_size.int
-            and sides == {DEVICE}
-            and _static_size(node) is not None
-        ):
-            # the size of a device value that export resolved to a number (a data-dependent size it unified with
-            # a static one, checked by the asserts that follow): the host knows it
-            side[node.name] = HOST
-            host_constants[node.name] = _static_size(node)
+        elif node.target is torch.ops.aten.sym_size.int and sides == {DEVICE}:
+            size = _static_size(node)
+            if size is None:
+                # the size of rows known per call only: the host does not know it; the asserts export put on it
+                # (a size is >= 0) go with it, the job that makes the rows checks the offsets deciding it
+                side[node.name] = PER_CALL
+            else:
+                # the size of a device value that export resolved to a number (a data-dependent size it unified
+                # with a static one, checked by the asserts that follow): the host knows it
+                side[node.name] = HOST
+                host_constants[node.name] = size
+        elif PER_CALL in sides and DEVICE not in sides and is_host_op(node.target):
+            side[node.name] = PER_CALL  # arithmetic and asserts on such a size
         elif DEVICE in sides or (conv is not None and conv.index_args):
             if conv is None:
                 if node.target is torch.ops.aten._assert_tensor_metadata.default:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from mtiasim.errors import UsageError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
-from mtiasim.ir import Graph, Node
+from mtiasim.ir import DYNAMIC, Graph, Node
 from mtiasim.isa import RowFormat
 from mtiasim.jagged import check_offsets, lengths
 from mtiasim.opset import Kind, elementwise, require
@@ -170,12 +170,13 @@ require(set(_RULES), "frontend.reference")
 
 def jagged_rows(node: Node, x: torch.Tensor, offsets: torch.Tensor, fill: float) -> torch.Tensor:
     """A jagged op's rows (`mtiasim.jagged`): x [T, D] -> [B, S, D] (jagged_to_dense) or [B, S, D] -> [T, D]
-    (dense_to_jagged, T its attr rows), every other row `fill`; the error bounds run it on errors too."""
+    (dense_to_jagged, T its attr rows, or offsets[-1] when they are known per call only), every other row
+    `fill`; the error bounds run it on errors too."""
     a = node.attrs
     s = a["max_len"]
     to_dense = node.op == Kind.JAGGED_TO_DENSE
     sequences = offsets.numel() - 1 if to_dense else x.shape[0]
-    rows = x.shape[0] if to_dense else a["rows"]
+    rows = x.shape[0] if to_dense else a["rows"] if a["rows"] != DYNAMIC else int(offsets.reshape(-1)[-1])
     off = check_offsets(offsets.detach().cpu().numpy(), sequences=sequences, rows=rows, where=node.where(),
                         whole=a.get("whole", False))  # fmt: skip
     pos = torch.arange(s)

@@ -120,14 +120,18 @@ class JaggedCall:
     region: Region
     aten: str = ""  # the model's op, for messages
     whole: bool = False  # the offsets must end at the jagged rows (dense_to_jagged without total_L)
+    rows_per_call: bool = False  # dense_to_jagged whose rows are known per call: offsets[-1], placed per call
     deps: tuple[str, ...] = ()
 
     def check(self, offsets: object, tensors: dict[str, TensorDecl], where: str) -> np.ndarray:
-        """This call's offsets, checked against the op's sequences and jagged rows."""
-        jagged = tensors[self.x if self.kind == TO_DENSE else self.out]
-        return check_offsets(
-            offsets, sequences=self.sequences, rows=jagged.rows, where=where, whole=self.whole
-        )
+        """This call's offsets, checked against the op's sequences and jagged rows (whose decls, placed per call
+        for rows known per call only, are in `tensors`; a `rows_per_call` output has offsets[-1] rows)."""
+        arr = np.asarray(offsets)
+        if self.rows_per_call:
+            rows = int(arr.reshape(-1)[-1]) if arr.size and arr.dtype.kind in "iu" else 0
+        else:
+            rows = tensors[self.x if self.kind == TO_DENSE else self.out].rows
+        return check_offsets(arr, sequences=self.sequences, rows=rows, where=where, whole=self.whole)
 
     def job(self, chip: Chip, tensors: dict[str, TensorDecl], offsets: np.ndarray) -> Job:
         x, out = tensors[self.x], tensors[self.out]
