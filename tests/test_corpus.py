@@ -207,7 +207,14 @@ def test_status_script_json(capsys):
     assert doc["blockers"] == {}
 
 
-DYNAMO_MODELS = ["torchrec-dlrm-dcn", "transformer-encoder-layer", "hstu-block", "hstu-jagged", "two-tower", "bst"]
+DYNAMO_MODELS = [
+    "torchrec-dlrm-dcn",
+    "transformer-encoder-layer",
+    "hstu-block",
+    "hstu-jagged",
+    "two-tower",
+    "bst",
+]
 
 
 @pytest.mark.parametrize("name", DYNAMO_MODELS)
