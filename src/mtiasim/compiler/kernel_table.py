@@ -288,12 +288,9 @@ def _check_table() -> None:
     for kind, spec in KERNELS.items():
         if (spec.job is None) != spec.per_call:
             raise ImportError(f"compiler.kernel_table: {kind} needs a job builder or per_call, not both")
-        if (spec.call is not None) != (
-            spec.per_call and kind != KernelKind.TBE
-        ):  # the runtime builds lookups
-            raise ImportError(
-                f"compiler.kernel_table: {kind} built per call needs `call` (only, and only then)"
-            )
+        by_call = spec.per_call and kind != KernelKind.TBE  # the runtime builds the lookups' from their bags
+        if (spec.call is not None) != by_call:
+            raise ImportError(f"compiler.kernel_table: {kind}: `call` builds per-call jobs but lookups'")
 
 
 _check_table()

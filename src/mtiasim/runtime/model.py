@@ -277,9 +277,7 @@ class CompiledModel:
             if jc.const_offsets is None:  # the host reads them and hands them over (int32)
                 index_bytes += offsets.size * 8
                 h2d += offsets.size * 4
-            if (
-                jc.rows_per_call
-            ):  # its rows, offsets[-1] of them, are placed here (the compiled one-row stand-in)
+            if jc.rows_per_call:  # its rows, offsets[-1] of them, are placed here (for a one-row stand-in)
                 row = code.tensors[jc.out]
                 shape = (int(offsets[-1]), row.cols)
                 tensors[jc.out] = all_tensors[jc.out] = TensorDecl(
