@@ -44,6 +44,7 @@ EXPECTED_TO_PASS = frozenset(
         "fwfm",
         "gated-fusion",
         "hstu-block",
+        "hstu-jagged",
         "layernorm-gelu-mlp",
         "masknet",
         "mmoe",
@@ -208,7 +209,14 @@ def test_status_script_json(capsys):
     assert doc["blockers"] == {}
 
 
-DYNAMO_MODELS = ["torchrec-dlrm-dcn", "transformer-encoder-layer", "hstu-block", "two-tower", "bst"]
+DYNAMO_MODELS = [
+    "torchrec-dlrm-dcn",
+    "transformer-encoder-layer",
+    "hstu-block",
+    "hstu-jagged",
+    "two-tower",
+    "bst",
+]
 
 
 @pytest.mark.parametrize("name", DYNAMO_MODELS)

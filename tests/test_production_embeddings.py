@@ -244,24 +244,15 @@ class SequenceMath(nn.Module):
         jagged = self.ec(features)["f0"]
         if self.how == "linear":
             return self.fc(jagged.values())
-        if self.how == "scale":
-            return jagged.values() * 2
-        return torch.ops.fbgemm.jagged_to_padded_dense(jagged.values(), [jagged.offsets()], [5])
+        return jagged.values() * 2
 
 
 @pytest.mark.parametrize(
     ("how", "message"),
     [
-        (
-            "linear",
-            "aten::linear of embedding_rows, an embedding lookup whose row count depends on the indices",
-        ),
-        (
-            "scale",
-            "aten::mul.Tensor of embedding_rows, an embedding lookup whose row count depends on the indices",
-        ),
-        ("pad", "operator fbgemm::jagged_to_padded_dense"),  # (or its _forward, once decomposed)
-    ],
+        ("linear", "aten::linear of embedding_rows, rows whose count is known per call only"),
+        ("scale", "aten::mul.Tensor of embedding_rows, rows whose count is known per call only"),
+    ],  # (padded to dense by fbgemm.jagged_to_padded_dense they are supported: tests/test_jagged.py)
 )
 def test_consumers_of_jagged_rows_fail_in_one_line(how, message):
     with pytest.raises(UnsupportedOperatorError) as err:

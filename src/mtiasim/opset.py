@@ -52,6 +52,8 @@ class Kind(StrEnum):
     DEQUANTIZE = "dequantize"
     REDUCE = "reduce"
     HOST_CALL = "host_call"
+    JAGGED_TO_DENSE = "jagged_to_dense"
+    DENSE_TO_JAGGED = "dense_to_jagged"
     # elementwise (see ELEMENTWISE)
     RELU = "relu"
     SIGMOID = "sigmoid"
@@ -272,10 +274,16 @@ def _t(name: str) -> Callable[..., Any]:
 
 
 def _tnn(name: str) -> Callable[..., Any]:
-    def ref(*args: Any, **attrs: Any) -> Any:
+    """A torch.nn.functional activation as PyTorch's vectorized CPU kernel computes it, whatever the size: a
+    one-element tensor takes a scalar path whose special values differ (gelu(+inf) is +inf there, NaN in the
+    vectorized kernel every larger tensor uses), so it is computed as two elements."""
+
+    def ref(x: Any, *args: Any, **attrs: Any) -> Any:
         import torch.nn.functional as F
 
-        return getattr(F, name)(*args, **attrs)
+        if x.numel() == 1:
+            return getattr(F, name)(x.reshape(1).expand(2).contiguous(), *args, **attrs)[:1].reshape(x.shape)
+        return getattr(F, name)(x, *args, **attrs)
 
     return ref
 
@@ -461,6 +469,16 @@ _OTHER = {
         Unit.HOST,
         'an aten op the chip has no kernel for, run by the host CPU (fallback="host"): attr call, its '
         "inputs over PCIe and its output back",
+    ),
+    Kind.JAGGED_TO_DENSE: (
+        Unit.DMA,
+        "jagged rows to padded dense (fbgemm.jagged_to_padded_dense): values [T, D], offsets [B+1] -> [B, S, D]; "
+        "row offsets[b] + s to [b, s] for s < min(length, S), attr padding elsewhere; attr max_len S (mtiasim.jagged)",
+    ),
+    Kind.DENSE_TO_JAGGED: (
+        Unit.DMA,
+        "padded dense back to jagged rows (fbgemm.dense_to_jagged): dense [B, S, D], offsets [B+1] -> [T, D]; "
+        "[b, s] to row offsets[b] + s for s < min(length, S), zeros in every other row (mtiasim.jagged)",
     ),
     Kind.REDUCE: (
         Unit.SE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tests.corpus.check import load_fbgemm_ops
 from tests.corpus.inputs import BATCH, bags, dense, field_ids, sequence
 from tests.corpus.layers import FieldEmbedding, FieldLinear, mlp, pairs
 from tests.corpus.registry import corpus_model
@@ -67,6 +68,32 @@ def layernorm_gelu_mlp():
     return LayerNormGeluMlp(D_MODEL, 29), (torch.randn(BATCH, SEQ, D_MODEL),)
 
 
+def hstu_layers(m: nn.Module, dim: int, heads: int, seq: int) -> None:
+    """The weights of an HSTU layer, set on `m`: the norms, f1 (to U, V, Q, K), f2 and the relative-position
+    bias `rab` (one per (query, key) offset), with the offset and causal-mask buffers of sequences of `seq`."""
+    m.heads, m.dim, m.seq = heads, dim, seq
+    m.norm_in = nn.LayerNorm(dim)
+    m.f1 = nn.Linear(dim, 4 * dim)
+    m.norm_attn = nn.LayerNorm(dim)
+    m.f2 = nn.Linear(dim, dim)
+    m.rab = nn.Parameter(torch.randn(2 * seq - 1) * 0.1)
+    pos = torch.arange(seq)
+    m.register_buffer("offset", pos[None, :] - pos[:, None] + seq - 1, persistent=False)
+    m.register_buffer("causal", torch.tril(torch.ones(seq, seq)), persistent=False)
+
+
+def hstu_attention(m: nn.Module, q, k, v, valid: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """A V of HSTU's pointwise attention over padded [B, S, D] queries, keys and values, per head:
+    silu(Q K^T / sqrt(d) + rab) / n, causal and over the `valid` [B, S] items, n [B] each sequence's length."""
+    b, s, _ = q.shape
+    h, dh = m.heads, m.dim // m.heads
+    q, k, v = (t.reshape(b, s, h, dh).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) / dh**0.5 + m.rab[m.offset]
+    mask = m.causal * valid[:, None, :] * valid[:, :, None]  # [B, S, S]
+    attn = F.silu(scores) * (mask / n[:, None, None])[:, None]
+    return (attn @ v).transpose(1, 2).reshape(b, s, m.dim)
+
+
 class HstuBlock(nn.Module):
     """One HSTU layer (Zhai et al. 2024, "Actions Speak Louder than Words", arXiv 2402.17152, section 3):
 
@@ -81,31 +108,14 @@ class HstuBlock(nn.Module):
 
     def __init__(self, items: int, dim: int, heads: int, seq: int) -> None:
         super().__init__()
-        self.heads, self.dim = heads, dim
         self.items = nn.Embedding(items, dim, padding_idx=0)
-        self.norm_in = nn.LayerNorm(dim)
-        self.f1 = nn.Linear(dim, 4 * dim)
-        self.norm_attn = nn.LayerNorm(dim)
-        self.f2 = nn.Linear(dim, dim)
-        self.rab = nn.Parameter(torch.randn(2 * seq - 1) * 0.1)
-        pos = torch.arange(seq)
-        self.register_buffer("offset", pos[None, :] - pos[:, None] + seq - 1, persistent=False)
-        self.register_buffer("causal", torch.tril(torch.ones(seq, seq)), persistent=False)
+        hstu_layers(self, dim, heads, seq)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        b, s = ids.shape
-        h, dh = self.heads, self.dim // self.heads
         valid = (ids > 0).to(torch.float32)  # [B, S]
         x = self.items(ids)
         u, v, q, k = F.silu(self.f1(self.norm_in(x))).split(self.dim, dim=-1)
-        q = q.reshape(b, s, h, dh).transpose(1, 2)
-        k = k.reshape(b, s, h, dh).transpose(1, 2)
-        v = v.reshape(b, s, h, dh).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / dh**0.5 + self.rab[self.offset]
-        mask = self.causal * valid[:, None, :] * valid[:, :, None]  # [B, S, S]
-        n = valid.sum(dim=1).clamp_min(1.0)  # [B]
-        attn = F.silu(scores) * (mask / n[:, None, None])[:, None]
-        out = (attn @ v).transpose(1, 2).reshape(b, s, self.dim)
+        out = hstu_attention(self, q, k, v, valid, valid.sum(dim=1).clamp_min(1.0))
         return x + self.f2(self.norm_attn(out) * u)
 
 
@@ -118,6 +128,49 @@ class HstuBlock(nn.Module):
 def hstu_block():
     ids, _ = sequence(61, BATCH, SEQ)
     return HstuBlock(61, D_MODEL, heads=2, seq=SEQ), (ids,)
+
+
+class HstuJagged(nn.Module):
+    """One HSTU layer over jagged sequences, as generative-recommenders runs it (Zhai et al. 2024, arXiv
+    2402.17152, section 3): the pointwise projections and the output MLP on the jagged rows [T, D] (the
+    sequences of a batch one after another, sequence b in rows offsets[b]..offsets[b+1]), the attention on
+    the sequences padded to [B, S, D] by `fbgemm.jagged_to_padded_dense` and back by `fbgemm.dense_to_jagged`:
+
+        U, V, Q, K = split(silu(f1(LayerNorm(x))))              on jagged rows
+        A = silu(Q K^T / sqrt(d) + rab) / n * mask              padded, causal, over the n valid items
+        Y = f2(LayerNorm(A V) * U) + x                          back on jagged rows
+
+    A sequence longer than S is truncated (its rows past S get no attention output); n is each sequence's
+    length (at most S, at least 1). The weights are `HstuBlock`'s (`hstu_layers`).
+    """
+
+    def __init__(self, dim: int, heads: int, seq: int) -> None:
+        super().__init__()
+        hstu_layers(self, dim, heads, seq)
+
+    def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        s = self.seq
+        lengths = (offsets[1:] - offsets[:-1]).clamp(0, s)
+        valid = (torch.arange(s)[None, :] < lengths[:, None]).to(torch.float32)  # [B, S]
+        u, v, q, k = F.silu(self.f1(self.norm_in(values))).split(self.dim, dim=-1)  # [T, D] each
+        q, k, v = (torch.ops.fbgemm.jagged_to_padded_dense(t, [offsets], [s], 0.0) for t in (q, k, v))
+        out = hstu_attention(self, q, k, v, valid, lengths.clamp_min(1).to(torch.float32))
+        out = torch.ops.fbgemm.dense_to_jagged(out, [offsets], values.shape[0])[0]  # [T, D]
+        return values + self.f2(self.norm_attn(out) * u)
+
+
+@corpus_model(
+    "hstu-jagged",
+    "public",
+    "HSTU layer from Zhai et al. 2024 (arXiv 2402.17152) on jagged sequences: values [T, D] and offsets [B+1], "
+    "attention padded by fbgemm.jagged_to_padded_dense and back by fbgemm.dense_to_jagged (generative-recommenders)",
+)
+def hstu_jagged():
+    load_fbgemm_ops()  # the fbgemm ops the model calls
+    lengths = torch.randint(1, SEQ + 1, (BATCH,))
+    lengths[1], lengths[3] = 0, SEQ + 2  # an empty sequence and one longer than S (truncated)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    return HstuJagged(D_MODEL, heads=2, seq=SEQ), (torch.randn(int(offsets[-1]), D_MODEL), offsets)
 
 
 class FactorizationMachine(nn.Module):

@@ -155,8 +155,8 @@ def missing_operators(model: nn.Module, inputs: tuple) -> list[str]:
             refused = conv is None and node.target is not torch.ops.aten._assert_tensor_metadata.default
         elif "param" in sides and sides <= {"param", "none"} and conv is not None:
             side[node.name] = "param"
-        elif is_host_op(node.target):
-            side[node.name] = "host"
+        elif is_host_op(node.target) or "host" in sides and sides <= {"host", "none"}:
+            side[node.name] = "host"  # (arithmetic on index data alone: a mask from lengths, say)
         else:  # the capture refuses it, whatever its inputs (a float op on host values, say)
             side[node.name] = "device"
             refused = True

@@ -79,6 +79,10 @@ def compile_graph(
         index_bytes += n * (4 + (4 if any(t.weights for t in tables) else 0))
         if kops[name].attrs.get("call_rows"):  # its rows are placed per call too, after its indices
             index_bytes += n * kops[name].attrs["dim"] * 4
+    for op in low.kops:  # jagged rows known per call only (dense_to_jagged): offsets[-1] of them
+        given = example_inputs.get(op.attrs["offsets"]) if op.attrs.get("rows_per_call") else None
+        if given is not None and given.numel():
+            index_bytes += int(given.reshape(-1)[-1]) * low.buffers[op.writes[0]].cols * 4
     reserve = 2 * index_bytes + (1 << 20)
     code = Codegen(low, chip, list(g.inputs), list(g.outputs), reserve).build(lookups)
     return CompiledGraph(graph, g, formats, low, code)

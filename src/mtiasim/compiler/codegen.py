@@ -24,6 +24,7 @@ from mtiasim.errors import CapacityError
 from mtiasim.hw import Chip
 from mtiasim.isa import Job, TensorDecl
 from mtiasim.kernels.common import Region
+from mtiasim.kernels.jagged import JaggedCall
 
 
 @dataclass
@@ -41,6 +42,7 @@ class DeviceCode:
     index_reserve: int
     dram_top: int
     lanes: dict[str, str] = field(default_factory=dict)
+    calls: dict[str, JaggedCall] = field(default_factory=dict)  # other per-call jobs, by kop name
 
 
 class Codegen:
@@ -69,7 +71,7 @@ class Codegen:
         mem = plan(low, self.chip, self.outputs, self.index_bytes)
         constants = self.decls.declare(mem)
         regions = sub_grids(self.chip, low)
-        jobs, tbe = build_jobs(self.decls, regions)
+        jobs, tbe, calls = build_jobs(self.decls, regions)
         decl = self.decls.decl
         inputs = {v: decl(v).name for v in self.inputs if v in low.views}
         outputs = {v: decl(v).name for v in self.outputs}
@@ -87,6 +89,7 @@ class Codegen:
             mem.sram_index_reserve_bytes,
             mem.dram_bytes,
             {op.name: op.lane for op in low.kops},
+            calls,
         )
 
 

@@ -3,12 +3,13 @@ dependencies.
 
 A job depends on the earlier jobs that wrote bytes it reads (read after write), and on those that read or
 wrote bytes it overwrites when memory is reused (write after read/write). The lookups' jobs are built on every
-call (`tbe_job_for`: their work split follows the bags' lengths); what they need then is their `TbeSpec`.
+call (`tbe_job_for`: their work split follows the bags' lengths); what they need then is their `TbeSpec`. So are
+the jagged ops' (`JaggedCall.job`: the offsets say which rows go where).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from mtiasim.ir import DYNAMIC
 from mtiasim.isa import Job, Level, PoolMode, TensorDecl
 from mtiasim.isa.commands import RowFormat
 from mtiasim.kernels.common import Region
+from mtiasim.kernels.jagged import JaggedCall
 from mtiasim.kernels.tbe import tbe_job
 
 
@@ -105,16 +107,22 @@ def _tbe_spec(decls: Declarations, op: KOp, region: Region, deps: tuple[str, ...
     )
 
 
-def build_jobs(decls: Declarations, regions: dict[str, Region]) -> tuple[list[Job], dict[str, TbeSpec]]:
-    """The static jobs in program order (each on its lane's region), and the lookups' call-time specs."""
+def build_jobs(
+    decls: Declarations, regions: dict[str, Region]
+) -> tuple[list[Job], dict[str, TbeSpec], dict[str, JaggedCall]]:
+    """The static jobs in program order (each on its lane's region), the lookups' call-time specs and the other
+    per-call ops' (`KernelSpec.call`)."""
     jobs: list[Job] = []
     tbe: dict[str, TbeSpec] = {}
+    calls: dict[str, JaggedCall] = {}
     deps_of = Dependencies(decls)
     for op in decls.low.kops:
         region = regions[op.lane]
         deps = deps_of.of(op)
         spec = kernel_for(op)
-        if spec.per_call:
+        if spec.call is not None:
+            calls[op.name] = replace(spec.call(decls, op, region), deps=deps)
+        elif spec.per_call:
             tbe[op.name] = _tbe_spec(decls, op, region, deps)
         else:
             assert spec.job is not None
@@ -125,7 +133,7 @@ def build_jobs(decls: Declarations, regions: dict[str, Region]) -> tuple[list[Jo
             job.deps = deps
             jobs.append(job)
         deps_of.record(op)
-    return jobs, tbe
+    return jobs, tbe, calls
 
 
 def tbe_job_for(chip: Chip, spec: TbeSpec, tensors: dict[str, TensorDecl], indices: str, weights: str | None,

@@ -6,8 +6,10 @@ A record says, for its kind:
   value's view cannot give it);
 - `estimate_s`: the kind's own bound on the whole grid beyond moving its bytes (the DPE's MACs, the lookups'
   rows), for sizing the sub-grids only;
-- `job`: the builder of its job (a `Job` of PE command programs), or `per_call` for the lookups, whose jobs
-  are built on every call (their work split follows the bags' lengths).
+- `job`: the builder of its job (a `Job` of PE command programs), or `per_call` for the kinds whose jobs are
+  built on every call: the lookups (their work split follows the bags' lengths; the runtime builds them from
+  the bags, `tbe_job_for`) and the jagged ops (which rows go where follows the offsets): `call` builds the
+  op's call-time spec, whose `job` the runtime calls with the call's offsets.
 
 An import-time check makes sure that every kind that reaches code generation (all but
 `kinds.LOWERING_ONLY`) has a record: a new kind without one fails on import, not by falling into a default.
@@ -33,6 +35,7 @@ from mtiasim.kernels.bmm import bmm_job
 from mtiasim.kernels.common import Region
 from mtiasim.kernels.elementwise import elementwise_job, quantize_rows_job
 from mtiasim.kernels.gemm import gemm_job
+from mtiasim.kernels.jagged import JaggedCall
 from mtiasim.kernels.layout import copy_job, gather_columns_job, transpose_job
 from mtiasim.kernels.rowwise import reduce_rows_job
 
@@ -54,7 +57,8 @@ class KernelSpec:
     needs: Callable[[Lowered, KOp], list[tuple[str, Shape]]]
     estimate_s: Callable[[Chip, Lowered, KOp], float]
     job: Callable[[TensorDecls, KOp, Region], Job] | None
-    per_call: bool = False  # lookups: `job` is None; the runtime builds the job per call (`tbe_job_for`)
+    per_call: bool = False  # `job` is None; the runtime builds the job per call (`tbe_job_for`, `call`)
+    call: Callable[[TensorDecls, KOp, Region], JaggedCall] | None = None  # per_call kinds but the lookups
 
 
 # ------------------------------------------------------------------------------------------------ needs
@@ -204,6 +208,14 @@ def _eltwise(d: TensorDecls, op: KOp, region: Region) -> Job:
     return elementwise_job(d.chip, op.name, se, x, d.decl(op.writes[0]), y=y, region=region, params=params)
 
 
+def _jagged(d: TensorDecls, op: KOp, region: Region) -> JaggedCall:
+    """A jagged op's call-time spec: its rows' decls (natural grids) and where its offsets come from."""
+    a = op.attrs
+    x, out, pad = (d.decl(v).name for v in (op.reads[0], op.writes[0], a["pad"]))
+    return JaggedCall(op.name, op.kind.value, x, out, pad, a["offsets"], a["const_offsets"], a["sequences"],
+                      a["max_len"], region, a["aten"], a["whole"], a["rows_per_call"])  # fmt: skip
+
+
 K = KernelKind
 
 
@@ -250,6 +262,8 @@ KERNELS: dict[KernelKind, KernelSpec] = {
     K.COPY: KernelSpec(_needs_natural, _bytes_only, _copy),
     K.REDUCE: KernelSpec(_needs_natural, _bytes_only, _reduce),
     K.HOST_CALL: KernelSpec(_needs_natural, _bytes_only, _host_call),
+    K.JAGGED_TO_DENSE: KernelSpec(_needs_natural, _bytes_only, None, per_call=True, call=_jagged),
+    K.DENSE_TO_JAGGED: KernelSpec(_needs_natural, _bytes_only, None, per_call=True, call=_jagged),
 }
 del K
 
@@ -275,6 +289,9 @@ def _check_table() -> None:
     for kind, spec in KERNELS.items():
         if (spec.job is None) != spec.per_call:
             raise ImportError(f"compiler.kernel_table: {kind} needs a job builder or per_call, not both")
+        by_call = spec.per_call and kind != KernelKind.TBE  # the runtime builds the lookups' from their bags
+        if (spec.call is not None) != by_call:
+            raise ImportError(f"compiler.kernel_table: {kind}: `call` builds per-call jobs but lookups'")
 
 
 _check_table()

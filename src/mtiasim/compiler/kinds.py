@@ -23,6 +23,8 @@ class KernelKind(StrEnum):
     COPY = "copy"  # a contiguous copy, or a window of the source's bytes seen as another grid
     REDUCE = "reduce"  # a row reduction (sum, mean, max, min)
     HOST_CALL = "host_call"  # an op without a kernel, run by the host CPU (fallback="host")
+    JAGGED_TO_DENSE = "jagged_to_dense"  # jagged rows to padded dense by DMA, placed by the call's offsets
+    DENSE_TO_JAGGED = "dense_to_jagged"  # padded dense back to jagged rows by DMA
     LOOKUP = "lookup"  # one table's lookup, before grouping into `tbe`
     CAT = "cat"  # a concatenation, before layout
     SLICE = "slice"  # a column slice, before layout

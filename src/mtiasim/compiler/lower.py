@@ -29,6 +29,7 @@ from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.frontend.reference import tbe_table
 from mtiasim.ir import DYNAMIC, Graph, Node, Source, ValueKind
 from mtiasim.isa import RowFormat
+from mtiasim.kernels.jagged import pad_rows
 from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
 
 # producers that can write their 2-D result into a column window of a wider buffer
@@ -486,6 +487,29 @@ class Lowering:
     def _op_host_call(self, node: Node) -> None:
         attrs = {"call": node.attrs["call"], "aten": node.attrs["aten"]}
         self.kop(KernelKind.HOST_CALL, list(node.inputs), [node.outputs[0]], attrs, node)
+
+    def _op_jagged_to_dense(self, node: Node) -> None:
+        self._jagged(node, KernelKind.JAGGED_TO_DENSE, self.shapes[node.outputs[0]][0])
+
+    def _op_dense_to_jagged(self, node: Node) -> None:
+        self._jagged(node, KernelKind.DENSE_TO_JAGGED, self.shapes[node.inputs[0]][0])
+
+    def _jagged(self, node: Node, kind: KernelKind, sequences: int) -> None:
+        """Row copies placed per call by the offsets (a graph input the host hands over, or the model's
+        constants); padding rows come from a constant tensor of one tile's rows."""
+        x, offsets = node.inputs
+        y = node.outputs[0]
+        dt, cols = self.dtypes[y], self.shapes[y][-1]
+        pad = f"{node.name}@pad"
+        rows = pad_rows(cols, dt.itemsize)
+        data = _to_numpy(torch.full((rows, cols), float(node.attrs.get("padding", 0.0))), dt)
+        self.buffers[pad] = Buffer(pad, rows, cols, dt, "weight", data)
+        p = self.g.params.get(offsets)
+        const = None if p is None else tuple(int(v) for v in p.tensor.reshape(-1).tolist())
+        attrs = {"offsets": offsets, "const_offsets": const, "sequences": sequences,
+                 "max_len": node.attrs["max_len"], "pad": pad, "aten": node.attrs.get("aten", node.op),
+                 "whole": node.attrs.get("whole", False), "rows_per_call": self.shapes[y][0] == DYNAMIC}  # fmt: skip
+        self.kop(kind, [x, pad], [y], attrs, node)
 
     def _op_index(self, node: Node) -> None:
         self.kop(

@@ -41,7 +41,8 @@ class Ctx:
     alias: dict[str, str] = field(default_factory=dict)
     tuples: dict[str, list[str | None]] = field(default_factory=dict)
     current: fx.Node | None = None
-    # lookups over a data-dependent number of indices: rows known per call only, which can only be returned
+    # rows known per call only (lookups over a data-dependent number of indices, dense_to_jagged without a
+    # static total), which can only be returned or padded to dense
     call_rows: set[str] = field(default_factory=set)
     # folded ops with several tensors (an unbind of a constant), by name: whether their weights are virtual
     folded_tuples: dict[str, bool] = field(default_factory=dict)
@@ -74,16 +75,17 @@ class Ctx:
         assert self.current is not None
         jagged = next((v for v in inputs if v in self.call_rows), None)
         stacked = op == "cat" and (attrs or {}).get("dim") == 0 and all(v in self.call_rows for v in inputs)
-        if jagged is not None and op != "cast" and not stacked:
+        if jagged is not None and op not in (Kind.CAST, Kind.JAGGED_TO_DENSE) and not stacked:
             raise self.fail(
-                f"{_op_name(self.current.target)} of {jagged}, an embedding lookup whose row count depends on "
-                "the indices, is not supported (such rows can only be returned or concatenated)"
+                f"{_op_name(self.current.target)} of {jagged}, rows whose count is known per call only, is not "
+                "supported (such rows can only be returned, concatenated, or padded to dense by "
+                "fbgemm.jagged_to_padded_dense)"
             )
         out_name = name or self.current.name
         while out_name in self.values and name == "":
             out_name += "_"
-        if jagged is not None:  # a dtype cast of such rows, or their rows one after another: such rows too
-            self.call_rows.add(out_name)
+        if jagged is not None and (op == Kind.CAST or stacked):  # a cast of such rows, or such rows one
+            self.call_rows.add(out_name)  # after another: such rows too
         self.values[out_name] = out
         self.nodes.append(
             Node(out_name, op, tuple(inputs), (out_name,), dict(attrs or {}), node_source(self.current))
@@ -188,7 +190,11 @@ class Ctx:
 
 
 def type_of(node: fx.Node) -> TensorType | None:
-    val = node.meta.get("val")
+    return tensor_type(node.meta.get("val"))
+
+
+def tensor_type(val: Any) -> TensorType | None:
+    """The IR type of an exported (fake) tensor; None for anything else."""
     if not isinstance(val, torch.Tensor):
         return None
     # a bool tensor is a mask: 1.0/0.0 on the device (the host hands it over as float32)
@@ -967,5 +973,6 @@ def pt2e_weight(node: fx.Node, args: tuple) -> tuple[np.ndarray, np.ndarray] | N
 
 
 # the reductions and row-wise operators register their converters too (they build on emit_binary)
+from mtiasim.frontend import aten_jagged as _aten_jagged  # noqa: E402, F401
 from mtiasim.frontend import aten_rows as _aten_rows  # noqa: E402, F401
 from mtiasim.frontend import aten_select as _aten_select  # noqa: E402, F401

@@ -27,9 +27,10 @@ from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.frontend.host import HostPrologue, is_host_op
 from mtiasim.frontend.quantized import exportable, register_4bit_lookup_meta
 from mtiasim.frontend.source import node_source
-from mtiasim.ir import Graph, Param, TensorType, ValueKind
+from mtiasim.ir import DYNAMIC, Graph, Param, TensorType, ValueKind
 
 PARAM, HOST, DEVICE, NONE = "param", "host", "device", "none"
+PER_CALL = "per_call"  # the size of device rows known per call only (not the host's)
 register_4bit_lookup_meta()
 
 
@@ -139,7 +140,8 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     """Index tensors may change length from call to call (bags of random sizes): their length is exported as
     dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, 1-D integer tensors
     other than per-bag offsets (whose length is the batch, or the batch + 1, the batch being the rows of the
-    first dense input: it stays static), and 1-D float tensors as long as such indices (per-sample weights)."""
+    first dense input: it stays static) and the offsets of jagged rows (`_row_offsets`), and 1-D float tensors
+    as long as such indices (per-sample weights)."""
     leaves = torch.utils._pytree.tree_leaves((args, kwargs), is_leaf=_is_jagged)
     tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
     dense = [t for t in tensors if t.is_floating_point() and t.dim() >= 2]
@@ -164,6 +166,7 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         if t.dim() == 1
         and not t.is_floating_point()
         and (batch is None or t.shape[0] not in (batch, batch + 1))
+        and not _row_offsets(t, tensors)
     ]
     lengths = {t.shape[0] for t in indices}
     weights = [t for t in tensors if t.dim() == 1 and t.is_floating_point() and t.shape[0] in lengths]
@@ -174,6 +177,14 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     for t in dynamic:
         shapes[t] = {0: torch.export.Dim.AUTO}
     return shapes.dynamic_shapes(model, args, kwargs)
+
+
+def _row_offsets(t: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
+    """Whether `t` splits the rows of a float input into sequences (fbgemm's jagged layout: never decreasing,
+    from 0 up to that input's row count): its length is the number of sequences + 1, not data."""
+    if t.device.type == "meta" or t.numel() < 2 or int(t[0]) != 0 or bool((t[1:] < t[:-1]).any()):
+        return False
+    return any(x.is_floating_point() and x.dim() >= 1 and x.shape[0] == int(t[-1]) for x in tensors)
 
 
 def capture(
@@ -345,6 +356,19 @@ def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Capt
             side[node.name] = DEVICE
             ctx.current = node
             ctx.getitem(node)
+        elif node.target is torch.ops.aten.sym_size.int and sides == {DEVICE}:
+            size = _static_size(node)
+            if size is None:
+                # the size of rows known per call only: the host does not know it; the asserts export put on it
+                # (a size is >= 0) go with it, the job that makes the rows checks the offsets deciding it
+                side[node.name] = PER_CALL
+            else:
+                # the size of a device value that export resolved to a number (a data-dependent size it unified
+                # with a static one, checked by the asserts that follow): the host knows it
+                side[node.name] = HOST
+                host_constants[node.name] = size
+        elif PER_CALL in sides and DEVICE not in sides and is_host_op(node.target):
+            side[node.name] = PER_CALL  # arithmetic and asserts on such a size
         elif DEVICE in sides or (conv is not None and conv.index_args) or host_and_weights:
             if conv is None:
                 if node.target is torch.ops.aten._assert_tensor_metadata.default:
@@ -460,6 +484,13 @@ def _lookup_weights(node: fx.Node) -> bool:
             else:
                 return False
     return lookups > 0
+
+
+def _static_size(node: fx.Node) -> int | None:
+    """`sym_size.int(x, dim)`'s value when x's size there is known when compiling."""
+    tt = type_of(node.args[0])
+    size = tt.shape[node.args[1]] if tt is not None and isinstance(node.args[1], int) else DYNAMIC
+    return None if size == DYNAMIC else size
 
 
 def _foldable(node: fx.Node) -> bool:

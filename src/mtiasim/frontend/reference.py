@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from mtiasim.errors import UsageError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
-from mtiasim.ir import Graph, Node
+from mtiasim.ir import DYNAMIC, Graph, Node
 from mtiasim.isa import RowFormat
+from mtiasim.jagged import check_offsets, lengths
 from mtiasim.opset import Kind, elementwise, require
 
 MODES = {"sum": 0, "mean": 1, "max": 2}
@@ -160,9 +161,35 @@ _RULES: dict[str, Callable[[Node, list[Any], dict, torch.dtype], torch.Tensor]] 
     Kind.DEQUANTIZE: lambda n, xs, a, dt: ((xs[0].to(torch.float32) - a["zero_point"]) * a["scale"]).to(dt),
     Kind.HOST_CALL: lambda n, xs, a, dt: a["call"](*xs).to(dt),
     Kind.REDUCE: lambda n, xs, a, dt: _REDUCTIONS[a["op"]](xs[0].to(torch.float32), -1, keepdim=True).to(dt),
+    Kind.JAGGED_TO_DENSE: lambda n, xs, a, dt: jagged_rows(n, xs[0], xs[1], a.get("padding", 0.0)).to(dt),
+    Kind.DENSE_TO_JAGGED: lambda n, xs, a, dt: jagged_rows(n, xs[0], xs[1], 0.0).to(dt),
 }
 _REDUCTIONS = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}
 require(set(_RULES), "frontend.reference")
+
+
+def jagged_rows(node: Node, x: torch.Tensor, offsets: torch.Tensor, fill: float) -> torch.Tensor:
+    """A jagged op's rows (`mtiasim.jagged`): x [T, D] -> [B, S, D] (jagged_to_dense) or [B, S, D] -> [T, D]
+    (dense_to_jagged, T its attr rows, or offsets[-1] when they are known per call only), every other row
+    `fill`; the error bounds run it on errors too."""
+    a = node.attrs
+    s = a["max_len"]
+    to_dense = node.op == Kind.JAGGED_TO_DENSE
+    sequences = offsets.numel() - 1 if to_dense else x.shape[0]
+    rows = x.shape[0] if to_dense else a["rows"] if a["rows"] != DYNAMIC else int(offsets.reshape(-1)[-1])
+    off = check_offsets(offsets.detach().cpu().numpy(), sequences=sequences, rows=rows, where=node.where(),
+                        whole=a.get("whole", False))  # fmt: skip
+    pos = torch.arange(s)
+    keep = pos[None, :] < torch.from_numpy(lengths(off, s))[:, None]  # [B, S]: positions the dense form holds
+    row = torch.from_numpy(off[:-1])[:, None] + pos[None, :]  # their jagged rows
+    d = x.shape[-1]
+    if to_dense:
+        out = x.new_full((sequences, s, d), fill)
+        out[keep] = x[row[keep]]
+    else:
+        out = x.new_full((rows, d), fill)
+        out[row[keep]] = x.reshape(sequences, s, d)[keep]
+    return out
 
 
 def _embedding_bag(node: Node, xs: list[Any], out_dtype: torch.dtype) -> torch.Tensor:

@@ -37,6 +37,7 @@ from mtiasim.dtypes import DType
 from mtiasim.frontend.reference import (
     batched_table_bags,
     dequantized,
+    jagged_rows,
     normalize_bags,
     run_graph,
     tbe_table,
@@ -369,6 +370,8 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
         )
     if op in ("cast", "copy"):
         return x
+    if op in ("jagged_to_dense", "dense_to_jagged"):  # row copies: each row keeps its error, padding has none
+        return x.map(lambda t: jagged_rows(node, t, ref[ins[1]], 0.0))
     if op == "reduce":
         return _reduce(a["op"], x, mag[ins[0]], mag[y])
     if op == "host_call":  # any function the host runs: the specification bounds nothing after it
@@ -535,6 +538,6 @@ def _tbe_bags(node: Node, ref, n_tables: int) -> list:
 # output carries no float error of its own (its dequantize takes the rounding)
 require(
     {"linear", "matmul", "embedding_bag", "tbe", "dequantize", "quantize", "cat", "cast", "copy", "reshape",
-     "permute", "slice", "index", "reduce", "host_call"},
+     "permute", "slice", "index", "reduce", "host_call", "jagged_to_dense", "dense_to_jagged"},
     "runtime.bounds",
 )  # fmt: skip

@@ -270,6 +270,22 @@ class CompiledModel:
             all_tensors.update(tensors)
             jobs[name] = tbe_job_for(self.chip, spec, all_tensors, iname, wname, offsets, batch)
             lookups[spec.table] = np.concatenate(global_rows) if global_rows else np.zeros(0, np.int64)
+        all_tensors = dict(code.tensors)
+        all_tensors.update(tensors)  # rows known per call only, placed above
+        for name, jc in code.calls.items():  # the jagged ops: the offsets say which rows go where
+            given = jc.const_offsets if jc.const_offsets is not None else values[jc.offsets]
+            where = f"model {g.name}: {jc.aten} (op {name}, {sources[name].describe()})"
+            offsets = jc.check(given, all_tensors, where)
+            if jc.const_offsets is None:  # the host reads them and hands them over (int32)
+                index_bytes += offsets.size * 8
+                h2d += offsets.size * 4
+            if jc.rows_per_call:  # its rows, offsets[-1] of them, are placed here (for a one-row stand-in)
+                row = code.tensors[jc.out]
+                shape = (int(offsets[-1]), row.cols)
+                tensors[jc.out] = all_tensors[jc.out] = TensorDecl(
+                    jc.out, shape, row.dtype, *place(row.nbytes * shape[0], f"rows of {name}")
+                )
+            jobs[name] = jc.job(self.chip, all_tensors, offsets)
         return CallInputs(data, tensors, jobs, h2d, index_bytes, lookups)
 
 
