@@ -23,6 +23,9 @@ class KernelKind(StrEnum):
     COPY = "copy"  # a contiguous copy, or a window of the source's bytes seen as another grid
     REDUCE = "reduce"  # a row reduction (sum, mean, max, min)
     HOST_CALL = "host_call"  # an op without a kernel, run by the host CPU (fallback="host")
+    IM2COL = "im2col"  # a 1-D convolution's columns, by DMA (the GEMM then runs the convolution)
+    ROW_GATHER = "row_gather"  # rows picked by index data, by DMA
+    ROW_SCATTER = "row_scatter"  # a copy with rows written (or added) where index data says, by DMA
     LOOKUP = "lookup"  # one table's lookup, before grouping into `tbe`
     CAT = "cat"  # a concatenation, before layout
     SLICE = "slice"  # a column slice, before layout

@@ -37,6 +37,7 @@ from mtiasim.isa import (
     DmaIn,
     DmaOut,
     DmaPeer,
+    DmaScatter,
     HostCall,
     Job,
     MatMul,
@@ -462,8 +463,8 @@ class _Resolver:
         if run is not None:
             _scatter(self._array(decl.name), cmd.stream.loop.origins(), cmd.stream.tile, run)
 
-    def _dma_gather(self, node: Node, cmd: DmaGather, st: _JobState) -> None:
-        where = f"job {st.job.name}: {node.where}"
+    def _indexed_rows(self, where: str, cmd: DmaGather | DmaScatter) -> np.ndarray | None:
+        """The table rows an indexed DMA names (None at shape level), checked."""
         table = self.program.tensor(cmd.table, where)
         idx = self.program.tensor(cmd.indices, where)
         if idx.dtype not in (DType.INT32, DType.INT64):
@@ -473,17 +474,51 @@ class _Resolver:
             raise ProgramError(
                 f"{where}: indices [{cmd.start}, {cmd.start + cmd.count}) outside {idx.name!r} ({n_idx})"
             )
-        source = None
-        if self.memory is not None:
-            rows = self._array(idx.name).reshape(-1)[cmd.start : cmd.start + cmd.count].astype(np.int64)
-            rows = rows + cmd.table_row_offset
-            bad = (rows < 0) | (rows >= table.rows)
-            if bad.any():
-                raise ProgramError(
-                    f"{where}: row index {int(rows[bad][0])} outside table {table.name!r} ({table.rows} rows)"
-                )
-            source = RowTiles(self._array(table.name), rows)
+        if self.memory is None:
+            return None
+        rows = self._array(idx.name).reshape(-1)[cmd.start : cmd.start + cmd.count].astype(np.int64)
+        rows = rows + cmd.table_row_offset
+        bad = (rows < 0) | (rows >= table.rows)
+        if bad.any():
+            raise ProgramError(
+                f"{where}: row index {int(rows[bad][0])} outside table {table.name!r} ({table.rows} rows)"
+            )
+        return rows
+
+    def _dma_gather(self, node: Node, cmd: DmaGather, st: _JobState) -> None:
+        where = f"job {st.job.name}: {node.where}"
+        table = self.program.tensor(cmd.table, where)
+        rows = self._indexed_rows(where, cmd)
+        source = None if rows is None else RowTiles(self._array(table.name), rows)
         self._push(st, node, cmd.cb, cmd.count, (1, table.cols), table.dtype, source)
+
+    def _dma_scatter(self, node: Node, cmd: DmaScatter, st: _JobState) -> None:
+        where = f"job {st.job.name}: {node.where}"
+        table = self.program.tensor(cmd.table, where)
+        rows = self._indexed_rows(where, cmd)
+        run, segs = self._take(st, node, cmd.cb, cmd.count, pop=True)
+        if cmd.accumulate:
+            if table.dtype != DType.FP32:
+                raise ProgramError(
+                    f"{where}: rows are added in FP32: table {table.name!r} is {table.dtype.value}"
+                )
+            for seg in segs:
+                if seg.shape != (1, table.cols) or not seg.dtype.is_float:
+                    raise ProgramError(
+                        f"{where}: rows added to {table.name!r} are {seg.shape[0]}x{seg.shape[1]} "
+                        f"{seg.dtype.value}, expected 1x{table.cols} float"
+                    )
+        else:
+            self._check_tiles(st, node, segs, cmd.cb, (1, table.cols), table.dtype, "rows written")
+        if rows is None or run is None or not cmd.count:
+            return
+        tiles = run.get(0, cmd.count)[:, 0, :]
+        array = self._array(table.name)
+        if cmd.accumulate:  # one index after the other (ufunc.at is unbuffered: duplicates add in order)
+            np.add.at(array, rows, tiles.astype(np.float32))
+        else:  # a later index of a duplicate wins: write each row's last tile
+            last = rows.size - 1 - np.unique(rows[::-1], return_index=True)[1]
+            array[rows[last]] = tiles[last]
 
     def _dma_peer(self, node: Node, cmd: DmaPeer, st: _JobState) -> bool:
         src_key = (cmd.src_pe, cmd.src_cb)
@@ -774,6 +809,7 @@ _HANDLERS = {
     DmaIn: _Resolver._dma_in,
     DmaOut: _Resolver._dma_out,
     DmaGather: _Resolver._dma_gather,
+    DmaScatter: _Resolver._dma_scatter,
     DmaPeer: _Resolver._dma_peer,
     MatMul: _Resolver._matmul,
     SeMap: _Resolver._se_map,
@@ -794,6 +830,8 @@ def _inputs(cmd: Command) -> list[tuple[int, int]]:
     """(CB, tiles needed) a command waits for before it can run."""
     if isinstance(cmd, DmaOut):
         return [(cmd.cb, cmd.stream.n_tiles)]
+    if isinstance(cmd, DmaScatter):
+        return [(cmd.cb, cmd.count)]
     if isinstance(cmd, MatMul):
         n_a = cmd.blocks * cmd.steps if cmd.a_mode == Operand.STREAM else cmd.m_blocks * cmd.steps
         n_b = cmd.blocks * cmd.steps if cmd.b_mode == Operand.STREAM else cmd.n_blocks * cmd.steps

@@ -30,6 +30,7 @@ from mtiasim.isa import (
     DmaIn,
     DmaOut,
     DmaPeer,
+    DmaScatter,
     HostCall,
     Level,
     MatMul,
@@ -388,12 +389,18 @@ class WorkModel:
 
     def _gather_rows(self, node: Node) -> np.ndarray:
         cmd = node.cmd
-        assert isinstance(cmd, DmaGather)
+        assert isinstance(cmd, DmaGather | DmaScatter)
         data = self.data.get(cmd.indices)
         if data is None:
-            raise ProgramError(
-                f"{node.where}: timing needs the index tensor {cmd.indices!r} (index streams drive the cache model)"
-            )
+            decl = self.program.tensors[cmd.table]
+            if decl.level == Level.DRAM and decl.cached:
+                raise ProgramError(
+                    f"{node.where}: timing needs the index tensor {cmd.indices!r} (index streams drive the "
+                    "cache model)"
+                )
+            # indices the device computes are not known in a timing run: the rows are taken as spread
+            # evenly over the table (they only decide which SRAM slices or LPDDR5 channels serve them)
+            return np.linspace(0, decl.rows - 1, cmd.count).round().astype(np.int64)
         return data.reshape(-1)[cmd.start : cmd.start + cmd.count].astype(np.int64) + cmd.table_row_offset
 
     # ------------------------------------------------------------------------------------------- work
@@ -540,6 +547,60 @@ class WorkModel:
         )
         w.counters["cache_hit_rows"] = hit_frac * n
         _count_access(w.counters, "read", decl, nbytes, parts)
+        return w
+
+    def _w_DmaScatter(self, node: Node, cmd: DmaScatter) -> Work:
+        """Rows written where their indices say: the core computes each address and issues the row's DMA (as a
+        gather does); with `accumulate` each row is first read back and the SE adds the tile in FP32 (a
+        read-modify-write per index: twice the row traffic and issue work). The SE's adds (one FP32 op per
+        element) overlap the DMAs and are counted, not timed."""
+        chip = self.chip
+        decl = self.program.tensors[cmd.table]
+        rmw = 2 if cmd.accumulate else 1
+        w = Work("dma", "dma", items=max(cmd.count, 1))
+        self._reads_run_state = True  # the rows it writes are data
+        rows = self._gather_rows(node)
+        n = rows.size
+        per_row = decl.cols * decl.dtype.itemsize
+        nbytes = float(n * per_row)
+        usage: dict[int, float] = {}
+        side = np.zeros(4)
+        if n:
+            pick = rows if n <= 8192 else rows[np.linspace(0, n - 1, 8192).round().astype(np.int64)]
+            starts = decl.address + pick * decl.pitch
+            lengths = np.full(pick.size, per_row, dtype=np.int64)
+            parts = self._memory_parts(decl, starts, lengths, n / pick.size, random_rows=True)
+            for k, v in self._usage(parts).items():
+                _add(usage, k, rmw * v)
+            side = parts.side_bytes
+            _count_access(w.counters, "write", decl, nbytes, parts)
+            if cmd.accumulate:
+                _count_access(w.counters, "read", decl, nbytes, parts)
+        idx = self.program.tensors[cmd.indices]
+        idx_slice = int(
+            hashed_target(np.array([idx.address // chip.sram.interleave_bytes]), chip.sram.slices)[0]
+        )
+        _add(usage, self.rmap.slice0 + idx_slice, float(cmd.count * idx.dtype.itemsize))
+        for inbound in (False, True)[:rmw]:
+            for k, v in self._lanes(side, [node.pe], None, inbound).items():
+                _add(usage, k, v)
+        w.parts.append(FlowPart(("node", node.id, 0), usage))
+        w.bytes = rmw * nbytes
+        _add(w.own_usage, self.rmap.fi_out(node.pe), nbytes)
+        if cmd.accumulate:
+            _add(w.own_usage, self.rmap.fi_in(node.pe), nbytes)
+        w.latency_s = rmw * self._level_latency_s(decl) + self._hops_s(node.pe)
+        w.issue_s = (chip.dma.setup_cycles + rmw * n * chip.core.cycles_per_gather_row) * self.cyc
+        self._caps(w, chip.dma.outstanding_rows * per_row * rmw / max(w.latency_s, 1e-12), "latency")
+        w.counters.update(
+            noc_bytes=rmw * nbytes,
+            noc_byte_hops=rmw * nbytes * self._hops(node.pe),
+            ls_read_bytes=rmw * nbytes,
+            commands=rmw * n,
+            scattered_rows=n,
+        )
+        if cmd.accumulate:
+            w.counters.update(ls_write_bytes=nbytes, se_ops=float(n * decl.cols))
         return w
 
     def _gather_parts(self, node: Node, decl: TensorDecl) -> tuple[int, float, MemParts]:

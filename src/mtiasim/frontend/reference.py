@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from mtiasim.errors import UsageError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
+from mtiasim.frontend.reference_rows import gather_rows, im2col, scatter_rows
 from mtiasim.ir import Graph, Node
 from mtiasim.isa import RowFormat
 from mtiasim.opset import Kind, elementwise, require
@@ -160,6 +161,11 @@ _RULES: dict[str, Callable[[Node, list[Any], dict, torch.dtype], torch.Tensor]] 
     Kind.DEQUANTIZE: lambda n, xs, a, dt: ((xs[0].to(torch.float32) - a["zero_point"]) * a["scale"]).to(dt),
     Kind.HOST_CALL: lambda n, xs, a, dt: a["call"](*xs).to(dt),
     Kind.REDUCE: lambda n, xs, a, dt: _REDUCTIONS[a["op"]](xs[0].to(torch.float32), -1, keepdim=True).to(dt),
+    Kind.IM2COL: lambda n, xs, a, dt: im2col(xs[0], a),
+    Kind.GATHER_ROWS: lambda n, xs, a, dt: gather_rows(xs[0], xs[1], a, n.where()),
+    Kind.SCATTER_ROWS: lambda n, xs, a, dt: scatter_rows(
+        xs[0], xs[1], xs[2] if len(xs) > 2 else None, a, n.where()
+    ),
 }
 _REDUCTIONS = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}
 require(set(_RULES), "frontend.reference")

@@ -89,13 +89,10 @@ class DmaOut:
 
 
 @dataclass(frozen=True, slots=True)
-class DmaGather:
-    """Embedding-row gather: for each index, the core computes the row address and issues one row DMA.
-
-    Pushes `count` tiles of shape [1, row elements] (the table's rows, e.g. FBGEMM int8 rows with their fp16
-    scale and bias at the head) into `cb`. Indices are ``indices[start : start + count]``; a row index is
-    offset by ``table_row_offset`` (the table's first row inside a batched table tensor).
-    """
+class IndexedRows:
+    """Rows of `table` named by index data: ``indices[start : start + count]``, each offset by
+    ``table_row_offset`` (the table's first row inside a batched table tensor). v1 has no indexed DMA: the
+    core loads each index, computes the row's address and issues the row's DMA."""
 
     cb: int
     table: str
@@ -103,6 +100,25 @@ class DmaGather:
     start: int
     count: int
     table_row_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DmaGather(IndexedRows):
+    """Embedding-row gather: pushes `count` tiles of shape [1, row elements] (the table's rows, e.g. FBGEMM
+    int8 rows with their fp16 scale and bias at the head) into `cb`, in index order."""
+
+
+@dataclass(frozen=True, slots=True)
+class DmaScatter(IndexedRows):
+    """Indexed row write, the mirror of `DmaGather`: pops `count` tiles [1, table cols] from `cb` and writes
+    tile k to the k-th indexed row, one index after the other (of a duplicate row the later index wins).
+
+    `accumulate`: the row is read into the local store, the SE adds the tile to it in FP32 and the row is
+    written back, one index after the other: ``row = f32(row + f32(tile))``, so duplicates sum in index order.
+    The table is then fp32.
+    """
+
+    accumulate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +471,7 @@ Command = (
     DmaIn
     | DmaOut
     | DmaGather
+    | DmaScatter
     | DmaPeer
     | MatMul
     | SeMap

@@ -41,6 +41,7 @@ from mtiasim.frontend.reference import (
     run_graph,
     tbe_table,
 )
+from mtiasim.frontend.reference_rows import gather_rows, im2col, scatter_rows
 from mtiasim.ir import Node, ValueKind
 from mtiasim.isa import RowFormat
 from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
@@ -378,7 +379,39 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
         return x.map(lambda t: t.narrow(a["dim"], a["start"], a["end"] - a["start"]))
     if op == "index":
         return x.map(lambda t: t.reshape(t.shape[0], -1)[:, list(a["columns"])])
+    if op == "im2col":  # the padding's zeros are exact
+        return x.map(lambda t: im2col(t, a))
+    if op == "gather_rows":
+        return x.map(lambda t: gather_rows(t, ref[ins[1]], a, node.where()))
+    if op == "scatter_rows":
+        return _scatter(node, x, err[ins[2]] if len(ins) > 2 else None, ref, mag, u)
     raise ValueError(f"no error bound rule for op {op!r} ({node.where()})")
+
+
+def _scatter(node: Node, dst: Err, src: Err | None, ref, mag, u: float) -> Err:
+    """Rows written: their errors replace the destination's. Rows added (in FP32, in index order): the errors
+    add up, plus one FP32 rounding per add of at most u_32 of the running sum's magnitude (bounded by the
+    row's total magnitude)."""
+    a, ins = node.attrs, node.inputs
+    idx = ref[ins[1]]
+
+    def put(base: torch.Tensor, rows: torch.Tensor | None, value: float = 0.0) -> torch.Tensor:
+        b = {**a, "value": value}
+        return scatter_rows(base, idx, rows, b, node.where(), torch.float64)
+
+    if src is None:  # a constant, rounded to the activations' dtype
+        c = abs(float(a["value"]))
+        e_src, v_src, m_src = None, None, None
+        e_val, m_val = u * c, c
+    else:
+        e_src, v_src, m_src = src.e, src.var, mag[ins[2]]
+        e_val = m_val = 0.0
+    if not a.get("accumulate"):
+        return Err(put(dst.e, e_src, e_val), put(dst.var, v_src, e_val**2 / 3))
+    total = put(mag[ins[0]] + dst.e, None if src is None else m_src + e_src, m_val + e_val)
+    adds = put(torch.zeros_like(dst.e), None if src is None else torch.ones_like(src.e), 1.0)
+    e = put(dst.e, e_src, e_val) + adds * U32 * total
+    return Err(e, put(dst.var, v_src, e_val**2 / 3) + adds * (U32 * total) ** 2 / 3)
 
 
 def _reduce(op: str, x: Err, mag_in: torch.Tensor, mag_out: torch.Tensor) -> Err:
@@ -531,6 +564,6 @@ def _tbe_bags(node: Node, ref, n_tables: int) -> list:
 # output carries no float error of its own (its dequantize takes the rounding)
 require(
     {"linear", "matmul", "embedding_bag", "tbe", "dequantize", "quantize", "cat", "cast", "copy", "reshape",
-     "permute", "slice", "index", "reduce", "host_call"},
+     "permute", "slice", "index", "reduce", "host_call", "im2col", "gather_rows", "scatter_rows"},
     "runtime.bounds",
 )  # fmt: skip
