@@ -494,31 +494,34 @@ class _Resolver:
 
     def _dma_scatter(self, node: Node, cmd: DmaScatter, st: _JobState) -> None:
         where = f"job {st.job.name}: {node.where}"
-        table = self.program.tensor(cmd.table, where)
+        table, src = self.program.tensor(cmd.table, where), self.program.tensor(cmd.src, where)
         rows = self._indexed_rows(where, cmd)
-        run, segs = self._take(st, node, cmd.cb, cmd.count, pop=True)
-        if cmd.accumulate:
-            if table.dtype != DType.FP32:
-                raise ProgramError(
-                    f"{where}: rows are added in FP32: table {table.name!r} is {table.dtype.value}"
-                )
-            for seg in segs:
-                if seg.shape != (1, table.cols) or not seg.dtype.is_float:
-                    raise ProgramError(
-                        f"{where}: rows added to {table.name!r} are {seg.shape[0]}x{seg.shape[1]} "
-                        f"{seg.dtype.value}, expected 1x{table.cols} float"
-                    )
-        else:
-            self._check_tiles(st, node, segs, cmd.cb, (1, table.cols), table.dtype, "rows written")
-        if rows is None or run is None or not cmd.count:
+        last = cmd.src_row0 + max(cmd.count - 1, 0) * cmd.src_step
+        if src.cols != table.cols or not 0 <= cmd.src_row0 <= last < src.rows or cmd.src_step < 0:
+            raise ProgramError(
+                f"{where}: rows {cmd.src_row0}..{last} of {src.name!r} {list(src.shape)} cannot be written to "
+                f"{table.name!r} {list(table.shape)}"
+            )
+        if cmd.accumulate and (table.dtype != DType.FP32 or not src.dtype.is_float):
+            raise ProgramError(
+                f"{where}: rows are added in FP32: table {table.name!r} must be fp32, src float"
+            )
+        if not cmd.accumulate and src.dtype != table.dtype:
+            raise ProgramError(
+                f"{where}: {src.name!r} is {src.dtype.value}, table {table.name!r} {table.dtype.value}"
+            )
+        if rows is None:
             return
-        tiles = run.get(0, cmd.count)[:, 0, :]
+        hi = table.rows if cmd.row_hi is None else cmd.row_hi
+        k = np.nonzero((rows >= cmd.row_lo) & (rows < hi))[0]
+        r = rows[k]
+        values = self._array(src.name)[cmd.src_row0 + k * cmd.src_step]
         array = self._array(table.name)
         if cmd.accumulate:  # one index after the other (ufunc.at is unbuffered: duplicates add in order)
-            np.add.at(array, rows, tiles.astype(np.float32))
-        else:  # a later index of a duplicate wins: write each row's last tile
-            last = rows.size - 1 - np.unique(rows[::-1], return_index=True)[1]
-            array[rows[last]] = tiles[last]
+            np.add.at(array, r, values.astype(np.float32))
+        else:  # a later index of a duplicate wins: write each row's last value
+            keep = r.size - 1 - np.unique(r[::-1], return_index=True)[1]
+            array[r[keep]] = values[keep]
 
     def _dma_peer(self, node: Node, cmd: DmaPeer, st: _JobState) -> bool:
         src_key = (cmd.src_pe, cmd.src_cb)
@@ -830,8 +833,6 @@ def _inputs(cmd: Command) -> list[tuple[int, int]]:
     """(CB, tiles needed) a command waits for before it can run."""
     if isinstance(cmd, DmaOut):
         return [(cmd.cb, cmd.stream.n_tiles)]
-    if isinstance(cmd, DmaScatter):
-        return [(cmd.cb, cmd.count)]
     if isinstance(cmd, MatMul):
         n_a = cmd.blocks * cmd.steps if cmd.a_mode == Operand.STREAM else cmd.m_blocks * cmd.steps
         n_b = cmd.blocks * cmd.steps if cmd.b_mode == Operand.STREAM else cmd.n_blocks * cmd.steps

@@ -89,10 +89,13 @@ class DmaOut:
 
 
 @dataclass(frozen=True, slots=True)
-class IndexedRows:
-    """Rows of `table` named by index data: ``indices[start : start + count]``, each offset by
-    ``table_row_offset`` (the table's first row inside a batched table tensor). v1 has no indexed DMA: the
-    core loads each index, computes the row's address and issues the row's DMA."""
+class DmaGather:
+    """Embedding-row gather: for each index, the core computes the row address and issues one row DMA.
+
+    Pushes `count` tiles of shape [1, row elements] (the table's rows, e.g. FBGEMM int8 rows with their fp16
+    scale and bias at the head) into `cb`. Indices are ``indices[start : start + count]``; a row index is
+    offset by ``table_row_offset`` (the table's first row inside a batched table tensor).
+    """
 
     cb: int
     table: str
@@ -103,21 +106,29 @@ class IndexedRows:
 
 
 @dataclass(frozen=True, slots=True)
-class DmaGather(IndexedRows):
-    """Embedding-row gather: pushes `count` tiles of shape [1, row elements] (the table's rows, e.g. FBGEMM
-    int8 rows with their fp16 scale and bias at the head) into `cb`, in index order."""
+class DmaScatter:
+    """Indexed row write, memory to memory (the mirror of `DmaGather`). For k = 0, 1, ... in order, the row
+    ``r = indices[start + k] + table_row_offset`` of `table`, if ``row_lo <= r < row_hi`` (None: the table's
+    end), gets row ``src_row0 + k * src_step`` of `src` (a step of 0 writes one row everywhere): written (of a
+    duplicate row the later index wins) or, with `accumulate`, added by the SE in FP32,
+    ``row = f32(row + f32(src row))``, so duplicates sum in index order (the table is then fp32).
 
-
-@dataclass(frozen=True, slots=True)
-class DmaScatter(IndexedRows):
-    """Indexed row write, the mirror of `DmaGather`: pops `count` tiles [1, table cols] from `cb` and writes
-    tile k to the k-th indexed row, one index after the other (of a duplicate row the later index wins).
-
-    `accumulate`: the row is read into the local store, the SE adds the tile to it in FP32 and the row is
-    written back, one index after the other: ``row = f32(row + f32(tile))``, so duplicates sum in index order.
-    The table is then fp32.
+    v1 has no indexed DMA: the core scans the indices with its vector unit, and for each row in range issues
+    the DMA of the src row into the local store, of the table row too when adding, and of the result back.
+    Indices outside the range are skipped: the PE owning those rows writes them, so every row is written in
+    index order whatever the PEs' timing.
     """
 
+    src: str
+    table: str
+    indices: str
+    start: int
+    count: int
+    table_row_offset: int = 0
+    src_row0: int = 0
+    src_step: int = 1
+    row_lo: int = 0
+    row_hi: int | None = None
     accumulate: bool = False
 
 

@@ -14,9 +14,10 @@ DMAs the rows out. The output rows are shared out over the PEs; rows wider than 
 windows. Exact copies.
 
 **scatter** (`scatter_rows_job`): ``out = dst`` with rows of src written (or, `accumulate`, added) at
-``g * row_step + idx[g * index_step + i]``: each PE copies its block of dst (its groups' rows, or with one
-group its columns) into out and then writes the src rows of its indices there (`DmaScatter`), one index after
-the other, so a duplicate's later row wins. Added rows are summed in FP32, in index order (an fp32 scratch
+``g * row_step + idx[g * index_step + i]``: each PE owns a block of rows (its groups' rows; with one group a
+share of the rows, every PE scanning all indices for those in its share), copies dst's block into out, then
+writes there the src rows of the indices that fall in it (`DmaScatter`), one index after the other, so a
+duplicate's later row wins whatever the PEs' timing. Added rows are summed in FP32, in index order (an fp32 scratch
 copy of dst, cast back at the end when the output is not fp32): ``row = f32(row + f32(src row))``, which is
 torch's CPU order for `index_put_(accumulate=True)`, `scatter_add` and `index_add`.
 """
@@ -52,7 +53,6 @@ DEPTH = 4
 TILE_BYTES = 4096
 MAX_TILE_COLS = 256  # widest tile of the im2col and copy moves
 MAX_ROW_BYTES = 8192  # a gathered or scattered row wider than this moves in column windows
-MIN_SCATTER_COLS = 32  # the narrowest column share of a scatter's PE (one index stream per share)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -347,22 +347,20 @@ def gather_rows_job(
 
 
 # ------------------------------------------------------------------------------------------------ scatter
-def _blocks(groups: Groups, rows: int, cols: int, n_pes: int) -> list[tuple[int, int, int, int, int, int]]:
-    """Each PE's block: (first group, end group, first row, end row, first column, end column). Groups are
-    shared out first (they touch disjoint rows), then columns, at least `MIN_SCATTER_COLS` wide."""
-    pg = min(max(groups.groups, 1), n_pes)
-    pc = max(1, min(n_pes // pg, cdiv(cols, MIN_SCATTER_COLS)))
+def _blocks(groups: Groups, rows: int, widths: list[tuple[int, int]], n_pes: int) -> list[tuple[int, ...]]:
+    """Each PE's block: (first group, end group, first row, end row, first column, end column). With one group
+    the rows are shared out (every PE scans all indices for those in its rows); with several, whole groups
+    (they touch disjoint rows); rows too wide for the local store go in column windows."""
+    parts = max(1, n_pes // len(widths))
     out = []
-    for g0, g1 in split(max(groups.groups, 1), pg, 1):
-        if g1 <= g0:
-            continue
+    for c0, c1 in widths:
         if groups.groups > 1:
-            r0, r1 = g0 * groups.row_step, (rows if g1 == groups.groups else g1 * groups.row_step)
+            for g0, g1 in split(groups.groups, min(groups.groups, parts), 1):
+                if g1 > g0:
+                    end = rows if g1 == groups.groups else g1 * groups.row_step
+                    out.append((g0, g1, g0 * groups.row_step, end, c0, c1))
         else:
-            r0, r1 = 0, rows
-        for c0, c1 in split(cols, pc, MIN_SCATTER_COLS):
-            if c1 > c0:
-                out.append((g0, min(g1, groups.groups), r0, r1, c0, c1))
+            out += [(0, 1, r0, r1, c0, c1) for r0, r1 in split(rows, min(rows, parts), 1) if r1 > r0]
     return out
 
 
@@ -375,6 +373,23 @@ def _copy_moves(src: TensorDecl, dst: TensorDecl, r0: int, r1: int, c0: int, c1:
             lp = loop((r0 + b, c0 + a), (nr, tr, 0), (nc, 0, tc))
             moves.append(Move(src.name, dst.name, (tr, tc), lp, lp))
     return moves
+
+
+def _copy(prog: PeProgram, moves: list[Move], cast: DType | None) -> None:
+    """Core 0 DMAs the tiles in, core 1 (converting them on the SE to `cast`) DMAs them out."""
+    for m in moves:
+        prog.cores[0].append(DmaIn.one(CB_IN, TileStream(m.src, m.tile, m.src_loop)))
+    for m in moves:
+        if cast is not None:
+            prog.cores[1].append(SeMap(SeOp.CAST, CB_IN, CB_OUT, m.src_loop.n, cast))
+        prog.cores[1].append(
+            DmaOut(CB_OUT if cast is not None else CB_IN, TileStream(m.dst, m.tile, m.dst_loop))
+        )
+
+
+def _sync(prog: PeProgram) -> None:
+    for core in prog.cores:
+        core.append(Barrier("cores"))
 
 
 def scatter_rows_job(
@@ -393,7 +408,10 @@ def scatter_rows_job(
 ) -> Job:
     """``out = dst`` with src's rows written (or added) at ``g * row_step + idx[g * index_step + i]`` in the
     first ``src.cols`` columns. src is [groups * count, cols], or one row written at every index. Adding into a
-    non-fp32 out needs an fp32 `scratch` of out's shape."""
+    non-fp32 out needs an fp32 `scratch` of out's shape.
+
+    Each PE owns a block of out's rows (and columns, for very wide rows): it copies dst's block, then writes
+    the src rows of the indices that fall in it (`DmaScatter`, in index order), so no two PEs touch a row."""
     region = region or Region.whole(chip)
     region.check(chip)
     _check_index(name, idx, groups)
@@ -410,52 +428,52 @@ def scatter_rows_job(
             f"({groups.rows} indices) does not fit"
         )
     via = scratch if accumulate and out.dtype != DType.FP32 else None
-    if (
-        accumulate
-        and out.dtype != DType.FP32
-        and (scratch is None or scratch.shape != out.shape or scratch.dtype != DType.FP32)
-    ):
+    if via is not None and (via.shape != out.shape or via.dtype != DType.FP32):
         raise UsageError(
             f"{name}: adding rows into {out.dtype.value} needs an fp32 scratch of shape {list(out.shape)}"
         )
-    item = out.dtype.itemsize
+    if accumulate and out.dtype != DType.FP32 and via is None:
+        raise UsageError(f"{name}: adding rows into {out.dtype.value} needs an fp32 scratch")
+    target = via or out
+    widths = [
+        (c0 + j * w, c0 + (j + 1) * w) for c0, w, n in runs(out.cols, MAX_ROW_BYTES // 4) for j in range(n)
+    ]
     pes: dict[PeId, PeProgram] = {}
     pe_list = _pe_list(region)
-    for i, (g0, g1, r0, r1, c0, c1) in enumerate(_blocks(groups, out.rows, out.cols, len(pe_list))):
+    for i, (g0, g1, r0, r1, c0, c1) in enumerate(_blocks(groups, out.rows, widths, len(pe_list))):
         pe = pe_list[i % len(pe_list)]
-        copies = _copy_moves(dst, via or out, r0, r1, c0, c1)
-        widest = max((m.tile[0] * m.tile[1] for m in copies), default=1)
-        sc0, sc1 = c0, min(c1, cols)
-        sizes = {CB_IN: DEPTH * widest * 4, CB_ROWS: DEPTH * max(1, sc1 - sc0) * src.dtype.itemsize}
-        if via is not None:
-            sizes[CB_OUT] = DEPTH * widest * 4
-        prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
-        c0_, c1_ = prog.cores
-        for m in copies:
-            c0_.append(DmaIn.one(CB_IN, TileStream(m.src, m.tile, m.src_loop)))
-        for m in copies:
-            if via is not None:
-                c1_.append(SeMap(SeOp.CAST, CB_IN, CB_OUT, m.src_loop.n, DType.FP32))
-            c1_.append(DmaOut(CB_OUT if via is not None else CB_IN, TileStream(m.dst, m.tile, m.dst_loop)))
-        if sc1 > sc0 and g1 > g0:
-            table = column_window(via or out, sc0, sc1 - sc0, tensors)
-            first = 0 if repeat else g0 * groups.count  # one constant row is read again for every index
-            rows = loop((first, sc0), ((g1 - g0) * groups.count, 0 if repeat else 1, 0))
-            c0_.append(DmaIn.one(CB_ROWS, TileStream(src.name, (1, sc1 - sc0), rows)))
+        copies = _copy_moves(dst, target, r0, r1, c0, c1)
+        widest = max(m.tile[0] * m.tile[1] for m in copies) * 4
+        prog = pes.get(pe)
+        if prog is None:
+            prog = pes[pe] = PeProgram(
+                pe, cb_layout(chip, pe, {CB_IN: DEPTH * widest, CB_OUT: DEPTH * widest}, name), ([], [])
+            )
+        _copy(prog, copies, DType.FP32 if via is not None else None)
+        _sync(prog)  # the block's copy is in place before its rows are written
+        if min(c1, cols) > c0 and groups.count:
+            table = column_window(target, c0, min(c1, cols) - c0, tensors)
+            rows_src = column_window(src, c0, min(c1, cols) - c0, tensors)
             for g in range(g0, g1):
-                c1_.append(DmaScatter(CB_ROWS, table.name, idx.name, g * groups.index_step, groups.count,
-                                      g * groups.row_step, accumulate))  # fmt: skip
+                prog.cores[1].append(
+                    DmaScatter(
+                        rows_src.name,
+                        table.name,
+                        idx.name,
+                        g * groups.index_step,
+                        groups.count,
+                        g * groups.row_step,
+                        0 if repeat else g * groups.count,
+                        0 if repeat else 1,
+                        r0,
+                        r1,
+                        accumulate,
+                    )  # fmt: skip
+                )
         if via is not None:  # the fp32 sums back to out's dtype, once every add of this block is done
-            c0_.append(Barrier("cores"))
-            c1_.append(Barrier("cores"))
-            back = _copy_moves(via, out, r0, r1, c0, c1)
-            for m in back:
-                c0_.append(DmaIn.one(CB_IN, TileStream(m.src, m.tile, m.src_loop)))
-            for m in back:
-                c1_.append(SeMap(SeOp.CAST, CB_IN, CB_OUT, m.src_loop.n, out.dtype))
-                c1_.append(DmaOut(CB_OUT, TileStream(m.dst, m.tile, m.dst_loop)))
-        pes[pe] = prog
-    work = {"rows": float(groups.rows), "bytes": float(out.rows * out.cols * item)}
+            _sync(prog)
+            _copy(prog, _copy_moves(via, out, r0, r1, c0, c1), out.dtype)
+    work = {"rows": float(groups.rows), "bytes": float(out.rows * out.cols * out.dtype.itemsize)}
     return Job(name, "scatter_rows", pes, work=work)
 
 
