@@ -66,14 +66,30 @@ class RowsLowering:
             return v
         return self._constant(v, self.fm.precision.float_dtype, 1.0, like)  # type: ignore[attr-defined]
 
+    def _indices(self, v: str) -> str:
+        """Index data: a constant (a buffer of the model) becomes a buffer of its integers."""
+        if v not in self.g.params:
+            return v
+        from mtiasim.compiler.lower import Buffer
+
+        p = self.g.params[v]
+        name = f"{v}@indices"
+        if name not in self.buffers:
+            data = (
+                None
+                if p.virtual
+                else p.tensor.detach().reshape(1, -1).cpu().numpy().astype(p.type.dtype.numpy)
+            )
+            self.buffers[name] = Buffer(name, 1, p.type.numel, p.type.dtype, "weight", data, p.virtual)
+        return name
+
     def _op_gather_rows(self, node: Node) -> None:
         x, idx = node.inputs
         y = node.outputs[0]
         a = node.attrs
         groups = Groups(a["groups"], a["count"], a["index_step"], a["row_step"])
-        self.kop(
-            KernelKind.ROW_GATHER, [self._operand(x, self.shapes[x]), idx], [y], {"groups": groups}, node
-        )  # type: ignore[attr-defined]
+        reads = [self._operand(x, self.shapes[x]), self._indices(idx)]
+        self.kop(KernelKind.ROW_GATHER, reads, [y], {"groups": groups}, node)  # type: ignore[attr-defined]
 
     def _op_scatter_rows(self, node: Node) -> None:
         dst, idx = node.inputs[:2]
@@ -98,5 +114,5 @@ class RowsLowering:
             "groups": Groups(a["groups"], a["count"], a["index_step"], a["row_step"]),
             "accumulate": bool(a.get("accumulate")),
         }
-        reads = [self._operand(dst, self.shapes[dst]), idx, src]
+        reads = [self._operand(dst, self.shapes[dst]), self._indices(idx), src]
         self.kop(KernelKind.ROW_SCATTER, reads, writes, attrs, node)  # type: ignore[attr-defined]

@@ -518,7 +518,8 @@ class _Resolver:
         values = self._array(src.name)[cmd.src_row0 + k * cmd.src_step]
         array = self._array(table.name)
         if cmd.accumulate:  # one index after the other (ufunc.at is unbuffered: duplicates add in order)
-            np.add.at(array, r, values.astype(np.float32))
+            with np.errstate(over="ignore", invalid="ignore"):  # IEEE: to +-inf, inf - inf is NaN
+                np.add.at(array, r, values.astype(np.float32))
         else:  # a later index of a duplicate wins: write each row's last value
             keep = r.size - 1 - np.unique(r[::-1], return_index=True)[1]
             array[r[keep]] = values[keep]

@@ -300,11 +300,14 @@ def _index_put(ctx: Ctx, node: fx.Node) -> None:
     p, _sd, q = _rows(shape, d)
     vals = ctx.value_of(node.args[2])
     vshape = ctx.type(vals).shape
+    value = 0.0
     indexed = shape[:d] + ctx.type(idx).shape + shape[d + 1 :]
     if _broadcasts(vshape, indexed, len(indexed)):  # values of the indexed shape
         src = ctx.reshape(vals, (p * n, q), node.name + "_src")
     elif q > 1 and _broadcasts(vshape, indexed, len(shape) - d - 1):  # one row, written at every index
         src = ctx.reshape(vals, (1, q), node.name + "_src")
+    elif math.prod(vshape) == 1 and vals in ctx.params and not ctx.params[vals].virtual:  # a constant
+        src, value = None, float(ctx.param_tensors[vals].reshape(-1)[0])
     elif math.prod(vshape) == 1:
         one = ctx.reshape(vals, (1, 1), node.name + "_one")
         src = one if q == 1 else emit_expand(ctx, one, (1, q), node.name + "_src")
@@ -313,4 +316,6 @@ def _index_put(ctx: Ctx, node: fx.Node) -> None:
             emit_expand(ctx, vals, indexed, node.name + "_full"), (p * n, q), node.name + "_src"
         )
     attrs = {"accumulate": bool(_arg(node, 3, "accumulate", False)), "groups": p, "count": n, "index_step": 0}
+    if src is None:
+        attrs["value"] = value
     ctx.result(node, emit_scatter(ctx, x, d, _flat(ctx, idx, node.name + "_idx"), src, attrs, node.name))

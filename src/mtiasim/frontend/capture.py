@@ -140,14 +140,19 @@ def _row_indices(ep: ExportedProgram, args: tuple, kwargs: dict | None) -> tuple
             continue
         todo, seen, found = [node], {node}, False
         while todo and not found:
-            for user in todo.pop().users:
-                found |= user.target in ROW_INDEX_OPS
+            for user in todo.pop().users:  # a row op on an activation (not the host's on index data)
+                found |= user.target in ROW_INDEX_OPS and any(_is_float(i) for i in user.all_input_nodes)
                 if _is_index(user) and user not in seen:
                     seen.add(user)
                     todo.append(user)
         if found:
             out.append(tensor)
     return tuple(out)
+
+
+def _is_float(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
 def _is_index(node: fx.Node) -> bool:
