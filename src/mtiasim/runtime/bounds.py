@@ -16,7 +16,8 @@ precision a model loses to int8 or fp16 on these inputs. Notation: u_d the unit 
   weights) + (K + 8) u_32 (sum_k (|W| + s_w/2) x^ + |b|);
 - matmul of two activations: sum_k (|a| e_b + |b| e_a + e_a e_b) + (K + 4) u_32 sum_k |a||b|;
 - activations: relu e, sigmoid e/4 + L_sigmoid, tanh e + L_tanh (L the LUT's documented error);
-  add e_a + |alpha| e_b, mul |a| e_b + |b| e_a + e_a e_b; layout ops carry e unchanged;
+  add e_a + |alpha| e_b, mul |a| e_b + |b| e_a + e_a e_b; layout ops carry e unchanged (im2col, row gathers
+  and written rows too); k rows added to a row: their errors plus k u_32 of the row's total magnitude;
 - embedding bags: each stored row's error (int8 rows: s/2 + 2 u_16 (|min| + (max - min)) with the row's
   fp16 scale s; fp16 rows u_16 |w|), summed with |per-sample weight|, plus (L + 3) u_32 of the magnitudes,
   divided by L for mean, the largest for max.
