@@ -54,6 +54,9 @@ class Kind(StrEnum):
     HOST_CALL = "host_call"
     JAGGED_TO_DENSE = "jagged_to_dense"
     DENSE_TO_JAGGED = "dense_to_jagged"
+    IM2COL = "im2col"
+    GATHER_ROWS = "gather_rows"
+    SCATTER_ROWS = "scatter_rows"
     # elementwise (see ELEMENTWISE)
     RELU = "relu"
     SIGMOID = "sigmoid"
@@ -483,6 +486,23 @@ _OTHER = {
     Kind.REDUCE: (
         Unit.SE,
         "attr op (sum|mean|max|min) of the last dim, kept: [.., N] -> [.., 1] (FP32 accumulation in order)",
+    ),
+    Kind.IM2COL: (
+        Unit.DMA,
+        "a 1-D convolution's columns: x [N, L, C] (channels last) -> [N, L_out, K * C], column k * C + c of "
+        "row (n, t) = x[n, t * stride + k * dilation - pad_left, c] (0 outside); attrs kernel, stride, "
+        "dilation, pad (left, right)",
+    ),
+    Kind.GATHER_ROWS: (
+        Unit.DMA,
+        "rows of x [T, W] picked by the index data idx (per call): in groups g < attr groups of attr count "
+        "indices, output row g * count + i = x[g * row_step + idx[g * index_step + i]]",
+    ),
+    Kind.SCATTER_ROWS: (
+        Unit.DMA,
+        "a copy of dst [T, W] with rows of src [groups * count, W] (or the constant row attr value) written "
+        "(attr accumulate: added, in FP32 in index order) at rows g * row_step + idx[g * index_step + i]; "
+        "attr cols: the first columns written",
     ),
 }
 

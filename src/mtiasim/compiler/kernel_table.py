@@ -37,6 +37,7 @@ from mtiasim.kernels.elementwise import elementwise_job, quantize_rows_job
 from mtiasim.kernels.gemm import gemm_job
 from mtiasim.kernels.jagged import JaggedCall
 from mtiasim.kernels.layout import copy_job, gather_columns_job, transpose_job
+from mtiasim.kernels.rows import gather_rows_job, im2col_job, scatter_rows_job
 from mtiasim.kernels.rowwise import reduce_rows_job
 
 Shape = tuple[int, ...]
@@ -85,6 +86,12 @@ def _needs_gather(low: Lowered, op: KOp) -> list[tuple[str, Shape]]:
     return [(x, _gathered_grid(low, x)), (y, _natural(low.views[y].shape))]
 
 
+def _needs_im2col(low: Lowered, op: KOp) -> list[tuple[str, Shape]]:
+    """x in the grid the columns are read from (a stride that divides L reads it as [N L / s, s C])."""
+    x, y = op.reads[0], op.writes[0]
+    return [(x, op.attrs["conv"].source_shape()), (y, _natural(low.views[y].shape))]
+
+
 def _needs_pooled(low: Lowered, op: KOp) -> list[tuple[str, Shape]]:
     """A lookup's pooled outputs (its table and bags are placed by the compiler and the runtime)."""
     return [(w, _natural(low.views[w].shape)) for w in op.writes]
@@ -105,6 +112,13 @@ def _macs_s(chip: Chip, low: Lowered, op: KOp) -> float:
     macs = math.prod(y) * a[-1]
     per_cycle = dpe_macs_per_cycle(chip, low.dtypes[op.reads[0]])
     return macs / (per_cycle * chip.grid.rows * chip.grid.cols * chip.clock.frequency_ghz * 1e9)
+
+
+def _indexed_rows_s(chip: Chip, low: Lowered, op: KOp) -> float:
+    """Rows moved by index: the core's issue work per row (a read-modify-write twice), shared by every PE."""
+    g = op.attrs["groups"]
+    per_row = chip.core.cycles_per_gather_row * (2 if op.attrs.get("accumulate") else 1)
+    return g.rows * per_row / (chip.grid.rows * chip.grid.cols * chip.clock.frequency_ghz * 1e9)
 
 
 def _lookups_s(chip: Chip, low: Lowered, op: KOp) -> float:
@@ -175,6 +189,36 @@ def _copy(d: TensorDecls, op: KOp, region: Region) -> Job:
     out = d.low.views.get(op.writes[0])  # copied on the destination's grid (a window's copy keeps its grid)
     dst = d.decl(op.writes[0], (out.rows, out.cols) if out is not None else None)
     return copy_job(d.chip, op.name, d.decl(op.reads[0], dst.shape), dst, region=region)
+
+
+def _index_decl(d: TensorDecls, value: str) -> TensorDecl:
+    """Index data as its own buffer when the value is all of it (a timing run reads the call's indices by
+    buffer name)."""
+    view = d.low.views.get(value)
+    if view is not None and view.col0 == 0:
+        buf = d.tensors[view.buffer]
+        if view.rows * view.cols == buf.rows * buf.cols:
+            return buf
+    return d.decl(value)
+
+
+def _im2col(d: TensorDecls, op: KOp, region: Region) -> Job:
+    conv = op.attrs["conv"]
+    x, zeros, y = d.decl(op.reads[0], conv.source_shape()), d.decl(op.reads[1]), d.decl(op.writes[0])
+    return im2col_job(d.chip, op.name, conv, x, zeros, y, region=region)
+
+
+def _row_gather(d: TensorDecls, op: KOp, region: Region) -> Job:
+    x, idx, y = d.decl(op.reads[0]), _index_decl(d, op.reads[1]), d.decl(op.writes[0])
+    return gather_rows_job(d.chip, op.name, x, idx, y, op.attrs["groups"], region=region, tensors=d.tensors)
+
+
+def _row_scatter(d: TensorDecls, op: KOp, region: Region) -> Job:
+    dst, idx, src = d.decl(op.reads[0]), _index_decl(d, op.reads[1]), d.decl(op.reads[2])
+    y = d.decl(op.writes[0])
+    scratch = d.decl(op.writes[1]) if len(op.writes) > 1 else None
+    return scatter_rows_job(d.chip, op.name, dst, idx, src, y, op.attrs["groups"], accumulate=op.attrs["accumulate"],
+                            scratch=scratch, region=region, tensors=d.tensors)  # fmt: skip
 
 
 def _convert(se: SeOp) -> Callable[[TensorDecls, KOp, Region], Job]:
@@ -264,6 +308,9 @@ KERNELS: dict[KernelKind, KernelSpec] = {
     K.HOST_CALL: KernelSpec(_needs_natural, _bytes_only, _host_call),
     K.JAGGED_TO_DENSE: KernelSpec(_needs_natural, _bytes_only, None, per_call=True, call=_jagged),
     K.DENSE_TO_JAGGED: KernelSpec(_needs_natural, _bytes_only, None, per_call=True, call=_jagged),
+    K.IM2COL: KernelSpec(_needs_im2col, _bytes_only, _im2col),
+    K.ROW_GATHER: KernelSpec(_needs_natural, _indexed_rows_s, _row_gather),
+    K.ROW_SCATTER: KernelSpec(_needs_natural, _indexed_rows_s, _row_scatter),
 }
 del K
 

@@ -25,6 +25,9 @@ class KernelKind(StrEnum):
     HOST_CALL = "host_call"  # an op without a kernel, run by the host CPU (fallback="host")
     JAGGED_TO_DENSE = "jagged_to_dense"  # jagged rows to padded dense by DMA, placed by the call's offsets
     DENSE_TO_JAGGED = "dense_to_jagged"  # padded dense back to jagged rows by DMA
+    IM2COL = "im2col"  # a 1-D convolution's columns, by DMA (the GEMM then runs the convolution)
+    ROW_GATHER = "row_gather"  # rows picked by index data, by DMA
+    ROW_SCATTER = "row_scatter"  # a copy with rows written (or added) where index data says, by DMA
     LOOKUP = "lookup"  # one table's lookup, before grouping into `tbe`
     CAT = "cat"  # a concatenation, before layout
     SLICE = "slice"  # a column slice, before layout

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mtiasim.compiler.kinds import KernelKind
+from mtiasim.compiler.lower_rows import RowsLowering
 from mtiasim.compiler.precision import Formats, rowwise_int8
 from mtiasim.dtypes import DType
 from mtiasim.errors import UnsupportedOperatorError
@@ -42,6 +43,7 @@ WINDOW_WRITERS = frozenset(
         KernelKind.DEQUANTIZE,
         KernelKind.COPY,
         KernelKind.GATHER,
+        KernelKind.ROW_GATHER,
         KernelKind.CAT,
     }
 )
@@ -122,7 +124,7 @@ def _natural(shape: tuple[int, ...]) -> tuple[int, int]:
     return (math.prod(shape[:-1]) if len(shape) > 1 else 1), shape[-1]
 
 
-class Lowering:
+class Lowering(RowsLowering):
     def __init__(self, graph: Graph, formats: Formats) -> None:
         self.g = graph
         self.fm = formats

@@ -37,6 +37,7 @@ from mtiasim.isa import (
     DmaIn,
     DmaOut,
     DmaPeer,
+    DmaScatter,
     HostCall,
     Job,
     MatMul,
@@ -462,8 +463,8 @@ class _Resolver:
         if run is not None:
             _scatter(self._array(decl.name), cmd.stream.loop.origins(), cmd.stream.tile, run)
 
-    def _dma_gather(self, node: Node, cmd: DmaGather, st: _JobState) -> None:
-        where = f"job {st.job.name}: {node.where}"
+    def _indexed_rows(self, where: str, cmd: DmaGather | DmaScatter) -> np.ndarray | None:
+        """The table rows an indexed DMA names (None at shape level), checked."""
         table = self.program.tensor(cmd.table, where)
         idx = self.program.tensor(cmd.indices, where)
         if idx.dtype not in (DType.INT32, DType.INT64):
@@ -473,17 +474,55 @@ class _Resolver:
             raise ProgramError(
                 f"{where}: indices [{cmd.start}, {cmd.start + cmd.count}) outside {idx.name!r} ({n_idx})"
             )
-        source = None
-        if self.memory is not None:
-            rows = self._array(idx.name).reshape(-1)[cmd.start : cmd.start + cmd.count].astype(np.int64)
-            rows = rows + cmd.table_row_offset
-            bad = (rows < 0) | (rows >= table.rows)
-            if bad.any():
-                raise ProgramError(
-                    f"{where}: row index {int(rows[bad][0])} outside table {table.name!r} ({table.rows} rows)"
-                )
-            source = RowTiles(self._array(table.name), rows)
+        if self.memory is None:
+            return None
+        rows = self._array(idx.name).reshape(-1)[cmd.start : cmd.start + cmd.count].astype(np.int64)
+        rows = rows + cmd.table_row_offset
+        bad = (rows < 0) | (rows >= table.rows)
+        if bad.any():
+            raise ProgramError(
+                f"{where}: row index {int(rows[bad][0])} outside table {table.name!r} ({table.rows} rows)"
+            )
+        return rows
+
+    def _dma_gather(self, node: Node, cmd: DmaGather, st: _JobState) -> None:
+        where = f"job {st.job.name}: {node.where}"
+        table = self.program.tensor(cmd.table, where)
+        rows = self._indexed_rows(where, cmd)
+        source = None if rows is None else RowTiles(self._array(table.name), rows)
         self._push(st, node, cmd.cb, cmd.count, (1, table.cols), table.dtype, source)
+
+    def _dma_scatter(self, node: Node, cmd: DmaScatter, st: _JobState) -> None:
+        where = f"job {st.job.name}: {node.where}"
+        table, src = self.program.tensor(cmd.table, where), self.program.tensor(cmd.src, where)
+        rows = self._indexed_rows(where, cmd)
+        last = cmd.src_row0 + max(cmd.count - 1, 0) * cmd.src_step
+        if src.cols != table.cols or not 0 <= cmd.src_row0 <= last < src.rows or cmd.src_step < 0:
+            raise ProgramError(
+                f"{where}: rows {cmd.src_row0}..{last} of {src.name!r} {list(src.shape)} cannot be written to "
+                f"{table.name!r} {list(table.shape)}"
+            )
+        if cmd.accumulate and (table.dtype != DType.FP32 or not src.dtype.is_float):
+            raise ProgramError(
+                f"{where}: rows are added in FP32: table {table.name!r} must be fp32, src float"
+            )
+        if not cmd.accumulate and src.dtype != table.dtype:
+            raise ProgramError(
+                f"{where}: {src.name!r} is {src.dtype.value}, table {table.name!r} {table.dtype.value}"
+            )
+        if rows is None:
+            return
+        hi = table.rows if cmd.row_hi is None else cmd.row_hi
+        k = np.nonzero((rows >= cmd.row_lo) & (rows < hi))[0]
+        r = rows[k]
+        values = self._array(src.name)[cmd.src_row0 + k * cmd.src_step]
+        array = self._array(table.name)
+        if cmd.accumulate:  # one index after the other (ufunc.at is unbuffered: duplicates add in order)
+            with np.errstate(over="ignore", invalid="ignore"):  # IEEE: to +-inf, inf - inf is NaN
+                np.add.at(array, r, values.astype(np.float32))
+        else:  # a later index of a duplicate wins: write each row's last value
+            keep = r.size - 1 - np.unique(r[::-1], return_index=True)[1]
+            array[r[keep]] = values[keep]
 
     def _dma_peer(self, node: Node, cmd: DmaPeer, st: _JobState) -> bool:
         src_key = (cmd.src_pe, cmd.src_cb)
@@ -774,6 +813,7 @@ _HANDLERS = {
     DmaIn: _Resolver._dma_in,
     DmaOut: _Resolver._dma_out,
     DmaGather: _Resolver._dma_gather,
+    DmaScatter: _Resolver._dma_scatter,
     DmaPeer: _Resolver._dma_peer,
     MatMul: _Resolver._matmul,
     SeMap: _Resolver._se_map,

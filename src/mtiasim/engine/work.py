@@ -30,6 +30,7 @@ from mtiasim.isa import (
     DmaIn,
     DmaOut,
     DmaPeer,
+    DmaScatter,
     HostCall,
     Level,
     MatMul,
@@ -63,6 +64,7 @@ SE_OPS_PER_ELEMENT = {
 POOL_OPS_PER_ELEMENT = 3  # dequantize (multiply, add) and accumulate
 UNPACK_OPS_PER_ELEMENT = 1  # 4-bit rows: one more op per element to take its nibble out of the byte
 FLOAT_POOL_OPS_PER_ELEMENT = 1  # float rows: accumulate (weighted: one fused multiply-add) or max
+SCAN_OPS_PER_INDEX = 3  # a row write's index scan on the vector unit: compare with both ends, compress
 
 
 def own_bytes(tensors: dict[str, TensorDecl], level: Level) -> int:
@@ -388,12 +390,18 @@ class WorkModel:
 
     def _gather_rows(self, node: Node) -> np.ndarray:
         cmd = node.cmd
-        assert isinstance(cmd, DmaGather)
+        assert isinstance(cmd, DmaGather | DmaScatter)
         data = self.data.get(cmd.indices)
         if data is None:
-            raise ProgramError(
-                f"{node.where}: timing needs the index tensor {cmd.indices!r} (index streams drive the cache model)"
-            )
+            decl = self.program.tensors[cmd.table]
+            if decl.level == Level.DRAM and decl.cached:
+                raise ProgramError(
+                    f"{node.where}: timing needs the index tensor {cmd.indices!r} (index streams drive the "
+                    "cache model)"
+                )
+            # indices the device computes are not known in a timing run: the rows are taken as spread
+            # evenly over the table (they only decide which SRAM slices or LPDDR5 channels serve them)
+            return np.linspace(0, decl.rows - 1, cmd.count).round().astype(np.int64)
         return data.reshape(-1)[cmd.start : cmd.start + cmd.count].astype(np.int64) + cmd.table_row_offset
 
     # ------------------------------------------------------------------------------------------- work
@@ -541,6 +549,78 @@ class WorkModel:
         w.counters["cache_hit_rows"] = hit_frac * n
         _count_access(w.counters, "read", decl, nbytes, parts)
         return w
+
+    def _w_DmaScatter(self, node: Node, cmd: DmaScatter) -> Work:
+        """Rows written where their indices say (`isa.DmaScatter`): the core scans the indices on its vector
+        unit (`SCAN_OPS_PER_INDEX` integer ops each), then for each row in its range computes the address and
+        issues the row's DMA (as a gather does), plus the DMA of the src row in and, when adding, of the table
+        row in: a read-modify-write whose SE add (one FP32 op per element) overlaps the DMAs and is counted,
+        not timed."""
+        chip = self.chip
+        table, src = self.program.tensors[cmd.table], self.program.tensors[cmd.src]
+        idx = self.program.tensors[cmd.indices]
+        self._reads_run_state = True  # which rows it writes is data
+        rows = self._gather_rows(node)
+        hi = table.rows if cmd.row_hi is None else cmd.row_hi
+        k = np.nonzero((rows >= cmd.row_lo) & (rows < hi))[0]
+        m, acc = k.size, int(cmd.accumulate)
+        row_bytes, src_bytes = table.cols * table.dtype.itemsize, src.cols * src.dtype.itemsize
+        w = Work("dma", "dma", items=max(m, 1))
+        usage: dict[int, float] = {}
+        # the whole index list is read (every PE sharing the rows scans all of it)
+        idx_bytes = cmd.count * idx.dtype.itemsize
+        i_parts = self._memory_parts(idx, np.array([idx.address + cmd.start * idx.dtype.itemsize]),
+                                     np.array([max(idx_bytes, 1)]), 1.0)  # fmt: skip
+        streams = [(i_parts, 1, (True,))]
+        if m:
+            t_parts = self._row_parts(table, rows[k])
+            s_parts = self._row_parts(src, cmd.src_row0 + k * cmd.src_step)
+            streams += [(t_parts, 1 + acc, (False, True)[: 1 + acc]), (s_parts, 1, (True,))]
+            _count_access(w.counters, "write", table, float(m * row_bytes), t_parts)
+            _count_access(w.counters, "read", src, float(m * src_bytes), s_parts)
+            if acc:
+                _count_access(w.counters, "read", table, float(m * row_bytes), t_parts)
+        _count_access(w.counters, "read", idx, float(idx_bytes), i_parts)
+        for parts, times, lanes in streams:
+            for key, v in self._usage(parts).items():
+                _add(usage, key, times * v)
+            for inbound in lanes:
+                for key, v in self._lanes(parts.side_bytes, [node.pe], None, inbound).items():
+                    _add(usage, key, v)
+        w.parts.append(FlowPart(("node", node.id, 0), usage))
+        inbound_bytes = float(m * (src_bytes + acc * row_bytes) + idx_bytes)
+        w.bytes = inbound_bytes + m * row_bytes
+        _add(w.own_usage, self.rmap.fi_out(node.pe), float(m * row_bytes))
+        _add(w.own_usage, self.rmap.fi_in(node.pe), inbound_bytes)
+        read_s = max(self._level_latency_s(src), self._level_latency_s(table) if acc else 0.0)
+        w.latency_s = read_s + self._level_latency_s(table) + self._hops_s(node.pe)
+        scan = cmd.count * SCAN_OPS_PER_INDEX * idx.dtype.itemsize / chip.vector.int8_ops_per_cycle
+        per_row = chip.core.cycles_per_gather_row + (1 + acc) * chip.core.cycles_per_command
+        w.issue_s = (chip.dma.setup_cycles + scan + m * per_row) * self.cyc
+        # rows in flight are few (as a gather's); the index list streams as a DMA loop does
+        lat = max(w.latency_s, 1e-12)
+        flight_s = m * lat / chip.dma.outstanding_rows + idx_bytes * lat / chip.dma.outstanding_bytes
+        self._caps(w, w.bytes / max(flight_s, 1e-12), "latency")
+        w.counters.update(
+            noc_bytes=w.bytes,
+            noc_byte_hops=w.bytes * self._hops(node.pe),
+            ls_read_bytes=float(m * row_bytes),
+            ls_write_bytes=inbound_bytes,
+            commands=float(m * (2 + acc)),
+            scattered_rows=float(m),
+        )
+        if acc:
+            w.counters["se_ops"] = float(m * table.cols)
+        return w
+
+    def _row_parts(self, decl: TensorDecl, rows: np.ndarray) -> MemParts:
+        """Where rows at scattered positions of a tensor land (a sample of at most 8192 rows)."""
+        pick = (
+            rows if rows.size <= 8192 else rows[np.linspace(0, rows.size - 1, 8192).round().astype(np.int64)]
+        )
+        starts = decl.address + pick * decl.pitch
+        lengths = np.full(pick.size, decl.cols * decl.dtype.itemsize, dtype=np.int64)
+        return self._memory_parts(decl, starts, lengths, rows.size / pick.size, random_rows=True)
 
     def _gather_parts(self, node: Node, decl: TensorDecl) -> tuple[int, float, MemParts]:
         """(rows, fraction of rows that hit the SRAM cache, where the bytes land) of one gather."""

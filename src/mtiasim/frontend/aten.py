@@ -973,6 +973,8 @@ def pt2e_weight(node: fx.Node, args: tuple) -> tuple[np.ndarray, np.ndarray] | N
 
 
 # the reductions and row-wise operators register their converters too (they build on emit_binary)
+from mtiasim.frontend import aten_conv as _aten_conv  # noqa: E402, F401
+from mtiasim.frontend import aten_gather as _aten_gather  # noqa: E402, F401
 from mtiasim.frontend import aten_jagged as _aten_jagged  # noqa: E402, F401
 from mtiasim.frontend import aten_rows as _aten_rows  # noqa: E402, F401
 from mtiasim.frontend import aten_select as _aten_select  # noqa: E402, F401

@@ -20,6 +20,7 @@ import torch
 from torch import fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from mtiasim.errors import MtiasimError, UnsupportedOperatorError, UsageError
 from mtiasim.frontend.aten import CONVERTERS, Ctx, register_library_ops, supported_ops, type_of
@@ -82,9 +83,12 @@ def _is_virtual(t: torch.Tensor) -> bool:
     return t.numel() > 1 and any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape, strict=True))
 
 
-def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None) -> ExportedProgram:
+def export(
+    model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = None, static: tuple = ()
+) -> ExportedProgram:
     """torch.export, non-strict; a model whose weights all live on the meta device is exported with meta inputs.
-    torch.ao quantized EmbeddingBags are exported as the ATen lookups they run (`quantized.exportable`)."""
+    torch.ao quantized EmbeddingBags are exported as the ATen lookups they run (`quantized.exportable`).
+    Index tensors may change length from call to call (`_index_dims`) except those in `static`."""
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, tuple):
@@ -110,7 +114,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = 
                 example_inputs,
                 kwargs,
                 strict=False,
-                dynamic_shapes=_index_dims(model, example_inputs, kwargs),
+                dynamic_shapes=_index_dims(model, example_inputs, kwargs, static),
             )
     except MtiasimError:
         raise
@@ -120,6 +124,41 @@ def export(model: torch.nn.Module, example_inputs: tuple, kwargs: dict | None = 
         ) from None
     finally:
         _set_training(model, was_training)
+
+
+def _row_indices(ep: ExportedProgram, args: tuple, kwargs: dict | None) -> tuple:
+    """The model's integer inputs exported with a per-call length that a row gather or scatter reads as its
+    indices (directly or through index bookkeeping)."""
+    from mtiasim.frontend.aten_gather import ROW_INDEX_OPS
+
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    flat = flat_graph_inputs(ep, args, dict(kwargs or {}), "export")
+    out = []
+    for node, tensor in zip(placeholders, flat, strict=True):
+        if not (isinstance(tensor, torch.Tensor) and _is_index(node)) or all(
+            is_concrete_int(d) for d in node.meta["val"].shape
+        ):
+            continue
+        todo, seen, found = [node], {node}, False
+        while todo and not found:
+            for user in todo.pop().users:  # a row op on an activation (not the host's on index data)
+                found |= user.target in ROW_INDEX_OPS and any(_is_float(i) for i in user.all_input_nodes)
+                if _is_index(user) and user not in seen:
+                    seen.add(user)
+                    todo.append(user)
+        if found:
+            out.append(tensor)
+    return tuple(out)
+
+
+def _is_float(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def _is_index(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and not val.is_floating_point() and val.dtype != torch.bool
 
 
 def _set_training(model: torch.nn.Module, training: bool) -> None:
@@ -136,7 +175,7 @@ def _is_jagged(x: Any) -> bool:
     return all(callable(getattr(x, a, None)) for a in ("values", "lengths", "keys", "weights_or_none"))
 
 
-def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict, static: tuple = ()) -> Any:
     """Index tensors may change length from call to call (bags of random sizes): their length is exported as
     dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, 1-D integer tensors
     other than per-bag offsets (whose length is the batch, or the batch + 1, the batch being the rows of the
@@ -171,6 +210,7 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     lengths = {t.shape[0] for t in indices}
     weights = [t for t in tensors if t.dim() == 1 and t.is_floating_point() and t.shape[0] in lengths]
     dynamic += indices + weights
+    dynamic = [t for t in dynamic if not any(t is s for s in static)]
     if not dynamic:
         return None
     shapes = torch.export.ShapesCollection()
@@ -205,6 +245,9 @@ def capture(
         register_library_ops()
         return convert(to_core_aten(model), name, fallback)
     ep = export(model, example_inputs, kwargs)
+    static = _row_indices(ep, example_inputs, kwargs)
+    if static:  # the rows a gather or scatter makes are known when compiling: its indices keep their length
+        ep = export(model, example_inputs, kwargs, static)
     register_library_ops()  # before asking which ops have converters
     return convert(to_core_aten(ep), name or type(model).__name__, fallback)
 
@@ -447,8 +490,12 @@ def convert(ep: ExportedProgram, name: str, fallback: str | None = None) -> Capt
         else:
             returns.append(("const", arg))
 
+    # host values a converter read beyond the node's own inputs (the index under a host-side expand), and
+    # not those it looked through
+    host_to_device.update({v: None for v in ctx.used if side.get(v) == HOST and v not in user_inputs})
     # device inputs: the user's tensors device ops read directly, then host values they read
-    inputs = [v for v in user_inputs if v in ctx.used] + [v for v in host_to_device if v not in user_inputs]
+    inputs = [v for v in user_inputs if v in ctx.used]
+    inputs += [v for v in host_to_device if v not in user_inputs and v in ctx.used]
     kinds = {v: ValueKind.INPUT for v in inputs}
     graph_params = {k: p for k, p in ctx.params.items() if k in ctx.used}
     kinds.update({k: ValueKind.PARAM for k in graph_params})

@@ -36,6 +36,11 @@ _UNITS = {
     "_identity": "view",
     "_index": "mlu",
     "_full_like": "view",
+    "_conv1d": "dpe",  # im2col by DMA, then the GEMM
+    "_gather": "dma",
+    "_index_tensor": "dma",
+    "_scatter": "dma",
+    "_index_put": "dma",
 }
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from mtiasim.errors import UsageError
 from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
+from mtiasim.frontend.reference_rows import gather_rows, im2col, scatter_rows
 from mtiasim.ir import DYNAMIC, Graph, Node
 from mtiasim.isa import RowFormat
 from mtiasim.jagged import check_offsets, lengths
@@ -163,6 +164,11 @@ _RULES: dict[str, Callable[[Node, list[Any], dict, torch.dtype], torch.Tensor]] 
     Kind.REDUCE: lambda n, xs, a, dt: _REDUCTIONS[a["op"]](xs[0].to(torch.float32), -1, keepdim=True).to(dt),
     Kind.JAGGED_TO_DENSE: lambda n, xs, a, dt: jagged_rows(n, xs[0], xs[1], a.get("padding", 0.0)).to(dt),
     Kind.DENSE_TO_JAGGED: lambda n, xs, a, dt: jagged_rows(n, xs[0], xs[1], 0.0).to(dt),
+    Kind.IM2COL: lambda n, xs, a, dt: im2col(xs[0], a),
+    Kind.GATHER_ROWS: lambda n, xs, a, dt: gather_rows(xs[0], xs[1], a, n.where()),
+    Kind.SCATTER_ROWS: lambda n, xs, a, dt: scatter_rows(
+        xs[0], xs[1], xs[2] if len(xs) > 2 else None, a, n.where()
+    ),
 }
 _REDUCTIONS = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}
 require(set(_RULES), "frontend.reference")

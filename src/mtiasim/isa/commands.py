@@ -106,6 +106,33 @@ class DmaGather:
 
 
 @dataclass(frozen=True, slots=True)
+class DmaScatter:
+    """Indexed row write, memory to memory (the mirror of `DmaGather`). For k = 0, 1, ... in order, the row
+    ``r = indices[start + k] + table_row_offset`` of `table`, if ``row_lo <= r < row_hi`` (None: the table's
+    end), gets row ``src_row0 + k * src_step`` of `src` (a step of 0 writes one row everywhere): written (of a
+    duplicate row the later index wins) or, with `accumulate`, added by the SE in FP32,
+    ``row = f32(row + f32(src row))``, so duplicates sum in index order (the table is then fp32).
+
+    v1 has no indexed DMA: the core scans the indices with its vector unit, and for each row in range issues
+    the DMA of the src row into the local store, of the table row too when adding, and of the result back.
+    Indices outside the range are skipped: the PE owning those rows writes them, so every row is written in
+    index order whatever the PEs' timing.
+    """
+
+    src: str
+    table: str
+    indices: str
+    start: int
+    count: int
+    table_row_offset: int = 0
+    src_row0: int = 0
+    src_step: int = 1
+    row_lo: int = 0
+    row_hi: int | None = None
+    accumulate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class DmaPeer:
     """A DMA loop that pops tiles from another PE's CB (over the NoC) into a CB of this PE."""
 
@@ -455,6 +482,7 @@ Command = (
     DmaIn
     | DmaOut
     | DmaGather
+    | DmaScatter
     | DmaPeer
     | MatMul
     | SeMap

@@ -16,7 +16,8 @@ precision a model loses to int8 or fp16 on these inputs. Notation: u_d the unit 
   weights) + (K + 8) u_32 (sum_k (|W| + s_w/2) x^ + |b|);
 - matmul of two activations: sum_k (|a| e_b + |b| e_a + e_a e_b) + (K + 4) u_32 sum_k |a||b|;
 - activations: relu e, sigmoid e/4 + L_sigmoid, tanh e + L_tanh (L the LUT's documented error);
-  add e_a + |alpha| e_b, mul |a| e_b + |b| e_a + e_a e_b; layout ops carry e unchanged;
+  add e_a + |alpha| e_b, mul |a| e_b + |b| e_a + e_a e_b; layout ops carry e unchanged (im2col, row gathers
+  and written rows too); k rows added to a row: their errors plus k u_32 of the row's total magnitude;
 - embedding bags: each stored row's error (int8 rows: s/2 + 2 u_16 (|min| + (max - min)) with the row's
   fp16 scale s; fp16 rows u_16 |w|), summed with |per-sample weight|, plus (L + 3) u_32 of the magnitudes,
   divided by L for mean, the largest for max.
@@ -42,6 +43,7 @@ from mtiasim.frontend.reference import (
     run_graph,
     tbe_table,
 )
+from mtiasim.frontend.reference_rows import gather_rows, im2col, scatter_rows
 from mtiasim.ir import Node, ValueKind
 from mtiasim.isa import RowFormat
 from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
@@ -385,7 +387,39 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
         return x.map(lambda t: t.narrow(a["dim"], a["start"], a["end"] - a["start"]))
     if op == "index":
         return x.map(lambda t: t.reshape(t.shape[0], -1)[:, list(a["columns"])])
+    if op == "im2col":  # the padding's zeros are exact
+        return x.map(lambda t: im2col(t, a))
+    if op == "gather_rows":
+        return x.map(lambda t: gather_rows(t, ref[ins[1]], a, node.where()))
+    if op == "scatter_rows":
+        return _scatter(node, x, err[ins[2]] if len(ins) > 2 else None, ref, mag, u)
     raise ValueError(f"no error bound rule for op {op!r} ({node.where()})")
+
+
+def _scatter(node: Node, dst: Err, src: Err | None, ref, mag, u: float) -> Err:
+    """Rows written: their errors replace the destination's. Rows added (in FP32, in index order): the errors
+    add up, plus one FP32 rounding per add of at most u_32 of the running sum's magnitude (bounded by the
+    row's total magnitude)."""
+    a, ins = node.attrs, node.inputs
+    idx = ref[ins[1]]
+
+    def put(base: torch.Tensor, rows: torch.Tensor | None, value: float = 0.0) -> torch.Tensor:
+        b = {**a, "value": value}
+        return scatter_rows(base, idx, rows, b, node.where(), torch.float64)
+
+    if src is None:  # a constant, rounded to the activations' dtype
+        c = abs(float(a["value"]))
+        e_src, v_src, m_src = None, None, None
+        e_val, m_val = u * c, c
+    else:
+        e_src, v_src, m_src = src.e, src.var, mag[ins[2]]
+        e_val = m_val = 0.0
+    if not a.get("accumulate"):
+        return Err(put(dst.e, e_src, e_val), put(dst.var, v_src, e_val**2 / 3))
+    total = put(mag[ins[0]] + dst.e, None if src is None else m_src + e_src, m_val + e_val)
+    adds = put(torch.zeros_like(dst.e), None if src is None else torch.ones_like(src.e), 1.0)
+    e = put(dst.e, e_src, e_val) + adds * U32 * total
+    return Err(e, put(dst.var, v_src, e_val**2 / 3) + adds * (U32 * total) ** 2 / 3)
 
 
 def _reduce(op: str, x: Err, mag_in: torch.Tensor, mag_out: torch.Tensor) -> Err:
@@ -538,6 +572,7 @@ def _tbe_bags(node: Node, ref, n_tables: int) -> list:
 # output carries no float error of its own (its dequantize takes the rounding)
 require(
     {"linear", "matmul", "embedding_bag", "tbe", "dequantize", "quantize", "cat", "cast", "copy", "reshape",
-     "permute", "slice", "index", "reduce", "host_call", "jagged_to_dense", "dense_to_jagged"},
+     "permute", "slice", "index", "reduce", "host_call", "jagged_to_dense", "dense_to_jagged", "im2col",
+     "gather_rows", "scatter_rows"},
     "runtime.bounds",
 )  # fmt: skip

@@ -184,7 +184,7 @@ class CompiledModel:
                     f"model {g.name}: input {v} has shape {list(t.shape)}, compiled for {list(want)}"
                 )
             h2d += decl.rows * decl.cols * decl.dtype.itemsize
-            if functional:
+            if functional or not decl.dtype.is_float:  # index data: timing reads it too (which rows move)
                 data[decl.base or decl.name] = _to_numpy(t, decl.dtype).reshape(decl.rows, decl.cols)
         tensors: dict[str, TensorDecl] = {}
         jobs: dict[str, Job] = {}
