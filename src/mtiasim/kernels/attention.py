@@ -11,13 +11,19 @@ PE holds the band of q in its local store and walks the keys in blocks of `nbk` 
   gives 0, as PyTorch does); ``p = exp(s - m')`` rounded to the DPE's dtype; ``l' = l c + sum_j p_j`` with
   ``c = exp(m - m')`` (FP32 sums in column order);
 - DPE: ``o' = o c + p v`` (v's tiles transposed to [Dv, keys] by the MLU as they arrive);
-- after the last block: ``out = o / max(l, 1)`` (l >= 1 unless every key was masked), rounded to out's dtype.
+- after the last block: ``out = o * (1 / max(l, 1))`` (l >= 1 unless every key was masked: a fully masked
+  row's output is 0), rounded to out's dtype.
 
 With one block (every key of the item in the local store: `resident`) this is the two-pass softmax; k and
-v^T then stay in the store for all the item's bands and are read once per PE. Otherwise (a long sequence) the
-blocks stream through and the running max, sum and output are rescaled block by block (a flash-style online
-softmax). A causal band skips the key tiles after its last query. `plan_attention` picks the sizes from the
-local store's capacity.
+v^T then stay in the store for all the item's bands (loaded once per PE and item, the next item's while this
+one computes). Otherwise (a long sequence) the blocks stream through and the running max, sum and output are
+rescaled block by block (a flash-style online softmax). A causal band skips the key tiles after its last
+query.
+
+Core 0 moves the data; core 1 issues the arithmetic, software-pipelined so that the DPE and the SE work at
+once: the scores of the next block are issued before this block's product with v (two score buffers), and,
+when resident, the next unit's softmax before this unit's normalisation (two probability and output buffers).
+`plan_attention` picks the sizes from the local store's capacity.
 """
 
 from __future__ import annotations
@@ -48,13 +54,14 @@ from mtiasim.isa import (
     TileStream,
 )
 from mtiasim.kernels.common import Region, cb_layout, cdiv, split
-from mtiasim.kernels.gemm import DPE_DTYPES, tiles
+from mtiasim.kernels.gemm import tiles
 from mtiasim.opset import ELEMENTWISE, Kind
 
-CB_Q, CB_K, CB_VS, CB_VT, CB_SC, CB_S, CB_MK, CB_M0, CB_M1, CB_C, CB_P, CB_L, CB_LJ, CB_PV, CB_O = range(15)
 FLT_MAX = float(np.finfo(np.float32).max)
 SCALE_COLS = 64  # the scale vector's length: at least the widest key tile
 MAX_TILE = 64  # query band rows, key tile width, v tile width: the RE's 64x64 output block
+FP32 = DType.FP32
+SUB = (("alpha", -1.0),)  # x + (-1) y
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ class AttentionPlan:
     nvb: int  # output tiles per band (v's columns)
     nk: int  # key tiles of an item
     nbk: int  # key tiles per block (nk: resident)
-    sizes: dict[int, int]  # CB -> bytes
+    sizes: dict[str, int]  # CB name -> bytes
 
     @property
     def resident(self) -> bool:
@@ -78,6 +85,42 @@ class AttentionPlan:
 
 def _divisors(n: int, limit: int) -> list[int]:
     return [d for d in range(min(n, limit), 0, -1) if n % d == 0]
+
+
+def _sizes(
+    tq: int,
+    nbk: int,
+    *,
+    nk: int,
+    tn: int,
+    tk: int,
+    tv: int,
+    steps_d: int,
+    nvb: int,
+    item: int,
+    mask_rows: int,
+) -> dict[str, int]:
+    """The CBs of a plan (see `attention_job` for what each holds) and their bytes."""
+    resident = nbk == nk
+    small = tq * 4  # one [tq, 1] fp32 tile
+    s = {
+        "Q": 2 * steps_d * tq * tk * item,
+        "K": 2 * nbk * steps_d * tn * tk * item,
+        "VS": 2 * tn * tv * item,
+        "VT": 2 * nvb * nbk * tv * tn * item,
+        "SC": 2 * nbk * tn * 4,
+        "S0": nbk * tq * tn * 4,
+        "S1": nbk * tq * tn * 4,
+    }
+    if mask_rows:
+        s["MK"] = 2 * nbk * (1 if mask_rows == 1 else tq) * tn * item
+    if resident:
+        s.update(M=small, P0=nbk * tq * tn * item, P1=nbk * tq * tn * item, LJ=small, L=2 * small)
+        s.update(O0=nvb * tq * tv * 4, O1=nvb * tq * tv * 4)
+    else:
+        s.update(M0=small, M1=small, C=small, P0=nbk * tq * tn * item, L=small, LJ=small)
+        s.update(PV=nvb * tq * tv * 4, O0=nvb * tq * tv * 4)
+    return s
 
 
 def plan_attention(
@@ -98,31 +141,11 @@ def plan_attention(
     first = busy[0] if busy else min((t for t in row_tiles if t >= min(16, row_tiles[0])), default=1)
     order = [t for t in row_tiles if t <= first]
     store = chip.local_memory.bytes
+    dims = dict(nk=nk, tn=tn, tk=tk, tv=tv, steps_d=steps_d, nvb=nvb, item=item, mask_rows=mask_rows)
 
-    def sizes(tq: int, nbk: int) -> dict[int, int]:
-        resident = nbk == nk
-        small = tq * 4  # one [tq, 1] fp32 tile
-        s = {
-            CB_Q: 2 * steps_d * tq * tk * item,
-            CB_K: 2 * nbk * steps_d * tn * tk * item,
-            CB_VS: 2 * tn * tv * item,
-            CB_VT: 2 * nvb * nbk * tv * tn * item,
-            CB_SC: 2 * nbk * tn * 4,
-            CB_S: nbk * tq * tn * 4,
-            CB_M0: small,
-            CB_M1: small,
-            CB_P: nbk * tq * tn * item,
-            CB_L: small,
-            CB_O: nvb * tq * tv * 4,
-        }
-        if mask_rows:
-            s[CB_MK] = 2 * nbk * (1 if mask_rows == 1 else tq) * tn * item
-        if not resident:
-            s.update({CB_C: small, CB_LJ: small, CB_PV: nvb * tq * tv * 4})
-        return s
-
-    def fits(s: dict[int, int]) -> bool:
-        return sum(cdiv(b, 64) * 64 for b in s.values()) <= store
+    def fits(s: dict[str, int]) -> bool:
+        used = sum(cdiv(b, 64) * 64 for b in s.values())
+        return used <= store and len(s) <= chip.local_memory.max_circular_buffers
 
     # resident with bands of at least 16 rows (or the tallest), then key blocks streamed, then short bands
     tall = [t for t in order if t >= min(16, first)]
@@ -132,18 +155,136 @@ def plan_attention(
         + [(tq, nk) for tq in order if tq not in tall]
     )
     for tq, nbk in candidates:
-        s = sizes(tq, nbk)
+        s = _sizes(tq, nbk, **dims)
         if fits(s):
             return AttentionPlan(tq, tn, tk, tv, steps_d, nvb, nk, nbk, s)
-    need = sum(sizes(row_tiles[-1], 1).values())
+    least = _sizes(row_tiles[-1], 1, **dims)
     raise CapacityError(
-        f"attention of head dims {d} (q, k) and {dv} (v) needs {need / 1024:.1f} KiB of local store even with "
-        f"{row_tiles[-1]}-row bands and one {tn}-key tile per block; a PE holds {store / 1024:.0f} KiB"
+        f"attention of head dims {d} (q, k) and {dv} (v) needs {sum(least.values()) / 1024:.1f} KiB of local "
+        f"store in {len(least)} circular buffers even with {row_tiles[-1]}-row bands and one {tn}-key tile per "
+        f"block; a PE holds {store / 1024:.0f} KiB and {chip.local_memory.max_circular_buffers} buffers"
     )
 
 
 def _loop(base: tuple[int, int], *dims: tuple[int, int, int]) -> TileLoop:
     return TileLoop(base, tuple(x for x in dims if x[0] > 1))
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One key block of one unit: item `b`, band rows from `i0`, block `idx` of the band (`n` key tiles from
+    key tile `j`), the step's position `s` among the PE's steps."""
+
+    s: int
+    b: int
+    i0: int
+    idx: int
+    j: int
+    n: int
+    last: bool  # the band's last block
+
+    @property
+    def first(self) -> bool:
+        return self.idx == 0
+
+
+class _Compute:
+    """Core 1's commands (see the module doc): `scores` (DPE), `softmax` (SE), `mix` (DPE, p v) and `finish`
+    (SE: rescale or divide, then write the band out)."""
+
+    def __init__(
+        self, p: AttentionPlan, cb: dict[str, int], dt: DType, out: TensorDecl, s_q: int, masked: bool
+    ):
+        self.p, self.cb, self.dt, self.out, self.s_q, self.masked = p, cb, dt, out, s_q, masked
+        self.b_mode = Operand.RESIDENT if p.resident else Operand.STREAM
+
+    def _m(self, st: _Step) -> tuple[int, int]:
+        """(running max before the block, after it)."""
+        if self.p.resident:
+            return self.cb["M"], self.cb["M"]
+        m0, m1 = self.cb["M0"], self.cb["M1"]
+        return (m0, m1) if st.idx % 2 == 0 else (m1, m0)
+
+    def _p(self, st: _Step) -> int:
+        return self.cb["P0" if not self.p.resident or st.s % 2 == 0 else "P1"]
+
+    def _o(self, st: _Step) -> int:
+        return self.cb["O0" if not self.p.resident or st.s % 2 == 0 else "O1"]
+
+    def scores(self, st: _Step) -> MatMul:
+        p, cb = self.p, self.cb
+        return MatMul(cb["Q"], cb["K"], self.dt, 1, st.n, p.steps_d, p.tq, p.tn, p.tk, a_mode=Operand.RESIDENT,
+                      b_mode=self.b_mode, scale_cb=cb["SC"], out_cb=cb[f"S{st.s % 2}"], out_dtype=FP32)  # fmt: skip
+
+    def softmax(self, st: _Step) -> list:
+        p, cb, n = self.p, self.cb, st.n
+        s = cb[f"S{st.s % 2}"]
+        mo, mn = self._m(st)
+        cmds: list = []
+        if self.masked:
+            cmds.append(SeMap(SeOp.ADD, s, s, n, FP32, src2=cb["MK"]))
+        cmds.append(SeRowReduce(s, mn, n, n, ReduceOp.MAX, n * p.tn, FP32, keep=True))
+        if self.masked:  # a row masked so far keeps a finite max: exp(-inf - m) = 0, not NaN
+            cmds.append(SeMap(SeOp.CLAMP, mn, mn, 1, FP32, params=(("min", -FLT_MAX),)))
+        if not st.first:  # the new max, and the factor that rescales what the earlier blocks summed
+            cmds += [
+                SeMap(SeOp.MAXIMUM, mn, mn, 1, FP32, src2=mo, src2_period=1),
+                SeMap(SeOp.ADD, mo, cb["C"], 1, FP32, src2=mn, src2_period=1, params=SUB),
+                SeMap(SeOp.EXP, cb["C"], cb["C"], 1, FP32),
+            ]
+        pb = self._p(st)
+        cmds += [
+            SeMap(SeOp.ADD, s, s, n, FP32, src2=mn, src2_period=1, params=SUB),
+            SeMap(SeOp.EXP, s, pb, n, self.dt),
+        ]
+        if st.last:
+            cmds.append(CbPop(mn, 1))
+        if p.resident:  # l -> 1 / max(l, 1) at once (the next unit's sum comes before this unit's finish)
+            cmds.append(SeRowReduce(pb, cb["LJ"], n, n, ReduceOp.SUM, n * p.tn, FP32, keep=True))
+            if self.masked:  # l >= 1 unless every key was masked: then 1, and the row's output 0
+                cmds.append(SeMap(SeOp.CLAMP, cb["LJ"], cb["LJ"], 1, FP32, params=(("min", 1.0),)))
+            cmds.append(SeMap(SeOp.RECIPROCAL, cb["LJ"], cb["L"], 1, FP32))
+        elif st.first:
+            cmds.append(SeRowReduce(pb, cb["L"], n, n, ReduceOp.SUM, n * p.tn, FP32, keep=True))
+        else:
+            cmds += [
+                SeRowReduce(pb, cb["LJ"], n, n, ReduceOp.SUM, n * p.tn, FP32, keep=True),
+                SeMap(SeOp.MUL, cb["L"], cb["L"], 1, FP32, src2=cb["C"], src2_period=1),
+                SeMap(SeOp.ADD, cb["L"], cb["L"], 1, FP32, src2=cb["LJ"]),
+            ]
+        return cmds
+
+    def mix(self, st: _Step) -> list:
+        p = self.p
+        out = self._o(st) if st.first else self.cb["PV"]
+        return [
+            MatMul(self._p(st), self.cb["VT"], self.dt, 1, p.nvb, st.n, p.tq, p.tv, p.tn, a_mode=Operand.RESIDENT,
+                   b_mode=self.b_mode, out_cb=out, out_dtype=FP32),
+            CbPop(self._p(st), st.n),
+        ]  # fmt: skip
+
+    def finish(self, st: _Step) -> list:
+        p, cb = self.p, self.cb
+        o = self._o(st)
+        cmds: list = []
+        if not st.first:
+            cmds += [
+                SeMap(SeOp.MUL, o, o, p.nvb, FP32, src2=cb["C"], src2_period=1),
+                SeMap(SeOp.ADD, o, o, p.nvb, FP32, src2=cb["PV"]),
+                CbPop(cb["C"], 1),
+            ]
+        if st.last:
+            if not p.resident:
+                if self.masked:
+                    cmds.append(SeMap(SeOp.CLAMP, cb["L"], cb["L"], 1, FP32, params=(("min", 1.0),)))
+                cmds.append(SeMap(SeOp.RECIPROCAL, cb["L"], cb["L"], 1, FP32))
+            row = st.b * self.s_q + st.i0
+            cmds += [
+                SeMap(SeOp.MUL, o, o, p.nvb, self.out.dtype, src2=cb["L"], src2_period=1),
+                CbPop(cb["L"], 1),
+                DmaOut(o, TileStream(self.out.name, (p.tq, p.tv), _loop((row, 0), (p.nvb, 0, p.tv)))),
+            ]
+        return cmds
 
 
 def attention_job(
@@ -167,11 +308,16 @@ def attention_job(
     fp32 vector holding the scale. `mask`: the additive mask [R, Skv] (0 keeps, -inf masks), item i's rows
     starting at ``mask_rows[i]``, one per query (`mask_per_query`) or one for all. `causal`: the causal mask as
     a [>= tq, Sq + Skv] Toeplitz table, ``T[r, x] = 0 if x - Sq <= r else -inf`` (keys after the query
-    masked)."""
+    masked).
+
+    CBs: Q (the band of q), K (k's tiles), VS and VT (v's tiles, and transposed), SC (scale vectors), MK (mask
+    tiles), S0/S1 (scores), M/M0/M1 (running max), C (rescale factor), P0/P1 (probabilities), L and LJ (sums;
+    resident: L the sums' reciprocals),
+    PV (a block's p v), O0/O1 (output)."""
     region = region or Region.whole(chip)
     region.check(chip)
     dt = q.dtype
-    if dt not in DPE_DTYPES or dt == DType.INT8 or k.dtype != dt or v.dtype != dt:
+    if dt not in (DType.FP16, DType.BF16) or k.dtype != dt or v.dtype != dt:
         raise UsageError(f"{name}: attention takes fp16 or bf16 q, k and v of one dtype")
     if items <= 0 or q.rows % items or k.rows % items or v.rows != k.rows or out.rows != q.rows:
         raise UsageError(
@@ -186,12 +332,11 @@ def attention_job(
         raise UsageError(f"{name}: the mask must have {s_kv} columns and a first row per item")
     pe_list = [region.pe(r, c) for r in range(region.rows) for c in range(region.cols)]
     mrows = 0 if mask is None and causal is None else (1 if mask is not None and not mask_per_query else 2)
-    plan = plan_attention(chip, s_q, s_kv, d, dv, dt, items=items, mask_rows=mrows, pes=len(pe_list))
-    p = plan
+    p = plan_attention(chip, s_q, s_kv, d, dv, dt, items=items, mask_rows=mrows, pes=len(pe_list))
     tq, tn, tk, tv = p.tq, p.tn, p.tk, p.tv
-    masked = mrows > 0
+    cb = {key: i for i, key in enumerate(p.sizes)}
+    compute = _Compute(p, cb, dt, out, s_q, mrows > 0)
     units = [(b, i0) for b in range(items) for i0 in range(0, s_q, tq)]
-    b_mode = Operand.RESIDENT if p.resident else Operand.STREAM
 
     def blocks(i0: int) -> list[tuple[int, int]]:
         """(first key tile, key tiles) of each block of a band; a causal band stops after its last query (in a
@@ -205,97 +350,65 @@ def attention_job(
         row = b * s_kv + j * tn
         ks = TileStream(k.name, (tn, tk), _loop((row, 0), (n, tn, 0), (p.steps_d, 0, tk)))
         vs = TileStream(v.name, (tn, tv), _loop((row, 0), (p.nvb, 0, tv), (n, tn, 0)))
-        return [DmaIn.one(CB_K, ks), DmaIn.one(CB_VS, vs), MluTranspose(CB_VS, CB_VT, p.nvb * n)]
+        return [DmaIn.one(cb["K"], ks), DmaIn.one(cb["VS"], vs), MluTranspose(cb["VS"], cb["VT"], p.nvb * n)]
+
+    def data(st: _Step, new_item: bool) -> list:
+        """Core 0's commands for a step: k and v^T (once per item when resident), q, scale and mask tiles."""
+        cmds: list = []
+        if st.first:
+            if p.resident and new_item:
+                cmds += key_tiles(st.b, 0, p.nk)
+            qs = TileStream(q.name, (tq, tk), _loop((st.b * s_q + st.i0, 0), (p.steps_d, 0, tk)))
+            cmds.append(DmaIn.one(cb["Q"], qs))
+        n, j = st.n, st.j
+        cmds.append(DmaIn.one(cb["SC"], TileStream(scale.name, (1, tn), _loop((0, 0), (n, 0, 0)))))
+        if mask is not None:
+            rows = tq if mask_per_query else 1
+            r0 = mask_rows[st.b] + (st.i0 if mask_per_query else 0)
+            cmds.append(
+                DmaIn.one(cb["MK"], TileStream(mask.name, (rows, tn), _loop((r0, j * tn), (n, 0, tn))))
+            )
+        elif causal is not None:
+            x0 = j * tn - st.i0 + s_q
+            cmds.append(DmaIn.one(cb["MK"], TileStream(causal.name, (tq, tn), _loop((0, x0), (n, 0, tn)))))
+        if not p.resident:
+            cmds += key_tiles(st.b, j, n)
+        return cmds
 
     pes = {}
     for pe, (u0, u1) in zip(pe_list, split(len(units), len(pe_list), 1), strict=False):
         if u1 <= u0:
             continue
-        prog = PeProgram(pe, cb_layout(chip, pe, p.sizes, name), ([], []))
-        c0, c1 = prog.cores
-        mine = units[u0:u1]
-        for ui, (b, i0) in enumerate(mine):
-            # core 0: the unit's data (k and v^T once per item when resident)
-            if p.resident and (ui == 0 or mine[ui - 1][0] != b):
-                c0.extend(key_tiles(b, 0, p.nk))
-            c0.append(
-                DmaIn.one(CB_Q, TileStream(q.name, (tq, tk), _loop((b * s_q + i0, 0), (p.steps_d, 0, tk))))
-            )
+        steps: list[_Step] = []
+        for b, i0 in units[u0:u1]:
             bl = blocks(i0)
-            for j, n in bl:
-                c0.append(DmaIn.one(CB_SC, TileStream(scale.name, (1, tn), _loop((0, 0), (n, 0, 0)))))
-                if mask is not None:
-                    rows = tq if mask_per_query else 1
-                    r0 = mask_rows[b] + (i0 if mask_per_query else 0)
-                    c0.append(
-                        DmaIn.one(CB_MK, TileStream(mask.name, (rows, tn), _loop((r0, j * tn), (n, 0, tn))))
-                    )
-                elif causal is not None:
-                    x0 = j * tn - i0 + s_q
-                    c0.append(DmaIn.one(CB_MK, TileStream(causal.name, (tq, tn), _loop((0, x0), (n, 0, tn)))))
-                if not p.resident:
-                    c0.extend(key_tiles(b, j, n))
-            # core 1: the unit's arithmetic, block by block
-            for idx, (_j, n) in enumerate(bl):
-                c1.extend(_block(p, dt, idx, n, masked, b_mode))
-            c1.append(CbPop(CB_M0 if len(bl) % 2 == 0 else CB_M1, 1))
-            c1.append(CbPop(CB_Q, p.steps_d))
-            if masked:
-                c1.append(SeMap(SeOp.CLAMP, CB_L, CB_L, 1, DType.FP32, params=(("min", 1.0),)))
-            c1.append(SeMap(SeOp.DIV, CB_O, CB_O, p.nvb, out.dtype, src2=CB_L, src2_period=1))
-            c1.append(CbPop(CB_L, 1))
-            c1.append(DmaOut(CB_O, TileStream(out.name, (tq, tv), _loop((b * s_q + i0, 0), (p.nvb, 0, tv)))))
-            if p.resident and (ui + 1 == len(mine) or mine[ui + 1][0] != b):
-                c1.extend([CbPop(CB_K, p.nk * p.steps_d), CbPop(CB_VT, p.nvb * p.nk)])
+            steps += [_Step(len(steps) + x, b, i0, x, j, n, x + 1 == len(bl)) for x, (j, n) in enumerate(bl)]
+        prog = PeProgram(pe, cb_layout(chip, pe, {cb[key]: b for key, b in p.sizes.items()}, name), ([], []))
+        c0, c1 = prog.cores
+        for x, st in enumerate(steps):
+            c0.extend(data(st, x == 0 or steps[x - 1].b != st.b))
+        c1.extend([compute.scores(steps[0]), *compute.softmax(steps[0])])
+        for x, st in enumerate(steps):
+            nxt = steps[x + 1] if x + 1 < len(steps) else None
+            if nxt is None or nxt.first:
+                c1.append(CbPop(cb["Q"], p.steps_d))  # the band's last scores are issued
+            if p.resident and (nxt is None or nxt.b != st.b):
+                c1.append(CbPop(cb["K"], p.nk * p.steps_d))
+            if nxt is not None:
+                c1.append(compute.scores(nxt))  # the DPE's next scores while the SE works on this block
+            c1.extend(compute.mix(st))
+            if p.resident and (nxt is None or nxt.b != st.b):
+                c1.append(CbPop(cb["VT"], p.nvb * p.nk))
+            if p.resident and nxt is not None:  # the next softmax before this division: the SE keeps going
+                c1.extend(compute.softmax(nxt))
+                c1.extend(compute.finish(st))
+            else:
+                c1.extend(compute.finish(st))
+                if nxt is not None:
+                    c1.extend(compute.softmax(nxt))
         pes[pe] = prog
     scores = float(items) * s_q * s_kv
     return Job(name, "attention", pes, work={"macs": scores * (d + dv), "elements": scores})
-
-
-def _block(p: AttentionPlan, dt: DType, idx: int, n: int, masked: bool, b_mode: Operand) -> list:
-    """Core 1's commands for key block `idx` (`n` key tiles) of a band: scores, running max, probabilities,
-    running sum and output."""
-    first = idx == 0
-    fp32 = DType.FP32
-    mo, mn = (CB_M0, CB_M1) if idx % 2 == 0 else (CB_M1, CB_M0)
-    sub = (("alpha", -1.0),)
-    cmds: list = [
-        MatMul(CB_Q, CB_K, dt, 1, n, p.steps_d, p.tq, p.tn, p.tk, a_mode=Operand.RESIDENT, b_mode=b_mode,
-               scale_cb=CB_SC, out_cb=CB_S, out_dtype=fp32),
-    ]  # fmt: skip
-    if masked:
-        cmds.append(SeMap(SeOp.ADD, CB_S, CB_S, n, fp32, src2=CB_MK))
-    cmds.append(SeRowReduce(CB_S, mn, n, n, ReduceOp.MAX, n * p.tn, fp32, keep=True))
-    if masked:  # a row masked so far keeps a finite max: exp(-inf - m) = 0, not NaN
-        cmds.append(SeMap(SeOp.CLAMP, mn, mn, 1, fp32, params=(("min", -FLT_MAX),)))
-    if not first:  # the new max, and the factor that rescales what the earlier blocks summed
-        cmds += [
-            SeMap(SeOp.MAXIMUM, mn, mn, 1, fp32, src2=mo, src2_period=1),
-            SeMap(SeOp.ADD, mo, CB_C, 1, fp32, src2=mn, src2_period=1, params=sub),
-            SeMap(SeOp.EXP, CB_C, CB_C, 1, fp32),
-        ]
-    cmds += [
-        SeMap(SeOp.ADD, CB_S, CB_S, n, fp32, src2=mn, src2_period=1, params=sub),
-        SeMap(SeOp.EXP, CB_S, CB_P, n, dt),
-        SeRowReduce(CB_P, CB_L if first else CB_LJ, n, n, ReduceOp.SUM, n * p.tn, fp32, keep=True),
-    ]
-    if not first:
-        cmds += [
-            SeMap(SeOp.MUL, CB_L, CB_L, 1, fp32, src2=CB_C, src2_period=1),
-            SeMap(SeOp.ADD, CB_L, CB_L, 1, fp32, src2=CB_LJ),
-        ]
-    cmds += [
-        MatMul(CB_P, CB_VT, dt, 1, p.nvb, n, p.tq, p.tv, p.tn, a_mode=Operand.RESIDENT, b_mode=b_mode,
-               out_cb=CB_O if first else CB_PV, out_dtype=fp32),
-        CbPop(CB_P, n),
-    ]  # fmt: skip
-    if not first:
-        cmds += [
-            SeMap(SeOp.MUL, CB_O, CB_O, p.nvb, fp32, src2=CB_C, src2_period=1),
-            SeMap(SeOp.ADD, CB_O, CB_O, p.nvb, fp32, src2=CB_PV),
-            CbPop(CB_C, 1),
-        ]
-    return cmds
 
 
 def attention_se_ops(masked: bool) -> int:
@@ -319,7 +432,6 @@ def mask_first_rows(
     out = []
     for flat in range(math.prod(batch)):
         idx = np.unravel_index(flat, batch) if batch else ()
-        out.append(
-            sum(int(i) * s for i, s, m in zip(idx, strides, mask_batch, strict=True) if m > 1) * rows_per_item
-        )
+        row = sum(int(i) * s for i, s, m in zip(idx, strides, mask_batch, strict=True) if m > 1)
+        out.append(row * rows_per_item)
     return tuple(out)

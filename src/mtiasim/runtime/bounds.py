@@ -393,7 +393,7 @@ def _attention(node: Node, fm, ref, err: dict[str, Err]) -> Err:
     block rescaling), combined as a log-perturbation a = expm1(|delta| + rho') of each weight: with w the fp32
     softmax and eps = sum_j w_j a_j per row,
     ``|out - ref| <= (sum_j w_j a_j V_j + eps sum_j w_j V_j) / (1 - eps) + sum_j w_j e_v,j`` (V = |v| + e_v),
-    plus the FP32 accumulation of the sums and products ((6 Skv + 4) u_32 of the weighted magnitudes) and the
+    plus the FP32 accumulation of the sums and products ((6 Skv + 6) u_32 of the weighted magnitudes) and the
     absolute rounding of subnormal weights. Masked keys (-inf on both sides) weigh nothing; a row whose
     boolean mask may flip is bounded by max |v| + |ref|."""
     a = node.attrs
@@ -451,7 +451,7 @@ def _attention(node: Node, fm, ref, err: dict[str, Err]) -> Err:
         wv = w @ vh
         e1 = torch.where(eps < 1, ((w * amp) @ vh + eps * wv) / (1 - eps).clamp_min(1e-300), math.inf)
         e2 = w @ ev
-        acc = (6 * s_kv + 4) * U32 * (wv + e1)
+        acc = (6 * s_kv + 6) * U32 * (wv + e1)
         sub = 2 * tiny * (vh.sum(-2, keepdim=True) + s_kv * vh.amax(-2, keepdim=True))
         e = e1 + e2 + acc + torch.where(none, 0.0, sub)
         wide = vh.amax(-2, keepdim=True) + (w @ v_).abs()
