@@ -36,6 +36,7 @@ import numpy as np
 from mtiasim.dtypes import DType
 from mtiasim.errors import CapacityError, UsageError
 from mtiasim.hw import Chip
+from mtiasim.hw.peaks import dpe_macs_per_cycle, se_ops_per_cycle, sram_bytes_per_s
 from mtiasim.isa import (
     CbPop,
     DmaIn,
@@ -127,43 +128,63 @@ def plan_attention(
     chip: Chip, s_q: int, s_kv: int, d: int, dv: int, dtype: DType, *, items: int, mask_rows: int, pes: int
 ) -> AttentionPlan:
     """The sizes of an attention job: `mask_rows` the rows of a mask tile (0 without a mask, 1 for a mask
-    shared by every query, else the band's). Prefers k and v^T resident, bands as tall as keep every PE busy;
-    else streams key blocks. A head dim whose smallest blocks do not fit the local store is refused."""
+    shared by every query, else the band's). Of the band heights and key tiles (divisors of Sq and Skv up to
+    64) and key blocks that fit the local store, the one with the shortest estimated time on the busiest PE;
+    k and v^T resident when that is no slower. A head dim whose smallest blocks do not fit is refused."""
     item = dtype.itemsize
     tk = tiles(chip)[2]
     steps_d = cdiv(d, tk)
     tv = min(MAX_TILE, dv)
     nvb = cdiv(dv, tv)
-    tn = _divisors(s_kv, MAX_TILE)[0]
-    nk = s_kv // tn
-    row_tiles = _divisors(s_q, MAX_TILE)
-    busy = [t for t in row_tiles if items * (s_q // t) >= pes]
-    first = busy[0] if busy else min((t for t in row_tiles if t >= min(16, row_tiles[0])), default=1)
-    order = [t for t in row_tiles if t <= first]
     store = chip.local_memory.bytes
-    dims = dict(nk=nk, tn=tn, tk=tk, tv=tv, steps_d=steps_d, nvb=nvb, item=item, mask_rows=mask_rows)
+    dpe_rate, se_rate = dpe_macs_per_cycle(chip, dtype), se_ops_per_cycle(chip, FP32)
+    sram = sram_bytes_per_s(chip) / chip.hz
+
+    def used(s: dict[str, int]) -> int:
+        return sum(cdiv(b, 64) * 64 for b in s.values())
 
     def fits(s: dict[str, int]) -> bool:
-        used = sum(cdiv(b, 64) * 64 for b in s.values())
-        return used <= store and len(s) <= chip.local_memory.max_circular_buffers
+        return used(s) <= store and len(s) <= chip.local_memory.max_circular_buffers
 
-    # resident with bands of at least 16 rows (or the tallest), then key blocks streamed, then short bands
-    tall = [t for t in order if t >= min(16, first)]
-    candidates = (
-        [(tq, nk) for tq in tall]
-        + [(tq, nbk) for tq in order for nbk in range(nk - 1, 0, -1)]
-        + [(tq, nk) for tq in order if tq not in tall]
+    def estimate(tq: int, tn: int, nbk: int) -> float:
+        """Cycles of the busiest PE: its units, each bound by the DPE, the SE or its core's issue, or its
+        share of SRAM bandwidth."""
+        nk = s_kv // tn
+        blocks, bands = cdiv(nk, nbk), s_q // tq
+        rows = cdiv(tq, chip.dpe.block_m) * chip.dpe.block_m  # the DPE works in whole 32-row blocks
+        keys = nk * cdiv(tn, chip.dpe.block_n) * chip.dpe.block_n
+        dpe = rows * keys * (steps_d * tk + nvb * tv) / dpe_rate
+        ops = tq * s_kv * attention_se_ops(mask_rows > 0) + (2 * blocks - 1) * tq * nvb * tv
+        se = ops / se_rate + blocks * (5 * nbk + 8) * chip.se.command_overhead_cycles
+        units = cdiv(items * bands, pes)
+        kv = s_kv * (d + dv) * item * (cdiv(units, bands) if nbk == nk else units)  # per item, or per band
+        dma = (units * tq * (d + dv) * item + kv) * min(pes, items * bands) / sram
+        issue = blocks * 24 * chip.core.cycles_per_command
+        return max(units * max(dpe, se, issue), dma)
+
+    options = []
+    for tn in _divisors(s_kv, MAX_TILE):
+        nk = s_kv // tn
+        dims = dict(nk=nk, tn=tn, tk=tk, tv=tv, steps_d=steps_d, nvb=nvb, item=item, mask_rows=mask_rows)
+        for tq in _divisors(s_q, MAX_TILE):
+            nbk = next((n for n in range(nk, 0, -1) if fits(_sizes(tq, n, **dims))), None)
+            if nbk is not None:  # resident (nbk = nk) is preferred at equal time: it moves k and v once
+                options.append((estimate(tq, tn, nbk), nbk != nk, -tq, -tn, (tq, tn, nbk)))
+    if not options:
+        least = _sizes(
+            1, 1, nk=s_kv, tn=1, tk=tk, tv=tv, steps_d=steps_d, nvb=nvb, item=item, mask_rows=mask_rows
+        )
+        raise CapacityError(
+            f"attention of head dims {d} (q, k) and {dv} (v) needs {used(least) / 1024:.1f} KiB of local store "
+            f"in {len(least)} circular buffers even with one query and one key per tile; a PE holds "
+            f"{store / 1024:.0f} KiB and {chip.local_memory.max_circular_buffers} buffers"
+        )
+    tq, tn, nbk = min(options)[-1]
+    nk = s_kv // tn
+    sizes = _sizes(
+        tq, nbk, nk=nk, tn=tn, tk=tk, tv=tv, steps_d=steps_d, nvb=nvb, item=item, mask_rows=mask_rows
     )
-    for tq, nbk in candidates:
-        s = _sizes(tq, nbk, **dims)
-        if fits(s):
-            return AttentionPlan(tq, tn, tk, tv, steps_d, nvb, nk, nbk, s)
-    least = _sizes(row_tiles[-1], 1, **dims)
-    raise CapacityError(
-        f"attention of head dims {d} (q, k) and {dv} (v) needs {sum(least.values()) / 1024:.1f} KiB of local "
-        f"store in {len(least)} circular buffers even with {row_tiles[-1]}-row bands and one {tn}-key tile per "
-        f"block; a PE holds {store / 1024:.0f} KiB and {chip.local_memory.max_circular_buffers} buffers"
-    )
+    return AttentionPlan(tq, tn, tk, tv, steps_d, nvb, nk, nbk, sizes)
 
 
 def _loop(base: tuple[int, int], *dims: tuple[int, int, int]) -> TileLoop:
