@@ -345,6 +345,44 @@ def test_flash_variant_from_a_program_converts_like_sdpa():
     assert float((got - F.scaled_dot_product_attention(q, k, v, is_causal=True)).abs().max()) < 5e-3
 
 
+@pytest.mark.parametrize("weights_used", [False, True])
+def test_math_variant_fuses_unless_its_weights_are_used(weights_used):
+    """`_scaled_dot_product_attention_math` returns (output, weights): fused when only the output is read,
+    decomposed (the weights computed) when the weights are read too."""
+
+    class Math(nn.Module):
+        def forward(self, q, k, v):
+            out, weights = torch.ops.aten._scaled_dot_product_attention_math(q, k, v)
+            return (out, weights) if weights_used else out
+
+    q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    cm = mtiasim.compile(Math().eval(), (q, k, v), mode="functional", precision="fp16")
+    assert ("attention" in [n.op for n in cm.compiled.graph.nodes]) != weights_used
+    cm(q, k, v)
+    assert cm.check()["passed"]
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_a_models_constant_mask(kind):
+    """A mask held as a buffer (a causal triangle, boolean or additive): made additive at compile time."""
+
+    class Buffered(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            tril = torch.tril(torch.ones(7, 9, dtype=torch.bool))
+            self.register_buffer("mask", tril if kind == "bool" else torch.where(tril, 0.0, -1e4))
+
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(torch.tanh(q), k, v, attn_mask=self.mask)
+
+    q, k, v = torch.randn(2, 3, 7, 8), torch.randn(2, 3, 9, 8), torch.randn(2, 3, 9, 5)
+    model = Buffered().eval()
+    cm = mtiasim.compile(model, (q, k, v), mode="functional", precision="fp16")
+    assert [n.op for n in cm.compiled.graph.nodes] == ["tanh", "attention"]
+    assert float((cm(q, k, v) - model(q, k, v)).abs().max()) < 0.01
+    assert cm.check()["passed"]
+
+
 def test_a_planted_bug_is_caught(monkeypatch):
     """Mutation check: the mask added after the softmax instead of before (as if masking the probabilities)
     must fail the bound check and the bit-exact spec."""

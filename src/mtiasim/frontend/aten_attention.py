@@ -14,6 +14,7 @@ it does for any op without a converter (`capture.to_core_aten`).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ _ARGS = {
     "_scaled_dot_product_attention_math": (3, 4, 5),
 }
 _OPS = _aten_overloads(tuple(_ARGS))
+_ARG0 = "scaled_dot_product_attention"  # the one whose result is a tensor, not a tuple
 
 
 def _base(node: fx.Node) -> str:
@@ -72,6 +74,9 @@ def refusal(node: fx.Node) -> str | None:
         return "attention with dropout"
     if a["enable_gqa"]:
         return "grouped-query attention"
+    used = [u for u in node.users if u.target is not operator.getitem or (u.args[1] != 0 and u.users)]
+    if used and _base(node) != _ARG0:
+        return "attention whose weights or logsumexp are used"
     if isinstance(a["scale"], fx.Node):
         return "attention with a tensor scale"
     if len(q) < 2 or not (len(q) == len(k) == len(v)) or q[:-2] != k[:-2] or k[:-2] != v[:-2]:
