@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmarks.attention import decomposed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -442,17 +443,6 @@ def test_time_follows_the_dpe_and_se_rates(chip, items, s, d, bound):
     closed = max(se, dpe)
     assert closed <= seconds <= 1.3 * closed, (seconds, se, dpe)
     assert max(attribution, key=attribution.get) == "compute"
-
-
-def decomposed(model: nn.Module, args: tuple):
-    """`model` exported with its attention decomposed as PyTorch does it (matmuls, a safe softmax): what ran
-    before the fused kernel."""
-    capture = importlib.import_module("mtiasim.frontend.capture")
-    table = torch.export.default_decompositions()
-    for op in list(table.keys()):
-        if "scaled_dot_product" not in str(op):
-            table.pop(op)
-    return capture.export(model, args).run_decompositions(table)
 
 
 def test_fused_is_faster_than_the_decomposition_in_fewer_jobs():
