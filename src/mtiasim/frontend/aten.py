@@ -963,7 +963,7 @@ def pt2e_weight(node: fx.Node, args: tuple) -> tuple[np.ndarray, np.ndarray] | N
     ).numpy()
 
 
-# the reductions and row-wise operators register their converters too (they build on emit_binary)
+# attention, the reductions and the row-wise operators register their converters too (they build on the above)
 from mtiasim.frontend import aten_attention as _aten_attention  # noqa: E402, F401
 from mtiasim.frontend import aten_rows as _aten_rows  # noqa: E402, F401
 from mtiasim.frontend import aten_select as _aten_select  # noqa: E402, F401
