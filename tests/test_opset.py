@@ -131,7 +131,7 @@ def test_lut_knots_are_the_function_rounded_to_fp32():
 
 def test_a_layer_without_a_rule_fails_at_import():
     with pytest.raises(
-        ImportError, match=r"^somewhere has no rule for operator\(s\) cast, cat, .*mtiasim.opset"
+        ImportError, match=r"^somewhere has no rule for operator\(s\) attention, cast, cat, .*mtiasim.opset"
     ):
         require({"linear"}, "somewhere")
 

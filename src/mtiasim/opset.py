@@ -39,6 +39,7 @@ class Kind(StrEnum):
 
     LINEAR = "linear"
     MATMUL = "matmul"
+    ATTENTION = "attention"
     EMBEDDING_BAG = "embedding_bag"
     TBE = "tbe"
     CAT = "cat"
@@ -448,6 +449,13 @@ class OpSpec:
 _OTHER = {
     Kind.LINEAR: (Unit.DPE, "y = x @ w.T (+ b): x [.., K], w [N, K], b [N]; attrs activation, x_quant"),
     Kind.MATMUL: (Unit.DPE, "y = a @ b for 2-D a [M, K], b [K, N], or batched [B, M, K] @ [B, K, N]"),
+    Kind.ATTENTION: (
+        Unit.DPE,
+        "softmax(scale q k^T + mask) v (scaled dot-product attention) for q [.., Sq, D], k [.., Skv, D], "
+        "v [.., Skv, Dv] of equal batch dims, an optional mask [.., Sq or 1, Skv] broadcast over the batch "
+        "dims: attrs scale, causal (keys after the query masked), mask (bool: 1.0 keeps a key, 0.0 masks it; "
+        "add: added to the scores); a row with every key masked gives 0",
+    ),
     Kind.EMBEDDING_BAG: (
         Unit.SE,
         "pooled rows of one table: weight [R, D], indices [?], offsets [B(+1)], per_sample_weights [?]; "

@@ -27,10 +27,12 @@ import torch
 
 from mtiasim.compiler.kinds import LOWERING_ONLY, KernelKind
 from mtiasim.compiler.lower import KOp, Lowered, _natural, _to_numpy
+from mtiasim.dtypes import DType
 from mtiasim.errors import UnsupportedOperatorError
 from mtiasim.hw import Chip
-from mtiasim.hw.peaks import dpe_macs_per_cycle, dram_bytes_per_s, sram_bytes_per_s
+from mtiasim.hw.peaks import dpe_macs_per_cycle, dram_bytes_per_s, se_ops_per_cycle, sram_bytes_per_s
 from mtiasim.isa import HostCall, Job, PeProgram, ReduceOp, SeOp, TensorDecl
+from mtiasim.kernels import attention
 from mtiasim.kernels.bmm import bmm_job
 from mtiasim.kernels.common import Region
 from mtiasim.kernels.elementwise import elementwise_job, quantize_rows_job
@@ -161,6 +163,38 @@ def _gemm(d: TensorDecls, op: KOp, region: Region) -> Job:
 
 def _logical(d: TensorDecls, value: str) -> TensorDecl:
     return d.decl(value, d.low.views[value].shape)
+
+
+def _attention_s(chip: Chip, low: Lowered, op: KOp) -> float:
+    """The DPE's time for both products, or the SE's for the softmax, on every PE, whichever is longer."""
+    a = op.attrs
+    scores = float(a["items"]) * a["s_q"] * a["s_kv"]
+    hz = chip.clock.frequency_ghz * 1e9 * chip.grid.rows * chip.grid.cols
+    dpe = scores * (a["d"] + a["dv"]) / (dpe_macs_per_cycle(chip, low.dtypes[op.reads[0]]) * hz)
+    masked = bool(a.get("mask") or a.get("causal"))
+    se = scores * attention.attention_se_ops(masked) / (se_ops_per_cycle(chip, DType.FP32) * hz)
+    return max(dpe, se)
+
+
+def _attention(d: TensorDecls, op: KOp, region: Region) -> Job:
+    a = op.attrs
+    q, k, v = (d.decl(x) for x in op.reads[:3])
+    mask = d.decl(a["mask"]) if a.get("mask") else None
+    return attention.attention_job(
+        d.chip,
+        op.name,
+        q,
+        k,
+        v,
+        d.decl(op.writes[0]),
+        d.decl(a["scale_vec"]),
+        items=a["items"],
+        mask=mask,
+        mask_rows=a.get("mask_rows", ()),
+        mask_per_query=a.get("mask_per_query", True),
+        causal=d.decl(a["causal"]) if a.get("causal") else None,
+        region=region,
+    )
 
 
 def _bmm(d: TensorDecls, op: KOp, region: Region) -> Job:
@@ -297,6 +331,7 @@ KERNELS: dict[KernelKind, KernelSpec] = {
     K.GEMM: KernelSpec(_needs_natural, _macs_s, _gemm),
     K.TBE: KernelSpec(_needs_pooled, _lookups_s, None, per_call=True),
     K.BMM: KernelSpec(_needs_logical, _macs_s, _bmm),
+    K.ATTENTION: KernelSpec(_needs_natural, _attention_s, _attention),
     K.ELTWISE: KernelSpec(_needs_natural, _bytes_only, _eltwise),
     K.QUANTIZE: KernelSpec(_needs_natural, _bytes_only, _convert(SeOp.QUANTIZE)),
     K.DEQUANTIZE: KernelSpec(_needs_natural, _bytes_only, _convert(SeOp.DEQUANTIZE)),

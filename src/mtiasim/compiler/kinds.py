@@ -14,6 +14,7 @@ class KernelKind(StrEnum):
     GEMM = "gemm"  # an FC: [M, K] x [N, K]^T with its epilogue (bias, scales, activation, quantization)
     TBE = "tbe"  # a batched embedding lookup: several tables of one row format and dim in one job
     BMM = "bmm"  # batched matmul
+    ATTENTION = "attention"  # softmax(scale q k^T + mask) v per (batch, head) and query band, in a PE's store
     ELTWISE = "eltwise"  # an SE elementwise operator (unary, or binary with broadcast)
     QUANTIZE = "quantize"  # per-tensor quantization with a fixed scale and zero point
     DEQUANTIZE = "dequantize"

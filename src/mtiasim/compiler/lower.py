@@ -30,6 +30,7 @@ from mtiasim.frontend.dtypes import DTYPE_TO_TORCH
 from mtiasim.frontend.reference import tbe_table
 from mtiasim.ir import DYNAMIC, Graph, Node, Source, ValueKind
 from mtiasim.isa import RowFormat
+from mtiasim.kernels import attention
 from mtiasim.kernels.jagged import pad_rows
 from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
 
@@ -279,6 +280,74 @@ class Lowering(RowsLowering):
             {"activation": "none", "bias": False, "scales": None, "w_is_data": True},
             node,
         )
+
+    def _op_attention(self, node: Node) -> None:
+        """One attention job over q, k, v (2-D grids, item-major) with its constants: the scale vector and,
+        for a causal op, the causal Toeplitz table; a boolean mask is made additive (0 keeps, -inf masks) by
+        two SE jobs on the mask's own shape first."""
+        q, k, v = node.inputs[:3]
+        a = node.attrs
+        sq, skv, sv = self.shapes[q], self.shapes[k], self.shapes[v]
+        batch = tuple(sq[:-2])
+        dt = self.dtypes[q]
+        reads = [self._attention_operand(x, dt) for x in (q, k, v)]
+        scale = f"{node.name}@scale"
+        data = np.full((1, attention.SCALE_COLS), a["scale"], dtype=np.float32)
+        self.buffers[scale] = Buffer(scale, 1, attention.SCALE_COLS, DType.FP32, "weight", data)
+        reads.append(scale)
+        attrs: dict[str, Any] = {"items": math.prod(batch), "s_q": sq[-2], "s_kv": skv[-2], "d": sq[-1],
+                                 "dv": sv[-1], "scale_vec": scale}  # fmt: skip
+        if a.get("mask"):
+            m = node.inputs[3]
+            ms = self.shapes[m]
+            add = self._additive_mask(node, m, dt) if a["mask"] == "bool" else self._attention_operand(m, dt)
+            attrs["mask"] = add
+            attrs["mask_per_query"] = ms[-2] != 1
+            attrs["mask_rows"] = attention.mask_first_rows(batch, tuple(ms[:-2]), ms[-2])
+            reads.append(add)
+        if a.get("causal"):
+            table = f"{node.name}@causal"
+            data = attention.causal_table(sq[-2], skv[-2], min(attention.MAX_TILE, sq[-2]), dt)
+            self.buffers[table] = Buffer(table, data.shape[0], data.shape[1], dt, "weight", data)
+            attrs["causal"] = table
+            reads.append(table)
+        self.kop(KernelKind.ATTENTION, reads, [node.outputs[0]], attrs, node)
+
+    def _attention_operand(self, x: str, dt: DType) -> str:
+        """q, k or v: an activation as it is, a weight as a constant in the activations' dtype."""
+        if self.g.kinds.get(x) != ValueKind.PARAM:
+            return x
+        name = f"{x}@{dt.value}"
+        if name not in self.buffers:
+            p = self.g.params[x]
+            r, c = _natural(p.type.shape)
+            data = None if p.virtual else _to_numpy(p.tensor, dt).reshape(r, c)
+            self.buffers[name] = Buffer(name, r, c, dt, "weight", data, p.virtual)
+        return name
+
+    def _additive_mask(self, node: Node, m: str, dt: DType) -> str:
+        """A 1.0/0.0 mask as 0 (keep) / -inf (mask): ``fill(m == 0, -inf)``, two SE jobs, once per mask."""
+        add = f"{m}@additive"
+        if add in self.producer_kind or add in self.buffers:
+            return add
+        if self.g.kinds.get(m) == ValueKind.PARAM:  # a constant mask: made additive here
+            p = self.g.params[m]
+            r, c = _natural(p.type.shape)
+            data = None
+            if not p.virtual:
+                keep = p.tensor.detach().reshape(r, c).cpu().numpy() != 0
+                data = np.where(keep, 0.0, -np.inf).astype(dt.numpy)
+            self.buffers[add] = Buffer(add, r, c, dt, "weight", data, p.virtual)
+            return add
+        eq, zero = f"{m}@masked", f"{m}@zero"
+        n = self.shapes[m][-1]
+        self.buffers[zero] = Buffer(zero, 1, n, dt, "weight", np.zeros((1, n), dtype=dt.numpy))
+        for v in (eq, add):
+            self.shapes[v], self.dtypes[v] = self.shapes[m], dt
+        self.kop(KernelKind.ELTWISE, [m, zero], [eq], {"op": "eq", "params": ()}, node, name=eq)
+        fill = {"op": "fill", "params": (("value", -math.inf),)}
+        self.kop(KernelKind.ELTWISE, [eq], [add], fill, node, name=add)
+        return add
 
     def _op_embedding_bag(self, node: Node) -> None:
         w, idx = node.inputs[0], node.inputs[1]

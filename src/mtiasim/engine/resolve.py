@@ -695,9 +695,12 @@ class _Resolver:
         where = f"job {st.job.name}: {node.where}"
         if cmd.band <= 0 or cmd.n_tiles % cmd.band:
             raise ProgramError(f"{where}: {cmd.n_tiles} tiles are not whole bands of {cmd.band}")
-        run, segs = self._take(st, node, cmd.src, cmd.n_tiles, pop=True)
+        keep = isinstance(cmd, SeRowReduce) and cmd.keep
+        run, segs = self._take(st, node, cmd.src, cmd.n_tiles, pop=not keep)
         shape = segs[0].shape
         self._check_tiles(st, node, segs, cmd.src, shape, segs[0].dtype, "tiles")
+        if keep:  # read in place: the tiles must all be in the CB at once
+            self._resident_fits(st, node, cmd.src, cmd.n_tiles, segs)
         return run, shape, cmd.n_tiles // cmd.band
 
     def _se_row_scale(self, node: Node, cmd: SeRowScale, st: _JobState) -> None:

@@ -211,6 +211,8 @@ class Converter:
     fn: Callable[[Ctx, fx.Node], None]
     index_args: bool = False  # reads index data computed on the host (embedding lookups)
     names: tuple[str, ...] = ()
+    # whether it takes this use of the op (None: every use); a use it does not take is decomposed first
+    accepts: Callable[[fx.Node], bool] | None = None
 
     def __call__(self, ctx: Ctx, node: fx.Node) -> None:
         ctx.current = node
@@ -220,12 +222,14 @@ class Converter:
 CONVERTERS: dict[Any, Converter] = {}
 
 
-def _register(targets: list[Any], index_args: bool = False) -> Callable:
+def _register(
+    targets: list[Any], index_args: bool = False, accepts: Callable[[fx.Node], bool] | None = None
+) -> Callable:
     def wrap(fn: Callable[[Ctx, fx.Node], None]) -> Callable[[Ctx, fx.Node], None]:
         found = [t for t in targets if t is not None]
         names = tuple(sorted({_op_name(t) for t in found}))
         for t in found:
-            CONVERTERS[t] = Converter(fn, index_args, names)
+            CONVERTERS[t] = Converter(fn, index_args, names, accepts)
         return fn
 
     return wrap
@@ -972,7 +976,8 @@ def pt2e_weight(node: fx.Node, args: tuple) -> tuple[np.ndarray, np.ndarray] | N
     ).numpy()
 
 
-# the reductions and row-wise operators register their converters too (they build on emit_binary)
+# attention, the reductions and the row-wise operators register their converters too (they build on the above)
+from mtiasim.frontend import aten_attention as _aten_attention  # noqa: E402, F401
 from mtiasim.frontend import aten_conv as _aten_conv  # noqa: E402, F401
 from mtiasim.frontend import aten_gather as _aten_gather  # noqa: E402, F401
 from mtiasim.frontend import aten_jagged as _aten_jagged  # noqa: E402, F401

@@ -297,9 +297,20 @@ def _host_call(ctx: Ctx, node: fx.Node, side: dict[str, str]) -> None:
 
 def to_core_aten(ep: ExportedProgram) -> ExportedProgram:
     """Decompose the ops that have no converter toward the Core ATen opset (`run_decompositions`), keeping
-    every op the chip runs whole (linear, embedding_bag, layer_norm, softmax... as composite kernels) and
-    the host's index bookkeeping. A program whose ops all convert is returned as is (no re-trace)."""
-    missing = {
+    every op the chip runs whole (linear, embedding_bag, layer_norm, softmax, attention... as composite
+    kernels) and the host's index bookkeeping. An op whose converter does not take one of its uses (an
+    attention with dropout, say) is decomposed everywhere in the program, with the ops it may decompose into
+    that the same converter takes. A program whose ops all convert is returned as is (no re-trace)."""
+    declined = {
+        CONVERTERS[n.target].fn
+        for n in ep.graph.nodes
+        if n.op == "call_function"
+        and n.target in CONVERTERS
+        and CONVERTERS[n.target].accepts is not None
+        and not CONVERTERS[n.target].accepts(n)
+    }
+    refused = {op for op, conv in CONVERTERS.items() if conv.fn in declined}
+    missing = refused | {
         n.target
         for n in ep.graph.nodes
         if n.op == "call_function"
@@ -312,7 +323,7 @@ def to_core_aten(ep: ExportedProgram) -> ExportedProgram:
         return ep
     table = torch.export.default_decompositions()
     for op in list(table.keys()):
-        if op in CONVERTERS or is_host_op(op) or _factory(op):
+        if (op in CONVERTERS and op not in refused) or is_host_op(op) or _factory(op):
             table.pop(op)
     try:
         return ep.run_decompositions(table)

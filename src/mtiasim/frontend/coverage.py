@@ -23,6 +23,7 @@ _UNITS = {
     "_linear": "dpe",
     "_addmm": "dpe",
     "_matmul": "dpe",
+    "_attention": "dpe",
     "_embedding": "se",
     "_embedding_bag": "se",
     "_embedding_bag_quantized": "se",

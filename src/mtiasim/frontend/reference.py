@@ -143,12 +143,26 @@ def _quantize(node: Node, xs: list[Any], a: dict, out_dtype: torch.dtype) -> tor
     return torch.clamp(q, -128, 127).to(torch.int8)
 
 
+def _attention(node: Node, xs: list[Any], a: dict, out_dtype: torch.dtype) -> torch.Tensor:
+    """PyTorch's scaled dot-product attention (a row with every key masked gives 0, as eager does); a
+    boolean mask arrives as 1.0/0.0."""
+    mask = xs[3] if len(xs) > 3 else None
+    if mask is not None and a.get("mask") == "bool":
+        mask = mask != 0
+    elif mask is not None:
+        mask = mask.to(xs[0].dtype)
+    y = F.scaled_dot_product_attention(xs[0], xs[1], xs[2], attn_mask=mask, is_causal=bool(a.get("causal")),
+                                       scale=float(a["scale"]))  # fmt: skip
+    return y.to(out_dtype)
+
+
 # the meaning of every non-elementwise operator (elementwise ones: their opset record's `torch`)
 _RULES: dict[str, Callable[[Node, list[Any], dict, torch.dtype], torch.Tensor]] = {
     Kind.LINEAR: _linear,
     Kind.MATMUL: lambda n, xs, a, dt: torch.matmul(
         xs[0], xs[1].transpose(-1, -2) if a.get("transpose_b") else xs[1]
     ),
+    Kind.ATTENTION: _attention,
     Kind.EMBEDDING_BAG: lambda n, xs, a, dt: _embedding_bag(n, xs, dt),
     Kind.TBE: lambda n, xs, a, dt: _tbe(n, xs, dt),
     Kind.CAT: lambda n, xs, a, dt: torch.cat(xs, dim=a["dim"]),

@@ -301,7 +301,10 @@ class SeRowReduce:
     """An SE row reduction: every `band` consecutive tiles of `src` (popped) are one band of rows across a
     tensor of `cols` columns (lanes past `cols` in the band's last tile are masked); for each band one [rows, 1]
     tile of `out_dtype` goes to `dst`. Sum: FP32 accumulation in column order; mean: that sum divided
-    by `cols` in FP32; max/min: NaN if the row holds one. Rounded once to `out_dtype`."""
+    by `cols` in FP32; max/min: NaN if the row holds one. Rounded once to `out_dtype`.
+
+    With `keep` the source tiles are read in place and stay in `src` (resident, as a MatMul's stationary
+    operand: a later command reads them again; free them with a CbPop or a popping reader)."""
 
     src: int
     dst: int
@@ -310,6 +313,7 @@ class SeRowReduce:
     op: ReduceOp
     cols: int
     out_dtype: DType
+    keep: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,8 @@ def bmm_job(
                 sb = TileStream(
                     b.name, (tn, tk), TileLoop((bi * rows_b, 0), _dims((nb, tn, 0), (steps, 0, tk)))
                 )
-                prog.cores[0].append(DmaIn((Transfer(CB_A, sa), Transfer(CB_B, sb))))
+                # A and B have different tile counts when M and N split into different block counts
+                prog.cores[0].extend([DmaIn.one(CB_A, sa), DmaIn.one(CB_B, sb)])
                 prog.cores[1].append(
                     MatMul(
                         CB_A,

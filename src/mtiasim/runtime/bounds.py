@@ -46,7 +46,7 @@ from mtiasim.frontend.reference import (
 from mtiasim.frontend.reference_rows import gather_rows, im2col, scatter_rows
 from mtiasim.ir import Node, ValueKind
 from mtiasim.isa import RowFormat
-from mtiasim.opset import ELEMENTWISE, Kind, elementwise, require
+from mtiasim.opset import ELEMENTWISE, MATH_REL_ERROR, Kind, elementwise, require
 
 U32 = 2.0**-24
 UNIT_ROUNDOFF = {DType.FP16: 2.0**-11, DType.BF16: 2.0**-8, DType.FP32: U32}
@@ -333,25 +333,28 @@ def _node_bound(node: Node, g, fm, ref, mag, err: dict[str, Err], producer) -> E
         return Err(worst, ma**2 @ eb.var + ea.var @ mb**2)
     if op in ("embedding_bag", "tbe"):
         return _bags(node, g, fm, ref, mag)
+    if op == "attention":
+        return _attention(node, fm, ref, err)
     spec = elementwise(op)
     if spec is not None and spec.arity == 1:
         return _unary(op, err[ins[0]], ref[ins[0]].detach().to(torch.float64), mag[y], a)
     if spec is not None:
         r0 = ref[ins[0]].detach().to(torch.float64)
+        tiny = HALF_SUBNORMAL.get(fd, 0.0)  # a constant rounded to a subnormal: absolutely
         if "scalar" in a:  # a constant operand, rounded to the activations' type
             c = torch.full_like(mag[ins[0]], abs(float(a["scalar"])))
-            other = Err(u * c, (u * c) ** 2 / 3)
+            other = Err(u * c + tiny, (u * c + tiny) ** 2 / 3)
             return _binary(op, err[ins[0]], other, mag[ins[0]], c, mag[y], (r0 - float(a["scalar"])).abs())
         alpha = float(a.get("alpha", 1.0))
         scale = abs(alpha)
         if g.kinds.get(ins[1]) == ValueKind.PARAM:
-            m = u * scale * mag[ins[1]]
+            m = u * scale * mag[ins[1]] + tiny
             eb = Err(m, m**2 / 3)
         else:
             eb = Err(scale * err[ins[1]].e, scale**2 * err[ins[1]].var)
         ea = err[ins[0]]
         if g.kinds.get(ins[0]) == ValueKind.PARAM:  # a weight first: a constant rounded to the activations'
-            m = u * mag[ins[0]]
+            m = u * mag[ins[0]] + tiny
             ea = Err(m, m**2 / 3)
         gap = (r0 - alpha * ref[ins[1]].detach().to(torch.float64)).abs()
         return _binary(op, ea, eb, mag[ins[0]], scale * mag[ins[1]], mag[y], gap)
@@ -420,6 +423,86 @@ def _scatter(node: Node, dst: Err, src: Err | None, ref, mag, u: float) -> Err:
     adds = put(torch.zeros_like(dst.e), None if src is None else torch.ones_like(src.e), 1.0)
     e = put(dst.e, e_src, e_val) + adds * U32 * total
     return Err(e, put(dst.var, v_src, e_val**2 / 3) + adds * (U32 * total) ** 2 / 3)
+
+
+ATTENTION_CHUNK = 64  # batch items whose scores are bounded at once (memory)
+
+
+def _attention(node: Node, fm, ref, err: dict[str, Err]) -> Err:
+    """Fused attention (docs/numerics.md section 4): the scores' error delta (the inputs' errors through the
+    product, its FP32 rounding, the mask's error and its addition), the chip's relative error rho on every
+    unnormalised weight (the FP32 subtraction of the running max, exp, rounding to the DPE dtype, the
+    block rescaling), combined as a log-perturbation a = expm1(|delta| + rho') of each weight: with w the fp32
+    softmax and eps = sum_j w_j a_j per row,
+    ``|out - ref| <= (sum_j w_j a_j V_j + eps sum_j w_j V_j) / (1 - eps) + sum_j w_j e_v,j`` (V = |v| + e_v),
+    plus the FP32 accumulation of the sums and products ((6 Skv + 6) u_32 of the weighted magnitudes) and the
+    absolute rounding of subnormal weights. Masked keys (-inf on both sides) weigh nothing; a row whose
+    boolean mask may flip is bounded by max |v| + |ref|."""
+    a = node.attrs
+    q, k, v = node.inputs[:3]
+    dt = fm.dtypes.get(v, fm.precision.float_dtype)
+    u_p, tiny = UNIT_ROUNDOFF.get(dt, U32), HALF_SUBNORMAL.get(dt, 0.0)
+    Q, K, V = (ref[x].detach().to(torch.float64) for x in (q, k, v))
+    batch, (s_q, d), (s_kv, dv) = Q.shape[:-2], Q.shape[-2:], V.shape[-2:]
+    n = math.prod(batch)
+    Q, K, V = Q.reshape(n, s_q, d), K.reshape(n, s_kv, d), V.reshape(n, s_kv, dv)
+    eQ, eK, eV = (err[x].e.reshape(n, -1, err[x].e.shape[-1]) for x in (q, k, v))
+    varV = err[v].var.reshape(n, s_kv, dv)
+    scores = (*batch, s_q, s_kv)
+    M = eM = None
+    if a.get("mask"):
+        m = node.inputs[3]
+        M = ref[m].detach().to(torch.float64).broadcast_to(scores).reshape(n, s_q, s_kv)
+        eM = err[m].e.broadcast_to(scores).reshape(n, s_q, s_kv)
+    scale = float(a["scale"])
+    out_e = torch.empty(n, s_q, dv, dtype=torch.float64)
+    out_var = torch.empty_like(out_e)
+    causal = torch.ones(s_q, s_kv).triu(1).bool() if a.get("causal") else None
+    for i0 in range(0, n, ATTENTION_CHUNK):
+        sl = slice(i0, i0 + ATTENTION_CHUNK)
+        q_, k_, v_, eq, ek, ev = Q[sl], K[sl], V[sl], eQ[sl], eK[sl], eV[sl]
+        aq, ak = q_.abs(), k_.abs()
+        kt, ekt = ak.transpose(1, 2), ek.transpose(1, 2)
+        t = scale * (q_ @ k_.transpose(1, 2))
+        delta = scale * (aq @ ekt + eq @ kt + eq @ ekt) + (d + 4) * U32 * scale * ((aq + eq) @ (kt + ekt))
+        flip = torch.zeros(t.shape[:-1], dtype=torch.bool)
+        if M is not None and a["mask"] == "bool":
+            t = torch.where(M[sl] != 0, t, torch.full_like(t, -math.inf))
+            flip = (eM[sl] >= 0.5).any(-1)  # a 1.0/0.0 mask flips only by a whole 1
+        elif M is not None:
+            t = t + M[sl]
+            delta = delta + torch.where(torch.isfinite(M[sl]), eM[sl], torch.zeros_like(delta))
+            delta = delta + U32 * (t.abs() + delta)  # the SE's FP32 addition
+        if causal is not None:
+            t = t.masked_fill(causal, -math.inf)
+        live = torch.isfinite(t)
+        bad = torch.isnan(t).any(-1) | torch.isnan(delta).any(-1)
+        mx = torch.where(live, t, torch.full_like(t, -math.inf)).amax(-1, keepdim=True)
+        mn = torch.where(live, t, torch.full_like(t, math.inf)).amin(-1, keepdim=True)
+        none = ~live.any(-1, keepdim=True)
+        mx0, mn0 = torch.where(none, 0.0, mx), torch.where(none, 0.0, mn)
+        big = torch.where(live, delta, torch.zeros_like(delta)).amax(-1, keepdim=True)
+        w = torch.where(live, torch.exp(torch.where(live, t - mx0, -math.inf)), torch.zeros_like(t))
+        w = w / w.sum(-1, keepdim=True).clamp_min(1e-300)
+        rho = (u_p + MATH_REL_ERROR + U32 * ((mx0 - t).abs() + 2 * big + 1)
+               + s_kv * (MATH_REL_ERROR + 4 * U32) + U32 * (mx0 - mn0 + 2 * big))  # fmt: skip
+        rho = torch.where(live, rho, torch.zeros_like(rho))
+        amp = torch.where(live, torch.expm1(delta + rho * (1 + 2 * rho)), torch.zeros_like(t))
+        eps = (w * amp).sum(-1, keepdim=True)
+        vh = v_.abs() + ev
+        wv = w @ vh
+        e1 = torch.where(eps < 1, ((w * amp) @ vh + eps * wv) / (1 - eps).clamp_min(1e-300), math.inf)
+        e2 = w @ ev
+        acc = (6 * s_kv + 6) * U32 * (wv + e1)
+        sub = 2 * tiny * (vh.sum(-2, keepdim=True) + s_kv * vh.amax(-2, keepdim=True))
+        e = e1 + e2 + acc + torch.where(none, 0.0, sub)
+        wide = vh.amax(-2, keepdim=True) + (w @ v_).abs()
+        e = torch.where(flip[..., None], wide, e)
+        e = torch.where(bad[..., None], math.inf, e)
+        out_e[sl] = e
+        out_var[sl] = (w**2) @ varV[sl] + (e1 + acc) ** 2 / 9
+    shape = (*batch, s_q, dv)
+    return Err(out_e.reshape(shape), out_var.reshape(shape))
 
 
 def _reduce(op: str, x: Err, mag_in: torch.Tensor, mag_out: torch.Tensor) -> Err:
@@ -571,8 +654,8 @@ def _tbe_bags(node: Node, ref, n_tables: int) -> list:
 # the operators `_node_bound` has a rule for (elementwise ones through their opset record); a quantize's int8
 # output carries no float error of its own (its dequantize takes the rounding)
 require(
-    {"linear", "matmul", "embedding_bag", "tbe", "dequantize", "quantize", "cat", "cast", "copy", "reshape",
-     "permute", "slice", "index", "reduce", "host_call", "jagged_to_dense", "dense_to_jagged", "im2col",
-     "gather_rows", "scatter_rows"},
+    {"linear", "matmul", "attention", "embedding_bag", "tbe", "dequantize", "quantize", "cat", "cast", "copy",
+     "reshape", "permute", "slice", "index", "reduce", "host_call", "jagged_to_dense", "dense_to_jagged",
+     "im2col", "gather_rows", "scatter_rows"},
     "runtime.bounds",
 )  # fmt: skip

@@ -211,6 +211,9 @@ def _macs(model: CompiledModel) -> dict[str, float]:
             a = low.views[op.reads[0]].shape
             y = low.views[op.writes[0]].shape
             out[op.name] = float(math.prod(y) * a[-1])
+        elif op.kind == "attention":  # q k^T and p v
+            at = op.attrs
+            out[op.name] = float(at["items"] * at["s_q"] * at["s_kv"] * (at["d"] + at["dv"]))
     return out
 
 
