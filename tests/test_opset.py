@@ -39,6 +39,7 @@ UNARY_CALLS = {
     Kind.RECIPROCAL: lambda v: torch.reciprocal(v.abs() + 0.5),
     Kind.LOG2: lambda v: torch.log2(v.abs() + 0.5),
     Kind.HARDTANH: lambda v: F.hardtanh(v, -0.5, 2.0),
+    Kind.HARDSIGMOID: F.hardsigmoid,
 }
 BINARY_CALLS = {
     Kind.ADD: lambda a, b: a - b,

@@ -78,6 +78,7 @@ class Kind(StrEnum):
     RECIPROCAL = "reciprocal"
     LOG2 = "log2"
     HARDTANH = "hardtanh"
+    HARDSIGMOID = "hardsigmoid"
     LEAKY_RELU = "leaky_relu"
     CLAMP = "clamp"
     POW = "pow"
@@ -369,6 +370,9 @@ ELEMENTWISE: dict[Kind, Elementwise] = {
                            _slope(lambda t, lo, hi: _pos(t, lo, 1 / (lo * math.log(2)))), 2.0**-24, MATH_REL_ERROR),
     Kind.HARDTANH: Elementwise(1, _hardtanh_chip, _tnn("hardtanh"), ("hardtanh",), 2, attrs=("min_val", "max_val"),
                                defaults=(("min_val", -1.0), ("max_val", 1.0)), doc="clamp(x, min_val, max_val)"),
+    Kind.HARDSIGMOID: Elementwise(1, _math32(lambda x: np.clip(x + np.float32(3), 0, 6) / np.float32(6)),
+                                  _tnn("hardsigmoid"), ("hardsigmoid",), 3, slope=1 / 6, abs_error=2 * U32,
+                                  span=1.0, epilogue=True, doc="clamp(x + 3, 0, 6) / 6"),
     Kind.LEAKY_RELU: Elementwise(1, _leaky_chip, _tnn("leaky_relu"), ("leaky_relu",), 2, attrs=("negative_slope",),
                                  defaults=(("negative_slope", 0.01),), epilogue=True,
                                  doc="x < 0 ? slope * x : x (|slope| <= 1)"),
