@@ -279,18 +279,10 @@ def _t(name: str) -> Callable[..., Any]:
 
 
 def _tnn(name: str) -> Callable[..., Any]:
-    """A torch.nn.functional activation as PyTorch computes it, with the special values of its vectorized CPU
-    kernel whatever the size: a one-element tensor takes a scalar path whose special values differ (gelu(+inf)
-    is +inf there, NaN in the vectorized kernel every larger tensor uses), so a non-finite one is computed as
-    two elements (a finite one as eager computes it: the two paths round differently)."""
-
-    def ref(x: Any, *args: Any, **attrs: Any) -> Any:
-        import torch
+    def ref(*args: Any, **attrs: Any) -> Any:
         import torch.nn.functional as F
 
-        if x.numel() == 1 and not bool(torch.isfinite(x).all()):
-            return getattr(F, name)(x.reshape(1).expand(2).contiguous(), *args, **attrs)[:1].reshape(x.shape)
-        return getattr(F, name)(x, *args, **attrs)
+        return getattr(F, name)(*args, **attrs)
 
     return ref
 

@@ -54,8 +54,10 @@ def activation(v32: torch.Tensor, name: str) -> torch.Tensor:
     special = ~torch.isfinite(v32)
     y = _activation(v32, name)
     if bool(special.any()):
-        exact = getattr(torch.nn.functional, name)(v32)
-        y = torch.where(special, exact, y)
+        fn = getattr(torch.nn.functional, name)
+        exact = torch.tensor([fn(v.reshape(1)).item() for v in v32[special]], dtype=y.dtype)  # each alone
+        y = y.clone()
+        y[special] = exact
     return y
 
 

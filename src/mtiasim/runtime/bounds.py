@@ -271,8 +271,9 @@ def _unary(kind: str, x: Err, r_in: torch.Tensor | None, f_abs: torch.Tensor, at
     inp = 0.0 if r_in is None else r_in.abs()
     worst = slope * x.e + spec.abs_error + spec.rel_error * f_abs + spec.in_rel_error * (inp + x.e)
     worst = torch.where(torch.isnan(worst), torch.full_like(worst, math.inf), worst)
-    if math.isfinite(spec.span):
-        worst = torch.clamp(worst, max=spec.span)
+    if math.isfinite(spec.span):  # a bounded function's range, unless its input may be an overflow (an Inf
+        # stored for a finite value: the function of it may be NaN, gelu(-inf), then anything downstream)
+        worst = torch.where(torch.isinf(x.e), worst, torch.clamp(worst, max=spec.span))
     chip = spec.abs_error**2 + (spec.rel_error * f_abs) ** 2 + (spec.in_rel_error * inp) ** 2
     return Err(worst, slope0**2 * x.var + chip / 3)
 
