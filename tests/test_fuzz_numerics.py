@@ -2,7 +2,9 @@
 
 Hypothesis generates recommendation-style graphs (`tests/oracles/models.py`): FC chains with relu, sigmoid or
 tanh anywhere (two in a row, between layers, at the output), residual adds and gates, embedding bags of
-unequal dims (sum, mean, max, per-sample weights) concatenated in any order, DLRM dot interactions, odd sizes
+unequal dims (sum, mean, max, per-sample weights) concatenated in any order, DLRM dot interactions, column
+slices of wider FCs, constants built in forward as first operands (c - x, c * x, max(c, x)), 3-D broadcast
+adds, row ops (softmax, log_softmax, layer norm, x - mean) anywhere, odd sizes
 1..300, batch 1..1000, weight scales 1e-3..30, NaN/Inf in the inputs. Each graph runs in one precision:
 
 - int8 (static and dynamic activations, per-channel and per-tensor weights): bit-exact to the independent
