@@ -39,7 +39,7 @@ from mtiasim.kernels.elementwise import elementwise_job, quantize_rows_job
 from mtiasim.kernels.gemm import gemm_job
 from mtiasim.kernels.jagged import JaggedCall
 from mtiasim.kernels.layout import copy_job, gather_columns_job, transpose_job
-from mtiasim.kernels.rows import gather_rows_job, im2col_job, scatter_rows_job
+from mtiasim.kernels.rows import column_window, gather_rows_job, im2col_job, scatter_rows_job
 from mtiasim.kernels.rowwise import reduce_rows_job
 
 Shape = tuple[int, ...]
@@ -214,12 +214,8 @@ def _gather(d: TensorDecls, op: KOp, region: Region) -> Job:
 def _copy(d: TensorDecls, op: KOp, region: Region) -> Job:
     if "window" in op.attrs:  # a window of the source's bytes seen as another grid
         (rows, row_elems), col0, cols = op.attrs["window"]
-        src = d.decl(op.reads[0], (rows, row_elems))
-        item = src.dtype.itemsize
-        name = f"{op.reads[0]}[:, {col0}:{col0 + cols}]"
-        d.tensors[name] = TensorDecl(name, (rows, cols), src.dtype, src.level, src.address + col0 * item,
-                                     src.cached, row_elems * item, src.root)  # fmt: skip
-        return copy_job(d.chip, op.name, d.tensors[name], d.decl(op.writes[0], (rows, cols)), region=region)
+        src = column_window(d.decl(op.reads[0], (rows, row_elems)), col0, cols, d.tensors)
+        return copy_job(d.chip, op.name, src, d.decl(op.writes[0], (rows, cols)), region=region)
     out = d.low.views.get(op.writes[0])  # copied on the destination's grid (a window's copy keeps its grid)
     dst = d.decl(op.writes[0], (out.rows, out.cols) if out is not None else None)
     return copy_job(d.chip, op.name, d.decl(op.reads[0], dst.shape), dst, region=region)
