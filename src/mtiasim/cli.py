@@ -625,18 +625,57 @@ def ops_cmd(as_json: bool) -> None:
 @click.option("--family", "families", multiple=True, help="fc_sram, fc_dram, tbe, ops (default: all).")
 @click.option("--fidelity", default="event", show_default=True)
 @click.option("--chip", "chip_name", default="mtia-v1", show_default=True)
-def validate_cmd(as_json: bool, families, fidelity: str, chip_name: str) -> None:
+@click.option(
+    "--cv",
+    is_flag=True,
+    help="Also cross-validate: leave one group out (by family, data type, placement, dimension, table size), "
+    "re-fit the calibrated constants on the rest, predict the group (minutes).",
+)
+@click.option(
+    "--sensitivity", is_flag=True, help="Also show how each prediction moves with each calibrated constant +-10 %."
+)
+@click.option("--processes", default=2, show_default=True, help="Processes for --cv and --sensitivity.")
+def validate_cmd(
+    as_json: bool, families, fidelity: str, chip_name: str, cv: bool, sensitivity: bool, processes: int
+) -> None:
     """Compare predictions with published MTIA v1 silicon measurements (ISCA'23)."""
+    from mtiasim.hw import load_chip
     from mtiasim.progress import Progress
-    from mtiasim.validate import GATE_MAPE_PCT, cases, validate
+    from mtiasim.validate import CV_GATE_MAPE_PCT, FAMILIES, GATE_MAPE_PCT, cases, validate
 
+    for f in families:
+        if f not in FAMILIES:
+            raise UsageError(f"--family: unknown family {f!r} (known: {', '.join(FAMILIES)})")
+    if (cv or sensitivity) and fidelity != "event":
+        raise UsageError("--cv and --sensitivity re-time the event fidelity the constants are fitted for; drop --fidelity")
+    if isinstance(processes, bool) or processes < 1 or processes > 64:
+        raise UsageError(f"--processes: expected 1..64, got {processes}")
+    chip = load_chip(chip_name)
     total = len([c for c in cases() if not families or c.family in families])
     with Progress(enabled=not as_json, total=total) as bar:
-        report = validate(
-            chip_name, fidelity, families or None, progress=lambda i, n, case: bar.update(case.label, i)
-        )
+        report = validate(chip, fidelity, families or None, progress=lambda i, n, case: bar.update(case.label, i))
+    doc = report.to_json()
+    cv_doc = sens_doc = None
+    if cv:
+        from mtiasim.validate.fit import cv_report
+
+        with Progress(enabled=not as_json) as bar:
+            cv_doc = cv_report(chip, processes, progress=bar.step)
+        for fam, st in doc["families"].items():
+            st["cv_mape_pct"] = cv_doc["families"][fam]["cv_mape_pct"]
+            st["cv_pearson_r"] = cv_doc["families"][fam]["cv_pearson_r"]
+        doc["gate_cv_mape_pct"] = CV_GATE_MAPE_PCT
+        doc["cv"] = {k: v for k, v in cv_doc.items() if k != "families"}
+        if families:
+            doc["cv"]["cases"] = [c for c in doc["cv"]["cases"] if c["family"] in families]
+    if sensitivity:
+        from mtiasim.validate.fit import sensitivity_report
+
+        with Progress(enabled=not as_json):
+            sens_doc = sensitivity_report(chip, processes)
+        doc["sensitivity"] = sens_doc
     if as_json:
-        _emit_json(report.to_json())
+        _emit_json(doc)
         return
     click.echo(f"{'family':8s} {'case':34s} {'published':>10s} {'predicted':>10s} {'error':>8s}  bound")
     for c in report.cases:
@@ -658,6 +697,50 @@ def validate_cmd(as_json: bool, families, fidelity: str, chip_name: str) -> None
         )
         for fam, st in per_w.items():
             click.echo(f"{fam:8s} {st.cases:5d} {st.per_w_mape_pct:7.2f}%   ({st.per_w_paper_mape_pct:.2f}%)")
+    if cv_doc is not None:
+        _echo_cv(cv_doc, families, CV_GATE_MAPE_PCT)
+    if sens_doc is not None:
+        _echo_sensitivity(sens_doc, families)
+
+
+def _echo_cv(cv_doc: dict[str, Any], families, gate: float) -> None:
+    fams = [f for f in cv_doc["families"] if not families or f in families]
+    click.echo("")
+    click.echo(
+        f"cross-validation: leave one group out, re-fit on the rest ({len(cv_doc['folds'])} folds, "
+        f"{cv_doc['evaluations']} evaluations, {cv_doc['seconds']:.0f} s)"
+    )
+    click.echo(
+        f"{'family':8s} {'MAPE':>8s} {'r':>7s} {'CV MAPE':>8s} {'CV r':>7s}   (gate: CV MAPE <= {gate:.0f}%)"
+    )
+    for f in fams:
+        st = cv_doc["families"][f]
+        cm = "-" if st["cv_mape_pct"] is None else f"{st['cv_mape_pct']:.2f}%"
+        cr = "-" if st["cv_pearson_r"] is None else f"{st['cv_pearson_r']:.4f}"
+        click.echo(f"{f:8s} {st['mape_pct']:7.2f}% {st['pearson_r']:7.4f} {cm:>8s} {cr:>7s}")
+    click.echo("held-out MAPE by grouping:")
+    for g, per in cv_doc["groupings"].items():
+        parts = [f"{f} {per[f]['cv_mape_pct']:.1f}%" for f in fams if f in per]
+        click.echo(f"  {g:11s} " + ", ".join(parts))
+
+
+def _echo_sensitivity(doc: dict[str, Any], families) -> None:
+    click.echo("")
+    click.echo(
+        f"sensitivity: mean |change| of the predictions, each calibrated constant x{1 - doc['factor']:g} / "
+        f"x{1 + doc['factor']:g}"
+    )
+    for k, st in doc["constants"].items():
+        lo, hi = st["range"]
+        click.echo(f"  {k} = {st['value']:.4g}  (range {lo:g}..{hi:g})")
+        for f, fs in st["families"].items():
+            if families and f not in families:
+                continue
+            m0, m1 = fs["most_moved_pct"]
+            click.echo(
+                f"    {f:8s} {fs['mean_abs_minus_pct']:6.2f}% / {fs['mean_abs_plus_pct']:6.2f}%   most: "
+                f"{fs['most_moved']} ({m0:+.1f}% / {m1:+.1f}%)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,8 +132,10 @@ def prepare_tbe(
     elif placement == "cache" and warm == "distribution":
         sram_used = sum(t.nbytes for t in plan.tensors.values() if t.level == Level.SRAM)
         line = chip_.sram.cache_line_bytes
+        # LRU per set keeps each set's most recent lines: draw the recency list of twice the capacity, so
+        # that every set finds its ways' worth of lines in it (the engine keeps the newest of each set)
         program.cache_state = steady_state_lines(
-            table, table_rows, dist, (chip_.sram.bytes - sram_used) // line, line, (seed, 1)
+            table, table_rows, dist, 2 * ((chip_.sram.bytes - sram_used) // line), line, (seed, 1)
         )
     if mode != "timing":
         if table.nbytes > FUNCTIONAL_TABLE_LIMIT_BYTES:

@@ -2,16 +2,21 @@
 
 Addresses are interleaved across the SRAM slices and across the LPDDR5 channels in fixed granules, the target
 chosen by an XOR-fold of the granule index (as memory systems hash to keep strided streams from piling onto one
-slice; the hash is assumed, the interleaving published). A run of
-contiguous bytes is cut at granule boundaries; each piece occupies its slice or channel:
+slice; the hash is assumed, the interleaving published). A run of contiguous bytes is cut at granule
+boundaries; each piece occupies its slice or channel:
 
 - an SRAM slice moves whole access granules, so a short or misaligned run costs more than its bytes;
-- an LPDDR5 channel moves whole bursts, and every switch to another DRAM page costs a row activation
-  (``activate_ns`` of channel time that bank parallelism does not hide); a long stream also loses
-  ``1 - stream_efficiency`` to refresh and bus turnarounds.
+- in cache mode the slices cache the addresses of their own memory controller (ISCA'23: 4 slices per
+  controller), so a line's slice is one of the 4 on the side of its LPDDR5 channel;
+- an LPDDR5 channel is timed from the device's JESD209-5 parameters (`DramTiming`): the data bus moves whole
+  bursts; a piece whose page is not open needs a row activation, and the channel can start at most one
+  activation per max(tRRD, tFAW / 4), each bank one per tRC = tRAS + tRP; all-bank refresh takes tRFC out of
+  every tREFI; writes pay the read/write bus turnarounds once per batch the controller drains. A stream's
+  channel time is the largest of its bus, activation and bank times (they overlap), plus refresh and
+  turnarounds: efficiency, random-access rate and row-hit behaviour follow from these, nothing is fitted.
 
 Inputs are samples of runs (start address, length) in access order, with the factor that scales them to the
-whole pattern; outputs are effective bytes per slice or channel.
+whole pattern; outputs are effective bytes per slice or channel (channel time x the channel's peak rate).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from mtiasim.hw import Chip
-from mtiasim.hw.peaks import dram_channel_bytes_per_s
+from mtiasim.hw.lpddr5 import DramTiming, dram_timing
+
+__all__ = ["DramTiming", "dram_timing"]
 
 
 def _pieces(
@@ -62,8 +69,8 @@ def hashed_target(granule: np.ndarray, n: int) -> np.ndarray:
 def sram_slice_bytes(
     chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float, granule: int | None = None
 ) -> np.ndarray:
-    """Effective bytes per SRAM slice (rounded to access granules, or to cache lines in cache mode) for the
-    sampled runs, scaled to the whole."""
+    """Effective bytes per SRAM slice (rounded to access granules) for the sampled runs of a scratchpad
+    tensor, scaled to the whole."""
     s = chip.sram
     g, p0, p1 = _pieces(starts, lengths, s.interleave_bytes)
     out = np.zeros(s.slices, dtype=np.float64)
@@ -72,6 +79,60 @@ def sram_slice_bytes(
         eff = (-(-p1 // a) - p0 // a) * a
         np.add.at(out, hashed_target(g, s.slices), eff.astype(np.float64))
     return out * scale
+
+
+def cache_slice(chip: Chip, address: np.ndarray) -> np.ndarray:
+    """The cache slice that holds an LPDDR5 address: one of the `cache_slices_per_controller` slices of the
+    controller (grid side) its channel belongs to, chosen by a hash of the address above the channel bits."""
+    s, d = chip.sram, chip.dram
+    g = np.asarray(address, dtype=np.int64) // d.interleave_bytes
+    channel = hashed_target(g, d.channels)
+    per = s.cache_slices_per_controller
+    controllers = s.slices // per
+    side = channel * controllers // d.channels
+    return side * per + hashed_target(g // d.channels, per)
+
+
+def cache_slice_bytes(chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float) -> np.ndarray:
+    """Bytes per cache slice of runs read or written through the SRAM cache: every line a run touches is read
+    from (or written into) its slice whole."""
+    line = chip.sram.cache_line_bytes
+    lines, _ = run_lines(starts, lengths, line)
+    out = np.zeros(chip.sram.slices, dtype=np.float64)
+    if lines.size:
+        np.add.at(out, cache_slice(chip, lines * line), float(line))
+    return out * scale
+
+
+def run_lines(starts: np.ndarray, lengths: np.ndarray, line: int) -> tuple[np.ndarray, np.ndarray]:
+    """Line ids touched by each run, in order (a run straddling a line boundary touches both lines), and the
+    run each line access belongs to."""
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = starts + np.asarray(lengths, dtype=np.int64)
+    l0, l1 = starts // line, (ends - 1) // line
+    counts = (l1 - l0 + 1).clip(min=0)
+    run_of = np.repeat(np.arange(starts.size), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    lines = l0[run_of] + (np.arange(int(counts.sum())) - first)
+    return lines.astype(np.int64), run_of
+
+
+# ------------------------------------------------------------------------------------------------ LPDDR5
+
+
+def dram_location(chip: Chip, address: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(channel, bank, page) of LPDDR5 addresses: the channel by the XOR-hashed interleave granule, then the
+    channel-local address mapped row:bank:column (the bank optionally XOR-hashed with the row bits)."""
+    d = chip.dram
+    a = np.asarray(address, dtype=np.int64)
+    g = a // d.interleave_bytes
+    channel = hashed_target(g, d.channels)
+    local = (g // d.channels) * d.interleave_bytes + a % d.interleave_bytes
+    page = local // d.page_bytes
+    bank = page % d.banks_per_channel
+    if d.bank_hash == "xor":
+        bank = hashed_target(page, d.banks_per_channel)
+    return channel, bank, page
 
 
 def dram_channel_parts(
@@ -90,9 +151,7 @@ def dram_channel_parts(
     zeros = np.zeros(d.channels, dtype=np.float64)
     if not g.size:
         return zeros, zeros.copy(), zeros.copy()
-    channel = hashed_target(g, d.channels)
-    local = (g // d.channels) * d.interleave_bytes + (p0 % d.interleave_bytes)
-    page = local // d.page_bytes
+    channel, _bank, page = dram_location(chip, p0)
     b = d.burst_bytes
     bursts = np.zeros(d.channels, dtype=np.float64)
     np.add.at(bursts, channel, ((-(-p1 // b) - p0 // b) * b).astype(np.float64))
@@ -120,11 +179,17 @@ def row_hit_survival(chip: Chip, streams: int) -> float:
     return (1.0 - 1.0 / chip.dram.banks_per_channel) ** max(0, streams - 1)
 
 
-def dram_effective_bytes(chip: Chip, bursts: np.ndarray, activations: np.ndarray) -> np.ndarray:
-    """Channel time expressed in bytes: bursts plus activation time, divided by the stream efficiency."""
-    d = chip.dram
-    act_bytes = d.activate_ns * 1e-9 * dram_channel_bytes_per_s(chip)
-    return (bursts + activations * act_bytes) / d.stream_efficiency
+def dram_effective_bytes(
+    chip: Chip,
+    bursts: np.ndarray,
+    activations: np.ndarray,
+    write: bool = False,
+    banks: float | None = None,
+) -> np.ndarray:
+    """Channel time (bus, activations, row cycles, refresh, turnarounds) expressed in bytes at the channel's
+    peak rate."""
+    t = dram_timing(chip)
+    return t.seconds(bursts, activations, write, banks) * t.rate
 
 
 def dram_channel_bytes(
@@ -134,8 +199,9 @@ def dram_channel_bytes(
     scale: float,
     random_rows: bool = False,
     streams: int = 1,
+    write: bool = False,
 ) -> np.ndarray:
-    """Effective channel bytes (bursts + activation time + stream losses) per LPDDR5 channel."""
+    """Effective channel bytes per LPDDR5 channel of a pattern sharing the memory with `streams` streams."""
     bursts, alone, interleaved = dram_channel_parts(chip, starts, lengths, scale, random_rows)
     keep = row_hit_survival(chip, streams)
-    return dram_effective_bytes(chip, bursts, alone + (interleaved - alone) * (1 - keep))
+    return dram_effective_bytes(chip, bursts, alone + (interleaved - alone) * (1 - keep), write)

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtiasim.dtypes import DType
-from mtiasim.engine.cache import LruCache
-from mtiasim.engine.memmodel import dram_channel_parts, dram_effective_bytes, hashed_target, sram_slice_bytes
+from mtiasim.engine.cache import SetAssociativeCache, cache_sets
+from mtiasim.engine.memmodel import (
+    cache_slice,
+    cache_slice_bytes,
+    dram_channel_parts,
+    dram_effective_bytes,
+    dram_location,
+    hashed_target,
+    run_lines,
+    sram_slice_bytes,
+)
 from mtiasim.engine.resolve import Node, Resolved, _upstream, job_order
 from mtiasim.engine.resources import ResourceMap
 from mtiasim.errors import ProgramError
@@ -113,13 +122,16 @@ class Work:
 
 @dataclass
 class MemParts:
-    """Where an access pattern's bytes land, before the calibrated DRAM costs are applied."""
+    """Where an access pattern's bytes land (counts only: the LPDDR5 timing turns them into channel time)."""
 
     slices: np.ndarray | None  # effective bytes per SRAM slice
     bursts: np.ndarray | None  # burst bytes per LPDDR5 channel
     activations: np.ndarray | None  # row activations per LPDDR5 channel, the stream alone
     side_bytes: np.ndarray  # data bytes entering the grid from each side (N, S, E, W)
     interleaved: np.ndarray | None = None  # row activations when many streams interleave
+    write: bool = False  # LPDDR5 writes (they pay bus turnarounds)
+    fills: np.ndarray | None = None  # bytes of lines each cache slice fills from LPDDR5 (its misses)
+    requests: float = 0.0  # NoC requests the DMA engine issues for the pattern
 
 
 @dataclass
@@ -135,6 +147,10 @@ class Memo:
     # work of their nodes that reads no per-run state (index data, the SRAM cache's contents)
     static_jobs: frozenset[str] = frozenset()
     works: dict[tuple, Work] = field(default_factory=dict)
+    # LPDDR5 streams started together by the same command on several PEs: their first accesses, and the
+    # banks they keep busy at once for a given number of requests pending per channel
+    lockstep: dict[tuple, list[np.ndarray]] | None = None
+    banks: dict[tuple, float] = field(default_factory=dict)
 
 
 def _add(usage: dict[int, float], index: int, amount: float) -> None:
@@ -169,6 +185,7 @@ class WorkModel:
             self.memo.dense_miss = self._dense_misses()
         self._job_names = [job.name for job in job_order(program)]
         self._reads_run_state = False
+        self._group_key: tuple | None = None
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -190,14 +207,17 @@ class WorkModel:
     def _hops_s(self, pe: PeId) -> float:
         return self._hops(pe) * self.chip.noc.hop_latency_cycles * self.cyc
 
-    def _memory_parts(self, decl: TensorDecl, starts, lengths, scale, random_rows: bool = False) -> MemParts:
+    def _memory_parts(
+        self, decl: TensorDecl, starts, lengths, scale, random_rows: bool = False, write: bool = False
+    ) -> MemParts:
         rm = self.rmap
         side = np.zeros(4)
+        requests = self._requests(lengths, scale)
         if decl.level == Level.SRAM:
             per = sram_slice_bytes(self.chip, starts, lengths, scale)
             for s_, b in enumerate(per):
                 side[rm.slice_side(s_)] += b
-            return MemParts(per, None, None, side)
+            return MemParts(per, None, None, side, requests=requests)
         bursts, acts, inter = dram_channel_parts(self.chip, starts, lengths, scale, random_rows=random_rows)
         raw = np.zeros(self.chip.dram.channels)
         g = self.chip.dram.interleave_bytes
@@ -210,27 +230,35 @@ class WorkModel:
         raw *= scale
         for c, b in enumerate(raw):
             side[rm.channel_side(c)] += b
-        return MemParts(None, bursts, acts, side, inter)
+        return MemParts(None, bursts, acts, side, inter, write=write, requests=requests)
 
-    def _usage(self, parts: MemParts) -> dict[int, float]:
+    def _requests(self, lengths, scale: float) -> float:
+        """NoC requests for runs of these lengths: a run is cut into requests of at most `request_bytes`."""
+        r = self.chip.dma.request_bytes
+        return float((-(-np.asarray(lengths, dtype=np.int64) // r)).sum()) * scale
+
+    def _usage(self, parts: MemParts, banks: float | None = None) -> dict[int, float]:
         usage: dict[int, float] = {}
         if parts.slices is not None:
             for s_, b in enumerate(parts.slices):
                 _add(usage, self.rmap.slice0 + s_, float(b))
         if parts.bursts is not None:
-            eff = dram_effective_bytes(self.chip, parts.bursts, parts.activations)
+            eff = dram_effective_bytes(self.chip, parts.bursts, parts.activations, parts.write, banks)
             for c, b in enumerate(eff):
                 _add(usage, self.rmap.channel0 + c, float(b))
+        if parts.fills is not None:
+            for s_, b in enumerate(parts.fills):
+                _add(usage, self.rmap.miss0 + s_, float(b))
         return usage
 
-    def _extra(self, parts: MemParts) -> dict[int, float]:
+    def _extra(self, parts: MemParts, banks: float | None = None) -> dict[int, float]:
         """LPDDR5 channel bytes a stream adds when interleaving with others closes its pages."""
         out: dict[int, float] = {}
         if parts.bursts is not None and parts.interleaved is not None:
-            more = parts.interleaved - parts.activations
-            if more.any():
-                eff = dram_effective_bytes(self.chip, np.zeros_like(more), more)
-                for c, b in enumerate(eff):
+            if (parts.interleaved > parts.activations).any():
+                alone = dram_effective_bytes(self.chip, parts.bursts, parts.activations, parts.write, banks)
+                inter = dram_effective_bytes(self.chip, parts.bursts, parts.interleaved, parts.write, banks)
+                for c, b in enumerate(np.maximum(inter - alone, 0.0)):
                     _add(out, self.rmap.channel0 + c, float(b))
         return out
 
@@ -275,34 +303,57 @@ class WorkModel:
             if decl.level == Level.DRAM and decl.cached:
                 parts = self._cached_stream_parts(decl, runs, inbound)
             else:
-                parts = self._memory_parts(decl, runs.sample_starts, runs.sample_lengths, runs.sample_scale)
+                parts = self._memory_parts(
+                    decl, runs.sample_starts, runs.sample_lengths, runs.sample_scale, write=not inbound
+                )
             hit = (float(stream_bytes(decl, stream)), parts)
             self.memo.streams[key] = hit
         nbytes, parts = hit
-        usage = self._usage(parts)
+        banks = self._bank_parallelism(self._group_key, decl) if parts.bursts is not None and inbound else None
+        usage = self._usage(parts, banks)
         for k, v in self._lanes(parts.side_bytes, pes, axis, inbound).items():
             _add(usage, k, v)
         self._last_parts = parts
-        return nbytes, usage, self._extra(parts)
+        return nbytes, usage, self._extra(parts, banks)
 
     def _cached_stream_parts(self, decl: TensorDecl, runs, inbound: bool) -> MemParts:
-        """A tile stream over an LPDDR5 tensor reached through the SRAM cache: every byte goes through its
-        slice in whole cache lines; reads miss to LPDDR5 in the tensor's miss fraction, writes are written
-        back (each line once)."""
+        """A tile stream over an LPDDR5 tensor reached through the SRAM cache: every access reads (or writes)
+        whole lines in the slice of its memory controller. LPDDR5 sees whole lines: reads miss in the tensor's
+        miss fraction and are filled (a line once per miss, also written into its slice), written lines are
+        written back once each."""
         chip = self.chip
-        slices = sram_slice_bytes(
-            chip, runs.sample_starts, runs.sample_lengths, runs.sample_scale, chip.sram.cache_line_bytes
-        )
+        line = chip.sram.cache_line_bytes
+        starts, lengths, scale = runs.sample_starts, runs.sample_lengths, runs.sample_scale
+        slices = cache_slice_bytes(chip, starts, lengths, scale)
         side = np.zeros(4)
         for s_, b in enumerate(slices):
             side[self.rmap.slice_side(s_)] += b
         miss = (self.memo.dense_miss or {}).get(decl.root, 1.0) if inbound else 1.0
-        bursts, alone, inter = dram_channel_parts(
-            chip, runs.sample_starts, runs.sample_lengths, runs.sample_scale
+        # the distinct lines of the sample, in first-touch order, stand for the lines LPDDR5 moves
+        lines, _ = run_lines(starts, lengths, line)
+        _u, first = np.unique(lines, return_index=True)
+        distinct = lines[np.sort(first)]
+        total = runs.bytes  # bytes the stream accesses (all of it)
+        moved = total * miss if inbound else total  # bytes of lines that cross to or from LPDDR5
+        line_scale = moved / max(1.0, float(distinct.size * line))
+        fstarts = distinct * line
+        flens = np.full(distinct.size, line, dtype=np.int64)
+        bursts, alone, inter = dram_channel_parts(chip, fstarts, flens, line_scale)
+        fills = None
+        if inbound:
+            fills = np.zeros(chip.sram.slices)
+            np.add.at(fills, cache_slice(chip, fstarts), float(line) * line_scale)
+            slices = slices + fills  # a missing line is written into its slice before it is read
+        return MemParts(
+            slices,
+            bursts,
+            alone,
+            side,
+            inter,
+            write=not inbound,
+            fills=fills,
+            requests=self._requests(lengths, scale),
         )
-        if inbound and miss < 1.0:
-            slices = slices * (1.0 + miss)  # misses are filled into their slice before the read
-        return MemParts(slices, bursts * miss, alone * miss, side, inter * miss)
 
     def _dense_misses(self) -> dict[str, float]:
         """Per LPDDR5 tensor read by tile streams through the SRAM cache: the fraction of its reads that
@@ -338,10 +389,69 @@ class WorkModel:
             out[name] = 1.0 - (1.0 - first) * keep
         return out
 
+    # ------------------------------------------------------------------------------- LPDDR5 lockstep
+
+    def _pending_per_channel(self, cached: bool) -> int:
+        """LPDDR5 requests waiting at one channel's controller when the memory is busy: through the cache,
+        the misses its slices keep in flight (miss-status registers); direct, every PE's DMA requests."""
+        chip = self.chip
+        if cached:
+            total = chip.sram.cache_misses_per_slice * chip.sram.slices
+        else:
+            total = chip.dma.outstanding_requests * chip.n_pes
+        return max(1, round(total / chip.dram.channels))
+
+    def _bank_parallelism(self, group: tuple, decl: TensorDecl) -> float:
+        """Banks one LPDDR5 channel keeps cycling at once for the reads of a command that several PEs start
+        together (the same command of their programs): they run in lockstep, so the requests pending at a
+        channel come from the front of all their streams. Where their addresses are a power-of-two stride
+        apart, those requests pile onto one bank and the channel opens one row per tRC; spread, they keep
+        many banks busy (then tRRD/tFAW or the bus bind). Expected distinct banks among the pending requests
+        of each channel, averaged over the streams' first accesses."""
+        if self.memo.lockstep is None:
+            self.memo.lockstep = self._lockstep_streams()
+        seqs = self.memo.lockstep.get(group)
+        if not seqs:
+            return float(self.chip.dram.banks_per_channel)
+        pending = self._pending_per_channel(decl.cached)
+        key = (group, pending)
+        got = self.memo.banks.get(key)
+        if got is None:
+            got = lockstep_banks(self.chip, seqs, pending)
+            self.memo.banks[key] = got
+        return got
+
+    def _lockstep_streams(self) -> dict[tuple, list[np.ndarray]]:
+        """The first LPDDR5 addresses (cache-line fills through the cache, run pieces direct) of every distinct
+        read stream, grouped by the command that starts them together on several PEs."""
+        chip = self.chip
+        line = chip.sram.cache_line_bytes
+        groups: dict[tuple, dict[tuple, np.ndarray]] = {}
+        for node in self.resolved.nodes:
+            if not isinstance(node.cmd, DmaIn):
+                continue
+            for ti, tr in enumerate(node.cmd.transfers):
+                decl = self.program.tensors[tr.stream.tensor]
+                if decl.level != Level.DRAM:
+                    continue
+                g = groups.setdefault((node.job, node.core, node.pos, ti), {})
+                skey = (decl.name, tr.stream)
+                if skey in g:
+                    continue
+                starts, lengths = _first_runs(decl, tr.stream, LOCKSTEP_ACCESSES)
+                if decl.cached:
+                    lines, _ = run_lines(starts, lengths, line)
+                    _u, first = np.unique(lines, return_index=True)
+                    addr = lines[np.sort(first)] * line
+                else:
+                    addr = starts
+                g[skey] = addr[:LOCKSTEP_ACCESSES]
+        return {k: list(v.values()) for k, v in groups.items()}
+
     # ------------------------------------------------------------------------------------------ cache
 
     def _simulate_cache(self) -> None:
-        """Run every cached-table gather through one LRU model of the SRAM in cache mode."""
+        """Run every cached-table gather through the set-associative model of the SRAM in cache mode."""
         gathers = []
         for node in self.resolved.nodes:
             if isinstance(node.cmd, DmaGather):
@@ -351,22 +461,17 @@ class WorkModel:
         if not gathers:
             return
         line = self.chip.sram.cache_line_bytes
-        sram_used = own_bytes(self.program.tensors, Level.SRAM)
-        cache = LruCache(max(0, self.chip.sram.bytes - sram_used) // line)
+        cache = SetAssociativeCache(self.chip, self.cache_capacity_lines())
         history = []
+        if self.program.cache_state is not None:
+            history.append(np.asarray(self.program.cache_state, dtype=np.int64))
         for name, rows in self.program.cache_history.items():
             decl = self.program.tensors.get(name)
             if decl is None or not decl.cached:
                 continue
             history.append(_row_lines(decl, np.asarray(rows, dtype=np.int64), line)[0])
-        if self.program.cache_state is not None:
-            cache.warm_lines = (
-                np.asarray(self.program.cache_state, dtype=np.int64)[-cache.capacity :]
-                if cache.capacity
-                else cache.warm_lines
-            )
         if history:
-            cache.warm(np.concatenate([cache.warm_lines, *history]))
+            cache.warm(np.concatenate(history))
         # interleave the PEs' accesses by their relative position, as concurrent PEs would issue them
         line_ids, row_of, owner, pos = [], [], [], []
         for node in gathers:
@@ -387,6 +492,11 @@ class WorkModel:
         for node in gathers:
             mask = all_owner == node.id
             self.memo.cache_hits[node.id] = np.stack([all_row[mask], hits[mask]], axis=1)
+
+    def cache_capacity_lines(self) -> int:
+        """Lines the SRAM caches: what the resident (scratchpad) tensors leave of it."""
+        sram_used = own_bytes(self.program.tensors, Level.SRAM)
+        return max(0, self.chip.sram.bytes - sram_used) // self.chip.sram.cache_line_bytes
 
     def _gather_rows(self, node: Node) -> np.ndarray:
         cmd = node.cmd
@@ -435,9 +545,11 @@ class WorkModel:
     def _w_DmaIn(self, node: Node, cmd: DmaIn) -> Work:
         w = Work("dma", "dma", items=cmd.iterations)
         lat = 0.0
+        requests = 0.0
         for ti, tr in enumerate(cmd.transfers):
             decl = self.program.tensors[tr.stream.tensor]
             gid = node.mcast_group[ti] if node.mcast_group else None
+            self._group_key = (node.job, node.core, node.pos, ti)
             if gid is not None and tr.multicast is not None:
                 members = [self.resolved.nodes[n].pe for n, _ in self.resolved.mcast_groups[gid]]
                 nbytes, usage, extra = self._stream_part(
@@ -449,6 +561,7 @@ class WorkModel:
                 key = ("node", node.id, ti)
             w.parts.append(FlowPart(key, usage, extra))
             w.bytes += nbytes
+            requests += self._last_parts.requests
             lat = max(lat, self._level_latency_s(decl))
             leader = gid is None or node.id == min(n for n, _ in self.resolved.mcast_groups[gid])
             if leader:  # memory is read once per multicast group
@@ -460,12 +573,19 @@ class WorkModel:
         w.latency_s = lat + self._hops_s(node.pe)
         w.issue_s = self._issue(cmd.iterations * len(cmd.transfers), self.chip.dma.setup_cycles)
         w.counters["commands"] = cmd.iterations * len(cmd.transfers)
-        self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
+        self._caps(w, self._in_flight(w.bytes, requests) / max(w.latency_s, 1e-12), "latency")
         return w
+
+    def _in_flight(self, nbytes: float, requests: float) -> float:
+        """Bytes a DMA engine keeps in flight: `outstanding_requests` requests of the pattern's mean size."""
+        dma = self.chip.dma
+        size = nbytes / requests if requests > 0 else float(dma.request_bytes)
+        return dma.outstanding_requests * min(size, float(dma.request_bytes))
 
     def _w_DmaOut(self, node: Node, cmd: DmaOut) -> Work:
         decl = self.program.tensors[cmd.stream.tensor]
         w = Work("dma", "dma", items=cmd.stream.n_tiles)
+        self._group_key = (node.job, node.core, node.pos, 0)
         nbytes, usage, extra = self._stream_part(decl, cmd.stream, [node.pe], None, False)
         parts = self._last_parts
         w.parts.append(FlowPart(("node", node.id, 0), usage, extra))
@@ -480,7 +600,7 @@ class WorkModel:
             commands=cmd.stream.n_tiles,
         )
         _count_access(w.counters, "write", decl, nbytes, parts)
-        self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
+        self._caps(w, self._in_flight(nbytes, parts.requests) / max(w.latency_s, 1e-12), "latency")
         return w
 
     def _w_DmaPeer(self, node: Node, cmd: DmaPeer) -> Work:
@@ -501,7 +621,9 @@ class WorkModel:
             ls_write_bytes=nbytes,
             commands=cmd.n_tiles,
         )
-        self._caps(w, self.chip.dma.outstanding_bytes / max(w.latency_s, 1e-12), "latency")
+        # local store to local store: each tile is contiguous, cut into requests
+        requests = cmd.n_tiles * math.ceil(nbytes / max(cmd.n_tiles, 1) / self.chip.dma.request_bytes)
+        self._caps(w, self._in_flight(nbytes, requests) / max(w.latency_s, 1e-12), "latency")
         return w
 
     def _w_DmaGather(self, node: Node, cmd: DmaGather) -> Work:
@@ -517,7 +639,12 @@ class WorkModel:
         n, hit_frac, parts = memo
         per_row = decl.cols * decl.dtype.itemsize
         nbytes = float(n * per_row)
-        usage = self._usage(parts)
+        # independent rows: the requests pending at a channel land on random banks
+        banks = None
+        if parts.bursts is not None:
+            b = chip.dram.banks_per_channel
+            banks = b * (1.0 - (1.0 - 1.0 / b) ** self._pending_per_channel(decl.cached))
+        usage = self._usage(parts, banks)
         # the index list itself is read from its tensor
         idx_slice = int(
             hashed_target(np.array([idx.address // chip.sram.interleave_bytes]), chip.sram.slices)[0]
@@ -538,7 +665,11 @@ class WorkModel:
             latency = chip.dram.latency_ns * 1e-9
         w.latency_s = latency + self._hops_s(node.pe)
         w.issue_s = (chip.dma.setup_cycles + n * chip.core.cycles_per_gather_row) * self.cyc
-        self._caps(w, chip.dma.outstanding_rows * per_row / max(w.latency_s, 1e-12), "latency")
+        # every row is a DMA command of its own (no indexed DMA on v1): the engine's concurrent commands are
+        # the rows in flight, unless its outstanding requests run out first
+        row_requests = math.ceil(per_row / chip.dma.request_bytes)
+        rows_in_flight = min(float(chip.dma.concurrent_commands), chip.dma.outstanding_requests / row_requests)
+        self._caps(w, rows_in_flight * per_row / max(w.latency_s, 1e-12), "latency")
         w.counters.update(
             noc_bytes=nbytes,
             noc_byte_hops=nbytes * self._hops(node.pe),
@@ -638,8 +769,9 @@ class WorkModel:
         return n, (1.0 if decl.level == Level.SRAM else 0.0), parts
 
     def _cached_parts(self, node: Node, decl: TensorDecl, rows: np.ndarray) -> tuple[float, MemParts]:
-        """A gather through the SRAM cache: every line is read from its slice; missing lines are first
-        filled from LPDDR5 (one row activation each)."""
+        """A gather through the SRAM cache: every line a row touches (a row straddling a line boundary touches
+        two) is read whole from the slice of its memory controller; missing lines are first filled from LPDDR5
+        (an independent access each) and written into their slice."""
         chip = self.chip
         rm = self.rmap
         line = chip.sram.cache_line_bytes
@@ -647,18 +779,20 @@ class WorkModel:
         lines, _ = _row_lines(decl, rows, line)
         hit = rec[:, 1].astype(bool)
         starts = lines * line
-        lens = np.full(lines.size, line, dtype=np.int64)
-        slices = sram_slice_bytes(chip, starts, lens, 1.0)
+        slc = cache_slice(chip, starts)
+        slices = np.bincount(slc, minlength=chip.sram.slices).astype(np.float64) * line
         side = np.zeros(4)
         for s_, b in enumerate(slices):
             side[rm.slice_side(s_)] += b
-        bursts = acts = None
+        bursts = acts = fills = None
         if (~hit).any():
-            bursts, acts, _inter = dram_channel_parts(chip, starts[~hit], lens[~hit], 1.0, random_rows=True)
-            slices = slices + sram_slice_bytes(chip, starts[~hit], lens[~hit], 1.0)
+            lens = np.full(int((~hit).sum()), line, dtype=np.int64)
+            bursts, acts, _inter = dram_channel_parts(chip, starts[~hit], lens, 1.0, random_rows=True)
+            fills = np.bincount(slc[~hit], minlength=chip.sram.slices).astype(np.float64) * line
+            slices = slices + fills
         row_hit = np.ones(rows.size, dtype=bool)
         np.logical_and.at(row_hit, rec[:, 0].astype(np.int64), hit)
-        return float(row_hit.mean()), MemParts(slices, bursts, acts, side)
+        return float(row_hit.mean()), MemParts(slices, bursts, acts, side, fills=fills)
 
     def _w_MatMul(self, node: Node, cmd: MatMul) -> Work:
         chip = self.chip
@@ -866,6 +1000,69 @@ def epilogue_ops_per_element(cmd: MatMul) -> int:
     if ops and cmd.out_scale is not None:
         ops += 1
     return ops
+
+
+LOCKSTEP_ACCESSES = 1024  # first accesses of each stream the lockstep bank analysis looks at
+
+
+def _first_runs(decl: TensorDecl, stream, max_runs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start address, length) of the first contiguous runs of a tile stream, in order (one per tile row,
+    or one per tile where it covers whole packed rows)."""
+    lp = stream.loop
+    item = decl.dtype.itemsize
+    rows_per_tile = max(1, stream.tile[0])
+    n = min(lp.n, max(1, max_runs // rows_per_tile + 1))
+    idx = np.arange(n, dtype=np.int64)
+    r0 = np.full(n, lp.base[0], dtype=np.int64)
+    c0 = np.full(n, lp.base[1], dtype=np.int64)
+    rem = idx.copy()
+    for count, dr, dc in reversed(lp.dims):
+        i = rem % count
+        rem //= count
+        r0 += i * dr
+        c0 += i * dc
+    nr = np.clip(np.minimum(r0 + stream.tile[0], decl.rows) - r0, 0, None)
+    nc = np.clip(np.minimum(c0 + stream.tile[1], decl.cols) - c0, 0, None)
+    packed = decl.pitch == decl.cols * item
+    starts, lengths = [], []
+    for a, b, rr, cc in zip(r0.tolist(), c0.tolist(), nr.tolist(), nc.tolist(), strict=True):
+        if rr == 0 or cc == 0:
+            continue
+        base = decl.address + a * decl.pitch + b * item
+        if packed and cc == decl.cols:
+            starts.append(np.array([base], dtype=np.int64))
+            lengths.append(np.array([rr * cc * item], dtype=np.int64))
+        else:
+            starts.append(base + np.arange(rr, dtype=np.int64) * decl.pitch)
+            lengths.append(np.full(rr, cc * item, dtype=np.int64))
+    if not starts:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z
+    return np.concatenate(starts)[:max_runs], np.concatenate(lengths)[:max_runs]
+
+
+def lockstep_banks(chip: Chip, seqs: list[np.ndarray], pending: int) -> float:
+    """Expected distinct banks among `pending` requests waiting at a channel, when the streams `seqs`
+    (addresses in order) advance in lockstep: their accesses arrive step by step (all streams' first, then
+    all their second...), and a channel's pending requests are the next `pending` arrivals on it."""
+    d = chip.dram
+    n = min(s.size for s in seqs)
+    if n == 0:
+        return float(d.banks_per_channel)
+    addr = np.stack([s[:n] for s in seqs], axis=1).reshape(-1)  # step-major
+    channel, bank, _page = dram_location(chip, addr)
+    total, weight = 0.0, 0.0
+    for c in range(d.channels):
+        b = bank[channel == c]
+        if b.size == 0:
+            continue
+        w = max(1, min(pending, b.size))
+        for i in range(0, b.size - w + 1, w):
+            total += np.unique(b[i : i + w]).size * w
+            weight += w
+    if weight == 0:
+        return float(d.banks_per_channel)
+    return max(1.0, min(float(d.banks_per_channel), total / weight))
 
 
 def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,11 +39,14 @@ PROVENANCE_KINDS: tuple[str, ...] = ("published", "derived", "assumed", "calibra
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where one configuration value comes from."""
+    """Where one configuration value comes from. A `calibrated` value also carries the physical range the fit
+    may move it in (`range`, inclusive) and where that range comes from (`range_source`)."""
 
     kind: str
     source: str | None = None
     note: str | None = None
+    range: tuple[float, float] | None = None
+    range_source: str | None = None
 
     def describe(self) -> str:
         parts = [self.kind]
@@ -51,7 +54,10 @@ class Provenance:
             parts.append(self.source)
         if self.note:
             parts.append(self.note)
-        return ": ".join(parts[:2]) + (f" ({parts[2]})" if len(parts) > 2 else "")
+        text = ": ".join(parts[:2]) + (f" ({parts[2]})" if len(parts) > 2 else "")
+        if self.range is not None:
+            text += f" [range {self.range[0]:g}..{self.range[1]:g}: {self.range_source}]"
+        return text
 
 
 class _Section(BaseModel):
@@ -146,7 +152,24 @@ class Sram(_Section):
     latency_cycles: float = Field(ge=0)
     interleave_bytes: PositiveInt
     access_bytes: PositiveInt
+    # the most the SRAM gives to addressable (scratchpad) tensors; what they do not use caches LPDDR5
+    scratchpad_bytes: int = Field(ge=0)
     cache_line_bytes: PositiveInt
+    cache_ways: PositiveInt
+    cache_slices_per_controller: PositiveInt
+    # misses a slice keeps in flight to LPDDR5 (its miss-status registers; a whole number in hardware, fitted as
+    # a mean occupancy)
+    cache_misses_per_slice: PositiveFloat
+
+    @model_validator(mode="after")
+    def _cache_fits(self) -> Sram:
+        if self.scratchpad_bytes > self.bytes:
+            raise ValueError("scratchpad_bytes exceeds the SRAM's bytes")
+        if self.slices % self.cache_slices_per_controller:
+            raise ValueError("slices must be a multiple of cache_slices_per_controller")
+        if self.bytes // self.slices < self.cache_line_bytes * self.cache_ways:
+            raise ValueError("a slice holds fewer bytes than one set of cache_ways lines of cache_line_bytes")
+        return self
 
 
 class Dram(_Section):
@@ -157,10 +180,30 @@ class Dram(_Section):
     latency_ns: float = Field(ge=0)
     page_bytes: PositiveInt
     banks_per_channel: PositiveInt
+    bank_groups: PositiveInt
     burst_bytes: PositiveInt
-    activate_ns: float = Field(ge=0)
-    stream_efficiency: float = Field(gt=0, le=1)
     interleave_bytes: PositiveInt
+    bank_hash: Literal["none", "xor"]
+    # device timing (JESD209-5 class), in ns
+    t_rrd_ns: float = Field(ge=0)
+    t_faw_ns: float = Field(ge=0)
+    t_ras_ns: float = Field(ge=0)
+    t_rp_ns: float = Field(ge=0)
+    t_rfc_ns: float = Field(ge=0)
+    t_refi_ns: PositiveFloat
+    read_to_write_ns: float = Field(ge=0)
+    write_to_read_ns: float = Field(ge=0)
+    write_batch: PositiveInt  # writes the controller drains per read/write turnaround
+
+    @model_validator(mode="after")
+    def _timing_consistent(self) -> Dram:
+        if self.t_rfc_ns >= self.t_refi_ns:
+            raise ValueError("t_rfc_ns must be below t_refi_ns (refresh would take all the time)")
+        if self.banks_per_channel % self.bank_groups:
+            raise ValueError("banks_per_channel must be a multiple of bank_groups")
+        if self.page_bytes % self.burst_bytes:
+            raise ValueError("page_bytes must be a multiple of burst_bytes")
+        return self
 
 
 class Noc(_Section):
@@ -176,10 +219,15 @@ class Reduction(_Section):
 
 
 class Dma(_Section):
-    outstanding_bytes: PositiveInt
-    outstanding_rows: PositiveFloat
+    outstanding_requests: PositiveInt  # NoC read requests a PE's DMA engine keeps in flight
+    request_bytes: PositiveInt  # the most one request carries; a longer run is split
     setup_cycles: float = Field(ge=0)
-    concurrent_commands: PositiveInt
+    concurrent_commands: PositiveInt  # DMA commands the engine works on at once (a gathered row is one)
+
+    @property
+    def outstanding_rows(self) -> int:
+        """Gathered rows in flight per PE: v1 has no indexed DMA, so every row is a command of its own."""
+        return self.concurrent_commands
 
 
 class Dispatch(_Section):
@@ -302,8 +350,14 @@ class Chip(BaseModel):
             if section not in SECTIONS or name not in SECTIONS[section].model_fields:
                 raise ConfigError(f"{self.name}: unknown configuration key {key!r}")
             data[section][name] = value
+            old = prov.get(key)
+            keep = provenance_kind == "calibrated" and old is not None and old.range is not None
             prov[key] = Provenance(
-                provenance_kind, note="set by the user" if provenance_kind == "user" else None
+                provenance_kind,
+                source=old.source if keep else None,
+                note="set by the user" if provenance_kind == "user" else (old.note if keep else None),
+                range=old.range if keep else None,
+                range_source=old.range_source if keep else None,
             )
         return _validate(data, prov, where=f"{self.name} (overrides)")
 
@@ -363,7 +417,7 @@ def _validate(data: dict[str, Any], prov: dict[str, Provenance], where: str) -> 
         raise ConfigError(_format_validation_error(err, where)) from None
 
 
-_PARAM_KEYS = {"value", "provenance", "source", "note"}
+_PARAM_KEYS = {"value", "provenance", "source", "note", "range", "range_source"}
 
 
 def _parse_param(raw: Any, key: str, where: str) -> tuple[Any, Provenance]:
@@ -386,7 +440,37 @@ def _parse_param(raw: Any, key: str, where: str) -> tuple[Any, Provenance]:
         raise ConfigError(f"{where}: {key}: a calibrated value must name the script that fits it")
     if kind in ("derived", "assumed") and not note:
         raise ConfigError(f"{where}: {key}: a {kind} value must say how or why in its note")
-    return raw["value"], Provenance(kind, source, note)
+    rng = _parse_range(raw, key, where, kind)
+    return raw["value"], Provenance(kind, source, note, rng, raw.get("range_source"))
+
+
+def _parse_range(raw: dict[str, Any], key: str, where: str, kind: str) -> tuple[float, float] | None:
+    """The physical range of a calibrated value: `range = [lo, hi]` with its `range_source`; the value inside."""
+    rng, rsrc = raw.get("range"), raw.get("range_source")
+    if rng is None:
+        if kind == "calibrated":
+            raise ConfigError(
+                f"{where}: {key}: a calibrated value must give its physical range (range = [lo, hi]) "
+                "and where the range comes from (range_source)"
+            )
+        if rsrc is not None:
+            raise ConfigError(f"{where}: {key}: range_source without a range")
+        return None
+    ok = (
+        isinstance(rng, list)
+        and len(rng) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in rng)
+        and rng[0] < rng[1]
+    )
+    if not ok:
+        raise ConfigError(f"{where}: {key}: range must be [lo, hi] with finite numbers lo < hi, got {rng!r}")
+    if not isinstance(rsrc, str) or not rsrc.strip():
+        raise ConfigError(f"{where}: {key}: a range must say where it comes from (range_source)")
+    value = raw["value"]
+    lo, hi = float(rng[0]), float(rng[1])
+    if isinstance(value, int | float) and not isinstance(value, bool) and not lo <= value <= hi:
+        raise ConfigError(f"{where}: {key}: value {value:g} lies outside its physical range [{lo:g}, {hi:g}]")
+    return lo, hi
 
 
 def _read_toml(path: Path | resources.abc.Traversable, where: str) -> dict[str, Any]:

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from mtiasim.dtypes import DType
 from mtiasim.errors import CapacityError, UsageError
 from mtiasim.hw import Chip
-from mtiasim.hw.peaks import dpe_macs_per_cycle, dram_bytes_per_s, sram_bytes_per_s
+from mtiasim.hw.lpddr5 import dram_timing
+from mtiasim.hw.peaks import dpe_macs_per_cycle, sram_bytes_per_s
 from mtiasim.isa import (
     Barrier,
     CbPop,
@@ -171,10 +172,7 @@ def memory_bytes_per_s(chip: Chip, level: Level, run_bytes: float) -> float:
     if level == Level.SRAM:
         return sram_bytes_per_s(chip)
     d = chip.dram
-    piece = min(run_bytes, d.interleave_bytes)
-    ch = dram_bytes_per_s(chip) / d.channels
-    busy = piece / ch + d.activate_ns * 1e-9
-    return dram_bytes_per_s(chip) * (piece / ch) / busy * d.stream_efficiency
+    return dram_timing(chip).run_bytes_per_s(run_bytes, d.channels, d.interleave_bytes)
 
 
 def _read_s(chip: Chip, decl_level: Level, cached: bool, total: float, distinct: float, run: float) -> float:
