@@ -27,7 +27,7 @@ from mtiasim.validate import FAMILIES
 from mtiasim.validate.fit import Evaluator, Fitter, Space, family_stats, on_edge, prepare
 
 PRESET = Path(__file__).resolve().parents[1] / "src" / "mtiasim" / "hw" / "presets" / "mtia-v1.toml"
-INTEGER = ("sram.cache_misses_per_slice",)  # whole numbers in hardware
+INTEGER = ("dram.queue_entries",)  # whole numbers in hardware
 
 
 def write_back(values: dict[str, float]) -> None:

@@ -173,6 +173,19 @@ def dram_channel_parts(
     return bursts * scale, alone * scale, np.maximum(interleaved, alone) * scale
 
 
+def dram_transactions(chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale: float) -> np.ndarray:
+    """Transactions per LPDDR5 channel: each piece of a run on a channel is cut into transactions of at most
+    `transaction_bytes` (a shorter piece is a transaction of its own), scaled to the whole."""
+    d = chip.dram
+    g, p0, p1 = _pieces(starts, lengths, d.interleave_bytes)
+    out = np.zeros(d.channels, dtype=np.float64)
+    if g.size:
+        t = d.transaction_bytes
+        n = -(-(p1 - p0) // t)
+        np.add.at(out, hashed_target(g, d.channels), n.astype(np.float64))
+    return out * scale
+
+
 def row_hit_survival(chip: Chip, streams: int) -> float:
     """Chance that a stream's open page is still open when it returns, with `streams` streams sharing the
     channels' banks (each other stream's access in between lands on a random bank)."""

@@ -5,9 +5,10 @@
   E/W. Data from a slice on the north side reaches PE (r, c) through lane N[c]; a multicast to a row or a
   column crosses each lane once;
 - each PE's Fabric Interface, in and out;
-- the misses each cache slice can keep in flight to LPDDR5 (cache mode): a slice holds a miss-status register
-  per outstanding line fill for one LPDDR5 latency, so by Little's law its fills cannot exceed
-  `cache_misses_per_slice x cache_line_bytes / dram.latency_ns` bytes per second;
+- each LPDDR5 channel's controller queue: it holds `queue_entries` transactions (reads and writes, cache-line
+  fills and DMA requests, each of at most `transaction_bytes`) for one LPDDR5 latency each, so by Little's
+  law a channel moves at most `queue_entries x transaction_bytes / latency_ns` bytes of transactions per second
+  (usage counts whole transactions);
 - the host link (PCIe).
 
 The reduction network is point to point (north->south, west->east) and is timed per link, not shared here.
@@ -44,7 +45,7 @@ class ResourceMap:
     fi_in0: int
     fi_out0: int
     host: int
-    miss0: int
+    queue0: int
 
     @property
     def n(self) -> int:
@@ -94,8 +95,9 @@ def resource_map(chip: Chip) -> ResourceMap:
     fi_in0 = add(n_pe, fi_cap, CLASS_NOC, "fi_in")
     fi_out0 = add(n_pe, fi_cap, CLASS_NOC, "fi_out")
     host = add(1, chip.host.bandwidth_gbps * 1e9, CLASS_HOST, "host")
-    fill_cap = chip.sram.cache_misses_per_slice * chip.sram.cache_line_bytes / (max(chip.dram.latency_ns, 1.0) * 1e-9)
-    miss0 = add(chip.sram.slices, fill_cap, CLASS_DRAM, "cache_misses")
+    d = chip.dram
+    queue_cap = d.queue_entries * d.transaction_bytes / (max(d.latency_ns, 1.0) * 1e-9)
+    queue0 = add(d.channels, queue_cap, CLASS_DRAM, "dram_queue")
     return ResourceMap(
         chip,
         np.asarray(caps, dtype=np.float64),
@@ -108,5 +110,5 @@ def resource_map(chip: Chip) -> ResourceMap:
         fi_in0,
         fi_out0,
         host,
-        miss0,
+        queue0,
     )

@@ -22,6 +22,7 @@ from mtiasim.engine.memmodel import (
     dram_channel_parts,
     dram_effective_bytes,
     dram_location,
+    dram_transactions,
     hashed_target,
     run_lines,
     sram_slice_bytes,
@@ -130,7 +131,7 @@ class MemParts:
     side_bytes: np.ndarray  # data bytes entering the grid from each side (N, S, E, W)
     interleaved: np.ndarray | None = None  # row activations when many streams interleave
     write: bool = False  # LPDDR5 writes (they pay bus turnarounds)
-    fills: np.ndarray | None = None  # bytes of lines each cache slice fills from LPDDR5 (its misses)
+    transactions: np.ndarray | None = None  # LPDDR5 transactions per channel (its controller's queue)
     requests: float = 0.0  # NoC requests the DMA engine issues for the pattern
 
 
@@ -230,7 +231,8 @@ class WorkModel:
         raw *= scale
         for c, b in enumerate(raw):
             side[rm.channel_side(c)] += b
-        return MemParts(None, bursts, acts, side, inter, write=write, requests=requests)
+        trans = dram_transactions(self.chip, starts, lengths, scale)
+        return MemParts(None, bursts, acts, side, inter, write=write, requests=requests, transactions=trans)
 
     def _requests(self, lengths, scale: float) -> float:
         """NoC requests for runs of these lengths: a run is cut into requests of at most `request_bytes`."""
@@ -246,9 +248,10 @@ class WorkModel:
             eff = dram_effective_bytes(self.chip, parts.bursts, parts.activations, parts.write, banks)
             for c, b in enumerate(eff):
                 _add(usage, self.rmap.channel0 + c, float(b))
-        if parts.fills is not None:
-            for s_, b in enumerate(parts.fills):
-                _add(usage, self.rmap.miss0 + s_, float(b))
+        if parts.transactions is not None:
+            t = self.chip.dram.transaction_bytes
+            for c, n in enumerate(parts.transactions):
+                _add(usage, self.rmap.queue0 + c, float(n) * t)
         return usage
 
     def _extra(self, parts: MemParts, banks: float | None = None) -> dict[int, float]:
@@ -339,7 +342,7 @@ class WorkModel:
         fstarts = distinct * line
         flens = np.full(distinct.size, line, dtype=np.int64)
         bursts, alone, inter = dram_channel_parts(chip, fstarts, flens, line_scale)
-        fills = None
+        trans = dram_transactions(chip, fstarts, flens, line_scale)
         if inbound:
             fills = np.zeros(chip.sram.slices)
             np.add.at(fills, cache_slice(chip, fstarts), float(line) * line_scale)
@@ -351,8 +354,8 @@ class WorkModel:
             side,
             inter,
             write=not inbound,
-            fills=fills,
             requests=self._requests(lengths, scale),
+            transactions=trans,
         )
 
     def _dense_misses(self) -> dict[str, float]:
@@ -392,14 +395,8 @@ class WorkModel:
     # ------------------------------------------------------------------------------- LPDDR5 lockstep
 
     def _pending_per_channel(self, cached: bool) -> int:
-        """LPDDR5 requests waiting at one channel's controller when the memory is busy: through the cache,
-        the misses its slices keep in flight (miss-status registers); direct, every PE's DMA requests."""
-        chip = self.chip
-        if cached:
-            total = chip.sram.cache_misses_per_slice * chip.sram.slices
-        else:
-            total = chip.dma.outstanding_requests * chip.n_pes
-        return max(1, round(total / chip.dram.channels))
+        """LPDDR5 transactions one channel's controller works on at once when the memory is busy: its queue."""
+        return max(1, round(self.chip.dram.queue_entries))
 
     def _bank_parallelism(self, group: tuple, decl: TensorDecl) -> float:
         """Banks one LPDDR5 channel keeps cycling at once for the reads of a command that several PEs start
@@ -784,15 +781,15 @@ class WorkModel:
         side = np.zeros(4)
         for s_, b in enumerate(slices):
             side[rm.slice_side(s_)] += b
-        bursts = acts = fills = None
+        bursts = acts = trans = None
         if (~hit).any():
             lens = np.full(int((~hit).sum()), line, dtype=np.int64)
             bursts, acts, _inter = dram_channel_parts(chip, starts[~hit], lens, 1.0, random_rows=True)
-            fills = np.bincount(slc[~hit], minlength=chip.sram.slices).astype(np.float64) * line
-            slices = slices + fills
+            trans = dram_transactions(chip, starts[~hit], lens, 1.0)
+            slices = slices + np.bincount(slc[~hit], minlength=chip.sram.slices).astype(np.float64) * line
         row_hit = np.ones(rows.size, dtype=bool)
         np.logical_and.at(row_hit, rec[:, 0].astype(np.int64), hit)
-        return float(row_hit.mean()), MemParts(slices, bursts, acts, side, fills=fills)
+        return float(row_hit.mean()), MemParts(slices, bursts, acts, side, transactions=trans)
 
     def _w_MatMul(self, node: Node, cmd: MatMul) -> Work:
         chip = self.chip

@@ -157,9 +157,6 @@ class Sram(_Section):
     cache_line_bytes: PositiveInt
     cache_ways: PositiveInt
     cache_slices_per_controller: PositiveInt
-    # misses a slice keeps in flight to LPDDR5 (its miss-status registers; a whole number in hardware, fitted as
-    # a mean occupancy)
-    cache_misses_per_slice: PositiveFloat
 
     @model_validator(mode="after")
     def _cache_fits(self) -> Sram:
@@ -194,6 +191,10 @@ class Dram(_Section):
     read_to_write_ns: float = Field(ge=0)
     write_to_read_ns: float = Field(ge=0)
     write_batch: PositiveInt  # writes the controller drains per read/write turnaround
+    # transactions a channel's controller holds at once, each for one latency (a whole number in hardware,
+    # fitted as a mean occupancy), and the most bytes one transaction moves
+    queue_entries: PositiveFloat
+    transaction_bytes: PositiveInt
 
     @model_validator(mode="after")
     def _timing_consistent(self) -> Dram:
