@@ -16,6 +16,7 @@ from mtiasim.engine.resolve import resolve
 from mtiasim.engine.timing import TimingModel, simulate
 from mtiasim.errors import CapacityError, ProgramError
 from mtiasim.hw import load_chip
+from mtiasim.hw.lpddr5 import dram_timing
 from mtiasim.hw.peaks import dram_channel_bytes_per_s
 from mtiasim.isa import (
     Barrier,
@@ -203,9 +204,12 @@ def test_uncontended_dma_matches_its_closed_form():
     hz = CHIP.hz
     latency = CHIP.sram.latency_cycles / hz + CHIP.noc.hop_latency_cycles / hz  # corner PE: one hop
     issue = (CHIP.dma.setup_cycles + 16 * CHIP.core.cycles_per_command) / hz
+    # 64x64 tiles of 256-byte rows: one 64-byte run per tile row, each one request; the engine keeps
+    # `outstanding_requests` of them in flight
+    in_flight = CHIP.dma.outstanding_requests * min(64, CHIP.dma.request_bytes)
     rate = min(
         CHIP.noc.fi_bytes_per_cycle * hz,  # its Fabric Interface
-        CHIP.dma.outstanding_bytes / latency,  # bytes in flight / latency
+        in_flight / latency,  # bytes in flight / latency
         CHIP.sram.slices * CHIP.sram.slice_bytes_per_cycle * hz,
         65536 / issue,  # the core issues one DMA per tile
     )
@@ -235,12 +239,16 @@ def test_dram_contention_divides_the_channels():
     event = execute(prg, CHIP, fidelity="event").timing
     analytic = execute(prg, CHIP, fidelity="analytic").timing
     total = 64 * 2**20
-    # long sequential runs: one activation per page; channel time = bytes (+activations) / efficiency
-    pages = total / CHIP.dram.page_bytes
-    channel_bytes = (
-        total + pages * CHIP.dram.activate_ns * 1e-9 * dram_channel_bytes_per_s(CHIP)
-    ) / CHIP.dram.stream_efficiency
-    bound = channel_bytes / (CHIP.dram.channels * dram_channel_bytes_per_s(CHIP))
+    # long sequential runs cut into 256-byte pieces per channel: even when every piece opens a page (64
+    # streams close each other's pages), its 8 bursts outlast an activation, so the bus binds; refresh takes
+    # tRFC of every tREFI; and a channel's controller keeps queue_entries transactions of transaction_bytes in
+    # flight for one latency each (Little's law). The slower of the two binds.
+    d = CHIP.dram
+    t = dram_timing(CHIP)
+    assert d.interleave_bytes / d.burst_bytes * t.burst_s >= max(t.act_s, t.rc_s / d.banks_per_channel)
+    bus = total / (d.channels * dram_channel_bytes_per_s(CHIP)) * t.refresh
+    queue = total / (d.channels * d.queue_entries * d.transaction_bytes / (d.latency_ns * 1e-9))
+    bound = max(bus, queue)
     overhead = (CHIP.host.launch_ns + CHIP.dispatch.job_launch_ns + CHIP.dispatch.job_end_ns) * 1e-9
     assert event.seconds >= analytic.seconds
     assert bound + overhead <= event.seconds <= (bound + overhead) * 1.03

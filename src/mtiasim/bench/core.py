@@ -60,7 +60,7 @@ def check_run(mode: str, fidelity: str) -> None:
 
 
 def memory_plan(chip: Chip) -> MemoryPlan:
-    return MemoryPlan(chip.sram.scratchpad_bytes, chip.dram.bytes)
+    return MemoryPlan(min(chip.sram.scratchpad_bytes, chip.sram.bytes), chip.dram.bytes)
 
 
 def run(

@@ -152,7 +152,8 @@ class Sram(_Section):
     latency_cycles: float = Field(ge=0)
     interleave_bytes: PositiveInt
     access_bytes: PositiveInt
-    # the most the SRAM gives to addressable (scratchpad) tensors; what they do not use caches LPDDR5
+    # the most the SRAM gives to addressable (scratchpad) tensors (capped at `bytes`); what they do not use
+    # caches LPDDR5
     scratchpad_bytes: int = Field(ge=0)
     cache_line_bytes: PositiveInt
     cache_ways: PositiveInt
@@ -160,8 +161,6 @@ class Sram(_Section):
 
     @model_validator(mode="after")
     def _cache_fits(self) -> Sram:
-        if self.scratchpad_bytes > self.bytes:
-            raise ValueError("scratchpad_bytes exceeds the SRAM's bytes")
         if self.slices % self.cache_slices_per_controller:
             raise ValueError("slices must be a multiple of cache_slices_per_controller")
         if self.bytes // self.slices < self.cache_line_bytes * self.cache_ways:

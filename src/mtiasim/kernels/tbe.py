@@ -41,6 +41,7 @@ from mtiasim.isa import (
 from mtiasim.kernels.common import Region, cb_layout
 
 CB_ROWS, CB_OUT = 0, 1
+ROW_BUFFER_GROUPS = 1  # software pipelining: the row buffer holds this many accumulate groups
 PER_BAG_COST_ROWS = 4.0  # a bag costs about as much as this many lookups (set-up, pooled-row write)
 
 
@@ -126,7 +127,7 @@ def tbe_job(
     for pe, (j0, j1) in zip(pe_list, ranges, strict=False):
         # one SE accumulate group of rows: the next bag's rows wait for this bag's pooling
         group = int(min(chip.se.accumulate_max_rows, max(1, lengths[j0:j1].max(initial=1))))
-        sizes = {CB_ROWS: group * row_bytes, CB_OUT: 2 * dim * out_dtype.itemsize}
+        sizes = {CB_ROWS: ROW_BUFFER_GROUPS * group * row_bytes, CB_OUT: 2 * dim * out_dtype.itemsize}
         prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
         j = j0
         while j < j1:
