@@ -35,7 +35,11 @@ def write_back(values: dict[str, float]) -> None:
     for k, value in values.items():
         section, name = k.split(".")
         pattern = re.compile(
-            r"(\n\[" + re.escape(section) + r"\](?:(?!\n\[)[\s\S])*?\n" + re.escape(name) + r" = \{ value = )([-0-9.eE+]+)"
+            r"(\n\["
+            + re.escape(section)
+            + r"\](?:(?!\n\[)[\s\S])*?\n"
+            + re.escape(name)
+            + r" = \{ value = )([-0-9.eE+]+)"
         )
         formatted = f"{value:.4g}"
         if "." not in formatted and "e" not in formatted:
@@ -49,7 +53,8 @@ def write_back(values: dict[str, float]) -> None:
 def report(tag: str, fitter: Fitter, pred: np.ndarray) -> None:
     stats = family_stats(fitter.published, pred, fitter.families)
     print(
-        f"{tag}: " + ", ".join(f"{f} {stats[f][0]:.2f}% (r {stats[f][1]:.3f})" for f in FAMILIES if f in stats),
+        f"{tag}: "
+        + ", ".join(f"{f} {stats[f][0]:.2f}% (r {stats[f][1]:.3f})" for f in FAMILIES if f in stats),
         flush=True,
     )
 
@@ -64,7 +69,10 @@ def main() -> int:
     base: Chip = load_chip("mtia-v1")
     space = Space.of(base)
     preps = prepare(base)
-    print(f"prepared {len(preps)} cases in {time.time() - t0:.1f} s; fitting {', '.join(space.keys)}", flush=True)
+    print(
+        f"prepared {len(preps)} cases in {time.time() - t0:.1f} s; fitting {', '.join(space.keys)}",
+        flush=True,
+    )
     with Evaluator(base, preps, args.processes) as ev:
         fitter = Fitter(ev, space, progress=lambda m: print("  " + m, flush=True))
         start = {k: float(base.value(k)) for k in space.keys}
@@ -80,7 +88,9 @@ def main() -> int:
             fixed = {k: float(max(1, round(values[k]))) for k in ints}
             values.update(fixed)
             rest = Space.of(base, [k for k in space.keys if k not in ints])
-            print("rounded " + ", ".join(f"{k} = {v:g}" for k, v in fixed.items()) + "; re-fitting the others")
+            print(
+                "rounded " + ", ".join(f"{k} = {v:g}" for k, v in fixed.items()) + "; re-fitting the others"
+            )
             refit = Fitter(ev, rest, progress=lambda m: print("  " + m, flush=True), fixed=fixed)
             res2 = refit.fit(train, rest.unit(values), max_iter=max(2, args.iterations // 2))
             values.update(res2.values)

@@ -311,7 +311,9 @@ def test_scatter_time_is_the_scan_and_the_rows(accumulate):
 
     def flight(hops):
         latency = (2 * CHIP.sram.latency_cycles + hops * CHIP.noc.hop_latency_cycles) / hz
-        return m * latency / CHIP.dma.outstanding_rows + n * 8 * latency / CHIP.dma.outstanding_bytes
+        return m * latency / CHIP.dma.outstanding_rows + n * 8 * latency / (
+            CHIP.dma.outstanding_requests * CHIP.dma.request_bytes
+        )
 
     copy = (1 + 2 * accumulate) * 2 * rows * width * (2 + 2 * accumulate) / sram_bytes_per_s(CHIP)
     assert max(issue, flight(1)) <= t <= 1.3 * max(issue, flight(edge)) + copy + 10e-6, t

@@ -366,7 +366,11 @@ def test_one_sequence_on_one_pe_matches_its_closed_form(kind, rows, dim, dt):
     hz = CHIP.hz
     latency = (CHIP.sram.latency_cycles + CHIP.noc.hop_latency_cycles) / hz  # the corner PE: one hop
     issue = (CHIP.dma.setup_cycles + tiles * CHIP.core.cycles_per_command) / hz
-    rate = min(CHIP.noc.fi_bytes_per_cycle * hz, CHIP.dma.outstanding_bytes / latency, nbytes / issue)
+    rate = min(
+        CHIP.noc.fi_bytes_per_cycle * hz,
+        CHIP.dma.outstanding_requests * CHIP.dma.request_bytes / latency,
+        nbytes / issue,
+    )
     launch = (CHIP.host.launch_ns + CHIP.dispatch.job_launch_ns + CHIP.dispatch.job_end_ns) * 1e-9
     expect = launch + 2 * latency + (nbytes + nbytes / tiles) / rate
     for fidelity in ("analytic", "event"):

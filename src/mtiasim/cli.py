@@ -632,7 +632,9 @@ def ops_cmd(as_json: bool) -> None:
     "re-fit the calibrated constants on the rest, predict the group (minutes).",
 )
 @click.option(
-    "--sensitivity", is_flag=True, help="Also show how each prediction moves with each calibrated constant +-10 %."
+    "--sensitivity",
+    is_flag=True,
+    help="Also show how each prediction moves with each calibrated constant +-10 %.",
 )
 @click.option("--processes", default=2, show_default=True, help="Processes for --cv and --sensitivity.")
 def validate_cmd(
@@ -647,13 +649,17 @@ def validate_cmd(
         if f not in FAMILIES:
             raise UsageError(f"--family: unknown family {f!r} (known: {', '.join(FAMILIES)})")
     if (cv or sensitivity) and fidelity != "event":
-        raise UsageError("--cv and --sensitivity re-time the event fidelity the constants are fitted for; drop --fidelity")
+        raise UsageError(
+            "--cv and --sensitivity re-time the event fidelity the constants are fitted for; drop --fidelity"
+        )
     if isinstance(processes, bool) or processes < 1 or processes > 64:
         raise UsageError(f"--processes: expected 1..64, got {processes}")
     chip = load_chip(chip_name)
     total = len([c for c in cases() if not families or c.family in families])
     with Progress(enabled=not as_json, total=total) as bar:
-        report = validate(chip, fidelity, families or None, progress=lambda i, n, case: bar.update(case.label, i))
+        report = validate(
+            chip, fidelity, families or None, progress=lambda i, n, case: bar.update(case.label, i)
+        )
     doc = report.to_json()
     cv_doc = sens_doc = None
     if cv:

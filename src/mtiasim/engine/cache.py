@@ -38,9 +38,9 @@ def set_index(chip: Chip, lines: np.ndarray, sets_per_slice: int) -> np.ndarray:
     slc = cache_slice(chip, addr)
     local = addr // d.interleave_bytes // d.channels  # channel-local interleave granule
     per_granule = max(1, d.interleave_bytes // line)
-    within = ((local // s.cache_slices_per_controller) * per_granule + (addr % d.interleave_bytes) // line) % max(
-        1, sets_per_slice
-    )
+    within = (
+        (local // s.cache_slices_per_controller) * per_granule + (addr % d.interleave_bytes) // line
+    ) % max(1, sets_per_slice)
     return slc * max(1, sets_per_slice) + within
 
 

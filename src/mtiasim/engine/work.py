@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtiasim.dtypes import DType
-from mtiasim.engine.cache import SetAssociativeCache, cache_sets
+from mtiasim.engine.cache import SetAssociativeCache
 from mtiasim.engine.memmodel import (
     cache_slice,
     cache_slice_bytes,
@@ -257,12 +257,15 @@ class WorkModel:
     def _extra(self, parts: MemParts, banks: float | None = None) -> dict[int, float]:
         """LPDDR5 channel bytes a stream adds when interleaving with others closes its pages."""
         out: dict[int, float] = {}
-        if parts.bursts is not None and parts.interleaved is not None:
-            if (parts.interleaved > parts.activations).any():
-                alone = dram_effective_bytes(self.chip, parts.bursts, parts.activations, parts.write, banks)
-                inter = dram_effective_bytes(self.chip, parts.bursts, parts.interleaved, parts.write, banks)
-                for c, b in enumerate(np.maximum(inter - alone, 0.0)):
-                    _add(out, self.rmap.channel0 + c, float(b))
+        if (
+            parts.bursts is not None
+            and parts.interleaved is not None
+            and (parts.interleaved > parts.activations).any()
+        ):
+            alone = dram_effective_bytes(self.chip, parts.bursts, parts.activations, parts.write, banks)
+            inter = dram_effective_bytes(self.chip, parts.bursts, parts.interleaved, parts.write, banks)
+            for c, b in enumerate(np.maximum(inter - alone, 0.0)):
+                _add(out, self.rmap.channel0 + c, float(b))
         return out
 
     def _memory_usage(
@@ -312,7 +315,9 @@ class WorkModel:
             hit = (float(stream_bytes(decl, stream)), parts)
             self.memo.streams[key] = hit
         nbytes, parts = hit
-        banks = self._bank_parallelism(self._group_key, decl) if parts.bursts is not None and inbound else None
+        banks = (
+            self._bank_parallelism(self._group_key, decl) if parts.bursts is not None and inbound else None
+        )
         usage = self._usage(parts, banks)
         for k, v in self._lanes(parts.side_bytes, pes, axis, inbound).items():
             _add(usage, k, v)
@@ -665,7 +670,9 @@ class WorkModel:
         # every row is a DMA command of its own (no indexed DMA on v1): the engine's concurrent commands are
         # the rows in flight, unless its outstanding requests run out first
         row_requests = math.ceil(per_row / chip.dma.request_bytes)
-        rows_in_flight = min(float(chip.dma.concurrent_commands), chip.dma.outstanding_requests / row_requests)
+        rows_in_flight = min(
+            float(chip.dma.concurrent_commands), chip.dma.outstanding_requests / row_requests
+        )
         self._caps(w, rows_in_flight * per_row / max(w.latency_s, 1e-12), "latency")
         w.counters.update(
             noc_bytes=nbytes,
@@ -725,9 +732,15 @@ class WorkModel:
         scan = cmd.count * SCAN_OPS_PER_INDEX * idx.dtype.itemsize / chip.vector.int8_ops_per_cycle
         per_row = chip.core.cycles_per_gather_row + (1 + acc) * chip.core.cycles_per_command
         w.issue_s = (chip.dma.setup_cycles + scan + m * per_row) * self.cyc
-        # rows in flight are few (as a gather's); the index list streams as a DMA loop does
+        # rows in flight as a gather's (one command each, unless the outstanding requests run out first);
+        # the index list streams as a DMA loop does
         lat = max(w.latency_s, 1e-12)
-        flight_s = m * lat / chip.dma.outstanding_rows + idx_bytes * lat / chip.dma.outstanding_bytes
+        row_requests = math.ceil(max(row_bytes, src_bytes) / chip.dma.request_bytes)
+        rows_in_flight = min(
+            float(chip.dma.concurrent_commands), chip.dma.outstanding_requests / row_requests
+        )
+        idx_in_flight = self._in_flight(float(idx_bytes), self._requests([max(idx_bytes, 1)], 1.0))
+        flight_s = m * lat / rows_in_flight + idx_bytes * lat / idx_in_flight
         self._caps(w, w.bytes / max(flight_s, 1e-12), "latency")
         w.counters.update(
             noc_bytes=w.bytes,

@@ -57,7 +57,9 @@ class DramTiming:
         channels (a run is cut at the interleave granule; every piece is an access of its own)."""
         piece = max(1.0, min(float(run_bytes), float(interleave_bytes)))
         bursts = float(np.ceil(piece / self.burst_bytes))
-        return channels * piece / float(self.seconds(np.array([bursts * self.burst_bytes]), np.array([1.0]))[0])
+        return (
+            channels * piece / float(self.seconds(np.array([bursts * self.burst_bytes]), np.array([1.0]))[0])
+        )
 
 
 def dram_timing(chip: Chip) -> DramTiming:

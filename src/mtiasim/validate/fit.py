@@ -367,7 +367,8 @@ def group_of(case: Case, grouping: str) -> str | None:
 @dataclass
 class CvResult:
     in_sample: np.ndarray  # prediction of every case at the preset's values
-    held_out: dict[str, np.ndarray]  # grouping -> prediction of every case when its group was held out (NaN: never)
+    # grouping -> prediction of every case when its group was held out (NaN: never)
+    held_out: dict[str, np.ndarray]
     folds: list[dict[str, Any]]
     seconds: float
     evaluations: int
@@ -399,9 +400,7 @@ def cross_validate(
                 continue
             if progress:
                 progress(f"{grouping}: leaving out {g} ({len(test)} cases)")
-            res = fitter.fit(
-                train, u0, pred0, jac0, max_iter=max_iter, refresh_jacobian=False, also=test
-            )
+            res = fitter.fit(train, u0, pred0, jac0, max_iter=max_iter, refresh_jacobian=False, also=test)
             out[test] = res.predictions[test]
             folds.append(
                 {
@@ -420,7 +419,9 @@ def cross_validate(
     return CvResult(pred0, held, folds, time.time() - t0, ev.evaluations)
 
 
-def family_stats(published: np.ndarray, pred: np.ndarray, families: list[str]) -> dict[str, tuple[float, float]]:
+def family_stats(
+    published: np.ndarray, pred: np.ndarray, families: list[str]
+) -> dict[str, tuple[float, float]]:
     """Per family: (MAPE %, Pearson r) over the cases with a prediction."""
     out = {}
     for fam in FAMILIES:
@@ -432,7 +433,9 @@ def family_stats(published: np.ndarray, pred: np.ndarray, families: list[str]) -
     return out
 
 
-def cv_family_stats(published: np.ndarray, cv: CvResult, families: list[str]) -> dict[str, tuple[float, float]]:
+def cv_family_stats(
+    published: np.ndarray, cv: CvResult, families: list[str]
+) -> dict[str, tuple[float, float]]:
     """Per family: out-of-sample (MAPE %, Pearson r) pooling every held-out prediction of every grouping."""
     pub, pred, fam = [], [], []
     for arr in cv.held_out.values():
@@ -571,6 +574,9 @@ def sensitivity_report(
             "value": float(chip.value(k)),
             "range": list(chip.provenance[k].range),
             "families": fams,
-            "cases": {p.case.label: [round(float(minus[i]), 3), round(float(plus[i]), 3)] for i, p in enumerate(preps)},
+            "cases": {
+                p.case.label: [round(float(minus[i]), 3), round(float(plus[i]), 3)]
+                for i, p in enumerate(preps)
+            },
         }
     return doc
