@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mtiasim-installed
 
-.PHONY: demo test lint bench validate calibrate clean fuzz
+.PHONY: demo test lint bench validate cv calibrate clean fuzz
 
 # Re-installs whenever pyproject.toml or this Makefile changes.
 $(STAMP): pyproject.toml Makefile
@@ -41,6 +41,10 @@ fuzz: $(STAMP)
 
 validate: $(STAMP)
 	$(VENV)/bin/mtiasim validate
+
+# out-of-sample validation (issue 10): leave one group out, re-fit the calibrated constants on the rest (~20 min)
+cv: $(STAMP)
+	$(VENV)/bin/mtiasim validate --cv
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -80,7 +80,7 @@ def main() -> int:
         pred0 = fitter.evaluate(u0)
         report("start", fitter, pred0)
         train = range(len(preps))
-        res = fitter.fit(train, u0, pred0, max_iter=args.iterations)
+        res = fitter.fit(train, u0, pred0, max_iter=args.iterations, refresh_jacobian=False)
         values = dict(res.values)
         final = res.predictions
         ints = [k for k in INTEGER if k in values]
@@ -92,7 +92,9 @@ def main() -> int:
                 "rounded " + ", ".join(f"{k} = {v:g}" for k, v in fixed.items()) + "; re-fitting the others"
             )
             refit = Fitter(ev, rest, progress=lambda m: print("  " + m, flush=True), fixed=fixed)
-            res2 = refit.fit(train, rest.unit(values), max_iter=max(2, args.iterations // 2))
+            res2 = refit.fit(
+                train, rest.unit(values), max_iter=max(2, args.iterations // 2), refresh_jacobian=False
+            )
             values.update(res2.values)
             final = res2.predictions
     print(f"{ev.evaluations} evaluations in {time.time() - t0:.0f} s")
