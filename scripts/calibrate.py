@@ -92,8 +92,16 @@ def main() -> int:
                 "rounded " + ", ".join(f"{k} = {v:g}" for k, v in fixed.items()) + "; re-fitting the others"
             )
             refit = Fitter(ev, rest, progress=lambda m: print("  " + m, flush=True), fixed=fixed)
+            # warm start: the other constants' columns of the first fit's (Broyden-updated) Jacobian
+            keep = [space.keys.index(k) for k in rest.keys]
+            u1 = rest.unit(values)
             res2 = refit.fit(
-                train, rest.unit(values), max_iter=max(2, args.iterations // 2), refresh_jacobian=False
+                train,
+                u1,
+                refit.evaluate(u1),
+                res.final_jacobian[:, keep],
+                max_iter=max(2, args.iterations // 2),
+                refresh_jacobian=False,
             )
             values.update(res2.values)
             final = res2.predictions

@@ -661,7 +661,15 @@ def validate_cmd(
     """
     from mtiasim.hw import load_chip
     from mtiasim.progress import Progress
-    from mtiasim.validate import CV_GATE_MAPE_PCT, FAMILIES, GATE_MAPE_PCT, cases, explain_line, validate
+    from mtiasim.validate import (
+        CV_GATE_MAPE_PCT,
+        FAMILIES,
+        GATE_EXCEPTIONS_PCT,
+        GATE_MAPE_PCT,
+        cases,
+        explain_line,
+        validate,
+    )
 
     for f in families:
         if f not in FAMILIES:
@@ -722,7 +730,9 @@ def validate_cmd(
         )
     click.echo("")
     click.echo(
-        f"{'family':8s} {'cases':>5s} {'MAPE':>8s} {'Pearson r':>10s}   (gate: MAPE <= {GATE_MAPE_PCT:.0f}%)"
+        f"{'family':8s} {'cases':>5s} {'MAPE':>8s} {'Pearson r':>10s}   (gate: MAPE <= {GATE_MAPE_PCT:.0f}%, "
+        + ", ".join(f"{f} {g:.0f}%" for f, g in GATE_EXCEPTIONS_PCT.items())
+        + ")"
     )
     for fam, st in report.families.items():
         click.echo(f"{fam:8s} {st.cases:5d} {st.mape_pct:7.2f}% {st.pearson_r:10.4f}")

@@ -100,6 +100,7 @@ class Core(_Section):
     vector_register_bytes: PositiveInt
     cycles_per_command: PositiveFloat
     cycles_per_gather_row: PositiveFloat
+    cycles_per_bag: PositiveFloat
     command_queue_depth: PositiveInt
 
 

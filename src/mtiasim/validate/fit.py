@@ -216,6 +216,9 @@ class FitResult:
     evaluations: int
     jacobian: np.ndarray | None = None  # d log(prediction) / du at the start point, every case
     history: list[float] = field(default_factory=list)
+    final_jacobian: np.ndarray | None = (
+        None  # at the fitted point (Broyden-updated), every case (0: untrained)
+    )
 
 
 def log_errors(pred: np.ndarray, published: np.ndarray) -> np.ndarray:
@@ -325,6 +328,8 @@ class Fitter:
                 break
             if refresh_jacobian and it < max_iter:
                 jac = self.jacobian(u, pred, train)[train]
+        final = np.zeros((len(self.published), u.size))
+        final[train] = jac
         return FitResult(
             u,
             self.space.values(u),
@@ -334,6 +339,7 @@ class Fitter:
             self.ev.evaluations - evals0,
             full_jac,
             history,
+            final,
         )
 
 
