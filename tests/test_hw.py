@@ -131,9 +131,11 @@ def test_unknown_chip_name():
 
 
 def test_with_values_rejects_unknown_and_impossible(v1):
-    with pytest.raises(ConfigError, match=r"unknown configuration key 'sram.size'"):
+    with pytest.raises(
+        ConfigError, match=r"^mtia-v1 \(overrides\): sram.size=1: unknown key \(keys of \[sram\]"
+    ):
         v1.with_values({"sram.size": 1})
-    with pytest.raises(ConfigError, match=r"grid.rows: Input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"grid.rows=0: Input should be greater than 0"):
         v1.with_values({"grid.rows": 0})
 
 

@@ -120,6 +120,8 @@ def _print_bench(res: dict[str, Any]) -> None:
         head = f"{res['op']} {res['m']}x{res['k']}x{res['n']} {res['dtype']} ({_where(res)}) on {res['chip']}"
         rate = f"{res['gbps']:.1f} GB/s"
     click.echo(head)
+    if (line := _overrides_line(res)) is not None:
+        click.echo(f"  overrides {line}")
     click.echo(f"  time      {_fmt_seconds(res.get('seconds'))}   ({res['fidelity']}, {res['mode']})")
     if res.get("seconds"):
         click.echo(f"  rate      {rate}")
@@ -166,6 +168,30 @@ def cli(debug: bool) -> None:
     DEBUG["on"] = debug
 
 
+SET_HELP = (
+    "Override a chip value, e.g. sram.bytes=256MiB, clock.frequency_ghz=1.1, dram.transfer_rate_mts=8533 "
+    "(repeatable; keys as `mtiasim chip show` lists them; units KiB..GiB/KB..GB, GHz/MHz, MT/s, ns/us)."
+)
+
+
+def _set_option(f):
+    return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(f)
+
+
+def _chip(chip_name: str, sets: tuple[str, ...]):
+    """The chip to run on: the preset or chip file `chip_name`, with the `--set` overrides applied."""
+    from mtiasim.hw.chip import chip_with_sets
+
+    return chip_with_sets(chip_name, sets)
+
+
+def _overrides_line(res: dict[str, Any]) -> str | None:
+    if not res.get("overrides"):
+        return None
+    sets = ", ".join(f"{k}={v}" for k, v in res["overrides"].items())
+    return f"{sets} (chip hash {res['chip_hash'][:12]})"
+
+
 # ------------------------------------------------------------------------------------------------- chip
 
 
@@ -186,12 +212,15 @@ def chip_list() -> None:
 @chip.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def chip_show(name: str, as_json: bool) -> None:
-    """Print a chip's configuration with the provenance of every value, and its derived peaks."""
-    from mtiasim.hw import load_chip, peaks
+@_set_option
+def chip_show(name: str, as_json: bool, sets: tuple[str, ...]) -> None:
+    """Print a chip's configuration with the provenance of every value, its derived peaks and its die area."""
+    from mtiasim.hw import peaks
+    from mtiasim.hw.area import area
     from mtiasim.hw.chip import SECTIONS
 
-    c = load_chip(name)
+    c = _chip(name, sets)
+    die = area(c)
     if as_json:
         params = {}
         for section in SECTIONS:
@@ -207,6 +236,8 @@ def chip_show(name: str, as_json: bool) -> None:
             {
                 "name": c.name,
                 "description": c.description,
+                "chip_hash": c.values_hash(),
+                "overrides": c.overrides(),
                 "parameters": params,
                 "peaks": [
                     {
@@ -218,10 +249,12 @@ def chip_show(name: str, as_json: bool) -> None:
                     }
                     for pk in peaks(c)
                 ],
+                "area": die.to_json(),
             }
         )
         return
     click.echo(f"{c.name}: {c.description}")
+    click.echo(f"chip hash {c.values_hash()}")
     for section in SECTIONS:
         click.echo(f"[{section}]")
         for key, value in getattr(c, section).model_dump().items():
@@ -232,6 +265,20 @@ def chip_show(name: str, as_json: bool) -> None:
     for pk in peaks(c):
         quoted = f" (quoted {pk.quoted:.4g}, 1 T = 1024 G)" if pk.convention_1024 else ""
         click.echo(f"  {pk.name:26s} {pk.physical:10.4g} {pk.unit:7s}{quoted}   = {pk.formula}")
+    _print_area(die, c.provenance.get("area.published_die_mm2"))
+
+
+def _print_area(die, published) -> None:
+    click.echo(f"die area (the model of [area], at {die.process_nm} nm)")
+    for item in die.items:
+        click.echo(f"  {item.name:26s} {item.mm2:10.2f} mm^2   = {item.formula}")
+    source = ""
+    if published is not None:
+        source = f" [{published.source}]" if published.kind == "published" else f" [{published.describe()}]"
+    click.echo(
+        f"  {'total':26s} {die.total_mm2:10.2f} mm^2   vs the published die {die.published_die_mm2:g} mm^2{source}: "
+        f"{round(die.error_pct, 1) + 0.0:+.1f} %"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ bench
@@ -243,6 +290,7 @@ def bench() -> None:
 
 
 def _common(f):
+    f = _set_option(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
     f = click.option(
         "--trace", "trace_path", default=None, help="Write a Perfetto trace (Chrome JSON) of the run to FILE."
@@ -274,11 +322,12 @@ def _common(f):
 )
 @_common
 def bench_gemm_cmd(m, k, n, dtype, placement, out_dtype, variant, chip_name, fidelity, mode, trace_path,
-                   as_json) -> None:  # fmt: skip
+                   as_json, sets) -> None:  # fmt: skip
     """C[M,N] = A[M,K] @ W[N,K].T on the chip."""
     from mtiasim.bench.gemm import prepare_gemm
 
-    prep = prepare_gemm(m, k, n, dtype, placement, chip_name, fidelity, mode, out_dtype, variant)
+    chip = _chip(chip_name, sets)
+    prep = prepare_gemm(m, k, n, dtype, placement, chip, fidelity, mode, out_dtype, variant)
     _finish_bench(prep, f"gemm {m}x{k}x{n} {dtype}", trace_path, as_json)
 
 
@@ -339,6 +388,7 @@ def bench_tbe_cmd(
     mode,
     trace_path,
     as_json,
+    sets,
 ) -> None:
     """Table-batched EmbeddingBag on int8 FBGEMM rows."""
     from mtiasim.bench.tbe import DEFAULT_TABLES, prepare_tbe
@@ -355,7 +405,7 @@ def bench_tbe_cmd(
         weighted,
         pool_mode,
         warm,
-        chip_name,
+        _chip(chip_name, sets),
         fidelity,
         mode,
         seed,
@@ -376,24 +426,28 @@ def bench_tbe_cmd(
 )
 @click.option("--dtype", default=None, help="Float dtype (default fp32 for quantize/dequantize, else fp16).")
 @_common
-def bench_op_cmd(op, m, k, n, placement, dtype, chip_name, fidelity, mode, trace_path, as_json) -> None:
+def bench_op_cmd(op, m, k, n, placement, dtype, chip_name, fidelity, mode, trace_path, as_json, sets) -> None:
     """batchmatmul, transpose, concat, quantize, dequantize, tanh, sigmoid, relu on a [m, k, n] tensor."""
     from mtiasim.bench.ops import prepare_op
 
-    prep = prepare_op(op, m, k, n, placement, dtype, chip_name, fidelity, mode)
+    prep = prepare_op(op, m, k, n, placement, dtype, _chip(chip_name, sets), fidelity, mode)
     _finish_bench(prep, f"{op} {m}x{k}x{n}", trace_path, as_json)
 
 
 @bench.command("suite")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one object per row (the default output).")
-def bench_suite_cmd(path: str, as_json: bool) -> None:
-    """Run every row of a CSV (column `kind`: gemm, tbe, op; other columns: the flags)."""
+@_set_option
+def bench_suite_cmd(path: str, as_json: bool, sets: tuple[str, ...]) -> None:
+    """Run every row of a CSV (column `kind`: gemm, tbe, op; other columns: the flags); --set applies to every
+    row's chip."""
     from mtiasim.bench.suite import read_rows, run_row
+    from mtiasim.hw.chip import parse_sets
 
+    overrides = parse_sets(sets)
     failed, rows = [], read_rows(path)
     for line, row in rows:
-        res = run_row(row, f"{path}:{line}")
+        res = run_row(row, f"{path}:{line}", overrides=overrides)
         _emit_json(res)
         if _check_verdict(res) is not None:
             failed.append(f"{path}:{line}")
@@ -450,8 +504,9 @@ def bench_suite_cmd(path: str, as_json: bool) -> None:
     help="Run operators the chip has no kernel for on the host CPU (timed with the PCIe round trip).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_set_option
 def run_cmd(workload, inputs_path, batch, chip_name, precision, mode, fidelity, check, quantization, max_rows, seed,
-            warmup, distribution, trace_path, trace_aggregate, report_dir, fallback, as_json) -> None:  # fmt: skip
+            warmup, distribution, trace_path, trace_aggregate, report_dir, fallback, as_json, sets) -> None:  # fmt: skip
     """Compile a model and run one batch on the simulated chip.
 
     WORKLOAD is a zoo workload (e.g. dlrm-kaggle; an unknown name lists them all), a
@@ -460,12 +515,13 @@ def run_cmd(workload, inputs_path, batch, chip_name, precision, mode, fidelity, 
     from mtiasim.progress import Progress
     from mtiasim.runtime.run import run_workload
 
+    chip = _chip(chip_name, sets)
     steps = 3 + max(warmup, 0) + bool(check) + bool(trace_path) + bool(report_dir)
     with Progress(enabled=not as_json, total=steps) as bar:
         res = run_workload(
             workload,
             batch=batch,
-            chip=chip_name,
+            chip=chip,
             precision=precision,
             mode=mode,
             fidelity=fidelity,
@@ -493,6 +549,8 @@ def _print_run(res: dict[str, Any]) -> None:
         f"{res['workload']} batch {res['batch']} on {res['chip']} ({res['precision']}, {res['mode']}, "
         f"{res['fidelity']}; tables {res['table_rows']})"
     )
+    if (line := _overrides_line(res)) is not None:
+        click.echo(f"  overrides   {line}")
     if res["latency_us"] is None:
         click.echo("  latency     not timed (functional mode)")
     else:

@@ -126,7 +126,14 @@ def power_fields(result: ExecutionResult, chip: Chip, fields: dict[str, Any]) ->
 
 
 def base_fields(chip: Chip, mode: str, fidelity: str) -> dict[str, Any]:
-    return {"chip": chip.name, "mode": mode, "fidelity": fidelity}
+    """The chip (its name, the hash of its resolved values, the values overridden) and how it was run."""
+    return {
+        "chip": chip.name,
+        "chip_hash": chip.values_hash(),
+        "overrides": chip.overrides(),
+        "mode": mode,
+        "fidelity": fidelity,
+    }
 
 
 @dataclass

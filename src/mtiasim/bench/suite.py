@@ -17,6 +17,7 @@ from mtiasim.bench.gemm import bench_gemm
 from mtiasim.bench.ops import bench_op
 from mtiasim.bench.tbe import bench_tbe
 from mtiasim.errors import MtiasimError, UsageError
+from mtiasim.hw.chip import chip_with_sets
 
 INT_COLUMNS = ("m", "k", "n", "batch", "pooling", "rows", "dim", "tables", "seed")
 FLOAT_COLUMNS = ("alpha",)
@@ -69,7 +70,13 @@ def _value(col: str, text: str, where: str) -> Any:
     return text
 
 
-def run_row(row: dict[str, str], where: str, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_row(
+    row: dict[str, str],
+    where: str,
+    defaults: dict[str, Any] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One row's benchmark; `overrides` (`--set KEY=VALUE`, as `parse_sets` gives them) apply to its chip."""
     kind = (row.get("kind") or "").strip()
     if kind not in KIND_COLUMNS:
         raise UsageError(f"{where}: kind {kind!r} is not one of {', '.join(KIND_COLUMNS)}")
@@ -84,6 +91,8 @@ def run_row(row: dict[str, str], where: str, defaults: dict[str, Any] | None = N
         if col not in args:
             raise UsageError(f"{where}: kind {kind!r} needs a value in column {col!r}")
     try:
+        if overrides:
+            args["chip"] = chip_with_sets(args.get("chip", "mtia-v1"), overrides)
         if kind == "gemm":
             return bench_gemm(**args)
         if kind == "tbe":

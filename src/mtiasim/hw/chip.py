@@ -8,6 +8,7 @@ Code reads the plain values (``chip.dpe.int8_macs_per_cycle``); reports read ``c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tomllib
@@ -32,6 +33,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from mtiasim.errors import ConfigError
+from mtiasim.hw.units import coerce_text, units_hint
 
 ProvenanceKind = Literal["published", "derived", "assumed", "calibrated", "user"]
 PROVENANCE_KINDS: tuple[str, ...] = ("published", "derived", "assumed", "calibrated", "user")
@@ -86,7 +88,10 @@ class Clock(_Section):
     @model_validator(mode="after")
     def _max_not_below_nominal(self) -> Clock:
         if self.max_frequency_ghz < self.frequency_ghz:
-            raise ValueError("max_frequency_ghz is below frequency_ghz")
+            raise ValueError(
+                f"frequency_ghz ({self.frequency_ghz:g}) is above max_frequency_ghz ({self.max_frequency_ghz:g}): "
+                "raise clock.max_frequency_ghz too"
+            )
         return self
 
 
@@ -275,6 +280,30 @@ class Energy(_Section):
     vrm_efficiency: float = Field(gt=0, le=1)
 
 
+class Area(_Section):
+    """The die-area model's coefficients (mtiasim.hw.area): per-component areas at 7 nm, the node's scale
+    factors, the one calibrated logic overhead, and the published die they are checked against."""
+
+    published_die_mm2: PositiveFloat
+    node_logic_scale: PositiveFloat
+    node_sram_scale: PositiveFloat
+    node_io_scale: PositiveFloat
+    logic_overhead: float = Field(ge=1)
+    dpe_um2_per_mac: NonNegativeFloat
+    re_um2_per_accumulator_byte: NonNegativeFloat
+    se_um2_per_datapath_byte: NonNegativeFloat
+    vector_um2_per_datapath_byte: NonNegativeFloat
+    mlu_um2_per_byte_per_cycle: NonNegativeFloat
+    core_mm2: NonNegativeFloat
+    pe_other_mm2: NonNegativeFloat
+    local_memory_mm2_per_mib: NonNegativeFloat
+    sram_mm2_per_mib: NonNegativeFloat
+    noc_um2_per_pe_byte: NonNegativeFloat
+    dram_phy_mm2_per_x16_channel: NonNegativeFloat
+    pcie_mm2_per_lane: NonNegativeFloat
+    misc_mm2: NonNegativeFloat
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "identity": Identity,
     "clock": Clock,
@@ -295,6 +324,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "host": Host,
     "power": Power,
     "energy": Energy,
+    "area": Area,
 }
 
 
@@ -324,6 +354,7 @@ class Chip(BaseModel):
     host: Host
     power: Power
     energy: Energy
+    area: Area
     provenance: dict[str, Provenance] = Field(default_factory=dict, repr=False)
 
     @property
@@ -342,14 +373,29 @@ class Chip(BaseModel):
             raise ConfigError(f"{self.name}: unknown configuration key {key!r}")
         return getattr(getattr(self, section), name)
 
-    def with_values(self, overrides: dict[str, Any], provenance_kind: str = "user") -> Chip:
-        """A copy with some 'section.key' values replaced (what-if studies), re-validated."""
+    def with_values(
+        self, overrides: dict[str, Any], provenance_kind: str = "user", *, where: str | None = None
+    ) -> Chip:
+        """A copy with some 'section.key' values replaced (what-if studies), validated as a preset is.
+
+        A value may be text, with a unit where the key takes one ("256MiB", "1100MHz", "8533MT/s": see
+        `mtiasim.hw.units`). An unknown key, or a value of the wrong type or out of its range, is a one-line
+        ConfigError `{where}KEY=VALUE: what is wrong (valid: ...)`; `where` defaults to "NAME (overrides): ".
+        The values set are marked with provenance `provenance_kind` ("user": they are the chip's `overrides()`).
+        """
+        label = f"{self.name} (overrides): " if where is None else where
         data = self.model_dump(exclude={"provenance"})
         prov = dict(self.provenance)
+        given: dict[str, str] = {}
         for key, value in overrides.items():
-            section, _, name = key.partition(".")
-            if section not in SECTIONS or name not in SECTIONS[section].model_fields:
-                raise ConfigError(f"{self.name}: unknown configuration key {key!r}")
+            text = value.strip() if isinstance(value, str) else _toml_repr(value)
+            section, name = _split_key(key, text, label)
+            given[key] = text
+            if isinstance(value, str):
+                try:
+                    value = coerce_text(key, value, SECTIONS[section].model_fields[name].annotation)
+                except ValueError as err:
+                    raise ConfigError(f"{label}{key}={text}: {err} ({_valid(section, name)})") from None
             data[section][name] = value
             old = prov.get(key)
             keep = provenance_kind == "calibrated" and old is not None and old.range is not None
@@ -360,7 +406,92 @@ class Chip(BaseModel):
                 range=old.range if keep else None,
                 range_source=old.range_source if keep else None,
             )
-        return _validate(data, prov, where=f"{self.name} (overrides)")
+        try:
+            return Chip.model_validate({**data, "provenance": prov})
+        except ValidationError as err:
+            raise ConfigError(_override_error(err, given, label)) from None
+
+    def overrides(self) -> dict[str, Any]:
+        """The values set by the user (provenance `user`: `--set`, `with_values`), by key, in section order."""
+        return {
+            key: self.value(key)
+            for key in config_keys()
+            if (p := self.provenance.get(key)) is not None and p.kind == "user"
+        }
+
+    def values_json(self) -> str:
+        """The chip's resolved values as canonical JSON: ``{section: {key: value}}`` over every section, keys
+        sorted, no spaces, floats as Python writes them. Name, description and provenance are not in it."""
+        values = {section: getattr(self, section).model_dump() for section in SECTIONS}
+        return json.dumps(values, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    def values_hash(self) -> str:
+        """SHA-256 (hex) of `values_json()`: the same for two chips with the same values, whatever their names
+        or how the values were set (preset, chip file, overrides); different when any value differs."""
+        return hashlib.sha256(self.values_json().encode()).hexdigest()
+
+
+def config_keys() -> list[str]:
+    """Every 'section.key' of a chip, in section order."""
+    return [f"{section}.{name}" for section, model in SECTIONS.items() for name in model.model_fields]
+
+
+def _split_key(key: Any, text: str, label: str) -> tuple[str, str]:
+    """('section', 'name') of a known key; else a one-line ConfigError naming it and what is known."""
+    if not isinstance(key, str) or "." not in key:
+        raise ConfigError(f"{label}{key}={text}: expected SECTION.KEY (e.g. sram.bytes)")
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(
+            f"{label}{key}={text}: unknown section {section!r} (sections: {', '.join(SECTIONS)})"
+        )
+    if name not in SECTIONS[section].model_fields:
+        raise ConfigError(
+            f"{label}{key}={text}: unknown key (keys of [{section}]: {', '.join(SECTIONS[section].model_fields)})"
+        )
+    return section, name
+
+
+def _valid(section: str, name: str) -> str:
+    return f"valid: {valid_range(section, name) or 'text'}{units_hint(name)}"
+
+
+def _override_error(err: ValidationError, given: dict[str, str], label: str) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    msg = first["msg"].removeprefix("Value error, ")
+    if len(loc) >= 2:
+        key = f"{loc[0]}.{loc[1]}"
+        text = given.get(key, _toml_repr(first["input"]))
+        return f"{label}{key}={text}: {msg} ({_valid(loc[0], loc[1])})"
+    # a check across the keys of a section (clock: nominal <= max): name the override that made it fail
+    section = loc[0] if loc else ""
+    key = next((k for k in given if k.startswith(section + ".")), next(iter(given)))
+    return f"{label}{key}={given[key]}: {section}: {msg}"
+
+
+def parse_sets(items: Any) -> dict[str, str]:
+    """`--set KEY=VALUE` options as {key: value text}: each must have a key and a value, and a key may be set once."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = str(item).partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE (e.g. --set sram.bytes=256MiB)")
+        if not value:
+            raise ConfigError(f"--set {item}: no value after '='")
+        if key in out:
+            raise ConfigError(f"--set {key}: given twice ({out[key]}, then {value}); set it once")
+        out[key] = value
+    return out
+
+
+def chip_with_sets(chip: str | Chip, items: Any) -> Chip:
+    """A preset (by name or .toml file) or a chip, with `--set` overrides applied (errors say `--set`): `items`
+    are the options' KEY=VALUE texts, or {key: value} as `parse_sets` gives them."""
+    base = chip if isinstance(chip, Chip) else load_chip(chip)
+    sets = dict(items) if isinstance(items, dict) else parse_sets(items or ())
+    return base.with_values(sets, where="--set ") if sets else base
 
 
 def _toml_repr(value: Any) -> str:

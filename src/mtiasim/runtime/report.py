@@ -98,6 +98,9 @@ class RunReport:
     # functional modes: per op, what its conversions met (NaN/Inf, saturation, overflow); ops with events only
     conversions: dict[str, ConversionStats] = field(default_factory=dict)
     numerics_warnings: list[str] = field(default_factory=list)
+    # the chip's `--set` / with_values overrides and the hash of its resolved values (Chip.values_hash)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    chip_hash: str = ""
 
     @property
     def timed(self) -> bool:
@@ -136,6 +139,8 @@ class RunReport:
         return {
             "model": self.model,
             "chip": self.chip,
+            "chip_hash": self.chip_hash,
+            "overrides": dict(self.overrides),
             "mode": self.mode,
             "fidelity": self.fidelity,
             "precision": self.precision,
@@ -287,6 +292,8 @@ def build_report(
         power=power,
         timing=t,
         conversions={k: v for k, v in result.resolved.conversions.items() if not v.clean},
+        overrides=chip.overrides(),
+        chip_hash=chip.values_hash(),
     )
 
 
