@@ -183,9 +183,12 @@ class Space:
 
 
 def calibrated_keys(chip: Any) -> list[str]:
-    """The timing constants the preset marks `calibrated` (energy is fitted by scripts/calibrate_power.py)."""
+    """The timing constants the preset marks `calibrated` (energy is fitted by scripts/calibrate_power.py, die
+    area by scripts/calibrate_area.py)."""
     return sorted(
-        k for k, p in chip.provenance.items() if p.kind == "calibrated" and not k.startswith("energy.")
+        k
+        for k, p in chip.provenance.items()
+        if p.kind == "calibrated" and not k.startswith(("energy.", "area."))
     )
 
 
