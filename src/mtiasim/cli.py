@@ -619,6 +619,190 @@ def _print_run(res: dict[str, Any]) -> None:
         )
 
 
+# ------------------------------------------------------------------------------------- sweep and explore
+
+DEFAULT_OBJECTIVES = ("samples_per_s_per_w:max", "area_mm2:min")
+
+
+def _study_options(f):
+    """The options `sweep` and `explore` share: what each trial runs, what it is judged by, where it is stored
+    and run, and what is written."""
+    for decorator in reversed(
+        (
+            click.option(
+                "--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset or .toml file."
+            ),
+            _set_option,
+            click.option("--batch", type=int, default=None, help="Samples per batch (default 256)."),
+            click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16."),
+            click.option(
+                "--fidelity", default="event", show_default=True, help="roofline, analytic or event."
+            ),
+            click.option(
+                "--over",
+                default="run",
+                show_default=True,
+                help="What a trial is: run (one timed batch, `mtiasim run`); serve is not built yet.",
+            ),
+            click.option(
+                "--objective",
+                "objectives",
+                multiple=True,
+                metavar="NAME:max|min",
+                help="Repeatable; default samples_per_s_per_w:max and area_mm2:min. Metrics: "
+                + ", ".join(_metric_names()),
+            ),
+            click.option(
+                "--storage",
+                default=None,
+                help="Optuna RDB storage URL (default sqlite:///study.db); rerunning the command resumes.",
+            ),
+            click.option(
+                "--study", "study_name", default=None, help="Study name (default: from the command)."
+            ),
+            click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes."),
+            click.option(
+                "--ray",
+                "ray_address",
+                default=None,
+                metavar="ADDRESS",
+                help="Run trials as Ray tasks on this cluster (auto, HOST:PORT, ray://..., local); mtiasim[ray].",
+            ),
+            click.option(
+                "--json", "as_json", is_flag=True, help="One JSON object per trial, then the summary."
+            ),
+            click.option(
+                "--report", "report_dir", default=None, help="Write an HTML page (index.html) to DIR."
+            ),
+            click.option("--csv", "csv_path", default=None, help="Write the trial table as CSV to FILE."),
+        )
+    ):
+        f = decorator(f)
+    return f
+
+
+def _metric_names() -> list[str]:
+    from mtiasim.explore.metrics import RUN_METRICS
+
+    return list(RUN_METRICS)
+
+
+def _run_study(kind: str, workload: str, params, trials: int | None, opts: dict[str, Any], **spec_kw) -> None:
+    from mtiasim.explore.metrics import RunConfig, evaluator
+    from mtiasim.explore.output import summary, write_csv, write_page
+    from mtiasim.explore.space import check_params, grid_size, parse_objective
+    from mtiasim.explore.study import StudySpec, record, run_study
+    from mtiasim.hw.chip import parse_sets
+    from mtiasim.report.html import num_text
+
+    source = evaluator(opts["over"])
+    base = _chip(opts["chip_name"], opts["sets"])
+    option = "--grid" if kind == "sweep" else "--param"
+    check_params(params, base, option)
+    objectives = [parse_objective(o, source.metrics) for o in (opts["objectives"] or DEFAULT_OBJECTIVES)]
+    if len({o.metric for o in objectives}) != len(objectives):
+        raise UsageError("--objective: a metric is given twice")
+    run = RunConfig(
+        workload,
+        chip=opts["chip_name"],
+        sets=tuple(parse_sets(opts["sets"]).items()),
+        batch=opts["batch"],
+        precision=opts["precision"],
+        fidelity=opts["fidelity"],
+    )
+    spec = StudySpec(kind, opts["over"], run, tuple(params), tuple(objectives), **spec_kw)
+    as_json = opts["as_json"]
+    names = [p.key for p in params]
+
+    def show(t) -> None:
+        r = record(t)
+        if as_json:
+            _emit_json(r.to_json(objectives))
+            return
+        vals = " ".join(f"{k}={num_text(r.params[k])}" for k in names if k in r.params)
+        got = (
+            " ".join(f"{o.metric}={num_text(v)}" for o, v in zip(objectives, r.values, strict=True))
+            if r.values is not None
+            else f"failed: {r.error}"
+        )
+        click.echo(f"trial {r.number:4d}  {vals}  {got}")
+
+    study = run_study(
+        spec,
+        trials if trials is not None else grid_size(params),
+        storage=opts["storage"],
+        name=opts["study_name"],
+        workers=opts["workers"],
+        ray_address=opts["ray_address"],
+        on_trial=show,
+    )
+    if opts["csv_path"]:
+        write_csv(study, opts["csv_path"])
+    if opts["report_dir"]:
+        page = write_page(study, opts["report_dir"])
+    doc = summary(study)
+    if as_json:
+        _emit_json(doc)
+        return
+    click.echo(
+        f"study {doc['study']} in {doc['storage']}: {doc['complete']} complete, {doc['failed']} failed; "
+        f"Pareto front ({', '.join(o.text for o in objectives)}): {len(doc['pareto_front'])} trials"
+    )
+    for row in doc["pareto_front"]:
+        vals = " ".join(f"{k}={num_text(v)}" for k, v in row["params"].items())
+        got = " ".join(f"{k}={num_text(v)}" for k, v in row["objectives"].items())
+        click.echo(f"  trial {row['trial']:4d}  {vals}  {got}")
+    if opts["csv_path"]:
+        click.echo(f"  csv         {opts['csv_path']}")
+    if opts["report_dir"]:
+        click.echo(f"  report      {page}")
+
+
+@cli.command("sweep")
+@click.argument("workload")
+@click.option(
+    "--grid",
+    "grids",
+    multiple=True,
+    required=True,
+    metavar="KEY=V1,V2,...",
+    help="Chip values to sweep (repeatable; the full grid of all of them is run, in order).",
+)
+@_study_options
+def sweep_cmd(workload: str, grids: tuple[str, ...], **opts: Any) -> None:
+    """Run WORKLOAD on every point of a grid of chip values; store, print and export the results."""
+    from mtiasim.explore.space import parse_grid
+
+    base = _chip(opts["chip_name"], opts["sets"])
+    params = [parse_grid(g, base) for g in grids]
+    _run_study("sweep", workload, params, None, opts)
+
+
+@cli.command("explore")
+@click.argument("workload")
+@click.option(
+    "--param",
+    "ranges",
+    multiple=True,
+    required=True,
+    metavar="KEY=LOW..HIGH",
+    help="A chip value to search, e.g. sram.bytes=32MiB..256MiB (repeatable).",
+)
+@click.option("--trials", type=int, required=True, help="Finished trials the study ends with, in total.")
+@click.option("--sampler", default="nsga2", show_default=True, help="nsga2 (NSGA-II) or random.")
+@click.option("--population", type=int, default=8, show_default=True, help="NSGA-II population (a batch).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The sampler's seed.")
+@_study_options
+def explore_cmd(workload: str, ranges: tuple[str, ...], trials: int, sampler: str, population: int, seed: int,
+                **opts: Any) -> None:  # fmt: skip
+    """Search chip values for the best trade-offs of the objectives (multi-objective, Optuna NSGA-II)."""
+    from mtiasim.explore.space import parse_range
+
+    base = _chip(opts["chip_name"], opts["sets"])
+    params = [parse_range(r, base) for r in ranges]
+    _run_study("explore", workload, params, trials, opts, sampler=sampler, seed=seed, population=population)
+
+
 # -------------------------------------------------------------------------------------------------- ops
 
 

@@ -20,6 +20,7 @@ from mtiasim.dtypes import DType
 from mtiasim.engine import ExecutionResult, TimingResult
 from mtiasim.engine.numerics import ConversionStats
 from mtiasim.engine.timing import coarse
+from mtiasim.hw.area import area
 from mtiasim.hw.peaks import dpe_macs_per_cycle
 from mtiasim.isa import Program
 from mtiasim.power import PowerReport, power_report
@@ -101,6 +102,7 @@ class RunReport:
     # the chip's `--set` / with_values overrides and the hash of its resolved values (Chip.values_hash)
     overrides: dict[str, Any] = field(default_factory=dict)
     chip_hash: str = ""
+    area_mm2: float = 0.0  # the chip's modelled die area (mtiasim.hw.area)
 
     @property
     def timed(self) -> bool:
@@ -141,6 +143,7 @@ class RunReport:
             "chip": self.chip,
             "chip_hash": self.chip_hash,
             "overrides": dict(self.overrides),
+            "area_mm2": round(self.area_mm2, 4),
             "mode": self.mode,
             "fidelity": self.fidelity,
             "precision": self.precision,
@@ -294,6 +297,7 @@ def build_report(
         conversions={k: v for k, v in result.resolved.conversions.items() if not v.clean},
         overrides=chip.overrides(),
         chip_hash=chip.values_hash(),
+        area_mm2=area(chip).total_mm2,
     )
 
 

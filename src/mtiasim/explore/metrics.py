@@ -1,0 +1,129 @@
+"""Where a trial's metrics come from: an evaluator runs one design point and returns its metrics by name.
+
+`run` (the only one so far) is `mtiasim run WORKLOAD` on the chip with the trial's values set: one batch, timed.
+A `serve` evaluator (QPS under a p99 bound) fits the same shape: a name, its metric names, and `evaluate(config,
+values)`; it is listed in `EVALUATORS` when it exists, and `--over serve` says so until then.
+
+`evaluate_point` is what a worker process or a Ray task runs: a plain function of plain data (the study's
+configuration and one trial's values), so it pickles, and it returns plain data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mtiasim.errors import MtiasimError, UsageError
+
+# name -> (path into the run's JSON, what it is)
+RUN_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
+    "samples_per_s": (("samples_per_s",), "throughput of one batch, samples/s"),
+    "samples_per_s_per_w": (("samples_per_s_per_w", "chip"), "samples/s per W of average chip power"),
+    "samples_per_s_per_w_card": (("samples_per_s_per_w", "card"), "samples/s per W of card power"),
+    "samples_per_s_per_w_platform": (
+        ("samples_per_s_per_w", "platform"),
+        "samples/s per W of platform power",
+    ),
+    "latency_us": (("latency_us",), "host + PCIe + device time of one batch, us"),
+    "device_us": (("device_us",), "device time of one batch, us"),
+    "avg_power_w": (("avg_power_w",), "average chip power, W"),
+    "peak_power_w": (("peak_power_w",), "peak chip power, W"),
+    "card_power_w": (("card_power_w",), "card power, W"),
+    "energy_j": (("energy_j",), "chip energy per batch, J"),
+    "mac_utilization": (("mac_utilization",), "MACs over the DPE peak during the device time"),
+    "area_mm2": (("area_mm2",), "modelled die area, mm^2 (mtiasim.hw.area)"),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every trial of a study runs: the workload and the `mtiasim run` options that are not searched."""
+
+    workload: str
+    chip: str = "mtia-v1"
+    sets: tuple[tuple[str, str], ...] = ()  # fixed `--set` overrides, applied before the trial's values
+    batch: int | None = None
+    precision: str = "int8"
+    fidelity: str = "event"
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "chip": self.chip,
+            "sets": [list(kv) for kv in self.sets],
+            "batch": self.batch,
+            "precision": self.precision,
+            "fidelity": self.fidelity,
+            "seed": self.seed,
+        }
+
+
+def _run_metrics(config: RunConfig, values: dict[str, float]) -> dict[str, float | None]:
+    from mtiasim.hw.chip import chip_with_sets
+    from mtiasim.runtime.run import run_workload
+
+    chip = chip_with_sets(config.chip, dict(config.sets))
+    chip = chip.with_values(values, where="trial: ")
+    res = run_workload(
+        config.workload,
+        batch=config.batch,
+        chip=chip,
+        precision=config.precision,
+        fidelity=config.fidelity,
+        seed=config.seed,
+    )
+    out: dict[str, float | None] = {}
+    for name, (path, _) in RUN_METRICS.items():
+        v: Any = res
+        for part in path:
+            v = v.get(part) if isinstance(v, dict) else None
+        out[name] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return out
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    name: str
+    metrics: dict[str, str]  # name -> what it is
+    evaluate: Callable[[RunConfig, dict[str, float]], dict[str, float | None]]
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "run": Evaluator("run", {k: what for k, (_, what) in RUN_METRICS.items()}, _run_metrics),
+}
+PLANNED = {"serve": "the serve evaluator (QPS under a p99 bound) is not built yet"}
+
+
+def evaluator(name: str) -> Evaluator:
+    if name in EVALUATORS:
+        return EVALUATORS[name]
+    if name in PLANNED:
+        raise UsageError(f"--over {name}: {PLANNED[name]}; use --over run")
+    raise UsageError(f"--over {name}: unknown (known: {', '.join(EVALUATORS)})")
+
+
+def evaluate_point(over: str, config: RunConfig, values: dict[str, float]) -> dict[str, Any]:
+    """Run one design point: {"metrics": {...}} or, when the simulator refuses the point (a chip that cannot
+    hold the model, a value combination the chip refuses), {"error": its one-line message}; with "sim_s", the
+    wall time it took. An internal error propagates: it is a bug, not a property of the point."""
+    t0 = time.perf_counter()
+    try:
+        metrics = EVALUATORS[over].evaluate(config, values)
+    except MtiasimError as err:
+        return {"error": str(err), "sim_s": time.perf_counter() - t0}
+    return {"metrics": metrics, "sim_s": time.perf_counter() - t0}
+
+
+def objective_values(metrics: dict[str, float | None], names: list[str]) -> list[float] | None:
+    """The objectives' values from `metrics`, None when one is missing or not finite."""
+    out = []
+    for n in names:
+        v = metrics.get(n)
+        if v is None or not math.isfinite(v):
+            return None
+        out.append(v)
+    return out
