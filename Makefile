@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in every pip call that may pull it: an unpinned torch is a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]' torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,ray]' torch==2.13.0
 	# The torchrec stack for mtiasim.workloads (it cannot be expressed in pyproject.toml):
 	# fbgemm-gpu-cpu 1.8.0 is the release that loads with torch 2.13 (1.9.0 fails with an undefined symbol);
 	# torchrec goes in with --no-deps, since its metadata requires the 493 MB CUDA fbgemm-gpu; then its real deps.

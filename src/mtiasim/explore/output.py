@@ -35,8 +35,9 @@ def summary(study: Study) -> dict[str, Any]:
 
 
 def importances(study: Study) -> dict[str, dict[str, float] | str]:
-    """Per objective, each parameter's importance (Optuna's PED-ANOVA, normalised to sum to 1), or why there
-    is none (too few complete trials, a single parameter value)."""
+    """Per objective, each parameter's importance (Optuna's fANOVA on a seeded random forest: the share of the
+    objective's variance each parameter explains, normalised to sum to 1), or why there is none (too few
+    complete trials)."""
     out: dict[str, dict[str, float] | str] = {}
     complete = [t for t in study.finished() if t.state == TrialState.COMPLETE]
     for i, o in enumerate(study.objectives):
@@ -49,7 +50,7 @@ def importances(study: Study) -> dict[str, dict[str, float] | str]:
         try:
             imp = optuna.importance.get_param_importances(
                 study.optuna_study,
-                evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
                 target=lambda t, i=i: t.values[i],
             )
         except (RuntimeError, ValueError, ZeroDivisionError) as err:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtiasim.errors import ConfigError, UsageError
-from mtiasim.hw.chip import SECTIONS, Chip
-from mtiasim.hw.units import coerce_text
+from mtiasim.hw.chip import SECTIONS, Chip, valid_range
+from mtiasim.hw.units import coerce_text, units_hint
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,9 @@ def _number(key: str, text: str, annotation: Any, option: str, given: str, chip:
     try:
         value = coerce_text(key, text, annotation)
     except ValueError as err:
-        raise UsageError(f"{option} {given}: {key}={text.strip()}: {err}") from None
+        section, _, name = key.partition(".")
+        valid = f"valid: {valid_range(section, name)}{units_hint(name)}"
+        raise UsageError(f"{option} {given}: {key}={text.strip()}: {err} ({valid})") from None
     _apply(chip, {key: value}, option, given)
     return value
 
@@ -96,7 +98,9 @@ def parse_range(item: str, chip: Chip) -> Param:
     low = _number(key, low_text, ann, option, item, chip)
     high = _number(key, high_text, ann, option, item, chip)
     if not low < high:
-        raise UsageError(f"{option} {item}: LOW ({low:g}) must be below HIGH ({high:g})")
+        raise UsageError(
+            f"{option} {item}: LOW ({low_text.strip()}) must be below HIGH ({high_text.strip()})"
+        )
     return Param(key, ann is int, low, high)
 
 

@@ -305,14 +305,17 @@ class Study:
             all_trials = self.optuna_study.get_trials(deepcopy=False)
             running = sorted((t for t in all_trials if t.state == TrialState.RUNNING), key=lambda t: t.number)
             n_done = sum(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in all_trials)
-            todo = trials - n_done - len(running)
-            if not running and todo <= 0:
+            todo = trials - n_done
+            if todo <= 0:
                 return
-            numbers = [t.number for t in running]
-            values = [self._resume(t) for t in running]
+            resume = running[:todo]  # left RUNNING by a killed run: simulated again
+            numbers = [t.number for t in resume]
+            values = [self._resume(t) for t in resume]
             nxt = len(all_trials)
-            room = population - nxt % population  # up to the end of this generation
-            for number in range(nxt, nxt + max(0, min(room, todo))):
+            # new trials up to the end of this generation; none after resumed ones that end a generation (the
+            # next one is asked when they are told)
+            room = 0 if resume and nxt % population == 0 else population - nxt % population
+            for number in range(nxt, nxt + max(0, min(room, todo - len(resume)))):
                 numbers.append(number)
                 values.append(self._ask(number))
             results = executor.map(self.spec, values)
