@@ -690,7 +690,7 @@ def _metric_names() -> list[str]:
 def _run_study(kind: str, workload: str, params, trials: int | None, opts: dict[str, Any], **spec_kw) -> None:
     from mtiasim.explore.metrics import RunConfig, evaluator
     from mtiasim.explore.output import summary, write_csv, write_page
-    from mtiasim.explore.space import check_params, grid_size, parse_objective
+    from mtiasim.explore.space import check_params, grid_size, parse_objective, value_text
     from mtiasim.explore.study import StudySpec, record, run_study
     from mtiasim.hw.chip import parse_sets
     from mtiasim.report.html import num_text
@@ -714,18 +714,20 @@ def _run_study(kind: str, workload: str, params, trials: int | None, opts: dict[
     as_json = opts["as_json"]
     names = [p.key for p in params]
 
-    def show(t) -> None:
+    def show(t) -> None:  # each trial as it is told, flushed: a reader (or a log) sees it at once
         r = record(t)
         if as_json:
             _emit_json(r.to_json(objectives))
+            sys.stdout.flush()
             return
-        vals = " ".join(f"{k}={num_text(r.params[k])}" for k in names if k in r.params)
+        vals = " ".join(f"{k}={value_text(k, r.params[k])}" for k in names if k in r.params)
         got = (
             " ".join(f"{o.metric}={num_text(v)}" for o, v in zip(objectives, r.values, strict=True))
             if r.values is not None
             else f"failed: {r.error}"
         )
         click.echo(f"trial {r.number:4d}  {vals}  {got}")
+        sys.stdout.flush()
 
     study = run_study(
         spec,
@@ -749,7 +751,7 @@ def _run_study(kind: str, workload: str, params, trials: int | None, opts: dict[
         f"Pareto front ({', '.join(o.text for o in objectives)}): {len(doc['pareto_front'])} trials"
     )
     for row in doc["pareto_front"]:
-        vals = " ".join(f"{k}={num_text(v)}" for k, v in row["params"].items())
+        vals = " ".join(f"{k}={value_text(k, v)}" for k, v in row["params"].items())
         got = " ".join(f"{k}={num_text(v)}" for k, v in row["objectives"].items())
         click.echo(f"  trial {row['trial']:4d}  {vals}  {got}")
     if opts["csv_path"]:

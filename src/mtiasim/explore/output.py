@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from mtiasim.errors import UsageError
+from mtiasim.explore.space import value_text
 from mtiasim.explore.study import Study, TrialRecord, record
 from mtiasim.report.atomic import AtomicFiles
 from mtiasim.report.html import _CSS, _svg_open, esc, json_for_script, num_text
@@ -170,7 +171,7 @@ def _table(study: Study) -> str:
     rows = []
     for r in records:
         cells = [str(r.number), r.state, "yes" if r.number in front else ""]
-        cells += [num_text(r.params.get(k)) for k in params]
+        cells += [value_text(k, r.params[k]) if k in r.params else "" for k in params]
         cells += [num_text(r.metrics.get(m)) for m in metrics]
         cells.append(r.error or "")
         cls = ' class="front"' if r.number in front else ""

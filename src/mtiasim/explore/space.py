@@ -16,7 +16,7 @@ from typing import Any
 
 from mtiasim.errors import ConfigError, UsageError
 from mtiasim.hw.chip import SECTIONS, Chip, valid_range
-from mtiasim.hw.units import coerce_text, units_hint
+from mtiasim.hw.units import coerce_text, units_for, units_hint
 
 
 @dataclass(frozen=True)
@@ -149,3 +149,15 @@ def grid_points(params: list[Param]) -> list[dict[str, float]]:
 
 def grid_size(params: list[Param]) -> int:
     return math.prod(len(p.choices or ()) for p in params)
+
+
+def value_text(key: str, value: float) -> str:
+    """A parameter's value for people: bytes in the largest binary unit that divides them (`64MiB`), else the
+    integer as it is, or the number as `:g` writes it."""
+    if units_for(key).get("MiB") and float(value).is_integer():
+        for unit in ("GiB", "MiB", "KiB"):
+            size = 1 << {"GiB": 30, "MiB": 20, "KiB": 10}[unit]
+            if value and value % size == 0:
+                return f"{int(value) // size}{unit}"
+        return str(int(value))
+    return f"{value:g}"

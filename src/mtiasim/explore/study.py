@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,9 +155,10 @@ def record(t: FrozenTrial) -> TrialRecord:
 
 
 class Executor:
-    """Simulates a batch of trials; results in the order given."""
+    """Simulates a batch of trials; yields the results in the order given, each as soon as it and those before
+    it are done (so the coordinator tells each trial as early as the order allows)."""
 
-    def map(self, spec: StudySpec, batch: list[dict[str, float]]) -> list[dict[str, Any]]:
+    def map(self, spec: StudySpec, batch: list[dict[str, float]]) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -163,8 +166,8 @@ class Executor:
 
 
 class InlineExecutor(Executor):
-    def map(self, spec: StudySpec, batch: list[dict[str, float]]) -> list[dict[str, Any]]:
-        return [evaluate_point(spec.over, spec.run, values) for values in batch]
+    def map(self, spec: StudySpec, batch: list[dict[str, float]]) -> Iterator[dict[str, Any]]:
+        return (evaluate_point(spec.over, spec.run, values) for values in batch)
 
 
 class ProcessExecutor(Executor):
@@ -176,9 +179,9 @@ class ProcessExecutor(Executor):
 
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def map(self, spec: StudySpec, batch: list[dict[str, float]]) -> list[dict[str, Any]]:
+    def map(self, spec: StudySpec, batch: list[dict[str, float]]) -> Iterator[dict[str, Any]]:
         n = len(batch)
-        return list(self._pool.map(evaluate_point, [spec.over] * n, [spec.run] * n, batch))
+        return self._pool.map(evaluate_point, [spec.over] * n, [spec.run] * n, batch)
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
@@ -194,16 +197,27 @@ class RayExecutor(Executor):
         except ImportError:
             raise UsageError("--ray needs Ray: pip install 'mtiasim[ray]'") from None
         self._ray = ray
-        if not ray.is_initialized():
+        self._started = not ray.is_initialized()
+        if self._started:
+            # a local cluster's workers import mtiasim from where this process does
+            local = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
             try:
-                ray.init(address=None if address == "local" else address, include_dashboard=False)
+                ray.init(
+                    address=None if address == "local" else address,
+                    include_dashboard=False,
+                    runtime_env=local if address == "local" else None,
+                )
             except (ConnectionError, ValueError, RuntimeError) as err:
                 raise UsageError(f"--ray {address}: cannot join the cluster: {err}") from None
         self._task = ray.remote(num_cpus=1)(evaluate_point)
 
-    def map(self, spec: StudySpec, batch: list[dict[str, float]]) -> list[dict[str, Any]]:
+    def map(self, spec: StudySpec, batch: list[dict[str, float]]) -> Iterator[dict[str, Any]]:
         refs = [self._task.remote(spec.over, spec.run, values) for values in batch]
-        return list(self._ray.get(refs))
+        return (self._ray.get(ref) for ref in refs)
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
 
 
 def make_executor(workers: int, ray_address: str | None) -> Executor:
@@ -319,7 +333,7 @@ class Study:
                 numbers.append(number)
                 values.append(self._ask(number))
             results = executor.map(self.spec, values)
-            for number, result in zip(numbers, results, strict=True):
+            for number, result in zip(numbers, results, strict=True):  # told in number order
                 yield self._tell(number, result)
 
 
