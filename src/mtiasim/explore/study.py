@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -205,6 +206,7 @@ class RayExecutor(Executor):
                 ray.init(
                     address=None if address == "local" else address,
                     include_dashboard=False,
+                    logging_level=logging.WARNING,
                     runtime_env=local if address == "local" else None,
                 )
             except (ConnectionError, ValueError, RuntimeError) as err:
