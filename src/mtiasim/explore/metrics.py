@@ -85,15 +85,38 @@ def _run_metrics(config: RunConfig, values: dict[str, float]) -> dict[str, float
     return out
 
 
+def _check_run(config: RunConfig) -> None:
+    """What fails every trial alike (an unknown workload, fidelity or precision, a bad batch): a UsageError
+    before the study starts, not N failed trials."""
+    from mtiasim.compiler.precision import Precision
+    from mtiasim.engine import FIDELITIES
+    from mtiasim.runtime.limits import MAX_BATCH, int_arg
+    from mtiasim.runtime.sources import is_user_model
+    from mtiasim.workloads.registry import spec
+
+    if not is_user_model(config.workload):
+        spec(config.workload)
+    elif config.batch is not None:
+        raise UsageError(
+            f"--batch applies to zoo workloads; {config.workload} runs on its own example inputs"
+        )
+    if config.batch is not None:
+        int_arg("--batch", config.batch, 1, MAX_BATCH)
+    if config.fidelity not in FIDELITIES:
+        raise UsageError(f"--fidelity: unknown fidelity {config.fidelity!r} (known: {', '.join(FIDELITIES)})")
+    Precision.parse(config.precision)
+
+
 @dataclass(frozen=True)
 class Evaluator:
     name: str
     metrics: dict[str, str]  # name -> what it is
     evaluate: Callable[[RunConfig, dict[str, float]], dict[str, float | None]]
+    check: Callable[[RunConfig], None]  # refuses a configuration no trial could run
 
 
 EVALUATORS: dict[str, Evaluator] = {
-    "run": Evaluator("run", {k: what for k, (_, what) in RUN_METRICS.items()}, _run_metrics),
+    "run": Evaluator("run", {k: what for k, (_, what) in RUN_METRICS.items()}, _run_metrics, _check_run),
 }
 PLANNED = {"serve": "the serve evaluator (QPS under a p99 bound) is not built yet"}
 

@@ -341,7 +341,9 @@ class Study:
 
 def open_study(spec: StudySpec, storage: str | None, name: str | None) -> Study:
     """Create the study, or load it when it exists and was made by the same spec (else a UsageError)."""
-    evaluator(spec.over)  # refuses an evaluator that does not exist (yet)
+    evaluator(spec.over).check(
+        spec.run
+    )  # an evaluator that does not exist (yet), a workload no trial can run
     if spec.kind == "explore" and spec.sampler not in SAMPLERS:
         raise UsageError(f"--sampler {spec.sampler}: unknown (known: {', '.join(SAMPLERS)})")
     if spec.population < 2 or spec.population > 10_000:
