@@ -660,7 +660,13 @@ def _study_options(f):
             click.option(
                 "--study", "study_name", default=None, help="Study name (default: from the command)."
             ),
-            click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes."),
+            click.option(
+                "--workers",
+                type=int,
+                default=1,
+                show_default=True,
+                help="Local worker processes (a sweep runs max(8, K) trials at a time, also on Ray).",
+            ),
             click.option(
                 "--ray",
                 "ray_address",
@@ -777,7 +783,7 @@ def sweep_cmd(workload: str, grids: tuple[str, ...], **opts: Any) -> None:
 
     base = _chip(opts["chip_name"], opts["sets"])
     params = [parse_grid(g, base) for g in grids]
-    _run_study("sweep", workload, params, None, opts)
+    _run_study("sweep", workload, params, None, opts, population=max(8, opts["workers"]))
 
 
 @cli.command("explore")

@@ -208,10 +208,11 @@ def render_page(study: Study) -> str:
         f"{p['key']} in {p['choices']}" if "choices" in p else f"{p['key']} in [{p['low']:g}, {p['high']:g}]"
         for p in spec["params"]
     )
+    seed = f" (seed {spec['seed']}, population {spec['population']})" if "seed" in spec else ""
     body = (
         f"<p>{doc['complete']} complete trials, {doc['failed']} failed; storage {esc(study.storage)}; "
         f"over {esc(spec['over'])} on {esc(spec['run']['chip'])}; space {esc(space)}; objectives "
-        f"{esc(', '.join(spec['objectives']))}; sampler {esc(spec['sampler'])} (seed {spec['seed']}).</p>"
+        f"{esc(', '.join(spec['objectives']))}; sampler {esc(spec['sampler'])}{seed}.</p>"
         f'<h2 id="front">Pareto front</h2>{front_svg(study)}'
         f'<h2 id="importance">Parameter importance</h2>{_importance_html(imp)}'
         f'<h2 id="table">Trials</h2>{_table(study)}'

@@ -67,19 +67,22 @@ class StudySpec:
     objectives: tuple[Objective, ...]
     sampler: str = "nsga2"
     seed: int = 0
+    # trials asked (and run in parallel) at once: an NSGA-II generation; for a sweep only a batch size, which
+    # changes no trial and so is not part of what the study is
     population: int = 8
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "over": self.over,
             "run": self.run.to_json(),
             "params": [p.to_json() for p in self.params],
             "objectives": [o.text for o in self.objectives],
             "sampler": self.sampler if self.kind == "explore" else "grid",
-            "seed": self.seed,
-            "population": self.population,
         }
+        if self.kind == "explore":
+            out |= {"seed": self.seed, "population": self.population}
+        return out
 
     def default_name(self) -> str:
         digest = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:10]
