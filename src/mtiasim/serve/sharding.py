@@ -224,12 +224,21 @@ def tbe_estimator(chip: str | Chip = "mtia-v1") -> Estimator:
         if key not in cache:
             cold = rows * (shard.dim + INT8_ROW_OVERHEAD_BYTES) > 16 * chip_.sram.bytes
             res = bench_tbe(
-                batch, pooling, rows, shard.dim, chip=chip_, fidelity="analytic", warm="cold" if cold else "distribution"
+                batch,
+                pooling,
+                rows,
+                shard.dim,
+                chip=chip_,
+                fidelity="analytic",
+                warm="cold" if cold else "distribution",
             )
             cache[key] = float(res["seconds"])
         return cache[key] * shard.lookups_per_sample / pooling
 
     return estimate
+
+
+ESTIMATORS: dict[str, Callable[[Chip], Estimator]] = {"bytes": bytes_estimator, "tbe": tbe_estimator}
 
 
 def tables_of(workload: Workload) -> tuple[TableSpec, ...]:
@@ -264,7 +273,9 @@ class _Planning:
     link_bytes_per_s: float
     estimates: dict[tuple[str, str, int, int, int, int], float] = field(default_factory=dict)
 
-    def shard_of(self, table: str, kind: str, size: Sequence[int], offset: Sequence[int], card: int) -> TableShard:
+    def shard_of(
+        self, table: str, kind: str, size: Sequence[int], offset: Sequence[int], card: int
+    ) -> TableShard:
         spec = self.specs[table]
         rows, dim = int(size[0]), int(size[1])
         return TableShard(
@@ -327,7 +338,9 @@ def _estimators(planning: _Planning, topology: Any) -> list[Any]:
     return [MtiaPerfEstimator(topology), MtiaStorageEstimator(topology)]
 
 
-def _capacity_line(model: str, tables: Sequence[TableSpec], server: ServerLike, precision: str, dense: int, what: str) -> str:
+def _capacity_line(
+    model: str, tables: Sequence[TableSpec], server: ServerLike, precision: str, dense: int, what: str
+) -> str:
     need = sum(shard_bytes(t.rows, t.dim, precision) for t in tables)
     card = server.card_memory_bytes
     return (
@@ -369,14 +382,18 @@ def plan_sharding(
         if t.rows < 1 or t.dim < 1 or t.pooling < 0:
             raise UsageError(f"{model}: table {t.name} needs rows >= 1, dim >= 1, pooling >= 0, got {t}")
     if server.cards < 1 or server.card_memory_bytes < 1:
-        raise UsageError(f"server needs at least one card with memory, got {server.cards} x {server.card_memory_bytes} B")
+        raise UsageError(
+            f"server needs at least one card with memory, got {server.cards} x {server.card_memory_bytes} B"
+        )
     chip_ = load_chip(chip) if isinstance(chip, str) else chip
     link = float(link_bytes_per_s or chip_.host.bandwidth_gbps * 1e9)
     usable = server.card_memory_bytes - dense_bytes_per_card
     need = sum(shard_bytes(t.rows, t.dim, precision) for t in tables)
     if usable <= 0 or need > server.cards * usable:
         raise CapacityError(
-            _capacity_line(model, tables, server, precision, dense_bytes_per_card, "the tables exceed the cards' memory")
+            _capacity_line(
+                model, tables, server, precision, dense_bytes_per_card, "the tables exceed the cards' memory"
+            )
         )
     planning = _Planning(
         {t.name: t for t in tables}, precision, estimator or bytes_estimator(chip_), batch, server.cards, link
@@ -393,7 +410,9 @@ def plan_sharding(
         # a table left in one piece (column-wise with one block, row-wise on one card) is table-wise
         kind = _kind(ps.sharding_type) if len(ps.sharding_spec.shards) > 1 else "table_wise"
         for sh in ps.sharding_spec.shards:
-            shards.append(planning.shard_of(spec.name, kind, sh.shard_sizes, sh.shard_offsets, sh.placement.rank()))
+            shards.append(
+                planning.shard_of(spec.name, kind, sh.shard_sizes, sh.shard_offsets, sh.placement.rank())
+            )
     return ShardingPlan(
         cards=server.cards,
         shards=tuple(shards),
@@ -426,7 +445,9 @@ def _run_planner(
 
     ebc = EmbeddingBagCollection(
         tables=[
-            EmbeddingBagConfig(name=t.name, embedding_dim=t.dim, num_embeddings=t.rows, feature_names=[f"{t.name}.f"])
+            EmbeddingBagConfig(
+                name=t.name, embedding_dim=t.dim, num_embeddings=t.rows, feature_names=[f"{t.name}.f"]
+            )
             for t in tables
         ],
         device=torch.device("meta"),
