@@ -47,3 +47,16 @@ def test_a_capped_meta_model_runs_eagerly():
     assert out.shape == (3, 1) and bool(torch.all((out > 0) & (out < 1)))
     kjt = w.example_inputs[1]
     assert int(kjt.lengths().sum()) == 3 * sum(w.extra["multi_hot_sizes"])
+
+
+def test_a_model_over_the_chips_lpddr5_is_one_line_before_compiling():
+    from mtiasim.errors import CapacityError
+    from mtiasim.runtime.run import run_workload
+
+    need = workloads.build("meta-hc", batch=2).table_bytes_int8
+    with pytest.raises(CapacityError) as e:
+        run_workload("meta-hc", batch=2)
+    assert str(e.value) == (
+        f"meta-hc: its tables need {need:,} B ({need / 1e9:.1f} GB) even as int8 rows, over the chip's LPDDR5 "
+        "(68,719,476,736 B, 68.7 GB): cap them with --max-rows or shard them across cards (mtiasim shard meta-hc)"
+    )
