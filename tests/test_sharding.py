@@ -96,19 +96,25 @@ def test_a_table_larger_than_a_card_is_split():
     assert len({s.card for s in big}) >= 3 and big[0].kind in ("row_wise", "column_wise")
 
 
-def test_a_table_no_card_set_can_place_names_it():
-    # fits the cards' total, but column shards of 32 and row shards still exceed each card
+def test_tables_no_card_can_hold_whole_are_split_when_the_total_fits():
     server = CardSet(cards=2, card_memory_bytes=10**9, card_sram_bytes=2**20)
-    tables = [TableSpec("wide", 3_000_000, 4, 1.0), TableSpec("filler", 2_000_000, 124, 1.0)]
-    need = 3_000_000 * 8 + 2_000_000 * 128
-    assert need <= 2 * 10**9
-    try:
-        plan = plan_sharding(tables, server, 8, "int8", model="m")
-    except CapacityError as e:
-        assert str(e).startswith(f"m: 2 int8 tables need {need:,} B")
-        assert "\n" not in str(e)
-    else:
-        check_plan(plan, tables, server)
+    tables = [TableSpec(f"t{i}", 4_500_000, 128, 1.0) for i in range(3)]  # 594 MB each: two fill a card
+    plan = plan_sharding(tables, server, 8, "int8")
+    check_plan(plan, tables, server)
+    assert any(s.kind != "table_wise" for s in plan.shards)
+
+
+def test_no_placement_names_the_largest_table():
+    # 150 B of tables, 2 x 100 B free: the total fits, but a 1-row table of 146 columns (not a multiple of the
+    # 32-column shards) can be split neither way
+    server = CardSet(cards=2, card_memory_bytes=1000, card_sram_bytes=2**20)
+    with pytest.raises(CapacityError) as e:
+        plan_sharding([TableSpec("x", 1, 146, 1.0)], server, 8, "int8", dense_bytes_per_card=900, model="m")
+    assert str(e.value) == (
+        "m: 1 int8 tables need 150 B (0.0 GB) but 2 cards x 1,000 B (0.0 GB), less 900 B of replicated dense "
+        "weights per card, hold 200 B (0.0 GB): torchrec's planner found no placement (largest table x: 150 B; "
+        "a card holds 100 B)"
+    )
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

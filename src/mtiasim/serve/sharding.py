@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -400,9 +399,14 @@ def plan_sharding(
     )
     try:
         sharding = _run_planner(tables, server, planning, dram_bytes_per_s(chip_), dense_bytes_per_card)
-    except _NoPlan as e:
+    except _NoPlan:
+        big = max(tables, key=lambda t: shard_bytes(t.rows, t.dim, precision))
+        what = (
+            f"torchrec's planner found no placement (largest table {big.name}: "
+            f"{shard_bytes(big.rows, big.dim, precision):,} B; a card holds {usable:,} B)"
+        )
         raise CapacityError(
-            _capacity_line(model, tables, server, precision, dense_bytes_per_card, f"no placement fits ({e})")
+            _capacity_line(model, tables, server, precision, dense_bytes_per_card, what)
         ) from None
     shards: list[TableShard] = []
     for spec in tables:
@@ -489,13 +493,8 @@ def _run_planner(
         )
         try:
             plan = planner.plan(ebc, [EmbeddingBagCollectionSharder()])
-        except PlannerError as e:
-            found = re.search(r"of table (\S+), largest device storage", str(e))
-            raise _NoPlan(
-                f"torchrec's planner placed no plan; a shard of table {found.group(1)} fit no card"
-                if found
-                else "torchrec's planner placed no plan"
-            ) from None
+        except PlannerError:
+            raise _NoPlan() from None
     finally:
         quiet.setLevel(level)
     return dict(plan.plan[""])
