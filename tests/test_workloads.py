@@ -75,7 +75,8 @@ def small() -> dict[str, W.Workload]:
 
 
 def test_names():
-    assert W.names() == ALL
+    meta = ["meta-hc", "meta-lc1", "meta-lc2", "meta-mc1", "meta-mc2"]  # tests/test_meta_workloads.py
+    assert W.names() == sorted(ALL + meta)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_DOT))

@@ -1134,5 +1134,60 @@ def _silence_stdout() -> None:
         pass
 
 
+# -------------------------------------------------------------------------------------------------- shard
+
+
+@cli.command("shard")
+@click.argument("workload")
+@click.option(
+    "--cards", type=int, default=12, show_default=True, help="Cards of the server (Yosemite V3: 12)."
+)
+@click.option(
+    "--card-memory",
+    default="32GiB",
+    show_default=True,
+    help="Device DRAM per card (Yosemite V3: 32 GB LPDDR5).",
+)
+@click.option("--batch", type=int, default=64, show_default=True, help="Samples per batch.")
+@click.option("--precision", default="int8", show_default=True, help="Table precision: int8 or fp32.")
+@click.option(
+    "--estimator", default="bytes", show_default=True, help="TBE time: bytes (DRAM roofline) or tbe."
+)
+@click.option("--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset name or a TOML file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def shard_cmd(workload, cards, card_memory, batch, precision, estimator, chip_name, as_json) -> None:
+    """Shard a zoo workload's embedding tables across a server's cards with torchrec's planner."""
+    from mtiasim import workloads
+    from mtiasim.hw.units import parse_number
+    from mtiasim.serve.sharding import ESTIMATORS, CardSet, dense_bytes, plan_sharding, tables_of
+
+    if estimator not in ESTIMATORS:
+        raise UsageError(f"--estimator: unknown estimator {estimator!r} (known: {', '.join(ESTIMATORS)})")
+    try:
+        card_bytes = int(parse_number("bytes", card_memory, True))
+    except ValueError as err:
+        raise UsageError(f"--card-memory: {err} (e.g. 32GiB, 32GB)") from None
+    chip = _chip(chip_name, ())
+    w = workloads.build(workload, batch=batch)
+    server = CardSet(cards, card_bytes, chip.sram.bytes)
+    plan = plan_sharding(
+        tables_of(w),
+        server,
+        batch,
+        precision,
+        ESTIMATORS[estimator](chip),
+        dense_bytes_per_card=dense_bytes(w, precision),
+        chip=chip,
+        model=workload,
+    )
+    if as_json:
+        _emit_json({"workload": workload, "estimator": estimator, **plan.to_json()})
+    else:
+        click.echo(
+            f"{workload}: {len(w.table_rows)} tables on {cards} cards x {server.card_memory_bytes:,} B"
+        )
+        click.echo(plan.summary())
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mtiasim.compiler import Quantization
-from mtiasim.errors import UsageError
+from mtiasim.errors import CapacityError, UsageError
 from mtiasim.hw import Chip, load_chip
 from mtiasim.report.atomic import make_dirs, remove_if_empty
 from mtiasim.runtime.api import compile
@@ -135,7 +135,7 @@ def run_workload(
         if user:
             source = _user_source(name, inputs)
         else:
-            source = _zoo_source(name, batch, seed, max_rows, distribution, functional)
+            source = _zoo_source(name, batch, seed, max_rows, distribution, functional, chip_.dram.bytes)
         return _run(
             name, source, build_s=time.perf_counter() - t0, chip=chip_, precision=precision, mode=mode, fidelity=fidelity, check=check,
             functional=functional, warmup=warmup, trace=trace, trace_aggregate=trace_aggregate,
@@ -155,13 +155,25 @@ def _refuse_zoo_options(name: str, **given: Any) -> None:
 
 
 def _zoo_source(
-    name: str, batch: int, seed: int, max_rows: int | None, distribution: str, functional: bool
+    name: str,
+    batch: int,
+    seed: int,
+    max_rows: int | None,
+    distribution: str,
+    functional: bool,
+    dram_bytes: int,
 ) -> _Source:
     from mtiasim import workloads
 
     w = workloads.build(
         name, batch=batch, seed=seed, max_rows=max_rows, materialize=functional, distribution=distribution
     )
+    if w.table_bytes_int8 > dram_bytes:  # before minutes of export and compilation
+        raise CapacityError(
+            f"{name}: its tables need {w.table_bytes_int8:,} B ({w.table_bytes_int8 / 1e9:.1f} GB) even as int8 rows, "
+            f"over the chip's LPDDR5 ({dram_bytes:,} B, {dram_bytes / 1e9:.1f} GB): cap them with --max-rows or "
+            f"shard them across cards (mtiasim shard {name})"
+        )
 
     def warmup_inputs(i: int) -> tuple[tuple, dict]:
         # fresh requests (other indices) warm the SRAM cache, as a serving system's previous batches would

@@ -4,7 +4,7 @@ stay virtual (no memory) unless materialized.
     >>> import torch
     >>> from mtiasim import workloads
     >>> workloads.names()
-    ['dlrm-kaggle', 'dlrm-random-bench', 'dlrm-terabyte-10M', 'dlrm-v2-mlperf']
+    ['dlrm-kaggle', 'dlrm-random-bench', 'dlrm-terabyte-10M', 'dlrm-v2-mlperf', 'meta-hc', 'meta-lc1', 'meta-lc2', 'meta-mc1', 'meta-mc2']
     >>> w = workloads.build("dlrm-kaggle", batch=2048)
     >>> ep = torch.export.export(w.model, w.example_inputs, strict=False)
 
