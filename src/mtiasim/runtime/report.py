@@ -101,6 +101,8 @@ class RunReport:
     # the chip's `--set` / with_values overrides and the hash of its resolved values (Chip.values_hash)
     overrides: dict[str, Any] = field(default_factory=dict)
     chip_hash: str = ""
+    h2d_bytes: int = 0  # what crossed PCIe into the device, and back
+    d2h_bytes: int = 0
 
     @property
     def timed(self) -> bool:
@@ -169,6 +171,8 @@ class RunReport:
             "latency_us": _us(self.latency_s),
             "samples_per_s": None if rate is None else round(rate, 3),
             **{key: _us(s) if timed else None for key, s in phases.items()},
+            "h2d_bytes": self.h2d_bytes,
+            "d2h_bytes": self.d2h_bytes,
             "macs": self.macs,
             "mac_utilization": round(self.mac_utilization, 5) if timed else None,
             "bound": self.bound if timed else None,
@@ -294,6 +298,8 @@ def build_report(
         conversions={k: v for k, v in result.resolved.conversions.items() if not v.clean},
         overrides=chip.overrides(),
         chip_hash=chip.values_hash(),
+        h2d_bytes=int(h2d),
+        d2h_bytes=int(d2h),
     )
 
 
