@@ -344,13 +344,17 @@ def server_show(name: str, as_json: bool) -> None:
 
 @cli.command("serve")
 @click.argument("workload")
-@click.option("--server", "server_name", default="yosemite-v3", show_default=True, help="Server preset or TOML file.")
+@click.option(
+    "--server", "server_name", default="yosemite-v3", show_default=True, help="Server preset or TOML file."
+)
 @click.option("--scenario", default="server", show_default=True, help="offline or server (MLPerf Inference).")
 @click.option("--p99-ms", type=float, default=None, help="server: the p99 latency bound in ms (default 60).")
 @click.option("--queries", type=int, default=None, help="Queries simulated per run (default 20000).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query sizes and arrivals.")
 @click.option("--window-ms", type=float, default=2.0, show_default=True, help="Dynamic batching window.")
-@click.option("--max-batch", type=int, default=2048, show_default=True, help="Largest batch (a power of two).")
+@click.option(
+    "--max-batch", type=int, default=2048, show_default=True, help="Largest batch (a power of two)."
+)
 @click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16.")
 @click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html) to DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -381,7 +385,9 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
         _emit_json(res)
         return
     bound = f" (bound {res['latency_bound_ms']:g} ms)" if res["latency_bound_ms"] is not None else ""
-    click.echo(f"{res['workload']} on {res['server']} ({res['cards']} x {res['chip']}), {res['scenario']} scenario")
+    click.echo(
+        f"{res['workload']} on {res['server']} ({res['cards']} x {res['chip']}), {res['scenario']} scenario"
+    )
     click.echo(f"  queries/s   {res['queries_per_s']:,.1f}   samples/s {res['samples_per_s']:,.0f}")
     click.echo(f"  latency     p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms{bound}")
     click.echo(
@@ -390,7 +396,9 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
     )
     click.echo(f"  compute     {res['flops_per_s'] / 1e12:.2f} TFLOP/s")
     busy = [c["utilization"] for c in res["per_card"]]
-    click.echo(f"  cards busy  {min(busy) * 100:.1f}..{max(busy) * 100:.1f} %; host CPU {res['host']['utilization'] * 100:.1f} %")
+    click.echo(
+        f"  cards busy  {min(busy) * 100:.1f}..{max(busy) * 100:.1f} %; host CPU {res['host']['utilization'] * 100:.1f} %"
+    )
     if "report" in res:
         click.echo(f"  report      {res['report']}")
 

@@ -42,5 +42,7 @@ class Queries:
 
 def draw_queries(count: int, seed: int) -> Queries:
     rng = np.random.default_rng([seed, 0x5E7E])
-    sizes = np.asarray(QUERY_SIZE_QUANTILES, dtype=np.int64)[rng.integers(0, len(QUERY_SIZE_QUANTILES), count)]
+    sizes = np.asarray(QUERY_SIZE_QUANTILES, dtype=np.int64)[
+        rng.integers(0, len(QUERY_SIZE_QUANTILES), count)
+    ]
     return Queries(sizes, rng.exponential(1.0, count))

@@ -45,7 +45,9 @@ def latency_png(res: dict[str, Any]) -> str:
         ax.axvline(res["latency_bound_ms"], color="black", linestyle="--", label="bound")
     ax.set_xlabel("query latency (ms)")
     ax.set_ylabel("queries")
-    ax.set_title(f"{res['workload']} on {res['server']}, {res['scenario']} at {res['queries_per_s']:,.0f} queries/s")
+    ax.set_title(
+        f"{res['workload']} on {res['server']}, {res['scenario']} at {res['queries_per_s']:,.0f} queries/s"
+    )
     ax.legend()
     return _png(fig)
 
@@ -56,8 +58,20 @@ def curve_png(res: dict[str, Any]) -> str:
     points = sorted(res["search"], key=lambda p: p["queries_per_s"])
     fig = Figure(figsize=(7, 3.5), dpi=PNG_DPI, layout="constrained")
     ax = fig.add_subplot()
-    ax.plot([p["queries_per_s"] for p in points], [p["p99_ms"] for p in points], "o-", color="#f28e2b", label="p99")
-    ax.plot([p["queries_per_s"] for p in points], [p["p50_ms"] for p in points], "o-", color="#59a14f", label="p50")
+    ax.plot(
+        [p["queries_per_s"] for p in points],
+        [p["p99_ms"] for p in points],
+        "o-",
+        color="#f28e2b",
+        label="p99",
+    )
+    ax.plot(
+        [p["queries_per_s"] for p in points],
+        [p["p50_ms"] for p in points],
+        "o-",
+        color="#59a14f",
+        label="p50",
+    )
     if res.get("latency_bound_ms"):
         ax.axhline(res["latency_bound_ms"], color="black", linestyle="--", label="bound")
     ax.set_yscale("log")
@@ -94,10 +108,7 @@ def render(res: dict[str, Any]) -> str:
     )
     charts = f'<h2>Latency distribution</h2><img alt="latency histogram" src="data:image/png;base64,{latency_png(res)}">'
     if res["search"]:
-        charts += (
-            '<h2>QPS vs p99</h2><img alt="QPS vs p99" '
-            f'src="data:image/png;base64,{curve_png(res)}">'
-        )
+        charts += f'<h2>QPS vs p99</h2><img alt="QPS vs p99" src="data:image/png;base64,{curve_png(res)}">'
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>mtiasim serve {esc(res['workload'])}</title>"

@@ -28,9 +28,9 @@ from mtiasim.errors import UsageError
 from mtiasim.hw import Server, load_server
 from mtiasim.runtime.limits import int_arg
 from mtiasim.runtime.sources import is_user_model
-from mtiasim.serve.costs import BatchCosts
+from mtiasim.serve.costs import BatchCosts, buckets
 from mtiasim.serve.placement import Table, replicate, table_names
-from mtiasim.serve.queries import Queries, draw_queries
+from mtiasim.serve.queries import QUERY_SIZE_QUANTILES, Queries, draw_queries
 from mtiasim.serve.system import ServingSystem, SimResult
 
 SCENARIOS = ("offline", "server")
@@ -69,8 +69,16 @@ def serve_workload(
         raise UsageError(f"--window-ms {window_ms}: must be a number >= 0 (milliseconds)")
     count = int_arg("--queries", DEFAULT_QUERIES if queries is None else queries, 100, 1_000_000)
     seed = int_arg("--seed", seed, 0)
+    buckets(max_batch)  # a bad --max-batch fails now, not after the model is built
+    if max_batch < max(QUERY_SIZE_QUANTILES):
+        raise UsageError(
+            f"--max-batch {max_batch}: below the largest query ({max(QUERY_SIZE_QUANTILES)} samples), "
+            "which must fit one batch"
+        )
     if is_user_model(name):
-        raise UsageError(f"{name}: serve takes a zoo workload (it builds the model at each bucket batch size)")
+        raise UsageError(
+            f"{name}: serve takes a zoo workload (it builds the model at each bucket batch size)"
+        )
     from mtiasim import workloads
 
     info = workloads.build(name, batch=1, seed=seed)

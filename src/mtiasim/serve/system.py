@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,7 +118,9 @@ class FlowNetwork:
         self._last = 0.0
         self._version = 0
 
-    def transfer(self, path: tuple[int, ...], nbytes: int, latency_s: float, done: Callable[[], None]) -> None:
+    def transfer(
+        self, path: tuple[int, ...], nbytes: int, latency_s: float, done: Callable[[], None]
+    ) -> None:
         if nbytes <= 0:
             self.loop.at(self.loop.t + latency_s, done)
             return
@@ -154,7 +157,10 @@ class FlowNetwork:
         if version != self._version:  # re-rated since: a later event stands for this one
             return
         self._advance()
-        finished = [i for i, f in self._flows.items() if f[1] <= f[2] * 1e-12 + 1e-6]  # float dust: done
+        # done: no bytes left, or fewer than the rate moves in the clock's resolution (float dust that would
+        # otherwise schedule its end at this same instant forever)
+        dust_s = max(1e-12, 4 * math.ulp(self.loop.t))
+        finished = [i for i, f in self._flows.items() if f[1] <= f[2] * dust_s]
         dones = [self._flows.pop(i)[3] for i in finished]
         self._rerate()
         for done in dones:
@@ -357,7 +363,9 @@ class _Run:
         self.in_flight[batch.card] -= 1
         self._prefetch(batch.card)
         cost = self.sys.costs.cost(batch.bucket)
-        self.net.transfer(self.sys.up[batch.card], cost.d2h_bytes, self.sys.latency_s, lambda: self._answer(batch))
+        self.net.transfer(
+            self.sys.up[batch.card], cost.d2h_bytes, self.sys.latency_s, lambda: self._answer(batch)
+        )
         self._next_on_card(batch.card)
 
     def _answer(self, batch: Batch) -> None:
