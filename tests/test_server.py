@@ -99,13 +99,14 @@ def test_bad_server_file(tmp_path, extra, message):
 
 def test_uneven_tree_and_over_budget_are_refused(tmp_path):
     path = Path(_write(tmp_path, ""))
+    name = str(path)
     text = path.read_text()
     path.write_text(text.replace("switches = {value = 2", "switches = {value = 3"))
     with pytest.raises(ConfigError, match=r"cards \(4\) must be a multiple of switches \(3\)"):
-        load_server(path)
+        load_server(name)
     path.write_text(text.replace("power_w = {value = 10.0", "power_w = {value = 30.0"))
     with pytest.raises(ConfigError, match=r"4 cards x 30 W exceed server_power_w \(100 W\)"):
-        load_server(path)
+        load_server(name)
 
 
 def test_cli_server_list_and_show(capsys):
