@@ -12,7 +12,7 @@ than `PREFETCH_BATCHES` batches between leaving that queue and finishing on the 
 inputs are prepared and sent while the card runs the current one (double buffering).
 
 Shared resources, with the chip engine's disciplines:
-- the host CPU cores: one pool of FIFO servers;
+- the host CPU cores: one pool of FIFO servers, work on formed batches before new queries' pre-processing;
 - each card: a FIFO single server;
 - the links (host memory, each socket's root link, each leaf switch's uplink, each card's link; one resource
   per direction of a link, host memory shared by both): every transfer is a flow over its path, and the flows
@@ -56,19 +56,22 @@ class EventLoop:
 
 
 class CorePool:
-    """`cores` identical servers taking jobs first come, first served."""
+    """`cores` identical servers taking jobs first come, first served within two classes: work on batches
+    already formed (`urgent`: a call's host part, answering queries) goes before new queries' pre-processing,
+    so that a burst of arrivals (offline: all at once) does not starve the cards."""
 
     def __init__(self, loop: EventLoop, cores: int) -> None:
         self.loop = loop
         self.free = cores
+        self.urgent: deque = deque()
         self.queue: deque = deque()
         self.busy_s = 0.0
 
-    def submit(self, seconds: float, done: Callable[[], None]) -> None:
+    def submit(self, seconds: float, done: Callable[[], None], *, urgent: bool = False) -> None:
         if self.free:
             self._start(seconds, done)
         else:
-            self.queue.append((seconds, done))
+            (self.urgent if urgent else self.queue).append((seconds, done))
 
     def _start(self, seconds: float, done: Callable[[], None]) -> None:
         self.free -= 1
@@ -77,8 +80,8 @@ class CorePool:
 
     def _finish(self, done: Callable[[], None]) -> None:
         self.free += 1
-        if self.queue:
-            self._start(*self.queue.popleft())
+        if self.urgent or self.queue:
+            self._start(*(self.urgent or self.queue).popleft())
         done()
 
 
@@ -330,7 +333,7 @@ class _Run:
             batch = self.host_queue[card].popleft()
             self.in_flight[card] += 1
             cost = self.sys.costs.cost(batch.bucket)
-            self.cores.submit(cost.host_s, lambda batch=batch: self._send(batch))
+            self.cores.submit(cost.host_s, lambda batch=batch: self._send(batch), urgent=True)
 
     def _send(self, batch: Batch) -> None:
         cost = self.sys.costs.cost(batch.bucket)
@@ -370,7 +373,7 @@ class _Run:
 
     def _answer(self, batch: Batch) -> None:
         for q in batch.queries:
-            self.cores.submit(self.post_s, lambda q=q: self._done(q))
+            self.cores.submit(self.post_s, lambda q=q: self._done(q), urgent=True)
 
     def _done(self, q: int) -> None:
         self.done[q] = self.loop.t
