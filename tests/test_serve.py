@@ -208,3 +208,23 @@ def test_serve_end_to_end_on_the_engine(capsys, tmp_path):
     assert len(res["per_card"]) == 12 and all(c["busy_s"] <= res["wall_s"] for c in res["per_card"])
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 2
+
+
+def test_replication_needs_the_model_in_one_card():
+    from mtiasim.compiler import Precision
+    from mtiasim.errors import CapacityError
+    from mtiasim.serve.placement import Table, replicate
+
+    s = load_server("yosemite-v3")
+    int8 = Precision.parse("int8")
+    fits = [Table("a", 2**20, 124, 1.0)]  # 2^20 rows x (124 + 4) B = 128 MiB
+    plan = replicate("m", fits, 1000, s, int8)
+    assert plan.bytes_on(5) == 2**27 + 1000
+    assert plan.to_json()["tables"] == {"a": {"kind": "replicated", "cards": list(range(12))}}
+    big = [Table("a", 2**28, 124, 1.0)]  # 32 GiB of int8 rows, plus the dense layers
+    with pytest.raises(CapacityError) as err:
+        replicate("m", big, 2**20, s, int8)
+    assert str(err.value) == (
+        "m (int8): tables 32.00 GiB + dense 0.00 GiB do not fit one card of yosemite-v3 (32.00 GiB): serving it "
+        "needs the tables sharded over the cards, which `mtiasim serve` does not model yet"
+    )
