@@ -88,6 +88,15 @@ def test_imports_point_down(layer):
                 assert top in allowed, f"{path.relative_to(SRC)} imports {mod}"
 
 
+def test_serve_is_at_the_top():
+    # serving sits on the run path and the server description; only the CLI (and serve itself) import it
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "serve" or rel.name == "cli.py":
+            continue
+        assert not any(m == "mtiasim.serve" or m.startswith("mtiasim.serve.") for m in _imports(path)), rel
+
+
 # passes inside a package, lowest first: a module imports none of those after it
 PASSES = {
     "compiler": ["kinds", "lower", "kernel_table", "placement", "lanes", "dispatch", "codegen"],

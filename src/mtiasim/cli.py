@@ -281,6 +281,128 @@ def _print_area(die, published) -> None:
     )
 
 
+# ----------------------------------------------------------------------------------------------- server
+
+
+@cli.group()
+def server() -> None:
+    """Server configurations (cards, PCIe switch tree, host)."""
+
+
+@server.command("list")
+def server_list() -> None:
+    """List the shipped server presets."""
+    from mtiasim.hw import load_server, server_preset_names
+
+    for name in server_preset_names():
+        click.echo(f"{name:16s} {load_server(name).description}")
+
+
+@server.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def server_show(name: str, as_json: bool) -> None:
+    """Print a server's configuration with the provenance of every value, and what follows from it."""
+    from mtiasim.hw import load_server
+    from mtiasim.hw.server import SERVER_SECTIONS
+
+    s = load_server(name)
+    chip = s.chip()
+    derived = {
+        "cards_per_switch": s.cards_per_switch,
+        "card_link_gbps": chip.host.bandwidth_gbps,
+        "card_memory_bytes": s.card_memory_bytes,
+        "card_sram_bytes": s.card_sram_bytes,
+        "non_card_power_w": s.non_card_power_w,
+    }
+    if as_json:
+        params = {}
+        for section in SERVER_SECTIONS:
+            for key, value in getattr(s, section).model_dump().items():
+                p = s.provenance.get(f"{section}.{key}")
+                params[f"{section}.{key}"] = {
+                    "value": value,
+                    "provenance": p.kind if p else None,
+                    "source": p.source if p else None,
+                    "note": p.note if p else None,
+                }
+        _emit_json({"name": s.name, "description": s.description, "parameters": params, "derived": derived})
+        return
+    click.echo(f"{s.name}: {s.description}")
+    for section in SERVER_SECTIONS:
+        click.echo(f"[{section}]")
+        for key, value in getattr(s, section).model_dump().items():
+            p = s.provenance.get(f"{section}.{key}")
+            click.echo(f"  {key:24s} {value!s:>14}   {p.describe() if p else '?'}")
+    click.echo("derived")
+    for key, value in derived.items():
+        click.echo(f"  {key:24s} {value!s:>14}")
+
+
+# ------------------------------------------------------------------------------------------------ serve
+
+
+@cli.command("serve")
+@click.argument("workload")
+@click.option(
+    "--server", "server_name", default="yosemite-v3", show_default=True, help="Server preset or TOML file."
+)
+@click.option("--scenario", default="server", show_default=True, help="offline or server (MLPerf Inference).")
+@click.option("--p99-ms", type=float, default=None, help="server: the p99 latency bound in ms (default 60).")
+@click.option("--queries", type=int, default=None, help="Queries simulated per run (default 20000).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query sizes and arrivals.")
+@click.option("--window-ms", type=float, default=2.0, show_default=True, help="Dynamic batching window.")
+@click.option(
+    "--max-batch", type=int, default=2048, show_default=True, help="Largest batch (a power of two)."
+)
+@click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16.")
+@click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html) to DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms, max_batch, precision, report_dir,
+              as_json) -> None:  # fmt: skip
+    """Serve a zoo workload on a server: MLPerf offline throughput, or the highest QPS whose p99 meets a bound.
+
+    Batch latencies come from the engine (the workload compiled per bucket batch size); queries, batching, host
+    CPU, PCIe switch tree and cards are a discrete-event simulation."""
+    from mtiasim.progress import Progress
+    from mtiasim.serve.run import serve_workload
+
+    with Progress(enabled=not as_json, total=None) as bar:
+        res = serve_workload(
+            workload,
+            server=server_name,
+            scenario=scenario,
+            p99_ms=p99_ms,
+            queries=queries,
+            seed=seed,
+            window_ms=window_ms,
+            max_batch=max_batch,
+            precision=precision,
+            report_dir=report_dir,
+            progress=bar.step,
+        )
+    if as_json:
+        _emit_json(res)
+        return
+    bound = f" (bound {res['latency_bound_ms']:g} ms)" if res["latency_bound_ms"] is not None else ""
+    click.echo(
+        f"{res['workload']} on {res['server']} ({res['cards']} x {res['chip']}), {res['scenario']} scenario"
+    )
+    click.echo(f"  queries/s   {res['queries_per_s']:,.1f}   samples/s {res['samples_per_s']:,.0f}")
+    click.echo(f"  latency     p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms{bound}")
+    click.echo(
+        f"  power       platform {res['platform_power_w']:.1f} W (cards {res['cards_power_w']:.1f} W): "
+        f"{res['samples_per_s_per_w']:,.1f} samples/s/W"
+    )
+    click.echo(f"  compute     {res['flops_per_s'] / 1e12:.2f} TFLOP/s")
+    busy = [c["utilization"] for c in res["per_card"]]
+    click.echo(
+        f"  cards busy  {min(busy) * 100:.1f}..{max(busy) * 100:.1f} %; host CPU {res['host']['utilization'] * 100:.1f} %"
+    )
+    if "report" in res:
+        click.echo(f"  report      {res['report']}")
+
+
 # ------------------------------------------------------------------------------------------------ bench
 
 

@@ -75,6 +75,9 @@ class _Section(BaseModel):
         return value
 
 
+Section = _Section  # the base of a typed section, for the other descriptions of `hw` (cards, servers)
+
+
 class Identity(_Section):
     process_nm: PositiveInt
     year: PositiveInt
@@ -505,9 +508,10 @@ def _toml_repr(value: Any) -> str:
     return repr(value)
 
 
-def valid_range(section: str, key: str) -> str | None:
-    """What 'section.key' accepts, in words ('an integer > 0 and <= 64', 'a finite number >= 0')."""
-    model = SECTIONS.get(section)
+def valid_range(section: str, key: str, sections: dict[str, type[_Section]] | None = None) -> str | None:
+    """What 'section.key' accepts, in words ('an integer > 0 and <= 64', 'a finite number >= 0'); `sections`
+    are those of the description it belongs to (a chip's by default; a server's, `mtiasim.hw.server`)."""
+    model = (SECTIONS if sections is None else sections).get(section)
     field = model.model_fields.get(key) if model is not None else None
     if field is None:
         return None
@@ -528,7 +532,10 @@ def valid_range(section: str, key: str) -> str | None:
     return kind + (" " + " and ".join(bounds) if bounds else "")
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
+def format_validation_error(
+    err: ValidationError, where: str, sections: dict[str, type[_Section]] | None = None
+) -> str:
+    """A pydantic error of a preset as one line naming the key, what was given and what is valid."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
@@ -537,7 +544,7 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     elif first["type"] == "missing":
         msg = "missing key"
     elif len(first["loc"]) == 2:  # a value of section.key: say what was given and what is valid
-        valid = valid_range(str(first["loc"][0]), str(first["loc"][1]))
+        valid = valid_range(str(first["loc"][0]), str(first["loc"][1]), sections)
         msg += f" (got {_toml_repr(first['input'])}" + (f"; valid: {valid})" if valid else ")")
     return f"{where}: {loc}: {msg}"
 
@@ -546,13 +553,14 @@ def _validate(data: dict[str, Any], prov: dict[str, Provenance], where: str) -> 
     try:
         return Chip.model_validate({**data, "provenance": prov})
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, where)) from None
+        raise ConfigError(format_validation_error(err, where)) from None
 
 
 _PARAM_KEYS = {"value", "provenance", "source", "note", "range", "range_source"}
 
 
-def _parse_param(raw: Any, key: str, where: str) -> tuple[Any, Provenance]:
+def parse_param(raw: Any, key: str, where: str) -> tuple[Any, Provenance]:
+    """One preset leaf `{value, provenance, source|note[, range, range_source]}`: its value and provenance."""
     if not isinstance(raw, dict) or "value" not in raw:
         raise ConfigError(f"{where}: {key}: expected a table {{value, provenance, source|note}}")
     extra = set(raw) - _PARAM_KEYS
@@ -605,7 +613,7 @@ def _parse_range(raw: dict[str, Any], key: str, where: str, kind: str) -> tuple[
     return lo, hi
 
 
-def _read_toml(path: Path | resources.abc.Traversable, where: str) -> dict[str, Any]:
+def read_toml(path: Path | resources.abc.Traversable, where: str) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless
     except UnicodeDecodeError as err:
@@ -620,25 +628,31 @@ def _read_toml(path: Path | resources.abc.Traversable, where: str) -> dict[str, 
         raise ConfigError(f"{where}: not valid TOML: {err}") from None
 
 
-def _flatten(
-    doc: dict[str, Any], where: str
+def flatten_preset(
+    doc: dict[str, Any],
+    where: str,
+    sections: dict[str, type[_Section]] | None = None,
+    meta_keys: tuple[str, ...] = ("name", "description", "inherit"),
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Provenance]]:
+    """A preset document as (its `meta_keys` entries, {section: {key: value}}, {'section.key': provenance});
+    every section and key checked against `sections` (a chip's by default)."""
+    known = SECTIONS if sections is None else sections
     meta: dict[str, Any] = {}
     values: dict[str, dict[str, Any]] = {}
     prov: dict[str, Provenance] = {}
     for top, body in doc.items():
-        if top in ("name", "description", "inherit"):
+        if top in meta_keys:
             meta[top] = body
             continue
-        if top not in SECTIONS:
-            raise ConfigError(f"{where}: {top}: unknown section (known: {', '.join(SECTIONS)})")
+        if top not in known:
+            raise ConfigError(f"{where}: {top}: unknown section (known: {', '.join(known)})")
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: {top}: expected a section table")
         for key, raw in body.items():
             dotted = f"{top}.{key}"
-            if key not in SECTIONS[top].model_fields:
+            if key not in known[top].model_fields:
                 raise ConfigError(f"{where}: {dotted}: unknown key")
-            value, p = _parse_param(raw, dotted, where)
+            value, p = parse_param(raw, dotted, where)
             values.setdefault(top, {})[key] = value
             prov[dotted] = p
     return meta, values, prov
@@ -659,7 +673,7 @@ def load_chip_file(path: str | Path) -> Chip:
 def _load_file(p: Path, chain: tuple[str, ...]) -> Chip:
     if not p.is_file():
         raise ConfigError(f"{p}: no such chip file")
-    return _load(_read_toml(p, str(p)), str(p), (*chain, str(p.resolve())))
+    return _load(read_toml(p, str(p)), str(p), (*chain, str(p.resolve())))
 
 
 def _load_parent(parent: Any, where: str, chain: tuple[str, ...]) -> Chip:
@@ -696,7 +710,7 @@ def _load_parent(parent: Any, where: str, chain: tuple[str, ...]) -> Chip:
 
 
 def _load(doc: dict[str, Any], where: str, chain: tuple[str, ...] = ()) -> Chip:
-    meta, values, prov = _flatten(doc, where)
+    meta, values, prov = flatten_preset(doc, where)
     parent = meta.get("inherit")
     if parent is not None:
         base = _load_parent(parent, where, chain)
@@ -735,4 +749,4 @@ def _load_preset(name: str, chain: tuple[str, ...]) -> Chip:
     if name not in names:
         raise ConfigError(f"unknown chip {name!r} (known: {', '.join(names)}; or give a .toml file)")
     path = resources.files("mtiasim.hw").joinpath("presets", f"{name}.toml")
-    return _load(_read_toml(path, f"{name}.toml"), f"{name}.toml", chain)
+    return _load(read_toml(path, f"{name}.toml"), f"{name}.toml", chain)

@@ -103,6 +103,8 @@ class RunReport:
     overrides: dict[str, Any] = field(default_factory=dict)
     chip_hash: str = ""
     area_mm2: float = 0.0  # the chip's modelled die area (mtiasim.hw.area)
+    h2d_bytes: int = 0  # what crossed PCIe into the device, and back
+    d2h_bytes: int = 0
 
     @property
     def timed(self) -> bool:
@@ -172,6 +174,8 @@ class RunReport:
             "latency_us": _us(self.latency_s),
             "samples_per_s": None if rate is None else round(rate, 3),
             **{key: _us(s) if timed else None for key, s in phases.items()},
+            "h2d_bytes": self.h2d_bytes,
+            "d2h_bytes": self.d2h_bytes,
             "macs": self.macs,
             "mac_utilization": round(self.mac_utilization, 5) if timed else None,
             "bound": self.bound if timed else None,
@@ -298,6 +302,8 @@ def build_report(
         overrides=chip.overrides(),
         chip_hash=chip.values_hash(),
         area_mm2=area(chip).total_mm2,
+        h2d_bytes=int(h2d),
+        d2h_bytes=int(d2h),
     )
 
 

@@ -1,0 +1,113 @@
+"""What one batch costs on one card, from the engine: the workload compiled for a bucket batch size and run
+through `mtiasim.runtime.run.run_workload` (full-size virtual tables, one warm-up batch of other requests, then
+the measured batch), cached per bucket in this process.
+
+A batch of n samples is padded up to the smallest bucket that holds it (buckets: powers of two from
+`MIN_BUCKET` to the largest batch) and costs what that bucket costs: the engine's latency of the compiled batch
+size, never an interpolation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mtiasim.errors import UsageError
+from mtiasim.hw import Chip
+from mtiasim.power import power_report
+
+MIN_BUCKET = 256
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    """One compiled batch size on one card."""
+
+    batch: int
+    host_s: float  # the host's part of the call (index bookkeeping, packing), on one host core
+    device_s: float  # the device program
+    h2d_bytes: int  # inputs across PCIe
+    d2h_bytes: int  # outputs back
+    card_dynamic_j: float  # the card's energy for the call above what it draws idle over the same time
+    simulator_s: float  # what the engine run took here (compile, warm-up, run)
+
+
+def buckets(max_batch: int) -> tuple[int, ...]:
+    """Powers of two from MIN_BUCKET up to `max_batch` (itself a power of two, at least MIN_BUCKET)."""
+    if max_batch < MIN_BUCKET or max_batch & (max_batch - 1):
+        raise UsageError(f"--max-batch {max_batch}: must be a power of two >= {MIN_BUCKET}")
+    out, b = [], MIN_BUCKET
+    while b <= max_batch:
+        out.append(b)
+        b *= 2
+    return tuple(out)
+
+
+class BatchCosts:
+    """The engine's cost of each bucket, computed on first use and kept."""
+
+    def __init__(
+        self,
+        workload: str,
+        chip: Chip,
+        *,
+        precision: str,
+        fidelity: str,
+        seed: int,
+        max_batch: int,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.workload = workload
+        self.chip = chip
+        self.precision = precision
+        self.fidelity = fidelity
+        self.seed = seed
+        self.buckets = buckets(max_batch)
+        self.progress = progress
+        self._cache: dict[int, BatchCost] = {}
+        # what a card draws doing nothing: static chip power through its regulators, LPDDR5 background, board
+        self.idle_card_w = power_report(chip, {}, 1.0).card_power_w
+
+    @property
+    def max_batch(self) -> int:
+        return self.buckets[-1]
+
+    def bucket_for(self, samples: int) -> int:
+        for b in self.buckets:
+            if samples <= b:
+                return b
+        raise UsageError(f"a batch of {samples} samples is above the largest bucket ({self.max_batch})")
+
+    def cost(self, bucket: int) -> BatchCost:
+        if bucket not in self._cache:
+            self._cache[bucket] = self._run(bucket)
+        return self._cache[bucket]
+
+    @property
+    def computed(self) -> dict[int, BatchCost]:
+        return dict(sorted(self._cache.items()))
+
+    def _run(self, batch: int) -> BatchCost:
+        from mtiasim.runtime.run import run_workload
+
+        if self.progress is not None:
+            self.progress(f"engine: batch {batch}")
+        res = run_workload(
+            self.workload,
+            batch=batch,
+            chip=self.chip,
+            precision=self.precision,
+            fidelity=self.fidelity,
+            seed=self.seed,
+            warmup=1,
+        )
+        latency_s = res["latency_us"] * 1e-6
+        return BatchCost(
+            batch=batch,
+            host_s=res["host_us"] * 1e-6,
+            device_s=res["device_us"] * 1e-6,
+            h2d_bytes=int(res["h2d_bytes"]),
+            d2h_bytes=int(res["d2h_bytes"]),
+            card_dynamic_j=max(0.0, res["card_energy_j"] - self.idle_card_w * latency_s),
+            simulator_s=sum(res["simulator_s"].values()),
+        )

@@ -1,0 +1,252 @@
+"""`mtiasim serve WORKLOAD --server NAME --scenario offline|server`: a model served on a server under MLPerf
+Inference's rules for recommendation.
+
+- `offline`: every query is there at time 0; the throughput is queries (and samples) over the time to answer
+  them all.
+- `server`: Poisson arrivals; the answer is the highest arrival rate whose p99 latency meets the bound, found
+  by bisection between a rate that meets it (half the offline throughput, halved until one does) and the
+  offline throughput (the server's capacity: no higher rate is sustainable), on the same query sizes and unit
+  arrival gaps at every rate. The run reported is the last one that met the bound.
+
+Power: each card draws its idle power (static chip power through its regulators, LPDDR5 background, board:
+the chip's power model with nothing to do) over the whole run plus, per batch it ran, the engine's card energy
+of that batch above idle; the rest of the platform (host CPU and memory, switches, NIC, fans) draws the server's
+published budget less its cards' budgets, constant. `samples_per_s_per_w` = samples/s over that platform power.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mtiasim.compiler import Precision
+from mtiasim.errors import UsageError
+from mtiasim.hw import Server, load_server
+from mtiasim.runtime.limits import int_arg
+from mtiasim.runtime.sources import is_user_model
+from mtiasim.serve.costs import BatchCosts, buckets
+from mtiasim.serve.placement import Table, replicate, table_names
+from mtiasim.serve.queries import QUERY_SIZE_QUANTILES, Queries, draw_queries
+from mtiasim.serve.system import ServingSystem, SimResult
+
+SCENARIOS = ("offline", "server")
+DEFAULT_P99_MS = 60.0  # MLPerf Inference dlrm-v2 server latency bound (mlperf.conf)
+DEFAULT_QUERIES = 20_000
+DEFAULT_WINDOW_MS = 2.0
+DEFAULT_MAX_BATCH = 2048
+SEARCH_STEPS = 8  # bisection steps: the rate found is within 2^-8 of the span it starts from
+LOWEST_RATE_FRACTION = 1e-3  # the lowest rate the search tries, a fraction of the offline throughput
+
+
+def serve_workload(
+    name: str,
+    *,
+    server: str | Server = "yosemite-v3",
+    scenario: str = "server",
+    p99_ms: float | None = None,
+    queries: int | None = None,
+    seed: int = 0,
+    window_ms: float = DEFAULT_WINDOW_MS,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    precision: str = "int8",
+    fidelity: str = "event",
+    report_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Serve zoo workload `name` on `server`; the run's JSON (see the module doc)."""
+    if scenario not in SCENARIOS:
+        raise UsageError(f"--scenario {scenario}: unknown scenario (known: {', '.join(SCENARIOS)})")
+    if p99_ms is not None and scenario == "offline":
+        raise UsageError("--p99-ms applies to --scenario server (offline has no latency bound)")
+    bound_ms = DEFAULT_P99_MS if p99_ms is None else float(p99_ms)
+    if not (math.isfinite(bound_ms) and bound_ms > 0):
+        raise UsageError(f"--p99-ms {p99_ms}: must be a number > 0 (milliseconds)")
+    if not (math.isfinite(window_ms) and window_ms >= 0):
+        raise UsageError(f"--window-ms {window_ms}: must be a number >= 0 (milliseconds)")
+    count = int_arg("--queries", DEFAULT_QUERIES if queries is None else queries, 100, 1_000_000)
+    seed = int_arg("--seed", seed, 0)
+    buckets(max_batch)  # a bad --max-batch fails now, not after the model is built
+    if max_batch < max(QUERY_SIZE_QUANTILES):
+        raise UsageError(
+            f"--max-batch {max_batch}: below the largest query ({max(QUERY_SIZE_QUANTILES)} samples), "
+            "which must fit one batch"
+        )
+    if is_user_model(name):
+        raise UsageError(
+            f"{name}: serve takes a zoo workload (it builds the model at each bucket batch size)"
+        )
+    from mtiasim import workloads
+
+    info = workloads.build(name, batch=1, seed=seed)
+    server_ = server if isinstance(server, Server) else load_server(server)
+    prec = Precision.parse(precision)
+    names = table_names(info.model, info.tables)
+    tables = [
+        Table(n, r, d, p)
+        for n, r, d, p in zip(names, info.table_rows, info.embedding_dims, info.pooling, strict=True)
+    ]
+    placement = replicate(name, tables, info.dense_params, server_, prec)
+    if report_dir:
+        from mtiasim.serve.report import prepare_dir
+
+        prepare_dir(report_dir)
+    chip = server_.chip()
+    costs = BatchCosts(
+        name, chip, precision=precision, fidelity=fidelity, seed=seed, max_batch=max_batch, progress=progress
+    )
+    system = ServingSystem(server_, costs, window_s=window_ms * 1e-3)
+    drawn = draw_queries(count, seed)
+    t0 = time.perf_counter()
+    offline = system.run(drawn, None)
+    curve: list[dict[str, Any]] = []
+    if scenario == "offline":
+        rate, run = count / offline.wall_s, offline
+    else:
+        rate, run = _search(system, drawn, count / offline.wall_s, bound_ms * 1e-3, curve, progress)
+    sim_s = time.perf_counter() - t0
+    res = _result(name, scenario, server_, system, drawn, rate, run, info.flops_per_sample, prec.name)
+    res["latency_bound_ms"] = bound_ms if scenario == "server" else None
+    res["offline_queries_per_s"] = round(count / offline.wall_s, 3)
+    res["sharding"] = placement.to_json()
+    res["search"] = curve
+    res["batching"] = {"window_ms": window_ms, "max_batch": costs.max_batch, "buckets": list(costs.buckets)}
+    res["batch_costs"] = [
+        {
+            "batch": c.batch,
+            "host_us": round(c.host_s * 1e6, 3),
+            "device_us": round(c.device_s * 1e6, 3),
+            "h2d_bytes": c.h2d_bytes,
+            "d2h_bytes": c.d2h_bytes,
+            "card_dynamic_j": c.card_dynamic_j,
+        }
+        for c in costs.computed.values()
+    ]
+    res["simulator_s"] = {
+        "engine": round(sum(c.simulator_s for c in costs.computed.values()), 3),
+        "serving": round(sim_s - sum(c.simulator_s for c in costs.computed.values()), 3),
+    }
+    res["latencies_ms"] = np.round(run.latency_s * 1e3, 4).tolist() if report_dir else None
+    if report_dir:
+        from mtiasim.serve.report import write_serve_report
+
+        res["report"] = str(write_serve_report(res, report_dir))
+    res.pop("latencies_ms")
+    return res
+
+
+def _p(run: SimResult, q: float) -> float:
+    return float(np.percentile(run.latency_s, q))
+
+
+def _search(
+    system: ServingSystem,
+    drawn: Queries,
+    top: float,
+    bound_s: float,
+    curve: list[dict[str, Any]],
+    progress: Callable[[str], None] | None,
+) -> tuple[float, SimResult]:
+    """The highest arrival rate (<= `top`) whose p99 meets `bound_s`, by bisection; its run."""
+
+    def measure(rate: float) -> tuple[bool, SimResult]:
+        if progress is not None:
+            progress(f"server scenario at {rate:,.0f} queries/s")
+        run = system.run(drawn, rate)
+        p99 = _p(run, 99)
+        curve.append(
+            {
+                "queries_per_s": round(rate, 3),
+                "p50_ms": round(_p(run, 50) * 1e3, 4),
+                "p99_ms": round(p99 * 1e3, 4),
+                "meets": p99 <= bound_s,
+            }
+        )
+        return p99 <= bound_s, run
+
+    # the offline throughput is the server's capacity: an arrival rate at or above it is not sustainable (the
+    # queue grows without bound however short a run hides it), so the search stays below it
+    lo = top / 2
+    ok, best = measure(lo)
+    while not ok:
+        lo /= 2
+        if lo < top * LOWEST_RATE_FRACTION:
+            raise UsageError(
+                f"--p99-ms {bound_s * 1e3:g}: not met even at {lo * 2:,.1f} queries/s "
+                f"(p99 {_p(best, 99) * 1e3:.2f} ms): one query takes longer than the bound on this server"
+            )
+        ok, best = measure(lo)
+    hi = top
+    for _ in range(SEARCH_STEPS):
+        mid = 0.5 * (lo + hi)
+        ok, run = measure(mid)
+        if ok:
+            lo, best = mid, run
+        else:
+            hi = mid
+    return lo, best
+
+
+def _result(
+    name: str,
+    scenario: str,
+    server: Server,
+    system: ServingSystem,
+    drawn: Queries,
+    rate: float,
+    run: SimResult,
+    flops_per_sample: float,
+    precision: str,
+) -> dict[str, Any]:
+    wall = run.wall_s
+    samples_per_s = rate * drawn.samples / drawn.count
+    idle_w = system.costs.idle_card_w
+    card_w = [idle_w + c.dynamic_j / wall for c in run.cards]
+    platform_w = sum(card_w) + server.non_card_power_w
+    per_card = [
+        {
+            "card": i,
+            "switch": server.switch_of(i),
+            "socket": server.socket_of(i),
+            "batches": c.batches,
+            "samples": c.samples,
+            "padded_samples": c.padded_samples,
+            "busy_s": round(c.busy_s, 6),
+            "utilization": round(c.busy_s / wall, 4),
+            "power_w": round(card_w[i], 3),
+        }
+        for i, c in enumerate(run.cards)
+    ]
+    links = {
+        n: round(float(b / (cap * wall)), 4)
+        for n, b, cap in zip(run.link_names, run.link_bytes, run.link_capacity, strict=True)
+    }
+    return {
+        "workload": name,
+        "scenario": scenario,
+        "server": server.name,
+        "chip": system.costs.chip.name,
+        "cards": server.cards,
+        "precision": precision,
+        "queries": drawn.count,
+        "samples": drawn.samples,
+        "queries_per_s": round(rate, 3),
+        "samples_per_s": round(samples_per_s, 3),
+        "p50_ms": round(_p(run, 50) * 1e3, 4),
+        "p99_ms": round(_p(run, 99) * 1e3, 4),
+        "wall_s": round(wall, 6),
+        "platform_power_w": round(platform_w, 3),
+        "cards_power_w": round(sum(card_w), 3),
+        "non_card_power_w": server.non_card_power_w,
+        "samples_per_s_per_w": round(samples_per_s / platform_w, 4),
+        "flops_per_s": samples_per_s * flops_per_sample,
+        "per_card": per_card,
+        "host": {
+            "cores": server.host.cores,
+            "utilization": round(run.host_busy_s / (server.host.cores * wall), 4),
+        },
+        "link_utilization": links,
+    }
