@@ -3,6 +3,10 @@ cimport cython
 from libc.stdint cimport int64_t
 
 
+cdef double INF, EPS
+cdef long START, OWN_END, FLOW_DONE, FINAL, ACTIVATE
+
+
 cdef class Sim:
     cdef public object m
     cdef public bint share
@@ -22,8 +26,8 @@ cdef class Sim:
     cdef public double[:] b_ready_t, b_remaining, b_rate, b_finish, res_used, b_kind_since
     cdef public bint res_valid, dirty
     cdef public list added, removed, removed_rate, b_class_time, b_kind
-    cdef public double[:] mm_use, mm_remaining, mm_level, mm_rate
-    cdef public int64_t[:] mm_touched, mm_cols, mm_live, mm_fix, mm_which, mm_bycap
+    cdef public double[:] mm_use, mm_remaining, mm_level, mm_rate, mm_u
+    cdef public int64_t[:] mm_touched, mm_cols, mm_count, mm_live, mm_fix, mm_which, mm_bycap
     cdef public dict barrier_need, barrier_peers, barrier_arrival, barrier_arrival_by, barrier_binding
     cdef public object after_barrier, pe_queue
     cdef public list job_nodes, job_pes, job_dep_index, job_dependents
@@ -75,13 +79,13 @@ cdef class Sim:
 
     @cython.locals(
         n_act=Py_ssize_t, streams=Py_ssize_t, blend=double, use=double[:], remaining=double[:],
-        touched=int64_t[:], cols=int64_t[:], n_cols=Py_ssize_t, c=Py_ssize_t, k=Py_ssize_t, b=Py_ssize_t, x=Py_ssize_t, r=Py_ssize_t, n_live=Py_ssize_t,
-        cap_min=double, level=double, n_fix=Py_ssize_t, cap=double, best=Py_ssize_t, best_u=double, v=double,
-        f=Py_ssize_t,
+        touched=int64_t[:], cols=int64_t[:], count=int64_t[:], n_cols=Py_ssize_t, c=Py_ssize_t,
+        u_start=int64_t[:], u_col=int64_t[:], u_val=double[:], u_extra=double[:],
+        ueff=double[:], live=int64_t[:], rate=double[:], capacity=double[:], b_cap=double[:],
+        k=Py_ssize_t, b=Py_ssize_t, x=Py_ssize_t, r=Py_ssize_t, n_live=Py_ssize_t, cap_min=double,
+        level=double, n_fix=Py_ssize_t, cap=double, best=Py_ssize_t, best_u=double, v=double, f=Py_ssize_t,
     )
     cdef void _maxmin(self)
-
-    cdef inline double _u(self, Py_ssize_t x, double blend)
 
     @cython.locals(first=double, k=Py_ssize_t)
     cdef void _schedule_flow_done(self)

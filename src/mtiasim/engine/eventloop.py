@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,14 @@ OWN_END = 1
 FLOW_DONE = 2
 FINAL = 3
 ACTIVATE = 4
+
+
+def _is_compiled() -> bool:
+    """True in the module Cython built (its functions are not Python functions)."""
+    return not isinstance(_is_compiled, FunctionType)
+
+
+COMPILED = _is_compiled()
 
 
 def _sparse_rows(dense: np.ndarray, also: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +144,8 @@ class Sim:
         self.mm_remaining = np.zeros(self.n_res)
         self.mm_touched = np.zeros(self.n_res, dtype=np.int64)
         self.mm_cols = np.zeros(self.n_res, dtype=np.int64)
+        self.mm_count = np.zeros(self.n_res, dtype=np.int64)
+        self.mm_u = np.zeros(max(len(self.u_val), 1))
         self.mm_level = np.zeros(self.n_res)
         self.mm_rate = np.zeros(max(nb, 1))
         self.mm_live = np.zeros(max(nb, 1), dtype=np.int64)
@@ -174,6 +184,10 @@ class Sim:
         self.pe_owner: dict[tuple[int, int], int] = {}
         self.pe_queue: dict[tuple[int, int], list[int]] = defaultdict(list)
         self.pe_start_reason: dict[tuple[int, tuple[int, int]], str] = {}
+        if not COMPILED:  # the interpreter indexes lists of Python numbers several times faster than arrays
+            for name, value in list(vars(self).items()):
+                if isinstance(value, np.ndarray):
+                    setattr(self, name, value.tolist())
 
     def result(self) -> SimpleNamespace:
         """What the attribution, the reports and the tests read after `run`."""
@@ -473,33 +487,44 @@ class Sim:
             streams += int(self.b_streams[self.act[k]])
         # other streams close each stream's open pages: blend towards one activation per access
         blend = (1.0 - row_hit_survival(self.m.chip, streams)) if streams > 1 else 0.0
-        use, remaining, touched, cols = self.mm_use, self.mm_remaining, self.mm_touched, self.mm_cols
-        # the resources the active bundles use: cols[0:n_cols]
+        use, remaining, touched, cols, count = (
+            self.mm_use,
+            self.mm_remaining,
+            self.mm_touched,
+            self.mm_cols,
+            self.mm_count,
+        )
+        u_start, u_col, u_val, u_extra, ueff = self.u_start, self.u_col, self.u_val, self.u_extra, self.mm_u
+        live, rate, capacity, b_cap = self.mm_live, self.mm_rate, self.capacity, self.b_cap
+        # each active bundle's use of its resources (ueff, per entry), and the live bundles' summed use of the
+        # resources they touch (cols[0:n_cols]); count: how many live bundles use each
         n_cols = 0
         for k in range(n_act):
-            self.mm_live[k] = 1
-            self.mm_rate[k] = 0.0
+            live[k] = 1
+            rate[k] = 0.0
             self.mm_bycap[k] = 0
             self.mm_which[k] = -1
             b = self.act[k]
-            for x in range(self.u_start[b], self.u_start[b + 1]):
-                r = self.u_col[x]
-                if self._u(x, blend) != 0 and not touched[r]:
-                    touched[r] = 1
-                    cols[n_cols] = r
-                    n_cols += 1
-                    remaining[r] = self.capacity[r]
+            for x in range(u_start[b], u_start[b + 1]):
+                v = u_val[x] + blend * u_extra[x] if blend != 0.0 else u_val[x]
+                ueff[x] = v
+                if v != 0:
+                    r = u_col[x]
+                    if not touched[r]:
+                        touched[r] = 1
+                        cols[n_cols] = r
+                        n_cols += 1
+                        remaining[r] = capacity[r]
+                        use[r] = 0.0
+                        count[r] = 0
+                    use[r] += v
+                    count[r] += 1
         n_live = n_act
         while n_live > 0:
-            for c in range(n_cols):
-                use[cols[c]] = 0.0
             cap_min = INF
             for k in range(n_act):
-                if self.mm_live[k]:
-                    b = self.act[k]
-                    cap_min = min(cap_min, self.b_cap[b])
-                    for x in range(self.u_start[b], self.u_start[b + 1]):
-                        use[self.u_col[x]] += self._u(x, blend)
+                if live[k]:
+                    cap_min = min(cap_min, b_cap[self.act[k]])
             level = INF
             for c in range(n_cols):
                 r = cols[c]
@@ -511,11 +536,9 @@ class Sim:
             n_fix = 0
             if cap_min <= level * (1 + 1e-12):
                 for k in range(n_act):
-                    if self.mm_live[k] and (
-                        not (level < INF) or self.b_cap[self.act[k]] <= level * (1 + 1e-12)
-                    ):
-                        cap = self.b_cap[self.act[k]]
-                        self.mm_rate[k] = cap if cap < INF else 0.0
+                    if live[k] and (not (level < INF) or b_cap[self.act[k]] <= level * (1 + 1e-12)):
+                        cap = b_cap[self.act[k]]
+                        rate[k] = cap if cap < INF else 0.0
                         self.mm_bycap[k] = 1
                         self.mm_fix[n_fix] = k
                         n_fix += 1
@@ -523,29 +546,34 @@ class Sim:
                 break
             else:
                 for k in range(n_act):
-                    if not self.mm_live[k]:
+                    if not live[k]:
                         continue
                     b = self.act[k]
                     best = -1
                     best_u = 0.0
-                    for x in range(self.u_start[b], self.u_start[b + 1]):
-                        r = self.u_col[x]
-                        if touched[r] and self.mm_level[r] <= level * (1 + 1e-9):
-                            v = self._u(x, blend)
-                            if v > 0 and (best < 0 or v > best_u or (v == best_u and r < best)):
-                                best, best_u = r, v
-                    if best >= 0:  # on a filled resource: the one it uses most
-                        self.mm_rate[k] = level
+                    for x in range(u_start[b], u_start[b + 1]):
+                        v = ueff[x]
+                        if v > best_u and self.mm_level[u_col[x]] <= level * (1 + 1e-9):
+                            best = u_col[
+                                x
+                            ]  # on a filled resource: the one it uses most (the first of equals)
+                            best_u = v
+                    if best >= 0:
+                        rate[k] = level
                         self.mm_which[k] = best
                         self.mm_fix[n_fix] = k
                         n_fix += 1
             for f in range(n_fix):
                 k = self.mm_fix[f]
                 b = self.act[k]
-                for x in range(self.u_start[b], self.u_start[b + 1]):
-                    r = self.u_col[x]
-                    remaining[r] -= self.mm_rate[k] * self._u(x, blend)
-                self.mm_live[k] = 0
+                for x in range(u_start[b], u_start[b + 1]):
+                    v = ueff[x]
+                    if v != 0:
+                        r = u_col[x]
+                        remaining[r] -= rate[k] * v
+                        count[r] -= 1
+                        use[r] = use[r] - v if count[r] else 0.0
+                live[k] = 0
                 n_live -= 1
             for c in range(n_cols):
                 remaining[cols[c]] = max(remaining[cols[c]], 0.0)
@@ -555,15 +583,9 @@ class Sim:
             self.res_used[r] = 0.0
         for k in range(n_act):
             b = self.act[k]
-            for x in range(self.u_start[b], self.u_start[b + 1]):
-                self.res_used[self.u_col[x]] += self.mm_rate[k] * self._u(x, blend)
+            for x in range(u_start[b], u_start[b + 1]):
+                self.res_used[u_col[x]] += rate[k] * ueff[x]
         self.res_valid = True
-
-    def _u(self, x: int, blend: float) -> float:
-        """A bundle's use of one resource per byte, with the page re-opens other streams cause."""
-        if blend != 0.0:
-            return self.u_val[x] + blend * self.u_extra[x]
-        return self.u_val[x]
 
     def _schedule_flow_done(self) -> None:
         """One pending event for the earliest completion among the active bundles (not one per bundle)."""
