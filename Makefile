@@ -48,6 +48,7 @@ cv: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/eventcore.py
 	$(PY) benchmarks/pytorch_path.py
 
 calibrate: $(STAMP)
@@ -55,4 +56,4 @@ calibrate: $(STAMP)
 	$(PY) scripts/calibrate_power.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis demo-report
+	rm -rf $(VENV) build dist src/*.egg-info src/mtiasim/engine/eventloop.c src/mtiasim/engine/eventloop.*.so src/mtiasim/engine/eventloop.sha256 .pytest_cache .ruff_cache .hypothesis demo-report
