@@ -14,7 +14,8 @@ cdef class Sim:
     cdef public double host_launch_s, job_launch_s, per_pe_ns, job_end_s, ccp_free, b_last
     cdef public int64_t[:] unit_prev, core_next, reduce_from, bundle_of, job_of, is_barrier, b_size, b_has_extra
     cdef public double[:] first_item_s, tail_s, stall_s, issue_s, own_s, link_s, hop_s
-    cdef public list producers, consumers, unit_next, bundles, b_cap_kind, b_kind0, klass
+    cdef public list producers, consumers, unit_next, bundles, kind_names
+    cdef public int64_t[:] b_cap_kind, b_kind0, klass, b_kind
     cdef public double[:] b_latency, b_cap, b_rate0, b_streams, capacity
     cdef public int64_t[:] u_start, u_col
     cdef public double[:] u_val, u_extra
@@ -25,7 +26,7 @@ cdef class Sim:
     cdef public int64_t[:] b_ready, b_ready_by, act
     cdef public double[:] b_ready_t, b_remaining, b_rate, b_finish, res_used, b_kind_since
     cdef public bint res_valid, dirty
-    cdef public list added, removed, removed_rate, b_class_time, b_kind
+    cdef public list added, removed, removed_rate, b_class_time
     cdef public double[:] mm_use, mm_remaining, mm_level, mm_rate, mm_u
     cdef public int64_t[:] mm_touched, mm_cols, mm_count, mm_live, mm_fix, mm_which, mm_bycap
     cdef public dict barrier_need, barrier_peers, barrier_arrival, barrier_arrival_by, barrier_binding
@@ -66,9 +67,9 @@ cdef class Sim:
     @cython.locals(dt=double, k=Py_ssize_t, b=Py_ssize_t)
     cdef void _advance(self, double t)
 
-    cdef void _set_kind(self, Py_ssize_t b, object kind, double t)
+    cdef void _set_kind(self, Py_ssize_t b, int64_t kind, double t)
 
-    @cython.locals(x=Py_ssize_t, b=Py_ssize_t, k=Py_ssize_t, cap=double, rate=double, old=double)
+    @cython.locals(x=Py_ssize_t, b=Py_ssize_t, k=Py_ssize_t, cap=double, rate=double, old=double, kind=int64_t)
     cdef void _rerate(self, double t)
 
     @cython.locals(x=Py_ssize_t)

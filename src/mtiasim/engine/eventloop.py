@@ -85,13 +85,20 @@ class Sim:
         self.b_size = np.array([len(mem) for mem in m.bundles], dtype=np.int64)
         self.b_latency = m.b_latency
         self.b_cap = m.b_cap
-        self.b_cap_kind = m.b_cap_kind
+        # what limits a bundle (an attribution class) as a code: kind_names[code], "" (nothing yet) is 0
+        self.kind_names: list[str] = [""]
+        codes = {"": 0}
+        for name in [*m.b_cap_kind, *m.b_kind0, *m.rmap.klass]:
+            if name not in codes:
+                codes[name] = len(self.kind_names)
+                self.kind_names.append(name)
+        self.b_cap_kind = np.array([codes[k] for k in m.b_cap_kind], dtype=np.int64)
         self.b_rate0 = m.b_rate0
-        self.b_kind0 = m.b_kind0
+        self.b_kind0 = np.array([codes[k] for k in m.b_kind0], dtype=np.int64)
         self.b_streams = m.b_streams
         self.b_has_extra = np.array([int(row.any()) for row in m.b_extra], dtype=np.int64)
         self.capacity = m.rmap.capacity.astype(np.float64)
-        self.klass = list(m.rmap.klass)
+        self.klass = np.array([codes[k] for k in m.rmap.klass], dtype=np.int64)
         self.n_res = len(self.capacity)
         # each bundle's resources (usage or page re-open extra), sparse
         self.u_start, self.u_col = _sparse_rows(m.b_usage, m.b_extra)
@@ -136,7 +143,7 @@ class Sim:
         self.n_act = 0
         self.b_last = 0.0
         self.b_class_time: list[dict[str, float]] = [defaultdict(float) for _ in range(nb)]
-        self.b_kind: list[str] = [""] * nb
+        self.b_kind = np.zeros(nb, dtype=np.int64)
         self.b_kind_since = np.zeros(nb)
         self.dirty = False
         # max-min work arrays
@@ -350,7 +357,7 @@ class Sim:
 
     def _on_flow_done(self, b: int, t: float) -> None:
         self._advance(t)
-        self._set_kind(b, "", t)
+        self._set_kind(b, 0, t)
         self.b_remaining[b] = 0.0
         k = 0
         while self.act[k] != b:
@@ -381,11 +388,11 @@ class Sim:
                 self.b_remaining[b] = max(0.0, self.b_remaining[b] - self.b_rate[b] * dt)
         self.b_last = t
 
-    def _set_kind(self, b: int, kind: str, t: float) -> None:
-        """Charge the time since the bundle's last change to what limited it then."""
-        if self.b_kind[b] != kind or kind == "":
+    def _set_kind(self, b: int, kind: int, t: float) -> None:
+        """Charge the time since the bundle's last change to what limited it then (kinds: kind_names codes)."""
+        if self.b_kind[b] != kind or kind == 0:
             if self.b_kind[b]:
-                self.b_class_time[b][self.b_kind[b]] += t - self.b_kind_since[b]
+                self.b_class_time[b][self.kind_names[self.b_kind[b]]] += t - self.b_kind_since[b]
             self.b_kind[b] = kind
             self.b_kind_since[b] = t
 
@@ -421,11 +428,11 @@ class Sim:
                 elif self.mm_which[k] >= 0:
                     kind = self.klass[self.mm_which[k]]
                 else:
-                    kind = ""
+                    kind = 0
             else:
                 rate = self.b_rate0[b]
                 kind = self.b_kind0[b]
-            if self.b_kind[b] != kind or kind == "":
+            if self.b_kind[b] != kind or kind == 0:
                 self._set_kind(b, kind, t)
             old = self.b_rate[b]
             # a bundle whose rate did not change keeps its completion time
