@@ -6,8 +6,8 @@ STAMP := $(VENV)/.mtiasim-installed
 
 .PHONY: demo test lint bench validate cv calibrate clean fuzz
 
-# Re-installs whenever pyproject.toml or this Makefile changes.
-$(STAMP): pyproject.toml Makefile
+# Re-installs whenever pyproject.toml, this Makefile or the compiled event core's sources change.
+$(STAMP): pyproject.toml Makefile setup.py src/mtiasim/engine/eventloop.py src/mtiasim/engine/eventloop.pxd
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in every pip call that may pull it: an unpinned torch is a multi-GB CUDA build.
