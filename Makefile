@@ -6,8 +6,8 @@ STAMP := $(VENV)/.mtiasim-installed
 
 .PHONY: demo test lint bench validate cv calibrate clean fuzz
 
-# Re-installs whenever pyproject.toml or this Makefile changes.
-$(STAMP): pyproject.toml Makefile
+# Re-installs whenever pyproject.toml, this Makefile or the compiled event core's sources change.
+$(STAMP): pyproject.toml Makefile setup.py src/mtiasim/engine/eventloop.py src/mtiasim/engine/eventloop.pxd
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in every pip call that may pull it: an unpinned torch is a multi-GB CUDA build.
@@ -48,6 +48,7 @@ cv: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/eventcore.py
 	$(PY) benchmarks/pytorch_path.py
 
 calibrate: $(STAMP)
@@ -55,4 +56,4 @@ calibrate: $(STAMP)
 	$(PY) scripts/calibrate_power.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis demo-report
+	rm -rf $(VENV) build dist src/*.egg-info src/mtiasim/engine/eventloop.c src/mtiasim/engine/eventloop.*.so src/mtiasim/engine/eventloop.sha256 .pytest_cache .ruff_cache .hypothesis demo-report

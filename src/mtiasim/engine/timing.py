@@ -19,15 +19,14 @@ start one after another.
 
 from __future__ import annotations
 
-import heapq
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
-from mtiasim.engine.memmodel import row_hit_survival
+from mtiasim.engine.eventcore import sim_module
 from mtiasim.engine.resolve import Node, Resolved, job_order
 from mtiasim.engine.resources import ResourceMap, resource_map
 from mtiasim.engine.work import Memo, Work, WorkModel, upstream_of
@@ -395,472 +394,17 @@ class TimingModel:
 # =========================================================================================== simulation
 
 
-class _Sim:
-    """The event loop. With `share=False` every bundle runs at its uncontended rate (analytic fidelity)."""
-
-    START, OWN_END, FLOW_DONE, FINAL, ACTIVATE = range(5)
-
-    def __init__(self, m: TimingModel, share: bool) -> None:
-        self.m = m
-        self.share = share
-        n = m.n
-        self.start = np.full(n, np.nan)
-        self.end = np.full(n, np.nan)
-        self.issue_at = np.full(n, np.nan)
-        self.cand = np.full(n, -INF)
-        self.start_reason: list[tuple] = [("launch",)] * n
-        self.end_reason: list[tuple] = [("own",)] * n
-        self.need = np.array(
-            [1 + (m.unit_prev[i] >= 0) + len(m.producers[i]) for i in range(n)], dtype=np.int64
-        )
-        self.pending_end = np.array(
-            [len(m.producers[i]) + (m.reduce_from[i] >= 0) for i in range(n)], dtype=np.int64
-        )
-        self.own_done = np.full(n, np.nan)
-        self.end_waiters: list[list[int]] = [[] for _ in range(n)]
-        self.heap: list = []
-        self.seq = 0
-        self.events = 0
-        nb = len(m.bundles)
-        self.b_ready = np.zeros(nb, dtype=np.int64)
-        self.b_ready_t = np.full(nb, -INF)
-        self.b_ready_by = np.full(nb, -1, dtype=np.int64)
-        self.b_remaining = m.b_bytes.copy()
-        self.b_rate = np.zeros(nb)
-        self.b_version = np.zeros(nb, dtype=np.int64)
-        self.b_finish = np.full(nb, INF)  # when each active bundle completes at its current rate
-        # incremental re-rating: resource use at the current rates, and the bundles changed since
-        self.res_used = np.zeros(len(m.rmap.capacity))
-        self.res_valid = False
-        self.added: list[int] = []
-        self.removed: list[tuple[int, float]] = []
-        self.flow_version = 0  # the one pending completion event (the earliest finish) is this version
-        self.b_active: list[int] = []
-        self.b_last = 0.0
-        self.b_class_time: list[dict[str, float]] = [defaultdict(float) for _ in range(nb)]
-        self.b_kind: list[str] = [""] * nb
-        self.b_kind_since = np.zeros(nb)
-        self.dirty = False
-        # barriers: each waits for its issue and for the earlier nodes of its core
-        self.barrier_need = {bid: len(before) + 1 for bid, before in m.barrier_before.items()}
-        self.barrier_arrival: dict[int, float] = {}
-        self.barrier_arrival_by: dict[int, int] = {}
-        self.barrier_binding: dict[int, tuple[int, int]] = {}
-        self.after_barrier: dict[int, list[int]] = defaultdict(list)
-        for bid, before in m.barrier_before.items():
-            for x in before:
-                self.after_barrier[x].append(bid)
-        nj = len(m.jobs)
-        self.job_launch = np.full(nj, np.nan)
-        self.job_end = np.full(nj, np.nan)
-        self.job_left = np.array([len(ids) for ids in m.resolved.job_nodes], dtype=np.int64)
-        self.job_index = {job.name: ji for ji, job in enumerate(m.jobs)}
-        self.job_deps_left = [len(job.deps) for job in m.jobs]
-        self.ccp_free = 0.0
-        # a PE runs one job at a time: later jobs on it wait for it (their launch may overlap)
-        self.launch_done = np.full(nj, np.nan)
-        self.job_last = np.full(nj, np.nan)
-        self.pe_owner: dict[tuple[int, int], int] = {}
-        self.pe_queue: dict[tuple[int, int], list[int]] = defaultdict(list)
-        self.pe_start_reason: dict[tuple[int, tuple[int, int]], str] = {}
-
-    def push(self, t: float, kind: int, ident: int, version: int = 0) -> None:
-        self.seq += 1
-        heapq.heappush(self.heap, (t, self.seq, kind, ident, version))
-
-    def run(self) -> None:
-        # the host submits the request; the control core then launches its jobs
-        self.ccp_free = self.m.chip.host.launch_ns * 1e-9
-        for ji in range(len(self.m.jobs)):
-            if self.job_deps_left[ji] == 0:
-                self._launch(ji, 0.0)
-        heap = self.heap
-        while heap:
-            t, _s, kind, ident, version = heapq.heappop(heap)
-            self.events += 1
-            if kind == self.START:
-                self._on_start(ident, t)
-            elif kind == self.OWN_END:
-                self._on_own_end(ident, t)
-            elif kind == self.FLOW_DONE:
-                if version == self.flow_version:
-                    self._on_flows_done(t)
-            elif kind == self.FINAL:
-                self._finalize(ident, t)
-            else:
-                self._activate_bundle(ident, t)
-            # re-solve the shared rates once per instant, after every event at that instant
-            if self.dirty and (not heap or heap[0][0] > t):
-                self._rerate(t)
-        if np.isnan(self.end).any():
-            stuck = int(np.flatnonzero(np.isnan(self.end))[0])
-            raise RuntimeError(f"timing simulation stalled at {self.m.nodes[stuck].where}")
-
-    # ------------------------------------------------------------------------------------ jobs, issue
-
-    def _launch(self, ji: int, ready: float) -> None:
-        """The control core launches jobs one after another; a job's PEs start once launched and free."""
-        m, d = self.m, self.m.chip.dispatch
-        t = max(ready, self.ccp_free)
-        self.ccp_free = t + d.job_launch_ns * 1e-9
-        self.job_launch[ji] = t
-        self.launch_done[ji] = self.ccp_free
-        if not m.resolved.job_nodes[ji]:
-            self._job_done(ji, self.ccp_free)
-            return
-        for pe in sorted(m.jobs[ji].pes):
-            if pe in self.pe_owner:
-                self.pe_queue[pe].append(ji)
-            else:
-                self._start_pe(ji, pe, self.ccp_free, ("launch",))
-
-    def _start_pe(self, ji: int, pe: tuple[int, int], free_at: float, reason: tuple) -> None:
-        """The control core signals a job's PEs one after another; a busy PE's monitor starts it when free."""
-        m = self.m
-        self.pe_owner[pe] = ji
-        signalled = self.launch_done[ji] + m.pe_rank[(ji, pe)] * m.chip.dispatch.per_pe_ns * 1e-9
-        if signalled >= free_at:
-            reason = ("launch",)
-        self.pe_start_reason[(ji, pe)] = reason[0]
-        start = max(free_at, signalled)
-        for i in m.first_nodes.get((ji, pe), ()):
-            self._set_issue(i, start, reason)
-
-    def _job_done(self, ji: int, t_last: float) -> None:
-        m = self.m
-        self.job_last[ji] = t_last
-        self.job_end[ji] = t_last + m.chip.dispatch.job_end_ns * 1e-9
-        for pe in sorted(m.jobs[ji].pes):
-            if self.pe_owner.get(pe) != ji:
-                continue
-            del self.pe_owner[pe]
-            queue = self.pe_queue.get(pe)
-            if queue:
-                nxt = queue.pop(0)
-                self._start_pe(nxt, pe, t_last, ("pe_free", ji))
-        name = m.jobs[ji].name
-        for jj, job in enumerate(m.jobs):
-            if name in job.deps:
-                self.job_deps_left[jj] -= 1
-                if self.job_deps_left[jj] == 0:
-                    self._launch(jj, max(self.job_end[self.job_index[dep]] for dep in job.deps))
-
-    def _set_issue(self, i: int, t: float, reason: tuple) -> None:
-        """Node i's core reaches it at time t (its issue window starts)."""
-        m = self.m
-        while True:
-            self.issue_at[i] = t
-            if isinstance(m.nodes[i].cmd, Barrier):
-                self._barrier_progress(i, t, -1)
-                return
-            self._resolve_dep(i, t, reason)
-            nxt = int(m.core_next[i])
-            if nxt < 0:
-                return
-            i, t, reason = nxt, t + m.works[i].issue_s, ("issue", i)
-
-    def _resolve_dep(self, i: int, t: float, reason: tuple) -> None:
-        if t >= self.cand[i]:
-            self.cand[i] = t
-            self.start_reason[i] = reason
-        self.need[i] -= 1
-        if self.need[i] == 0:
-            self.push(self.cand[i], self.START, i)
-
-    # ------------------------------------------------------------------------------------ node life
-
-    def _on_start(self, i: int, t: float) -> None:
-        m = self.m
-        b = int(m.bundle_of[i])
-        if b < 0:
-            self.start[i] = t
-            self._notify_started(i)
-            self.push(t + m.own_compute_s(i), self.OWN_END, i)
-            return
-        self.b_ready[b] += 1
-        if t >= self.b_ready_t[b]:
-            self.b_ready_t[b], self.b_ready_by[b] = t, i
-        if self.b_ready[b] < len(m.bundles[b]):
-            return
-        start = float(self.b_ready_t[b])
-        by = int(self.b_ready_by[b])
-        for j in m.bundles[b]:
-            self.start[j] = start
-            if j != by:
-                self.start_reason[j] = ("bundle", by)
-        for j in m.bundles[b]:
-            self._notify_started(j)
-        self.push(start + m.b_latency[b], self.ACTIVATE, b)
-
-    def _notify_started(self, i: int) -> None:
-        t = self.start[i] + self.m.first_item_s[i]
-        for c in self.m.consumers[i]:
-            self._resolve_dep(c, t, ("item", i))
-
-    def _activate_bundle(self, b: int, t: float) -> None:
-        self._advance(t)
-        self.b_active.append(b)
-        self.added.append(b)
-        self.b_rate[b] = -1.0  # no completion scheduled yet
-        self.dirty = True
-
-    def _on_flow_done(self, b: int, t: float) -> None:
-        self._advance(t)
-        self._set_kind(b, "", t)
-        self.b_remaining[b] = 0.0
-        self.b_active.remove(b)
-        if b in self.added:
-            self.added.remove(b)  # came and went within one instant
-        else:
-            self.removed.append((b, float(self.b_rate[b])))
-        self.b_version[b] += 1
-        self.b_finish[b] = INF
-        self.dirty = True
-        for j in self.m.bundles[b]:
-            stall = self.m.stall_s[j]
-            if stall > 0:
-                self.push(t + stall, self.OWN_END, j)
-            else:
-                self._on_own_end(j, t)
-
-    def _advance(self, t: float) -> None:
-        dt = t - self.b_last
-        if dt > 0 and self.b_active:
-            act = np.fromiter(self.b_active, dtype=np.int64, count=len(self.b_active))
-            self.b_remaining[act] = np.maximum(0.0, self.b_remaining[act] - self.b_rate[act] * dt)
-        self.b_last = t
-
-    def _set_kind(self, b: int, kind: str, t: float) -> None:
-        """Charge the time since the bundle's last change to what limited it then."""
-        if self.b_kind[b] != kind or kind == "":
-            if self.b_kind[b]:
-                self.b_class_time[b][self.b_kind[b]] += t - self.b_kind_since[b]
-            self.b_kind[b] = kind
-            self.b_kind_since[b] = t
-
-    def _rerate(self, t: float) -> None:
-        m = self.m
-        self.dirty = False
-        active = self.b_active
-        if not active:
-            return
-        added, removed = self.added, self.removed
-        self.added, self.removed = [], []
-        if self.share and self._local_change(added, removed):
-            for b, rate in removed:
-                self.res_used -= m.b_usage[b] * rate
-            for b in added:
-                if b not in self.b_active:
-                    continue
-                cap = float(m.b_cap[b])
-                self.res_used += m.b_usage[b] * cap
-                self._set_kind(b, m.b_cap_kind[b], t)
-                self.b_rate[b] = cap
-                self.b_version[b] += 1
-                self.b_finish[b] = t + self.b_remaining[b] / max(cap, EPS)
-            self._schedule_flow_done()
-            return
-        if self.share:
-            rates, kinds, used = _maxmin(m, active)
-            self.res_used, self.res_valid = used, True
-        else:
-            rates, kinds = m.b_rate0[active], [m.b_kind0[b] for b in active]
-        b_kind = self.b_kind
-        for b, kind in zip(active, kinds, strict=True):
-            if b_kind[b] != kind or kind == "":
-                self._set_kind(b, kind, t)
-        act = np.asarray(active, dtype=np.int64)
-        old = self.b_rate[act]
-        # a bundle whose rate did not change keeps its completion time
-        changed = ~((old >= 0) & (np.abs(rates - old) <= 1e-12 * np.maximum(old, 1.0)))
-        if changed.any():
-            ch = act[changed]
-            new = rates[changed]
-            self.b_rate[ch] = new
-            self.b_version[ch] += 1
-            self.b_finish[ch] = t + self.b_remaining[ch] / np.maximum(new, EPS)
-        self._schedule_flow_done()
-
-    def _local_change(self, added: list[int], removed: list[tuple[int, float]]) -> bool:
-        """True if the max-min rates of the other bundles cannot change: every bundle that left used no
-        saturated resource, every bundle that came fits at its cap without saturating one, and none of them
-        touches LPDDR5 (whose page-hit rate depends on how many streams share it)."""
-        if not self.res_valid or not (added or removed):
-            return False
-        m = self.m
-        capacity = m.rmap.capacity
-        for b in [b for b, _ in removed] + added:
-            if m.b_streams[b] or m.b_extra[b].any():
-                return False
-        used = self.res_used.copy()
-        for b, rate in removed:
-            nz = m.b_usage[b] > 0
-            if (used[nz] >= capacity[nz] * (1 - 1e-9)).any():
-                return False
-            used -= m.b_usage[b] * rate
-        for b in added:
-            cap = float(m.b_cap[b])
-            if not math.isfinite(cap):
-                return False
-            used += m.b_usage[b] * cap
-            nz = m.b_usage[b] > 0
-            if (used[nz] > capacity[nz] * (1 - 1e-9)).any():
-                return False
-        return True
-
-    def _schedule_flow_done(self) -> None:
-        """One pending event for the earliest completion among the active bundles (not one per bundle)."""
-        self.flow_version += 1
-        if self.b_active:
-            act = np.fromiter(self.b_active, dtype=np.int64, count=len(self.b_active))
-            self.push(float(self.b_finish[act].min()), self.FLOW_DONE, -1, self.flow_version)
-
-    def _on_flows_done(self, t: float) -> None:
-        """Every active bundle whose completion time has come completes, in activation order."""
-        done = [b for b in self.b_active if self.b_finish[b] <= t]
-        for b in done:
-            self._on_flow_done(b, t)
-        if not done:
-            self._schedule_flow_done()
-
-    def _on_own_end(self, i: int, t: float) -> None:
-        m = self.m
-        self.own_done[i] = t
-        if self.pending_end[i] == 0:
-            self._complete(i)
-            return
-        deps = list(m.producers[i]) + ([int(m.reduce_from[i])] if m.reduce_from[i] >= 0 else [])
-        for p in deps:
-            if np.isnan(self.end[p]):
-                self.end_waiters[p].append(i)
-            else:
-                self._end_dep_done(i)
-
-    def _end_dep_done(self, i: int) -> None:
-        self.pending_end[i] -= 1
-        if self.pending_end[i] == 0:
-            self._complete(i)
-
-    def _complete(self, i: int) -> None:
-        m = self.m
-        t = self.own_done[i]
-        reason: tuple = ("own",)
-        for p in m.producers[i]:
-            tp = self.end[p] + m.tail_s[i]
-            if tp > t:
-                t, reason = tp, ("dep", p)
-        r = int(m.reduce_from[i])
-        if r >= 0:
-            link_s, hop_s = m.wm.reduce_link_s(m.nodes[i].cmd)  # type: ignore[arg-type]
-            tp = self.end[r] + link_s + hop_s + m.tail_s[i]
-            if tp > t:
-                t, reason = tp, ("dep", r)
-        self.end_reason[i] = reason
-        if t > self.own_done[i]:
-            self.push(t, self.FINAL, i)
-        else:
-            self._finalize(i, t)
-
-    def _finalize(self, i: int, t: float) -> None:
-        m = self.m
-        self.end[i] = t
-        for nxt in m.unit_next[i]:
-            self._resolve_dep(nxt, t, ("unit", i))
-        waiters, self.end_waiters[i] = self.end_waiters[i], []
-        for w in waiters:
-            self._end_dep_done(w)
-        for bid in self.after_barrier.get(i, ()):
-            self._barrier_progress(bid, t, i)
-        self._node_done(int(m.job_of[i]))
-
-    def _node_done(self, ji: int) -> None:
-        self.job_left[ji] -= 1
-        if self.job_left[ji] == 0:
-            ids = self.m.resolved.job_nodes[ji]
-            self._job_done(ji, float(np.nanmax(self.end[ids])))
-
-    def _barrier_progress(self, bid: int, t: float, by: int) -> None:
-        m = self.m
-        if t >= self.barrier_arrival.get(bid, -INF):
-            self.barrier_arrival[bid], self.barrier_arrival_by[bid] = t, by
-        self.barrier_need[bid] -= 1
-        if self.barrier_need[bid]:
-            return
-        group = [bid, *m.nodes[bid].barrier_peers]
-        if any(self.barrier_need[g] for g in group):
-            return
-        binding = max(group, key=lambda g: self.barrier_arrival[g])
-        release = self.barrier_arrival[binding]
-        for g in group:
-            self.start[g] = self.end[g] = release
-            self.barrier_binding[g] = (binding, self.barrier_arrival_by[binding])
-        for g in group:
-            nxt = int(m.core_next[g])
-            if nxt >= 0:
-                self._set_issue(nxt, release, ("barrier", g))
-            for w in self.after_barrier.get(g, ()):
-                self._barrier_progress(w, release, g)
-            self._node_done(int(m.job_of[g]))
-
-
-def _maxmin(m: TimingModel, active: list[int]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Max-min fair rates (bytes/s of each bundle) on the shared resources, with per-bundle caps.
-
-    Progressive filling: all live bundles rise together; the common level at which the first resource fills is
-    remaining capacity / the live bundles' summed use of it. Bundles capped at or below that level stop at their
-    caps (a resource used by one bundle alone is just another cap); otherwise the bundles on the filled
-    resource(s) stop at the level. Repeat with what is left. Returns (rates, what limited each, resource use).
-    """
-    u = m.b_usage[active]
-    dram_streams = int(m.b_streams[active].sum())
-    if dram_streams > 1:
-        # other streams close each stream's open pages: blend towards one activation per access
-        u = u + (1.0 - row_hit_survival(m.chip, dram_streams)) * m.b_extra[active]
-    cols = np.flatnonzero(u.any(axis=0))
-    u = u[:, cols]
-    remaining = m.rmap.capacity[cols].astype(np.float64)
-    cap = m.b_cap[active].astype(np.float64)
-    klass = m.rmap.klass
-    k = len(active)
-    rate = np.zeros(k)
-    kinds = [""] * k
-    live = np.ones(k, dtype=bool)
-    while True:
-        idx = np.flatnonzero(live)
-        if idx.size == 0:
-            break
-        use = live.astype(np.float64) @ u
-        with np.errstate(divide="ignore", invalid="ignore"):
-            levels = np.where(use > 0, remaining / np.where(use > 0, use, 1.0), INF)
-        level = float(levels.min()) if levels.size else INF
-        live_caps = cap[idx]
-        if float(live_caps.min()) <= level * (1 + 1e-12):
-            fix = idx if not math.isfinite(level) else idx[live_caps <= level * (1 + 1e-12)]
-            rate[fix] = np.where(np.isfinite(cap[fix]), cap[fix], 0.0)
-            for b in fix.tolist():
-                kinds[b] = m.b_cap_kind[active[b]]
-        elif not math.isfinite(level):  # numerical corner: nothing bounds them
-            break
-        else:
-            sat = np.flatnonzero(levels <= level * (1 + 1e-9))
-            on = u[idx][:, sat]
-            hit = (on > 0).any(axis=1)
-            fix = idx[hit]
-            rate[fix] = level
-            which = sat[np.argmax(on[hit], axis=1)]  # the filled resource it uses most
-            for b, r in zip(fix.tolist(), which.tolist(), strict=True):
-                kinds[b] = klass[int(cols[r])]
-        remaining = np.maximum(remaining - rate[fix] @ u[fix], 0.0)
-        live[fix] = False
-    used = np.zeros(len(m.rmap.capacity))
-    used[cols] = rate @ u
-    return rate, kinds, used
+def run_events(m: TimingModel, fidelity: str, core: str | None = None) -> SimpleNamespace:
+    """The event loop (`eventloop.Sim`, compiled or not) over the model; its result arrays."""
+    sim = sim_module(core).Sim(m, fidelity == "event")
+    sim.run()
+    return sim.result()
 
 
 # ========================================================================================== attribution
 
 
-def _attribute(m: TimingModel, sim: _Sim) -> list[dict[str, float]]:
+def _attribute(m: TimingModel, sim: SimpleNamespace) -> list[dict[str, float]]:
     """Walk each job's critical path backwards and charge every second of it to one class.
 
     The walk alternates between a node's end (its own work, or the producer it waited for), its start
@@ -947,7 +491,7 @@ def unit_class(w: Work) -> str:
     return w.klass
 
 
-def _node_class(m: TimingModel, sim: _Sim, i: int) -> str:
+def _node_class(m: TimingModel, sim: SimpleNamespace, i: int) -> str:
     b = m.bundle_of[i]
     if b >= 0:
         ct = sim.b_class_time[b]
@@ -960,7 +504,7 @@ def _node_class(m: TimingModel, sim: _Sim, i: int) -> str:
     return unit_class(w) if w.klass not in ("dma", "sync") else COMPUTE
 
 
-def _charge_own(m: TimingModel, sim: _Sim, i: int, att: dict[str, float]) -> None:
+def _charge_own(m: TimingModel, sim: SimpleNamespace, i: int, att: dict[str, float]) -> None:
     dur = max(0.0, sim.end[i] - sim.start[i])
     if dur <= 0:
         return
@@ -987,13 +531,13 @@ def _charge_own(m: TimingModel, sim: _Sim, i: int, att: dict[str, float]) -> Non
 # ============================================================================================ drivers
 
 
-def simulate(model: TimingModel, fidelity: str) -> TimingResult:
+def simulate(model: TimingModel, fidelity: str, core: str | None = None) -> TimingResult:
+    """Time the model at `fidelity`; `core` picks the event core (`eventcore`: compiled or python)."""
     if fidelity not in FIDELITIES:
         raise ValueError(fidelity)
     if fidelity == "roofline":
         return _roofline(model)
-    sim = _Sim(model, share=(fidelity == "event"))
-    sim.run()
+    sim = run_events(model, fidelity, core)
     att = _attribute(model, sim)
     jobs = []
     host_s = model.chip.host.launch_ns * 1e-9
