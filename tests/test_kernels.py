@@ -267,3 +267,35 @@ def test_dynamic_quantize_matches_torch(shape, seed):
         torch.int8
     )
     assert np.array_equal(res.outputs["Q"], ref.numpy())
+
+
+def test_gemm_ws_chunks_agree_along_a_ragged_k_chain():
+    # Weight-stationary with K over 3 PEs whose k-ranges differ in depth: the shallower PE could hold more
+    # W blocks per chunk than the deepest. Every PE of the chain must cut the same chunks, or the partial
+    # blocks it reduces into its neighbour do not match what the neighbour expects (seen at 464x1089x1139).
+    from mtiasim.kernels.common import split
+    from mtiasim.kernels.gemm import tiles, ws_chunk_blocks
+
+    tm, tn, tk = tiles(CHIP)
+
+    def per(kb):
+        return ws_chunk_blocks(CHIP, kb, tk, DType.INT8, DType.INT32, 0)
+
+    def depths(k):
+        return [-(-(hi - lo) // tk) for lo, hi in split(k, 3, tk)]
+
+    k = next(k for k in range(tk * 3, 4096, tk) if per(max(depths(k))) != per(min(depths(k))))
+    n = tn * (per(min(depths(k))) + 2) + 5  # more n-blocks than one chunk holds, ragged
+    m = 70
+    rng = np.random.default_rng(3)
+    a_np = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    w_np = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    p = plan()
+    a, w, c = (
+        p.add("A", (m, k), DType.INT8, Level.SRAM),
+        p.add("W", (n, k), DType.INT8, Level.SRAM),
+        p.add("C", (m, n), DType.INT32, Level.SRAM),
+    )
+    job = gemm_job(CHIP, "fc", a, w, c, mapping=GemmMapping(1, 1, 1, 3, "ws"))
+    res = run(p.tensors, job, {"A": a_np, "W": w_np})
+    assert np.array_equal(res.outputs["C"], a_np.astype(np.int64) @ w_np.astype(np.int64).T)

@@ -595,8 +595,12 @@ class _Builder:
     # weight-stationary, chunked ------------------------------------------------------------------
 
     def _chunks(self, p: _Part) -> list[tuple[int, int]]:
-        """(first n, n-blocks) of each W chunk a PE holds in turn."""
-        _mb, nb, kb = p.blocks(self.tm, self.tn, self.tk)
+        """(first n, n-blocks) of each W chunk a PE holds in turn. Every PE of a K chain cuts its n-range into
+        the same chunks, sized for the chain's deepest k-range: the partial blocks a PE reduces into the next
+        are a chunk's, so a shallower PE cutting larger chunks would hand on blocks its neighbour does not
+        expect."""
+        _mb, nb, _kb = p.blocks(self.tm, self.tn, self.tk)
+        kb = max(q.blocks(self.tm, self.tn, self.tk)[2] for q in self.parts.values())
         per = ws_chunk_blocks(self.chip, kb, self.tk, self.a.dtype, self.c.dtype, self.vectors)
         if per == 0:
             raise UsageError(
