@@ -129,7 +129,7 @@ def execute(
             raise UsageError(f"input {name!r} is not a tensor of program {program.name!r}")
     with _no_gc_pauses():
         memory = _memory(program, inputs) if mode in ("functional", "both") else None
-        resolved = resolve(program, chip, memory)
+        resolved = resolve(program, chip, memory, memo.fragments if memo is not None else None)
         timing = None
         if mode in ("timing", "both"):
             data = memory if memory is not None else {k: np.asarray(v) for k, v in inputs.items()}

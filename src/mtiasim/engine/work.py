@@ -27,7 +27,7 @@ from mtiasim.engine.memmodel import (
     run_lines,
     sram_slice_bytes,
 )
-from mtiasim.engine.resolve import Node, Resolved, _upstream, job_order
+from mtiasim.engine.resolve import Fragment, Node, Resolved, _upstream, job_order
 from mtiasim.engine.resources import ResourceMap
 from mtiasim.errors import ProgramError
 from mtiasim.hw import Chip
@@ -152,6 +152,8 @@ class Memo:
     # banks they keep busy at once for a given number of requests pending per channel
     lockstep: dict[tuple, list[np.ndarray]] | None = None
     banks: dict[tuple, float] = field(default_factory=dict)
+    # shape-level resolutions of jobs (job name -> `resolve.Fragment`), reused while job, chip and tensors match
+    fragments: dict[str, Fragment] = field(default_factory=dict)
 
 
 def _add(usage: dict[int, float], index: int, amount: float) -> None:
