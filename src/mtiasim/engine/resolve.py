@@ -519,10 +519,11 @@ class _Resolver:
                     f"job {st.job.name}: {node.where}: its transfers move different tile counts"
                 )
             decl = self._tensor(tr.stream.tensor, f"job {st.job.name}: {node.where}")
-            _check_stream(decl, tr.stream, st, node)
+            origins = _check_stream(decl, tr.stream, st, node)
             source = None
             if self.memory is not None:
-                source = TensorTiles(self._array(decl.name), tr.stream.loop.origins(), tr.stream.tile)
+                origins = tr.stream.loop.origins() if origins is None else origins
+                source = TensorTiles(self._array(decl.name), origins, tr.stream.tile)
             self._push(st, node, tr.cb, n, tr.stream.tile, decl.dtype, source)
             if tr.multicast is not None:
                 mc = tr.multicast
@@ -553,11 +554,12 @@ class _Resolver:
 
     def _dma_out(self, node: Node, cmd: DmaOut, st: _JobState) -> None:
         decl = self._tensor(cmd.stream.tensor, f"job {st.job.name}: {node.where}")
-        _check_stream(decl, cmd.stream, st, node)
+        origins = _check_stream(decl, cmd.stream, st, node)
         run, segs = self._take(st, node, cmd.cb, cmd.stream.n_tiles, pop=True)
         self._check_tiles(st, node, segs, cmd.cb, cmd.stream.tile, decl.dtype, "tiles written out")
         if run is not None:
-            _scatter(self._array(decl.name), cmd.stream.loop.origins(), cmd.stream.tile, run)
+            origins = cmd.stream.loop.origins() if origins is None else origins
+            _scatter(self._array(decl.name), origins, cmd.stream.tile, run)
 
     def _indexed_rows(self, where: str, cmd: DmaGather | DmaScatter) -> np.ndarray | None:
         """The table rows an indexed DMA names (None at shape level), checked."""
@@ -968,16 +970,20 @@ def _upstream(pe: PeId, direction: Direction) -> PeId:
     return (r, c - 1) if direction is Direction.EAST else (r - 1, c)
 
 
-def _check_stream(decl, stream, st: _JobState, node: Node) -> None:
+def _check_stream(decl, stream, st: _JobState, node: Node) -> np.ndarray | None:
+    """Check that every tile of `stream` starts inside `decl` (a sample of them for long streams); the
+    stream's origins when all were checked, else None."""
     tr, tc = stream.tile
     if tr <= 0 or tc <= 0:
         raise ProgramError(f"job {st.job.name}: {node.where}: empty tile {stream.tile}")
-    o = stream.loop.origins() if stream.n_tiles <= 65536 else stream.loop.sample(4096)[0]
+    whole = stream.n_tiles <= 65536
+    o = stream.loop.origins() if whole else stream.loop.sample(4096)[0]
     if o.size and (o.min() < 0 or o[:, 0].max() >= decl.rows or o[:, 1].max() >= decl.cols):
         raise ProgramError(
             f"job {st.job.name}: {node.where}: a tile of tensor {decl.name!r} starts outside its "
             f"{decl.rows}x{decl.cols} view"
         )
+    return o if whole else None
 
 
 def job_order(program: Program) -> list[Job]:
