@@ -802,8 +802,8 @@ class WorkModel:
             bursts, acts, _inter = dram_channel_parts(chip, starts[~hit], lens, 1.0, random_rows=True)
             trans = dram_transactions(chip, starts[~hit], lens, 1.0)
             slices = slices + np.bincount(slc[~hit], minlength=chip.sram.slices).astype(np.float64) * line
-        row_hit = np.ones(rows.size, dtype=bool)
-        np.logical_and.at(row_hit, rec[:, 0].astype(np.int64), hit)
+        # a row hits when every line it touches hits
+        row_hit = np.bincount(rec[:, 0].astype(np.int64), weights=~hit, minlength=rows.size) == 0
         return float(row_hit.mean()), MemParts(slices, bursts, acts, side, transactions=trans)
 
     def _w_MatMul(self, node: Node, cmd: MatMul) -> Work:
