@@ -199,9 +199,8 @@ class _Resolver:
         self.mcast_groups: list[list[tuple[int, int]]] = []
         self.order = 0
         self.fragments = fragments
-        self._used: dict[
-            str, TensorDecl
-        ] = {}  # the tensors the job being resolved reads (its fragment's key)
+        # the tensors the job being resolved reads (what its fragment is checked against)
+        self._used: dict[str, TensorDecl] = {}
 
     # ------------------------------------------------------------------------------------------ driver
 

@@ -114,7 +114,7 @@ class CompiledModel:
         self.out_dtypes = out_dtypes
         self.report: RunReport | None = None
         self.calls = 0
-        self.cache_state = CacheState()  # the only state carried from call to call (see the module's doc)
+        self.cache_state = CacheState()  # the only state that changes a later call's result (module doc)
         self._streams: dict = {}
         self._works: dict = {}  # static jobs' node work, kept across calls
         self._fragments: dict = {}  # jobs' shape-level resolutions (`engine.resolve.Fragment`), kept across calls
