@@ -1020,32 +1020,32 @@ def _scatter(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run:
     n = origins.shape[0]
     if n == 0:
         return
-    # tiles on one grid of their own size (distinct origins, the same offset from it) cannot overlap: they are
-    # written all at once; overlapping ones one after the other, in order
+    # tiles on one grid of their own size (distinct origins, the same offset from it) cannot overlap: those
+    # wholly inside are written at once, as blocks of a [rows, tr, cols, tc] view of the array; the rest (edge
+    # tiles, overlapping streams) one after the other, in order
+    r, c = origins[:, 0], origins[:, 1]
     grid = (
-        ((origins[:, 0] - origins[0, 0]) % tr == 0).all()
-        and ((origins[:, 1] - origins[0, 1]) % tc == 0).all()
-        and np.unique(origins[:, 0] * (ncol + tc) + origins[:, 1]).size == n
+        ((r - r[0]) % tr == 0).all()
+        and ((c - c[0]) % tc == 0).all()
+        and np.unique(r * (ncol + tc) + c).size == n
     )
+    whole = (r + tr <= nrow) & (c + tc <= ncol) if grid else np.zeros(n, dtype=bool)
     chunk = 4096
     for i0 in range(0, n, chunk):
-        tiles = run.get(i0, min(n, i0 + chunk))
-        o = origins[i0 : i0 + chunk]
-        if not grid:
-            for k, (r0, c0) in enumerate(o):
-                nr, nc = min(tr, nrow - r0), min(tc, ncol - c0)
-                array[r0 : r0 + nr, c0 : c0 + nc] = tiles[k, :nr, :nc]
-            continue
-        rows = o[:, 0:1] + np.arange(tr)[None, :]  # [n, tr]
-        cols = o[:, 1:2] + np.arange(tc)[None, :]  # [n, tc]
-        inside = (rows < nrow)[:, :, None] & (cols < ncol)[:, None, :]
-        if inside.all():
-            array[rows[:, :, None], cols[:, None, :]] = tiles
-        else:
-            shape = inside.shape
-            r = np.broadcast_to(rows[:, :, None], shape)[inside]
-            c = np.broadcast_to(cols[:, None, :], shape)[inside]
-            array[r, c] = tiles[inside]
+        i1 = min(n, i0 + chunk)
+        tiles = run.get(i0, i1)
+        inside = whole[i0:i1]
+        if inside.any():
+            ri, ci = r[i0:i1][inside], c[i0:i1][inside]
+            r0, c0 = int(ri.min()), int(ci.min())
+            bi, bj = (ri - r0) // tr, (ci - c0) // tc
+            rows, cols = int(bi.max()) + 1, int(bj.max()) + 1
+            blocks = array[r0 : r0 + rows * tr, c0 : c0 + cols * tc].reshape(rows, tr, cols, tc)
+            blocks.transpose(0, 2, 1, 3)[bi, bj] = tiles[inside]
+        for k in np.flatnonzero(~inside).tolist():
+            rk, ck = int(r[i0 + k]), int(c[i0 + k])
+            nr, nc = min(tr, nrow - rk), min(tc, ncol - ck)
+            array[rk : rk + nr, ck : ck + nc] = tiles[k, :nr, :nc]
 
 
 def resolve(
