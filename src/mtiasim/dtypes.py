@@ -1,10 +1,11 @@
-"""Element types shared by every layer (numpy-side, with ml_dtypes for bfloat16)."""
+"""Element types shared by every layer (numpy-side, with ml_dtypes for bfloat16, imported on first use: it
+costs a process's start-up a noticeable fraction of a second)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cache
 
-import ml_dtypes
 import numpy as np
 
 from mtiasim.errors import UsageError
@@ -27,7 +28,7 @@ class DType(StrEnum):
 
     @property
     def numpy(self) -> np.dtype:
-        return _NUMPY[self]
+        return _NUMPY[self] if self is not DType.BF16 else _bfloat16()
 
     @property
     def is_float(self) -> bool:
@@ -58,6 +59,12 @@ _NUMPY = {
     DType.INT32: np.dtype(np.int32),
     DType.INT64: np.dtype(np.int64),
     DType.FP16: np.dtype(np.float16),
-    DType.BF16: np.dtype(ml_dtypes.bfloat16),
     DType.FP32: np.dtype(np.float32),
 }
+
+
+@cache
+def _bfloat16() -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)

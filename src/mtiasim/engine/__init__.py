@@ -106,6 +106,21 @@ def _no_gc_pauses() -> Iterator[None]:
             gc.enable()
 
 
+@contextmanager
+def _serial_blas(functional: bool) -> Iterator[None]:
+    """Functional runs multiply one PE's blocks at a time: products of at most a few hundred MFLOP, many of
+    them tiny. BLAS threads cost more than they give there (on a busy host a small product waits ~100x its
+    work for its threads), so the run keeps BLAS to one thread. The bits do not change: int8 sums in float32
+    are exact in any order, and BLAS splits a product's rows and columns among threads, not its sums."""
+    if not functional:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def execute(
     program: Program,
     chip: Chip,
@@ -127,9 +142,10 @@ def execute(
     for name in inputs:
         if name not in program.tensors:
             raise UsageError(f"input {name!r} is not a tensor of program {program.name!r}")
-    with _no_gc_pauses():
-        memory = _memory(program, inputs) if mode in ("functional", "both") else None
-        resolved = resolve(program, chip, memory)
+    functional = mode in ("functional", "both")
+    with _no_gc_pauses(), _serial_blas(functional):
+        memory = _memory(program, inputs) if functional else None
+        resolved = resolve(program, chip, memory, memo.fragments if memo is not None else None)
         timing = None
         if mode in ("timing", "both"):
             data = memory if memory is not None else {k: np.asarray(v) for k, v in inputs.items()}

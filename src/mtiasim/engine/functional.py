@@ -23,10 +23,72 @@ def matmul_blocks(
 ) -> np.ndarray:
     """A MatMul's accumulators [blocks, tile_m, tile_n] (int32 or fp32): each block's products over its
     steps, plus the bias tiles and the partial blocks reduced in from upstream."""
+    blocks = _int8_blocks if cmd.dtype == DType.INT8 else _float_blocks
+    out = blocks(cmd, a_run, b_run)
+    if bias_run is not None:
+        out = nx.add_acc(out, bias_run.get(0, cmd.blocks))
+    if partials is not None:
+        out = nx.add_acc(out, partials)
+    return out
+
+
+def _operand_rows(tiles: np.ndarray, groups: int, steps: int) -> np.ndarray:
+    """Tiles [groups * steps, t, tk] (a block's K steps one after another) as float32 [groups, t, steps * tk]:
+    each group's tiles side by side along K, converted in one pass."""
+    _, t, tk = tiles.shape
+    out = np.empty((groups, t, steps, tk), dtype=np.float32)
+    out[...] = tiles.reshape(groups, steps, t, tk).transpose(0, 2, 1, 3)
+    return out.reshape(groups, t, steps * tk)
+
+
+def _int8_blocks(cmd: MatMul, a_run: TileRun, b_run: TileRun) -> np.ndarray:
+    """INT8 accumulators: every block's rows of A times its column of B, as exact int32 sums by float BLAS
+    (`numerics.int8_matmul_exact`); blocks that share a B column (a resident B) are one taller product."""
+    steps, tm, tn = cmd.steps, cmd.tile_m, cmd.tile_n
+    blocks = cmd.blocks
+    out = np.empty((blocks, tm, tn), dtype=np.int32)
+    if cmd.b_mode == Operand.STREAM:  # every block has its own B tiles: a batched product
+        per_block = steps * cmd.tile_k * (tm + tn) * 4
+        chunk = max(1, MATMUL_CHUNK_BYTES // max(per_block, 1))
+        for b0 in range(0, blocks, chunk):
+            b1 = min(blocks, b0 + chunk)
+            a = _a_rows(cmd, a_run, b0, b1)
+            b = _operand_rows(b_run.get(b0 * steps, b1 * steps), b1 - b0, steps).transpose(0, 2, 1)
+            out[b0:b1] = nx.int8_matmul_exact(a, b)
+        return out
+    # resident B: each of its n_blocks columns [K, tn] converted once
+    b_cols = _operand_rows(b_run.get(0, cmd.n_blocks * steps), cmd.n_blocks, steps).transpose(0, 2, 1)
+    per_block = steps * cmd.tile_k * tm * 4
+    chunk = max(cmd.n_blocks, MATMUL_CHUNK_BYTES // max(per_block, 1) // cmd.n_blocks * cmd.n_blocks)
+    for b0 in range(
+        0, blocks, chunk
+    ):  # whole rows of blocks (block b is row b // n_blocks, column b % n_blocks)
+        b1 = min(blocks, b0 + chunk)
+        a = _a_rows(cmd, a_run, b0, b1)  # [b1 - b0, tm, K]
+        rows = (b1 - b0) // cmd.n_blocks
+        a = a.reshape(rows, cmd.n_blocks, tm, a.shape[-1])
+        for j in range(cmd.n_blocks):
+            aj = a[:, j].reshape(rows * tm, a.shape[-1]) if cmd.n_blocks > 1 else a.reshape(rows * tm, -1)
+            got = nx.int8_matmul_exact(aj, b_cols[j]).reshape(rows, tm, tn)
+            out[b0 + j : b1 : cmd.n_blocks] = got
+    return out
+
+
+def _a_rows(cmd: MatMul, a_run: TileRun, b0: int, b1: int) -> np.ndarray:
+    """The A operand of blocks [b0, b1) as float32 [b1 - b0, tile_m, K]."""
+    steps = cmd.steps
+    if cmd.a_mode == Operand.STREAM:
+        return _operand_rows(a_run.get(b0 * steps, b1 * steps), b1 - b0, steps)
+    im = np.arange(b0, b1) // cmd.n_blocks
+    tiles = a_run.take((im[:, None] * steps + np.arange(steps)[None, :]).reshape(-1))
+    return _operand_rows(tiles, b1 - b0, steps)
+
+
+def _float_blocks(cmd: MatMul, a_run: TileRun, b_run: TileRun) -> np.ndarray:
+    """FP16/BF16 accumulators (fp32): each block's exact sum over its K range, rounded once."""
     steps, tm, tn, tk = cmd.steps, cmd.tile_m, cmd.tile_n, cmd.tile_k
     blocks = cmd.blocks
-    acc_np = np.int32 if cmd.acc_dtype == DType.INT32 else np.float32
-    out = np.zeros((blocks, tm, tn), dtype=acc_np)
+    out = np.zeros((blocks, tm, tn), dtype=np.float32)
     per_block = steps * tk * (tm + tn) * 8
     chunk = max(1, MATMUL_CHUNK_BYTES // max(per_block, 1))
     for b0 in range(0, blocks, chunk):
@@ -39,25 +101,12 @@ def matmul_blocks(
         else:
             a = a_run.take((im[:, None] * steps + s[None, :]).reshape(-1)).reshape(b1 - b0, steps, tm, tk)
         a_cat = a.transpose(0, 2, 1, 3).reshape(b1 - b0, tm, steps * tk)
-        if cmd.dtype == DType.INT8 and cmd.b_mode != Operand.STREAM:
-            # blocks that share a resident B tile run as one taller product (integer sums: exact either way)
-            for j in np.unique(jn).tolist():
-                sel = np.flatnonzero(jn == j)
-                b = b_run.take(j * steps + s).reshape(steps, tn, tk)
-                b_cat = b.transpose(0, 2, 1).reshape(steps * tk, tn)
-                rows = a_cat[sel].reshape(sel.size * tm, steps * tk)
-                out[b0 + sel] = nx.matmul_acc(rows, b_cat, cmd.dtype).reshape(sel.size, tm, tn)
-            continue
         if cmd.b_mode == Operand.STREAM:
             b = b_run.get(b0 * steps, b1 * steps).reshape(b1 - b0, steps, tn, tk)
         else:
             b = b_run.take((jn[:, None] * steps + s[None, :]).reshape(-1)).reshape(b1 - b0, steps, tn, tk)
         b_cat = b.transpose(0, 1, 3, 2).reshape(b1 - b0, steps * tk, tn)
         out[b0:b1] = nx.matmul_acc(a_cat, b_cat, cmd.dtype)
-    if bias_run is not None:
-        out = nx.add_acc(out, bias_run.get(0, blocks))
-    if partials is not None:
-        out = nx.add_acc(out, partials)
     return out
 
 

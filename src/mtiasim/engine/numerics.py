@@ -65,28 +65,38 @@ def _int_range(out: DType) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
-def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
-    """Batched ``a @ b`` as the DPE computes it: int8 -> exact int32 sums, fp16/bf16 -> the exact sum of the
-    products rounded once to fp32 (float64 holds every fp16 product exactly and their sum to 53 bits).
+# int8 x int8 products are at most 2^14 in magnitude: float32 holds every partial sum of up to 2^10 of them exactly
+INT8_EXACT_K_FP32 = 2**24 // 2**14
 
-    INT8 uses float BLAS, which is exact here: every partial sum is an integer of magnitude at most k * 2^14,
-    held exactly by float32 up to 2^24 (k <= 1024) and by float64 up to 2^53.
-    """
+
+def int8_matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` of int8 values (given as float32 arrays, batched like `np.matmul`) as int32 sums, by float
+    BLAS: K is cut into chunks of at most `INT8_EXACT_K_FP32`, whose float32 sums are exact integers (in any
+    summation order); the chunks' sums are added in int64 and wrap to int32 as the accumulator does (they only
+    can past K = 2^17)."""
+    k = a.shape[-1]
+    if k <= INT8_EXACT_K_FP32:
+        return np.matmul(a, b).astype(np.int32)
+    out = np.matmul(a[..., :INT8_EXACT_K_FP32], b[..., :INT8_EXACT_K_FP32, :]).astype(np.int64)
+    for k0 in range(INT8_EXACT_K_FP32, k, INT8_EXACT_K_FP32):
+        k1 = min(k, k0 + INT8_EXACT_K_FP32)
+        out += np.matmul(a[..., k0:k1], b[..., k0:k1, :]).astype(np.int64)
+    return out.astype(np.int32)
+
+
+def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
+    """Batched ``a @ b`` as the DPE computes it: int8 -> exact int32 sums (`int8_matmul_exact`), fp16/bf16 ->
+    the exact sum of the products rounded once to fp32 (float64 holds every fp16 product exactly and their sum
+    to 53 bits)."""
     if dtype == DType.INT8:
-        k = a.shape[-1]
-        if k * 128 * 128 >= 2**53:
-            raise ValueError("k too large for exact float64 accumulation")
-        # every partial sum is an integer of magnitude <= k * 2^14: float32 holds it exactly below 2^24
-        exact = np.float32 if k * 128 * 128 <= 2**24 else np.float64
-        out = np.matmul(a.astype(exact), b.astype(exact))
-        return out.astype(np.int32)
+        return int8_matmul_exact(a.astype(np.float32), b.astype(np.float32))
     return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
 
 
 def add_acc(acc: np.ndarray, other: np.ndarray) -> np.ndarray:
     """Accumulator add: INT32 wraps like the hardware adder; FP32 rounds."""
-    if acc.dtype == np.int32:
-        return (acc.astype(np.int64) + other.astype(np.int64)).astype(np.int32)
+    if acc.dtype == np.int32:  # numpy's int32 addition wraps (two's complement), as the adder does
+        return np.add(acc, other.astype(np.int32, copy=False), dtype=np.int32)
     return (acc.astype(np.float32) + other.astype(np.float32)).astype(np.float32)
 
 

@@ -16,7 +16,7 @@ what a computing command makes of its tiles (MatMul, the SE's commands) is `engi
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -54,6 +54,7 @@ from mtiasim.isa import (
     SePool,
     SeRowReduce,
     SeRowScale,
+    TensorDecl,
 )
 from mtiasim.isa.commands import BINARY_SE_OPS, EPILOGUE_ACTIVATIONS
 
@@ -117,6 +118,57 @@ class _Cb:
         return sum(s.count for s in self.segs)
 
 
+@dataclass
+class Fragment:
+    """One job's shape-level resolution, kept to be reused by later runs of programs that contain the same job
+    (a compiled model's calls): what the resolution depends on (the job object, the chip, the declarations of
+    the tensors it read), where its nodes were placed (`at`: job index, first node id, first order, first
+    multicast group), its nodes, how many orders it took, its multicast groups."""
+
+    job: Job
+    chip: Chip
+    tensors: dict[str, TensorDecl]
+    at: tuple[int, int, int, int]
+    nodes: list[Node]
+    orders: int
+    groups: list[list[tuple[int, int]]]
+
+    def fits(self, job: Job, chip: Chip, program: Program) -> bool:
+        """Whether resolving `job` in `program` on `chip` gives this fragment (up to its placement). The job
+        must be the same object (jobs are not changed in place once built)."""
+        if job is not self.job or chip is not self.chip:
+            return False
+        tensors = program.tensors
+        return all(tensors.get(name) == decl for name, decl in self.tensors.items())
+
+    def move(self, at: tuple[int, int, int, int]) -> None:
+        """Renumber the fragment to land at `at`: its nodes become shifted copies (the old ones are untouched)."""
+        _, dn, do, dg = (x - y for x, y in zip(at, self.at, strict=True))
+        ji = at[0]
+
+        def g(gid: int | None) -> int | None:
+            return None if gid is None else gid + dg
+
+        self.nodes = [
+            replace(
+                n,
+                id=n.id + dn,
+                job=ji,
+                order=n.order + do,
+                producers=[(p + dn, k) for p, k in n.producers],
+                resident_readers=[r + dn for r in n.resident_readers],
+                reduce_from=None if n.reduce_from is None else n.reduce_from + dn,
+                barrier_peers=[b + dn for b in n.barrier_peers],
+                mcast_group=[g(x) for x in n.mcast_group],
+                resident_producers={p + dn for p in n.resident_producers},
+                in_cb={p + dn: v for p, v in n.in_cb.items()},
+            )
+            for n in self.nodes
+        ]
+        self.groups = [[(nid + dn, ti) for nid, ti in grp] for grp in self.groups]
+        self.at = at
+
+
 class _JobState:
     def __init__(self, job: Job, job_index: int) -> None:
         self.job = job
@@ -132,7 +184,13 @@ class _JobState:
 
 
 class _Resolver:
-    def __init__(self, program: Program, chip: Chip, memory: dict[str, np.ndarray] | None) -> None:
+    def __init__(
+        self,
+        program: Program,
+        chip: Chip,
+        memory: dict[str, np.ndarray] | None,
+        fragments: dict[str, Fragment] | None = None,
+    ) -> None:
         self.program = program
         self.chip = chip
         self.memory = memory
@@ -140,16 +198,53 @@ class _Resolver:
         self.job_nodes: list[list[int]] = []
         self.mcast_groups: list[list[tuple[int, int]]] = []
         self.order = 0
+        self.fragments = fragments
+        # the tensors the job being resolved reads (what its fragment is checked against)
+        self._used: dict[str, TensorDecl] = {}
 
     # ------------------------------------------------------------------------------------------ driver
 
     def run(self) -> Resolved:
         conversions: dict[str, nx.ConversionStats] = {}
+        # shape-level runs reuse the fragment of a job resolved before (same job, chip and tensors)
+        reuse = self.fragments is not None and self.memory is None
         for ji, job in enumerate(job_order(self.program)):
+            frag = self.fragments.get(job.name) if reuse else None  # type: ignore[union-attr]
+            if frag is not None and frag.fits(job, self.chip, self.program):
+                self._place(frag, ji)
+                continue
+            at = (ji, len(self.nodes), self.order, len(self.mcast_groups))
+            self._used = {}
             st = self._resolve_job(job, ji)
             if self.memory is not None:
                 conversions[job.name] = st.stats
+            if reuse:
+                self.fragments[job.name] = Fragment(  # type: ignore[index]
+                    job,
+                    self.chip,
+                    self._used,
+                    at,
+                    self.nodes[at[1] :],
+                    self.order - at[2],
+                    self.mcast_groups[at[3] :],
+                )
         return Resolved(self.nodes, self.job_nodes, self.mcast_groups, self.memory, conversions)
+
+    def _place(self, frag: Fragment, ji: int) -> None:
+        """Append a stored fragment's nodes and multicast groups here (as they are when they land where they
+        were stored; renumbered copies otherwise, which the fragment then keeps)."""
+        at = (ji, len(self.nodes), self.order, len(self.mcast_groups))
+        if at != frag.at:
+            frag.move(at)
+        self.nodes.extend(frag.nodes)
+        self.job_nodes.append([n.id for n in frag.nodes])
+        self.mcast_groups.extend(frag.groups)
+        self.order += frag.orders
+
+    def _tensor(self, name: str, where: str) -> TensorDecl:
+        decl = self.program.tensor(name, where)
+        self._used[name] = decl
+        return decl
 
     def _resolve_job(self, job: Job, ji: int) -> _JobState:
         st = _JobState(job, ji)
@@ -422,11 +517,12 @@ class _Resolver:
                 raise ProgramError(
                     f"job {st.job.name}: {node.where}: its transfers move different tile counts"
                 )
-            decl = self.program.tensor(tr.stream.tensor, f"job {st.job.name}: {node.where}")
-            _check_stream(decl, tr.stream, st, node)
+            decl = self._tensor(tr.stream.tensor, f"job {st.job.name}: {node.where}")
+            origins = _check_stream(decl, tr.stream, st, node)
             source = None
             if self.memory is not None:
-                source = TensorTiles(self._array(decl.name), tr.stream.loop.origins(), tr.stream.tile)
+                origins = tr.stream.loop.origins() if origins is None else origins
+                source = TensorTiles(self._array(decl.name), origins, tr.stream.tile)
             self._push(st, node, tr.cb, n, tr.stream.tile, decl.dtype, source)
             if tr.multicast is not None:
                 mc = tr.multicast
@@ -456,17 +552,18 @@ class _Resolver:
                 st.mcast.setdefault((key, seq), []).append((node.id, ti, tr.stream))
 
     def _dma_out(self, node: Node, cmd: DmaOut, st: _JobState) -> None:
-        decl = self.program.tensor(cmd.stream.tensor, f"job {st.job.name}: {node.where}")
-        _check_stream(decl, cmd.stream, st, node)
+        decl = self._tensor(cmd.stream.tensor, f"job {st.job.name}: {node.where}")
+        origins = _check_stream(decl, cmd.stream, st, node)
         run, segs = self._take(st, node, cmd.cb, cmd.stream.n_tiles, pop=True)
         self._check_tiles(st, node, segs, cmd.cb, cmd.stream.tile, decl.dtype, "tiles written out")
         if run is not None:
-            _scatter(self._array(decl.name), cmd.stream.loop.origins(), cmd.stream.tile, run)
+            origins = cmd.stream.loop.origins() if origins is None else origins
+            _scatter(self._array(decl.name), origins, cmd.stream.tile, run)
 
     def _indexed_rows(self, where: str, cmd: DmaGather | DmaScatter) -> np.ndarray | None:
         """The table rows an indexed DMA names (None at shape level), checked."""
-        table = self.program.tensor(cmd.table, where)
-        idx = self.program.tensor(cmd.indices, where)
+        table = self._tensor(cmd.table, where)
+        idx = self._tensor(cmd.indices, where)
         if idx.dtype not in (DType.INT32, DType.INT64):
             raise ProgramError(f"{where}: index tensor {idx.name!r} is {idx.dtype.value}, not int32/int64")
         n_idx = idx.rows * idx.cols
@@ -487,14 +584,14 @@ class _Resolver:
 
     def _dma_gather(self, node: Node, cmd: DmaGather, st: _JobState) -> None:
         where = f"job {st.job.name}: {node.where}"
-        table = self.program.tensor(cmd.table, where)
+        table = self._tensor(cmd.table, where)
         rows = self._indexed_rows(where, cmd)
         source = None if rows is None else RowTiles(self._array(table.name), rows)
         self._push(st, node, cmd.cb, cmd.count, (1, table.cols), table.dtype, source)
 
     def _dma_scatter(self, node: Node, cmd: DmaScatter, st: _JobState) -> None:
         where = f"job {st.job.name}: {node.where}"
-        table, src = self.program.tensor(cmd.table, where), self.program.tensor(cmd.src, where)
+        table, src = self._tensor(cmd.table, where), self._tensor(cmd.src, where)
         rows = self._indexed_rows(where, cmd)
         last = cmd.src_row0 + max(cmd.count - 1, 0) * cmd.src_step
         if src.cols != table.cols or not 0 <= cmd.src_row0 <= last < src.rows or cmd.src_step < 0:
@@ -737,7 +834,7 @@ class _Resolver:
             rows = run.get(0, cmd.rows)[:, 0, :] if cmd.rows else np.zeros((0, cols), dt.numpy)
             w = None
             if cmd.weights is not None:
-                decl = self.program.tensor(cmd.weights, where)
+                decl = self._tensor(cmd.weights, where)
                 w = self._array(decl.name).reshape(-1)[cmd.weights_start : cmd.weights_start + cmd.rows]
             source = ArrayTiles(fx.pool(cmd, rows, w, st.stats))
         self._push(st, node, cmd.dst, len(cmd.lengths), (1, cmd.dim), cmd.out_dtype, source)
@@ -785,7 +882,7 @@ class _Resolver:
 
     def _host_call(self, node: Node, cmd: HostCall, st: _JobState) -> None:
         for name in cmd.reads + cmd.writes:  # every tensor it names must exist
-            self.program.tensor(name, f"job {st.job.name}")
+            self._tensor(name, f"job {st.job.name}")
         if self.memory is None:
             return
         outs = cmd.fn(*(self._array(n) for n in cmd.reads))
@@ -872,16 +969,20 @@ def _upstream(pe: PeId, direction: Direction) -> PeId:
     return (r, c - 1) if direction is Direction.EAST else (r - 1, c)
 
 
-def _check_stream(decl, stream, st: _JobState, node: Node) -> None:
+def _check_stream(decl, stream, st: _JobState, node: Node) -> np.ndarray | None:
+    """Check that every tile of `stream` starts inside `decl` (a sample of them for long streams); the
+    stream's origins when all were checked, else None."""
     tr, tc = stream.tile
     if tr <= 0 or tc <= 0:
         raise ProgramError(f"job {st.job.name}: {node.where}: empty tile {stream.tile}")
-    o = stream.loop.origins() if stream.n_tiles <= 65536 else stream.loop.sample(4096)[0]
+    whole = stream.n_tiles <= 65536
+    o = stream.loop.origins() if whole else stream.loop.sample(4096)[0]
     if o.size and (o.min() < 0 or o[:, 0].max() >= decl.rows or o[:, 1].max() >= decl.cols):
         raise ProgramError(
             f"job {st.job.name}: {node.where}: a tile of tensor {decl.name!r} starts outside its "
             f"{decl.rows}x{decl.cols} view"
         )
+    return o if whole else None
 
 
 def job_order(program: Program) -> list[Job]:
@@ -912,17 +1013,50 @@ def job_order(program: Program) -> list[Job]:
 
 
 def _scatter(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run: TileRun) -> None:
+    """Write the tiles of `run` to `array` at `origins` (the parts outside the array are dropped); a later tile
+    overwrites an earlier one where they overlap."""
     nrow, ncol = array.shape
     tr, tc = tile
     n = origins.shape[0]
+    if n == 0:
+        return
+    # tiles on one grid of their own size (distinct origins, the same offset from it) cannot overlap: those
+    # wholly inside are written at once, as blocks of a [rows, tr, cols, tc] view of the array; the rest (edge
+    # tiles, overlapping streams) one after the other, in order
+    r, c = origins[:, 0], origins[:, 1]
+    grid = (
+        ((r - r[0]) % tr == 0).all()
+        and ((c - c[0]) % tc == 0).all()
+        and np.unique(r * (ncol + tc) + c).size == n
+    )
+    whole = (r + tr <= nrow) & (c + tc <= ncol) if grid else np.zeros(n, dtype=bool)
     chunk = 4096
     for i0 in range(0, n, chunk):
-        tiles = run.get(i0, min(n, i0 + chunk))
-        for k, (r0, c0) in enumerate(origins[i0 : i0 + chunk]):
-            nr, nc = min(tr, nrow - r0), min(tc, ncol - c0)
-            array[r0 : r0 + nr, c0 : c0 + nc] = tiles[k, :nr, :nc]
+        i1 = min(n, i0 + chunk)
+        tiles = run.get(i0, i1)
+        inside = whole[i0:i1]
+        if inside.any():
+            ri, ci = r[i0:i1][inside], c[i0:i1][inside]
+            r0, c0 = int(ri.min()), int(ci.min())
+            bi, bj = (ri - r0) // tr, (ci - c0) // tc
+            rows, cols = int(bi.max()) + 1, int(bj.max()) + 1
+            blocks = array[r0 : r0 + rows * tr, c0 : c0 + cols * tc].reshape(rows, tr, cols, tc)
+            blocks.transpose(0, 2, 1, 3)[bi, bj] = tiles[inside]
+        for k in np.flatnonzero(~inside).tolist():
+            rk, ck = int(r[i0 + k]), int(c[i0 + k])
+            nr, nc = min(tr, nrow - rk), min(tc, ncol - ck)
+            array[rk : rk + nr, ck : ck + nc] = tiles[k, :nr, :nc]
 
 
-def resolve(program: Program, chip: Chip, memory: dict[str, np.ndarray] | None = None) -> Resolved:
-    """Run `program` at shape level (and with data when `memory` holds every tensor as a 2-D array)."""
-    return _Resolver(program, chip, memory).run()
+def resolve(
+    program: Program,
+    chip: Chip,
+    memory: dict[str, np.ndarray] | None = None,
+    fragments: dict[str, Fragment] | None = None,
+) -> Resolved:
+    """Run `program` at shape level (and with data when `memory` holds every tensor as a 2-D array).
+
+    `fragments` (job name -> `Fragment`) carries shape-level resolutions between runs: a job found there with the
+    same job object, chip and tensor declarations is not resolved again; the jobs resolved are stored. Runs with
+    data (functional) neither read nor store fragments."""
+    return _Resolver(program, chip, memory, fragments).run()

@@ -6,7 +6,7 @@ materialises the tiles it needs, in chunks. That keeps functional runs of large 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class TensorTiles(TileSource):
     array: np.ndarray  # [rows, cols]
     origins: np.ndarray  # [n, 2]
     tile: tuple[int, int]
+    _windows: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n(self) -> int:  # type: ignore[override]
@@ -59,8 +60,9 @@ class TensorTiles(TileSource):
         nrow, ncol = self.array.shape
         if tr <= nrow and tc <= ncol and (o[:, 0] + tr <= nrow).all() and (o[:, 1] + tc <= ncol).all():
             # every tile lies inside: index a window view by origin (n indices, not n x tr x tc)
-            windows = np.lib.stride_tricks.sliding_window_view(self.array, (tr, tc))
-            return windows[o[:, 0], o[:, 1]]
+            if self._windows is None:  # a view (no copy), made once per source
+                self._windows = np.lib.stride_tricks.sliding_window_view(self.array, (tr, tc))
+            return self._windows[o[:, 0], o[:, 1]]
         rows = o[:, 0:1] + np.arange(tr)[None, :]
         cols = o[:, 1:2] + np.arange(tc)[None, :]
         rmask = rows < nrow

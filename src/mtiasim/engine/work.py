@@ -27,7 +27,7 @@ from mtiasim.engine.memmodel import (
     run_lines,
     sram_slice_bytes,
 )
-from mtiasim.engine.resolve import Node, Resolved, _upstream, job_order
+from mtiasim.engine.resolve import Fragment, Node, Resolved, _upstream, job_order
 from mtiasim.engine.resources import ResourceMap
 from mtiasim.errors import ProgramError
 from mtiasim.hw import Chip
@@ -152,6 +152,8 @@ class Memo:
     # banks they keep busy at once for a given number of requests pending per channel
     lockstep: dict[tuple, list[np.ndarray]] | None = None
     banks: dict[tuple, float] = field(default_factory=dict)
+    # shape-level resolutions of jobs (job name -> `resolve.Fragment`), reused while job, chip and tensors match
+    fragments: dict[str, Fragment] = field(default_factory=dict)
 
 
 def _add(usage: dict[int, float], index: int, amount: float) -> None:
@@ -800,8 +802,8 @@ class WorkModel:
             bursts, acts, _inter = dram_channel_parts(chip, starts[~hit], lens, 1.0, random_rows=True)
             trans = dram_transactions(chip, starts[~hit], lens, 1.0)
             slices = slices + np.bincount(slc[~hit], minlength=chip.sram.slices).astype(np.float64) * line
-        row_hit = np.ones(rows.size, dtype=bool)
-        np.logical_and.at(row_hit, rec[:, 0].astype(np.int64), hit)
+        # a row hits when every line it touches hits
+        row_hit = np.bincount(rec[:, 0].astype(np.int64), weights=~hit, minlength=rows.size) == 0
         return float(row_hit.mean()), MemParts(slices, bursts, acts, side, transactions=trans)
 
     def _w_MatMul(self, node: Node, cmd: MatMul) -> Work:

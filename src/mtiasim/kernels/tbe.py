@@ -133,7 +133,7 @@ def tbe_job(
         while j < j1:
             t = j // batch
             seg_end = min(j1, (t + 1) * batch)
-            lens = tuple(int(x) for x in lengths[j:seg_end])
+            lens = tuple(lengths[j:seg_end].tolist())
             start, count = int(offsets[j]), int(offsets[seg_end] - offsets[j])
             if count:
                 prog.cores[0].append(

@@ -228,11 +228,13 @@ def power_report(
     *,
     nodes: NodeTable | None = None,
     device_offset_s: float = 0.0,
+    columns: dict[str, np.ndarray] | None = None,
 ) -> PowerReport:
     """Energy and power of a run of `seconds` whose actions are `counters` (the engine's, plus `pcie_bytes`).
 
     `nodes` (the timing's node table) gives the power timeline and its peak; `device_offset_s` is where the
-    device program starts inside the run (after host work and the PCIe transfer in).
+    device program starts inside the run (after host work and the PCIe transfer in); `columns`:
+    `counter_columns(nodes.counters)`, if already built.
     """
     e = chip.energy
     seconds = max(float(seconds), 0.0)
@@ -252,7 +254,7 @@ def power_report(
     edges = watts = None
     if nodes is not None and len(nodes) and float(nodes.end_s.max()) > 0:
         span = float(nodes.end_s.max())
-        edges, watts = power_timeline(chip, nodes, span)
+        edges, watts = power_timeline(chip, nodes, span, columns=columns)
         edges = edges + device_offset_s
         peak = float(watts.max())
     return PowerReport(chip, seconds, chip_j, card_j, host_share_w(chip) * seconds, peak, edges, watts)

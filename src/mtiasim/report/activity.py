@@ -47,25 +47,47 @@ class OpActivity:
         return 2.0 * self.macs + self.vector_ops
 
 
-def op_activity(chip: Chip, timing: TimingResult) -> list[OpActivity]:
-    """Per job, in the timing's job order."""
+def op_activity(
+    chip: Chip, timing: TimingResult, columns: dict[str, np.ndarray] | None = None
+) -> list[OpActivity]:
+    """Per job, in the timing's job order (`columns`: `counter_columns(timing.nodes.counters)`, if already
+    built). Each sum adds the nodes' values in node order."""
     ops = [OpActivity(j.name, j.kind, j.start_s, j.end_s, j.pes) for j in timing.jobs]
     nodes = timing.nodes
-    if nodes is None:
+    if nodes is None or not len(nodes):
         return ops
-    energy = node_energy_j(chip, nodes.counters)
-    for i, c in enumerate(nodes.counters):
-        op = ops[int(nodes.job[i])]
-        op.energy_j += float(energy[i])
-        for k, v in c.items():
-            if k.startswith("dpe_macs_"):
-                op.macs += v
-            elif k in OP_COUNTERS:
-                op.vector_ops += v
-        for level, keys in LEVEL_COUNTERS.items():
-            b = sum(c.get(k, 0.0) for k in keys)
-            if b:
-                op.bytes[level] = op.bytes.get(level, 0.0) + b
+    columns = counter_columns(nodes.counters) if columns is None else columns
+    job = np.asarray(nodes.job, dtype=np.int64)
+    n, jobs = job.size, len(ops)
+    zero = np.zeros(n)
+
+    def per_job(values: np.ndarray) -> np.ndarray:
+        return np.bincount(job, weights=values, minlength=jobs)
+
+    def summed(keys) -> np.ndarray:
+        total = zero
+        for k in keys:
+            if k in columns:
+                total = total + columns[k]
+        return total
+
+    energy = per_job(node_energy_j(chip, nodes.counters, columns))
+    macs = per_job(summed(k for k in columns if k.startswith("dpe_macs_")))
+    vector = per_job(summed(OP_COUNTERS))
+    # a job lists a level's bytes once one of its nodes moved some, levels in the order its nodes first do
+    first: dict[str, np.ndarray] = {}
+    level_bytes: dict[str, np.ndarray] = {}
+    for level, keys in LEVEL_COUNTERS.items():
+        b = summed(keys)
+        moved = np.flatnonzero(b)
+        first[level] = np.full(jobs, n, dtype=np.int64)
+        np.minimum.at(first[level], job[moved], moved)
+        level_bytes[level] = per_job(b)
+    rank = {level: i for i, level in enumerate(LEVEL_COUNTERS)}
+    for j, op in enumerate(ops):
+        op.energy_j, op.macs, op.vector_ops = float(energy[j]), float(macs[j]), float(vector[j])
+        levels = sorted((int(first[lv][j]), rank[lv], lv) for lv in LEVEL_COUNTERS if first[lv][j] < n)
+        op.bytes = {lv: float(level_bytes[lv][j]) for _, _, lv in levels}
     return ops
 
 

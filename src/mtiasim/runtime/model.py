@@ -8,15 +8,26 @@ One call, on the timeline:
 4. the outputs cross PCIe back.
 
 In `timing` mode nothing is computed: the returned tensors have the right shapes and dtypes and hold zeros
-(documented; `report.computed` is False). The SRAM cache starts each call in the state the previous calls left
-(a fresh model starts cold).
+(documented; `report.computed` is False).
+
+Compile once, run many: what does not depend on a call's index values is built on the first call and kept,
+keyed on what determines it: the jobs' shape-level resolutions (`engine.resolve.Fragment`: same job, chip and
+tensor declarations), the memory streams of static jobs and the work of their nodes that reads no per-call
+state (`engine.Memo`). Per call only the index-dependent work is redone: the lookup and jagged jobs (their
+gathers, bag lengths, rows), the SRAM cache model and the gathers' work. None of this changes a result: a call
+gives what a fresh model given the same `cache_state` gives.
+
+The one state a call leaves for the next is explicit: `cache_state` (`CacheState`), the rows the last calls
+gathered from tables that live in LPDDR5 behind the SRAM cache; a call starts with the cache warmed by them, as a
+serving run's previous batches would leave it. A fresh model starts cold; `reset_cache_state()` makes it cold
+again; assigning a `CacheState` (e.g. another model's `cache_state.copy()`) starts the next call from it.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +48,38 @@ from mtiasim.runtime.report import RunReport, build_report, numerics_warnings
 
 CACHE_HISTORY_CALLS = 2
 _CHECK_MAXIMA = ("max_abs_err", "max_bound", "max_err_over_bound", "max_sigma")
+
+
+@dataclass
+class CacheState:
+    """The SRAM cache's state a compiled model carries between calls: per cached table (its declaration's
+    name), the global rows each of the last `calls` calls gathered, oldest first. The next call's program
+    replays them (`Program.cache_history`) to warm its cache model; the call then records its own rows."""
+
+    history: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    calls: int = CACHE_HISTORY_CALLS
+
+    def replay(self, tensors: dict[str, TensorDecl]) -> dict[str, np.ndarray]:
+        """The `Program.cache_history` of the next call: the remembered rows of each cached table."""
+        return {
+            table: np.concatenate(rows)
+            for table, rows in self.history.items()
+            if rows and table in tensors and tensors[table].cached
+        }
+
+    def record(self, lookups: dict[str, np.ndarray]) -> None:
+        """Remember a call's gathered rows (table -> rows), keeping the last `calls` calls."""
+        for table, rows in lookups.items():
+            hist = self.history.setdefault(table, [])
+            hist.append(rows)
+            del hist[: -self.calls]
+
+    def reset(self) -> None:
+        """A cold cache: the next call starts with nothing cached."""
+        self.history.clear()
+
+    def copy(self) -> CacheState:
+        return CacheState({t: list(rows) for t, rows in self.history.items()}, self.calls)
 
 
 @dataclass
@@ -71,10 +114,15 @@ class CompiledModel:
         self.out_dtypes = out_dtypes
         self.report: RunReport | None = None
         self.calls = 0
-        self._history: dict[str, list[np.ndarray]] = {}
+        self.cache_state = CacheState()  # the only state that changes a later call's result (module doc)
         self._streams: dict = {}
         self._works: dict = {}  # static jobs' node work, kept across calls
+        self._fragments: dict = {}  # jobs' shape-level resolutions (`engine.resolve.Fragment`), kept across calls
         self._last: tuple[dict[str, Any], list[torch.Tensor]] | None = None  # functional: inputs, outputs
+
+    def reset_cache_state(self) -> None:
+        """Start the next call with a cold SRAM cache, as a fresh model would."""
+        self.cache_state.reset()
 
     def check(self) -> dict[str, Any]:
         """The last call's device outputs against the fp32 meaning of the model, under the error bounds that
@@ -128,21 +176,18 @@ class CompiledModel:
             elif name in static:
                 jobs.append(static[name])
         program = Program(self.compiled.graph.name, tensors, jobs)
-        for table, rows in self._history.items():
-            if tensors[table].cached and rows:
-                program.cache_history[table] = np.concatenate(rows)
+        program.cache_history.update(self.cache_state.replay(tensors))
         data = dict(call.data)
         if functional:
             data.update(code.constants)
         # the static jobs' memory streams are the same every call: their work-model results are kept
         # and so is the work of their nodes that reads no per-call state
         unchanged = frozenset(name for name in static if name not in call.jobs)
-        memo = Memo(streams=self._streams, static_jobs=unchanged, works=self._works)
+        memo = Memo(
+            streams=self._streams, static_jobs=unchanged, works=self._works, fragments=self._fragments
+        )
         result = execute(program, self.chip, mode=self.mode, fidelity=self.fidelity, inputs=data, memo=memo)
-        for table, rows in call.lookups.items():
-            hist = self._history.setdefault(table, [])
-            hist.append(rows)
-            del hist[:-CACHE_HISTORY_CALLS]
+        self.cache_state.record(call.lookups)
         self.calls += 1
         outs = []
         for i, v in enumerate(self.compiled.graph.outputs):

@@ -24,6 +24,7 @@ from mtiasim.hw.area import area
 from mtiasim.hw.peaks import dpe_macs_per_cycle
 from mtiasim.isa import Program
 from mtiasim.power import PowerReport, power_report
+from mtiasim.power.model import counter_columns
 from mtiasim.report.activity import op_activity, pe_utilization
 
 if TYPE_CHECKING:
@@ -243,7 +244,8 @@ def build_report(
     device_s = 0.0
     if t is not None:
         device_s = t.seconds
-        activity = {a.name: a for a in op_activity(model.chip, t)}
+        columns = counter_columns(t.nodes.counters) if t.nodes is not None else None
+        activity = {a.name: a for a in op_activity(model.chip, t, columns)}
         for j in t.jobs:
             act = activity[j.name]
             ops.append(
@@ -273,7 +275,9 @@ def build_report(
         counters = dict(t.counters)
         counters["pcie_bytes"] = float(h2d + d2h)
         latency_s = host_s + h2d_s + device_s + d2h_s
-        power = power_report(model.chip, counters, latency_s, nodes=t.nodes, device_offset_s=host_s + h2d_s)
+        power = power_report(
+            model.chip, counters, latency_s, nodes=t.nodes, device_offset_s=host_s + h2d_s, columns=columns
+        )
     dtype = DType.INT8 if compiled.formats.precision.int8 else compiled.formats.precision.float_dtype
     chip = model.chip
     peak = dpe_macs_per_cycle(chip, dtype) * chip.grid.rows * chip.grid.cols * chip.clock.frequency_ghz * 1e9
