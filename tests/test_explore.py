@@ -121,8 +121,24 @@ def cli(capsys, *argv):
             "--grid noc.multicast=a,b: noc.multicast is not a number; only numeric keys can be searched",
         ),
         (
-            ["sweep", "dlrm-kaggle", "--grid", "sram.bytes=32MiB", "--over", "serve"],
-            "--over serve: the serve evaluator (QPS under a p99 bound) is not built yet; use --over run",
+            ["sweep", "dlrm-kaggle", "--grid", "sram.bytes=32MiB", "--over", "queue"],
+            "--over queue: unknown (known: run, serve)",
+        ),
+        (
+            ["sweep", "dlrm-kaggle", "--grid", "sram.bytes=32MiB", "--p99-ms", "10"],
+            "--p99-ms applies to --over serve",
+        ),
+        (
+            ["sweep", "dlrm-kaggle", "--grid", "sram.bytes=32MiB", "--over", "serve", "--server", "nope"],
+            "unknown server",
+        ),
+        (
+            ["sweep", "dlrm-kaggle", "--grid", "sram.bytes=32MiB", "--over", "serve", "--batch", "64"],
+            "--batch does not apply to --over serve (the server batches queries dynamically)",
+        ),
+        (
+            ["sweep", "dlrm-kaggle", "--grid", "sram.bytes=32MiB", "--over", "serve", "--chip", "mtia-2i"],
+            "--chip does not apply to --over serve: the server's cards set the chip (--server)",
         ),
         (
             ["sweep", "no-such-model", "--grid", "sram.bytes=64MiB"],

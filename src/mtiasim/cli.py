@@ -764,8 +764,22 @@ def _study_options(f):
                 "--over",
                 default="run",
                 show_default=True,
-                help="What a trial is: run (one timed batch, `mtiasim run`); serve is not built yet.",
+                help="What a trial is: run (one timed batch, `mtiasim run`) or serve (`mtiasim serve` on a "
+                "server whose cards carry the trial's values).",
             ),
+            click.option(
+                "--server",
+                "server_name",
+                default=None,
+                help="With --over serve: the server preset or .toml file (default yosemite-v3).",
+            ),
+            click.option(
+                "--scenario", default=None, help="With --over serve: server (default) or offline."
+            ),
+            click.option(
+                "--p99-ms", type=float, default=None, help="With --over serve --scenario server: the bound."
+            ),
+            click.option("--queries", type=int, default=None, help="With --over serve: queries per run."),
             click.option(
                 "--objective",
                 "objectives",
@@ -810,9 +824,29 @@ def _study_options(f):
 
 
 def _metric_names() -> list[str]:
-    from mtiasim.explore.metrics import RUN_METRICS
+    from mtiasim.explore.metrics import EVALUATORS
 
-    return list(RUN_METRICS)
+    return list(dict.fromkeys(m for e in EVALUATORS.values() for m in e.metrics))
+
+
+def _serve_config(opts: dict[str, Any]):
+    """The `--over serve` options as a ServeConfig; None for a run study, which refuses them."""
+    from mtiasim.explore.metrics import ServeConfig
+
+    given = {k: opts[k] for k in ("server_name", "scenario", "p99_ms", "queries") if opts[k] is not None}
+    if opts["over"] != "serve":
+        if given:
+            flag = "--" + next(iter(given)).replace("_name", "").replace("_", "-")
+            raise UsageError(f"{flag} applies to --over serve")
+        return None
+    if opts["chip_name"] != "mtia-v1":
+        raise UsageError("--chip does not apply to --over serve: the server's cards set the chip (--server)")
+    return ServeConfig(
+        server=opts["server_name"] or "yosemite-v3",
+        scenario=opts["scenario"] or "server",
+        p99_ms=opts["p99_ms"],
+        queries=opts["queries"],
+    )
 
 
 def _run_study(kind: str, workload: str, params, trials: int | None, opts: dict[str, Any], **spec_kw) -> None:
@@ -824,7 +858,14 @@ def _run_study(kind: str, workload: str, params, trials: int | None, opts: dict[
     from mtiasim.report.html import num_text
 
     source = evaluator(opts["over"])
-    base = _chip(opts["chip_name"], opts["sets"])
+    serve = _serve_config(opts)
+    if serve is None:
+        base = _chip(opts["chip_name"], opts["sets"])
+    else:
+        from mtiasim.hw import load_server
+        from mtiasim.hw.chip import chip_with_sets
+
+        base = chip_with_sets(load_server(serve.server).chip(), opts["sets"])
     option = "--grid" if kind == "sweep" else "--param"
     check_params(params, base, option)
     objectives = [parse_objective(o, source.metrics) for o in (opts["objectives"] or DEFAULT_OBJECTIVES)]
@@ -837,6 +878,7 @@ def _run_study(kind: str, workload: str, params, trials: int | None, opts: dict[
         batch=opts["batch"],
         precision=opts["precision"],
         fidelity=opts["fidelity"],
+        serve=serve,
     )
     spec = StudySpec(kind, opts["over"], run, tuple(params), tuple(objectives), **spec_kw)
     as_json = opts["as_json"]

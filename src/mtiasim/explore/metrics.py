@@ -1,8 +1,9 @@
 """Where a trial's metrics come from: an evaluator runs one design point and returns its metrics by name.
 
-`run` (the only one so far) is `mtiasim run WORKLOAD` on the chip with the trial's values set: one batch, timed.
-A `serve` evaluator (QPS under a p99 bound) fits the same shape: a name, its metric names, and `evaluate(config,
-values)`; it is listed in `EVALUATORS` when it exists, and `--over serve` says so until then.
+`run` is `mtiasim run WORKLOAD` on the chip with the trial's values set: one batch, timed. `serve` is `mtiasim serve
+WORKLOAD --server S` with the trial's values set on every card's chip: QPS under a p99 bound (server scenario) or
+the throughput (offline), per W of platform power. Each is a name, its metric names, `evaluate(config, values)`
+and a check of the fixed options.
 
 `evaluate_point` is what a worker process or a Ray task runs: a plain function of plain data (the study's
 configuration and one trial's values), so it pickles, and it returns plain data.
@@ -39,6 +40,33 @@ RUN_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """What a `--over serve` trial serves: `mtiasim serve WORKLOAD --server S --scenario X [--p99-ms B]
+    [--queries N]`, the server's cards carrying the trial's chip values."""
+
+    server: str = "yosemite-v3"
+    scenario: str = "server"
+    p99_ms: float | None = None
+    queries: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"server": self.server, "scenario": self.scenario, "p99_ms": self.p99_ms, "queries": self.queries}
+
+
+# name -> (key in the serve JSON, what it is)
+SERVE_METRICS: dict[str, tuple[str, str]] = {
+    "queries_per_s": ("queries_per_s", "queries/s the server sustains (at the p99 bound in the server scenario)"),
+    "samples_per_s": ("samples_per_s", "user-item pairs/s the server sustains"),
+    "samples_per_s_per_w": ("samples_per_s_per_w", "samples/s per W of platform power"),
+    "p50_ms": ("p50_ms", "median query latency, ms"),
+    "p99_ms": ("p99_ms", "99th-percentile query latency, ms"),
+    "platform_power_w": ("platform_power_w", "server power while serving, W"),
+    "flops_per_s": ("flops_per_s", "model FLOP/s the server sustains"),
+    "area_mm2": ("area_mm2", "modelled die area of one card's chip, mm^2 (mtiasim.hw.area)"),
+}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """What every trial of a study runs: the workload and the `mtiasim run` options that are not searched."""
 
@@ -49,9 +77,12 @@ class RunConfig:
     precision: str = "int8"
     fidelity: str = "event"
     seed: int | None = None
+    # `--over serve` only (None otherwise): the server whose cards carry the trial's chip values, and the
+    # scenario served on it (`mtiasim serve` options)
+    serve: ServeConfig | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "workload": self.workload,
             "chip": self.chip,
             "sets": [list(kv) for kv in self.sets],
@@ -60,6 +91,9 @@ class RunConfig:
             "fidelity": self.fidelity,
             "seed": self.seed,
         }
+        if self.serve is not None:  # a run study's identity is what it was before serve studies existed
+            out["serve"] = self.serve.to_json()
+        return out
 
 
 def _run_metrics(config: RunConfig, values: dict[str, float]) -> dict[str, float | None]:
@@ -107,6 +141,45 @@ def _check_run(config: RunConfig) -> None:
     Precision.parse(config.precision)
 
 
+def _serve_metrics(config: RunConfig, values: dict[str, float]) -> dict[str, float | None]:
+    from mtiasim.serve.run import serve_workload
+
+    sc = config.serve or ServeConfig()
+    res = serve_workload(
+        config.workload,
+        server=sc.server,
+        scenario=sc.scenario,
+        p99_ms=sc.p99_ms,
+        queries=sc.queries,
+        seed=config.seed or 0,
+        precision=config.precision,
+        fidelity=config.fidelity,
+        sets=dict(config.sets),
+        values=values,
+    )
+    out: dict[str, float | None] = {}
+    for name, (key, _) in SERVE_METRICS.items():
+        v = res.get(key)
+        out[name] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return out
+
+
+def _check_serve(config: RunConfig) -> None:
+    """A serve study's fixed options, checked as `mtiasim serve` checks them, before the study starts."""
+    from mtiasim.hw import load_server
+    from mtiasim.serve.run import SCENARIOS
+
+    _check_run(config)
+    if config.batch is not None:
+        raise UsageError("--batch does not apply to --over serve (the server batches queries dynamically)")
+    sc = config.serve or ServeConfig()
+    load_server(sc.server)
+    if sc.scenario not in SCENARIOS:
+        raise UsageError(f"--scenario {sc.scenario}: unknown scenario (known: {', '.join(SCENARIOS)})")
+    if sc.p99_ms is not None and not (math.isfinite(sc.p99_ms) and sc.p99_ms > 0):
+        raise UsageError(f"--p99-ms {sc.p99_ms}: must be a number > 0 (milliseconds)")
+
+
 @dataclass(frozen=True)
 class Evaluator:
     name: str
@@ -117,15 +190,15 @@ class Evaluator:
 
 EVALUATORS: dict[str, Evaluator] = {
     "run": Evaluator("run", {k: what for k, (_, what) in RUN_METRICS.items()}, _run_metrics, _check_run),
+    "serve": Evaluator(
+        "serve", {k: what for k, (_, what) in SERVE_METRICS.items()}, _serve_metrics, _check_serve
+    ),
 }
-PLANNED = {"serve": "the serve evaluator (QPS under a p99 bound) is not built yet"}
 
 
 def evaluator(name: str) -> Evaluator:
     if name in EVALUATORS:
         return EVALUATORS[name]
-    if name in PLANNED:
-        raise UsageError(f"--over {name}: {PLANNED[name]}; use --over run")
     raise UsageError(f"--over {name}: unknown (known: {', '.join(EVALUATORS)})")
 
 
