@@ -35,6 +35,7 @@ import numpy as np
 from mtiasim.hw import Server
 from mtiasim.serve.costs import BatchCosts
 from mtiasim.serve.queries import QUERY_SIZE_QUANTILES, Queries
+from mtiasim.serve.sharded import ShardedCosts
 
 PREFETCH_BATCHES = 2  # assumed: double-buffered inputs per card (one batch running, the next on its way)
 
@@ -179,11 +180,24 @@ class Batch:
 
 
 @dataclass
+class Job:
+    """Work on one card: `seconds` of the card (`joules` above idle) for `batch`, then `done(batch)`."""
+
+    batch: Batch
+    seconds: float
+    joules: float
+    part: str  # "whole" (a replicated model's batch), "sparse" or "dense" (a sharded model's parts)
+    done: Callable[[Batch], None]
+
+
+@dataclass
 class CardStats:
     batches: int = 0
     samples: int = 0
     padded_samples: int = 0
     busy_s: float = 0.0
+    sparse_s: float = 0.0  # of busy_s, a sharded model's lookups
+    dense_s: float = 0.0  # of busy_s, a sharded model's dense parts
     dynamic_j: float = 0.0
 
 
@@ -216,7 +230,7 @@ class SimResult:
 class ServingSystem:
     """Holds the server, the engine costs and the batching policy; `run(queries, rate)` simulates one run."""
 
-    def __init__(self, server: Server, costs: BatchCosts, *, window_s: float) -> None:
+    def __init__(self, server: Server, costs: BatchCosts | ShardedCosts, *, window_s: float) -> None:
         self.server = server
         self.costs = costs
         self.window_s = window_s
@@ -238,6 +252,10 @@ class ServingSystem:
                     index[(direction, kind, i)] = len(names)
                     names.append(f"{kind}_{direction}[{i}]")
                     caps.append(gbps * 1e9)
+        for i in range(topo.cards):  # each card's device-to-device (peer-to-peer) sending rate
+            index[("peer", "card", i)] = len(names)
+            names.append(f"peer[{i}]")
+            caps.append(topo.peer_gbps * 1e9)
         self.link_names, self.link_caps = names, caps
 
         def path(direction: str, card: int) -> tuple[int, ...]:
@@ -251,8 +269,30 @@ class ServingSystem:
         self.down = [path("down", c) for c in range(topo.cards)]
         self.up = [path("up", c) for c in range(topo.cards)]
 
+        def peer(src: int, dst: int) -> tuple[int, ...]:
+            """Card to card: at the card's peer-to-peer rate, up to the lowest switch they share, down again
+            (through the root switch when the cards hang off different switches, through both sockets' links
+            when off different sockets)."""
+            a, b = server.switch_of(src), server.switch_of(dst)
+            links = [index[("peer", "card", src)], index[("up", "card", src)]]
+            if a != b:
+                links.append(index[("up", "switch", a)])
+                sa, sb = server.socket_of(src), server.socket_of(dst)
+                if sa != sb:
+                    links += [index[("up", "root", sa)], index[("down", "root", sb)]]
+                links.append(index[("down", "switch", b)])
+            links.append(index[("down", "card", dst)])
+            return tuple(links)
+
+        self.peer = [[peer(a, b) for b in range(topo.cards)] for a in range(topo.cards)]
+
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.costs, ShardedCosts)
+
     def run(self, queries: Queries, queries_per_s: float | None) -> SimResult:
-        return _Run(self, queries, queries_per_s).result()
+        kind = _ShardedRun if self.sharded else _Run
+        return kind(self, queries, queries_per_s).result()
 
 
 class _Run:
@@ -342,24 +382,37 @@ class _Run:
         )
 
     def _arrive_card(self, batch: Batch) -> None:
-        self.card_queue[batch.card].append(batch)
-        if not self.card_busy[batch.card]:
-            self._next_on_card(batch.card)
+        cost = self.sys.costs.cost(batch.bucket)
+        self._card_job(batch.card, Job(batch, cost.device_s, cost.card_dynamic_j, "whole", self._ran))
+
+    def _card_job(self, card: int, job: Job) -> None:
+        """Queue `job` on `card` (FIFO, one at a time)."""
+        self.card_queue[card].append(job)
+        if not self.card_busy[card]:
+            self._next_on_card(card)
 
     def _next_on_card(self, card: int) -> None:
         if not self.card_queue[card]:
             self.card_busy[card] = False
             return
         self.card_busy[card] = True
-        batch = self.card_queue[card].popleft()
-        cost = self.sys.costs.cost(batch.bucket)
+        job = self.card_queue[card].popleft()
         stats = self.cards[card]
-        stats.batches += 1
-        stats.samples += batch.samples
-        stats.padded_samples += batch.bucket
-        stats.busy_s += cost.device_s
-        stats.dynamic_j += cost.card_dynamic_j
-        self.loop.at(self.loop.t + cost.device_s, self._ran, batch)
+        if job.part != "sparse":  # the part that yields the batch's outputs counts its samples
+            stats.batches += 1
+            stats.samples += job.batch.samples
+            stats.padded_samples += job.batch.bucket
+        stats.busy_s += job.seconds
+        if job.part == "sparse":
+            stats.sparse_s += job.seconds
+        elif job.part == "dense":
+            stats.dense_s += job.seconds
+        stats.dynamic_j += job.joules
+        self.loop.at(self.loop.t + job.seconds, self._job_done, card, job)
+
+    def _job_done(self, card: int, job: Job) -> None:
+        job.done(job.batch)
+        self._next_on_card(card)
 
     def _ran(self, batch: Batch) -> None:
         self.outstanding[batch.card] -= batch.samples
@@ -369,7 +422,6 @@ class _Run:
         self.net.transfer(
             self.sys.up[batch.card], cost.d2h_bytes, self.sys.latency_s, lambda: self._answer(batch)
         )
-        self._next_on_card(batch.card)
 
     def _answer(self, batch: Batch) -> None:
         for q in batch.queries:
@@ -377,3 +429,85 @@ class _Run:
 
     def _done(self, q: int) -> None:
         self.done[q] = self.loop.t
+
+
+class _ShardedRun(_Run):
+    """A sharded model (`serve/sharded.py`): per batch, every card holding shards runs its lookups, sends its
+    pooled embeddings to the batch's dense card (the card with the fewest samples of dense work queued or
+    running), which runs the dense part once all of them and the batch's dense features have arrived.
+
+    Per batch a host core prepares each card's indices (that card's program's host part) and the dense card's
+    call (the dense program's host part); the inputs cross the switch tree. At most `PREFETCH_BATCHES` batches
+    are between their host part and the end of their last lookup (double buffering over the whole server)."""
+
+    def __init__(self, system: ServingSystem, queries: Queries, queries_per_s: float | None) -> None:
+        super().__init__(system, queries, queries_per_s)
+        self.waiting: deque = deque()  # closed batches not yet started
+        self.started = 0  # batches started whose lookups are not all done
+        self.sparse_left: dict[int, int] = {}  # id(batch) -> cards whose lookups are still to finish
+        self.inputs_left: dict[int, int] = {}  # id(batch) -> inputs the dense card still waits for
+
+    def _close(self, batch: Batch) -> None:
+        self.open = None
+        batch.card = int(np.argmin(self.outstanding))
+        batch.bucket = self.sys.costs.bucket_for(batch.samples)
+        self.outstanding[batch.card] += batch.samples
+        self.batch_of[batch.queries] = len(self.batches)
+        self.batches.append(batch)
+        self.waiting.append(batch)
+        self._start()
+
+    def _start(self) -> None:
+        while self.started < PREFETCH_BATCHES and self.waiting:
+            batch = self.waiting.popleft()
+            self.started += 1
+            cost = self.sys.costs.cost(batch.bucket)
+            cards = [c for c, sc in enumerate(cost.sparse) if sc is not None]
+            self.sparse_left[id(batch)] = len(cards)
+            # the dense features, and the pooled embeddings of every other card with shards
+            self.inputs_left[id(batch)] = 1 + sum(1 for c in cards if c != batch.card)
+            for c in cards:
+                self.cores.submit(
+                    cost.sparse[c].host_s, lambda batch=batch, c=c: self._send_ids(batch, c), urgent=True
+                )
+            self.cores.submit(cost.dense.host_s, lambda batch=batch: self._send_dense(batch), urgent=True)
+
+    def _send_ids(self, batch: Batch, card: int) -> None:
+        sc = self.sys.costs.cost(batch.bucket).sparse[card]
+        job = Job(batch, sc.device_s, sc.card_dynamic_j, "sparse", lambda b: self._looked_up(b, card))
+        self.net.transfer(
+            self.sys.down[card], sc.h2d_bytes, self.sys.latency_s, lambda: self._card_job(card, job)
+        )
+
+    def _send_dense(self, batch: Batch) -> None:
+        nbytes = self.sys.costs.cost(batch.bucket).dense_h2d_bytes
+        self.net.transfer(self.sys.down[batch.card], nbytes, self.sys.latency_s, lambda: self._input(batch))
+
+    def _looked_up(self, batch: Batch, card: int) -> None:
+        self.sparse_left[id(batch)] -= 1
+        if not self.sparse_left[id(batch)]:
+            del self.sparse_left[id(batch)]
+            self.started -= 1
+            self._start()
+        if card != batch.card:
+            nbytes = self.sys.costs.cost(batch.bucket).pooled_bytes[card]
+            self.net.transfer(
+                self.sys.peer[card][batch.card], nbytes, self.sys.latency_s, lambda: self._input(batch)
+            )
+
+    def _input(self, batch: Batch) -> None:
+        self.inputs_left[id(batch)] -= 1
+        if self.inputs_left[id(batch)]:
+            return
+        del self.inputs_left[id(batch)]
+        dense = self.sys.costs.cost(batch.bucket).dense
+        self._card_job(
+            batch.card, Job(batch, dense.device_s, dense.card_dynamic_j, "dense", self._dense_done)
+        )
+
+    def _dense_done(self, batch: Batch) -> None:
+        self.outstanding[batch.card] -= batch.samples
+        dense = self.sys.costs.cost(batch.bucket).dense
+        self.net.transfer(
+            self.sys.up[batch.card], dense.d2h_bytes, self.sys.latency_s, lambda: self._answer(batch)
+        )
