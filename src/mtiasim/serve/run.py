@@ -162,6 +162,7 @@ def _plan(name: str, info: Any, server: Server, prec: Precision, max_batch: int)
         prec.name,
         dense_bytes_per_card=dense_bytes(info, prec.name),
         chip=server.chip(),
+        link_bytes_per_s=server.topology.peer_gbps * 1e9,
         model=name,
     )
 
