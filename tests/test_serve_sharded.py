@@ -1,0 +1,236 @@
+"""Serving a model sharded over a server's cards: the card-to-card paths, the event simulation's conservation
+laws on the sharded path, one small model sharded and served end to end on the engine, and the one-line
+capacity error."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from mtiasim.cli import main
+from mtiasim.errors import CapacityError
+from mtiasim.hw import load_server
+from mtiasim.serve.costs import BatchCost, buckets
+from mtiasim.serve.queries import draw_queries
+from mtiasim.serve.run import serve_workload
+from mtiasim.serve.sharded import ShardedCost, ShardedCosts, shard_bags
+from mtiasim.serve.sharding import ShardingPlan, TableShard
+from mtiasim.serve.system import ServingSystem
+
+
+def server_file(tmp_path: Path, *, cards: int = 4, switches: int = 2, card_bytes: int = 300_000_000) -> str:
+    """A small server: `cards` mtia-v1 cards of `card_bytes` each, Yosemite V3's links and host."""
+    v = lambda x: f"{{value = {x}, provenance = 'user'}}"  # noqa: E731
+    text = f"""name = "small"
+description = "test server"
+[card]
+chip = {v('"mtia-v1"')}
+dram_bytes = {v(card_bytes)}
+power_w = {v(35.0)}
+[topology]
+cards = {v(cards)}
+sockets = {v(1)}
+switches = {v(switches)}
+host_link_gbps = {v(23.63)}
+switch_uplink_gbps = {v(31.5)}
+peer_gbps = {v(12.8)}
+[host]
+cores = {v(8)}
+memory_bytes = {v(10**11)}
+memory_gbps = {v(76.0)}
+preprocess_us_per_query = {v(50.0)}
+postprocess_us_per_query = {v(10.0)}
+network_gbps = {v(100.0)}
+[power]
+server_power_w = {v(35.0 * cards + 100)}
+"""
+    path = tmp_path / f"small-{cards}-{switches}-{card_bytes}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------ card to card
+
+
+def test_peer_paths_turn_at_the_lowest_shared_switch():
+    s = load_server("yosemite-v3")
+    system = ServingSystem(s, _linear(s, _plan(s.cards, [1] * s.cards)), window_s=0.0)
+    names = lambda path: [system.link_names[i] for i in path]  # noqa: E731
+    assert names(system.peer[0][5]) == ["peer[0]", "card_up[0]", "card_down[5]"]
+    assert names(system.peer[7][2]) == [
+        "peer[7]",
+        "card_up[7]",
+        "switch_up[1]",
+        "switch_down[0]",
+        "card_down[2]",
+    ]
+    assert system.link_caps[system.link_names.index("peer[3]")] == s.topology.peer_gbps * 1e9
+
+
+# ------------------------------------------------------------------------------------ the event simulation
+
+
+def _plan(cards: int, tables_per_card: list[int]) -> ShardingPlan:
+    shards = tuple(
+        TableShard(f"t{c}_{k}", "table_wise", c, 1000, 16 * (k + 1), 1000 * 16, 2.0)
+        for c in range(cards)
+        for k in range(tables_per_card[c])
+    )
+    return ShardingPlan(cards=cards, shards=shards, dense="replicated")
+
+
+class LinearShardedCosts(ShardedCosts):
+    """A stand-in for the engine: every program's cost a line in the bucket size, a card's lookups in its
+    shards' widths."""
+
+    def __init__(self, server, plan, max_batch=2048):  # no model, no engine
+        self.chip = server.chip()
+        self.plan = plan
+        self.buckets = buckets(max_batch)
+        self.idle_card_w = 10.0
+        self._cache = {}
+
+    def _run(self, b):
+        sparse = []
+        for c in range(self.plan.cards):
+            width = sum(s.dim for s in self.plan.shards_on(c))
+            sparse.append(
+                BatchCost(b, 2e-5, 5e-5 + b * width * 2e-9, b * 40, b * width * 2, 1e-6 * b, 0.0)
+                if width
+                else None
+            )
+        dense = BatchCost(b, 3e-5, 1e-4 + b * 5e-7, b * 2000, b * 4, 2e-6 * b, 0.0)
+        pooled = tuple(b * sum(s.dim for s in self.plan.shards_on(c)) * 2 for c in range(self.plan.cards))
+        return ShardedCost(b, tuple(sparse), dense, b * 1000, pooled)
+
+
+def _linear(server, plan):
+    return LinearShardedCosts(server, plan)
+
+
+# no shrinking: each example is two simulations
+@settings(max_examples=12, deadline=None, phases=[Phase.explicit, Phase.generate])
+@given(
+    st.integers(100, 1200),
+    st.integers(0, 2**16),
+    st.sampled_from([None, 0.3, 0.9, 1.5]),
+    st.sampled_from([0.0, 1e-3]),
+    st.sampled_from([(4, 2), (4, 1), (12, 2)]),
+    st.data(),
+)
+def test_sharded_conservation(tmp_path_factory, count, seed, rate_fraction, window_s, shape, data):
+    cards, switches = shape
+    s = load_server(server_file(tmp_path_factory.mktemp("s"), cards=cards, switches=switches))
+    tables = data.draw(st.lists(st.integers(0, 3), min_size=cards, max_size=cards).filter(any))
+    costs = _linear(s, _plan(cards, tables))
+    system = ServingSystem(s, costs, window_s=window_s)
+    q = draw_queries(count, seed)
+    rate = None if rate_fraction is None else rate_fraction * count / system.run(q, None).wall_s
+    run = system.run(q, rate)
+    # every query's samples are served once, in exactly one batch, whole; each batch's dense part on one card
+    seen = np.concatenate([b.queries for b in run.batches])
+    assert np.array_equal(np.sort(seen), np.arange(q.count))
+    assert all(b.samples == q.sizes[b.queries].sum() <= b.bucket for b in run.batches)
+    assert sum(c.samples for c in run.cards) == q.samples
+    assert sum(c.batches for c in run.cards) == len(run.batches)
+    # each card ran every batch's lookups of its shards and the dense parts of its own batches, one at a time
+    for card, c in enumerate(run.cards):
+        sparse = sum(costs.cost(b.bucket).sparse[card].device_s for b in run.batches if tables[card])
+        dense = sum(costs.cost(b.bucket).dense.device_s for b in run.batches if b.card == card)
+        assert c.sparse_s == pytest.approx(sparse, rel=1e-9) and c.dense_s == pytest.approx(dense, rel=1e-9)
+        assert c.busy_s == pytest.approx(c.sparse_s + c.dense_s, rel=1e-9)
+        assert c.busy_s <= run.wall_s * (1 + 1e-9)
+    assert run.host_busy_s <= s.host.cores * run.wall_s * (1 + 1e-9)
+    # the all-to-all: each card sends its pooled embeddings of every batch whose dense part runs elsewhere
+    names = run.link_names
+    for card in range(cards):
+        sent = sum(costs.cost(b.bucket).pooled_bytes[card] for b in run.batches if b.card != card)
+        assert run.link_bytes[names.index(f"peer[{card}]")] == pytest.approx(sent, rel=1e-9)
+    host = sum(
+        sum(sc.h2d_bytes for sc in costs.cost(b.bucket).sparse if sc is not None)
+        + costs.cost(b.bucket).dense_h2d_bytes
+        + costs.cost(b.bucket).dense.d2h_bytes
+        for b in run.batches
+    )
+    assert run.link_bytes[names.index("host_memory")] == pytest.approx(host, rel=1e-9)
+    # no query is answered before its batch's slowest lookups and its dense part could have run
+    pre, post = s.host.preprocess_us_per_query * 1e-6, s.host.postprocess_us_per_query * 1e-6
+    cost = [costs.cost(b.bucket) for b in run.batches]
+    floor = np.array(
+        [
+            pre + post + max(sc.device_s for sc in cost[k].sparse if sc is not None) + cost[k].dense.device_s
+            for k in run.batch_of
+        ]
+    )
+    assert np.all(run.latency_s >= floor * (1 - 1e-9))
+
+
+# ------------------------------------------------------------------------------------------ the engine
+
+
+def test_shard_bags_have_the_shards_mean_lookups():
+    shard = TableShard("t", "row_wise", 0, 500, 8, 500 * 12, 2.25)
+    (ids,), (offsets,) = shard_bags([shard], 4000, seed=1)
+    lengths = np.diff(np.append(offsets.numpy(), ids.numel()))
+    assert set(lengths.tolist()) == {2, 3} and abs(lengths.mean() - 2.25) < 0.03  # 4 sigma of 4000 draws
+    assert int(ids.min()) >= 0 and int(ids.max()) < 500
+
+
+def test_a_model_that_fits_no_card_is_sharded_and_served(tmp_path, capsys):
+    """dlrm-kaggle (675 MB of int8 tables) on 4 cards of 300 MB: torchrec's plan, the engine's programs."""
+    code = main(
+        ["serve", "dlrm-kaggle", "--server", server_file(tmp_path), "--scenario", "offline", "--queries", "200",
+         "--max-batch", "1024", "--json"]
+    )  # fmt: skip
+    out, _ = capsys.readouterr()
+    assert code == 0
+    res = json.loads(out)
+    sharding = res["sharding"]
+    assert len(sharding["tables"]) == 26 and sharding["dense"] == "replicated"
+    assert max(sharding["bytes_per_card"]) + sharding["dense_bytes_per_card"] <= 300_000_000
+    used = {c for t in sharding["tables"].values() for c in t["cards"]}
+    assert len(used) > 1 and all(len(t["cards"]) < 4 for t in sharding["tables"].values())
+    for cost in res["batch_costs"]:
+        assert cost["dense"]["device_us"] > 0
+        widths = [sum(s["dim"] for s in sharding["shards"] if s["card"] == c) for c in range(4)]
+        assert cost["alltoall_bytes"] == [cost["batch"] * w * 2 for w in widths]
+        # a card's lookup program outputs what it sends in the all-to-all
+        assert [s and s["d2h_bytes"] for s in cost["sparse"]] == [b or None for b in cost["alltoall_bytes"]]
+    assert sum(c["samples"] for c in res["per_card"]) == res["samples"]
+    for c in res["per_card"]:
+        assert c["busy_s"] == pytest.approx(c["sparse_busy_s"] + c["dense_busy_s"], abs=2e-6)
+        assert c["busy_s"] <= res["wall_s"]
+    assert res["link_utilization"]["peer[0]"] > 0
+
+
+def test_a_model_that_fits_no_card_set_is_one_line(tmp_path, capsys):
+    path = server_file(tmp_path, card_bytes=100_000_000)
+    assert main(["serve", "dlrm-kaggle", "--server", path, "--scenario", "offline"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    # Criteo Kaggle's 33,762,577 rows x (16 + 4) B; 475,985 int8 dense weights on each card
+    assert err == (
+        "mtiasim: error: dlrm-kaggle: 26 int8 tables need 675,251,540 B (0.7 GB) but 4 cards x 100,000,000 B "
+        "(0.1 GB), less 475,985 B of replicated dense weights per card, hold 398,096,060 B (0.4 GB): the tables "
+        "exceed the cards' memory\n"
+    )
+    with pytest.raises(CapacityError):
+        serve_workload("dlrm-kaggle", server=path, scenario="offline")
+
+
+def test_shard_cli_takes_a_server(tmp_path, capsys):
+    assert main(["shard", "dlrm-kaggle", "--server", server_file(tmp_path), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert (j["server"], j["cards"], len(j["tables"]), j["card_memory_bytes"]) == (
+        "small",
+        4,
+        26,
+        300_000_000,
+    )
+    assert main(["shard", "dlrm-kaggle", "--server", "zion"]) == 2
+    assert capsys.readouterr().err == (
+        "mtiasim: error: unknown server 'zion' (known: grand-teton-2i, yosemite-v3; or give a .toml file)\n"
+    )
