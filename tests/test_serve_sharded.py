@@ -179,11 +179,29 @@ def test_shard_bags_have_the_shards_mean_lookups():
     assert int(ids.min()) >= 0 and int(ids.max()) < 500
 
 
+def test_cards_with_identical_shards_share_one_program():
+    from mtiasim import workloads
+
+    w = workloads.build("dlrm-kaggle", batch=1)
+    shards = tuple(TableShard(f"t{t}", "table_wise", t % 2, 1000, 16, 1000 * 20, 1.0) for t in range(26))
+    plan = ShardingPlan(cards=2, shards=shards, dense="replicated")
+    steps = []
+    costs = ShardedCosts(
+        "dlrm-kaggle", w.model, 13, plan, load_server("yosemite-v3").chip(), precision="int8", fidelity="event",
+        seed=0, max_batch=1024, progress=steps.append,
+    )  # fmt: skip
+    cost = costs.cost(256)
+    assert steps == ["engine: card 0 lookups, batch 256", "engine: dense part, batch 256"]
+    assert cost.sparse[0] is cost.sparse[1] and cost.sparse[0].device_s > 0
+    assert cost.pooled_bytes == (256 * 13 * 16 * 2,) * 2 == (cost.sparse[0].d2h_bytes,) * 2
+    assert cost.dense.device_s > 0 and 0 < cost.dense_h2d_bytes < cost.dense.h2d_bytes
+
+
 def test_a_model_that_fits_no_card_is_sharded_and_served(tmp_path, capsys):
     """dlrm-kaggle (675 MB of int8 tables) on 4 cards of 300 MB: torchrec's plan, the engine's programs."""
     code = main(
         ["serve", "dlrm-kaggle", "--server", server_file(tmp_path), "--scenario", "offline", "--queries", "200",
-         "--max-batch", "1024", "--json"]
+         "--max-batch", "1024", "--json", "--report", str(tmp_path / "rep")]
     )  # fmt: skip
     out, _ = capsys.readouterr()
     assert code == 0
@@ -204,6 +222,7 @@ def test_a_model_that_fits_no_card_is_sharded_and_served(tmp_path, capsys):
         assert c["busy_s"] == pytest.approx(c["sparse_busy_s"] + c["dense_busy_s"], abs=2e-6)
         assert c["busy_s"] <= res["wall_s"]
     assert res["link_utilization"]["peer[0]"] > 0
+    assert "<th>dense_busy_s</th>" in (tmp_path / "rep" / "index.html").read_text()
 
 
 def test_a_model_that_fits_no_card_set_is_one_line(tmp_path, capsys):

@@ -1,6 +1,12 @@
 """`mtiasim serve WORKLOAD --server NAME --scenario offline|server`: a model served on a server under MLPerf
 Inference's rules for recommendation.
 
+Placement: a model that fits one card's memory is replicated on every card (each batch runs whole on one
+card); one that does not is sharded over the cards with torchrec's planner (`serve/sharding.py`, the bytes
+estimator, planned for the largest batch) and served as per-card lookup programs, the pooled embeddings sent
+card to card and the dense part on one card per batch (`serve/sharded.py`); one that fits no card set is the
+plan's one-line CapacityError.
+
 - `offline`: every query is there at time 0; the throughput is queries (and samples) over the time to answer
   them all.
 - `server`: Poisson arrivals; the answer is the highest arrival rate whose p99 latency meets the bound, found

@@ -13,7 +13,7 @@ inputs are prepared and sent while the card runs the current one (double bufferi
 
 Shared resources, with the chip engine's disciplines:
 - the host CPU cores: one pool of FIFO servers, work on formed batches before new queries' pre-processing;
-- each card: a FIFO single server;
+- each card: a FIFO single server (a sharded model's lookups before its dense parts);
 - the links (host memory, each socket's root link, each leaf switch's uplink, each card's link; one resource
   per direction of a link, host memory shared by both): every transfer is a flow over its path, and the flows
   in progress share the links by max-min fairness (progressive filling, as the chip engine shares SRAM slices,
@@ -313,6 +313,9 @@ class _Run:
         self.host_queue: list[deque] = [deque() for _ in range(s.cards)]  # closed batches not yet sent
         self.in_flight = [0] * s.cards  # batches sent (or being prepared) and not yet run
         self.card_queue: list[deque] = [deque() for _ in range(s.cards)]
+        self.lookup_queue: list[deque] = [
+            deque() for _ in range(s.cards)
+        ]  # a sharded model's lookups go first
         self.card_busy = [False] * s.cards
         self.pre_s = s.host.preprocess_us_per_query * 1e-6
         self.post_s = s.host.postprocess_us_per_query * 1e-6
@@ -386,17 +389,19 @@ class _Run:
         self._card_job(batch.card, Job(batch, cost.device_s, cost.card_dynamic_j, "whole", self._ran))
 
     def _card_job(self, card: int, job: Job) -> None:
-        """Queue `job` on `card` (FIFO, one at a time)."""
-        self.card_queue[card].append(job)
+        """Queue `job` on `card`: one job at a time, first come first served, a sharded model's lookups before
+        its dense parts (every card's lookups hold up the batch, one card's dense part only its own batch)."""
+        (self.lookup_queue if job.part == "sparse" else self.card_queue)[card].append(job)
         if not self.card_busy[card]:
             self._next_on_card(card)
 
     def _next_on_card(self, card: int) -> None:
-        if not self.card_queue[card]:
+        queue = self.lookup_queue[card] or self.card_queue[card]
+        if not queue:
             self.card_busy[card] = False
             return
         self.card_busy[card] = True
-        job = self.card_queue[card].popleft()
+        job = queue.popleft()
         stats = self.cards[card]
         if job.part != "sparse":  # the part that yields the batch's outputs counts its samples
             stats.batches += 1
