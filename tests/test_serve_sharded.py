@@ -55,18 +55,23 @@ server_power_w = {v(35.0 * cards + 100)}
 # ------------------------------------------------------------------------------------------ card to card
 
 
-def test_peer_paths_turn_at_the_lowest_shared_switch():
-    s = load_server("yosemite-v3")
+def test_the_all_to_all_puts_each_byte_on_each_link_it_crosses():
+    s = load_server("yosemite-v3")  # 12 cards, 6 on each of two switches
     system = ServingSystem(s, _linear(s, _plan(s.cards, [1] * s.cards)), window_s=0.0)
-    names = lambda path: [system.link_names[i] for i in path]  # noqa: E731
-    assert names(system.peer[0][5]) == ["peer[0]", "card_up[0]", "card_down[5]"]
-    assert names(system.peer[7][2]) == [
-        "peer[7]",
-        "card_up[7]",
-        "switch_up[1]",
-        "switch_down[0]",
-        "card_down[2]",
-    ]
+    pooled = [
+        1200 * (c + 1) for c in range(12)
+    ]  # card c holds 1200 (c + 1) B, sends 100 (c + 1) B to each card
+    load = {}
+    for path, nbytes in system.exchange(pooled):
+        for link in path:
+            load[system.link_names[link]] = load.get(system.link_names[link], 0) + nbytes
+    share = [p / 12 for p in pooled]
+    for c in range(12):
+        assert load[f"peer[{c}]"] == load[f"card_up[{c}]"] == pytest.approx(11 * share[c])
+        assert load[f"card_down[{c}]"] == pytest.approx(sum(share) - share[c])
+    assert load["switch_up[0]"] == load["switch_down[1]"] == pytest.approx(6 * sum(share[:6]))
+    assert load["switch_up[1]"] == load["switch_down[0]"] == pytest.approx(6 * sum(share[6:]))
+    assert not any(name.startswith(("root", "host")) for name in load)  # one socket: no root link crossed
     assert system.link_caps[system.link_names.index("peer[3]")] == s.topology.peer_gbps * 1e9
 
 
@@ -102,9 +107,10 @@ class LinearShardedCosts(ShardedCosts):
                 if width
                 else None
             )
-        dense = BatchCost(b, 3e-5, 1e-4 + b * 5e-7, b * 2000, b * 4, 2e-6 * b, 0.0)
+        part = -(-b // self.plan.cards)
+        dense = BatchCost(part, 3e-5, 1e-4 + part * 5e-7, part * 2000, part * 4, 2e-6 * part, 0.0)
         pooled = tuple(b * sum(s.dim for s in self.plan.shards_on(c)) * 2 for c in range(self.plan.cards))
-        return ShardedCost(b, tuple(sparse), dense, b * 1000, pooled)
+        return ShardedCost(b, tuple(sparse), dense, part * 1000, pooled, part)
 
 
 def _linear(server, plan):
@@ -130,29 +136,29 @@ def test_sharded_conservation(tmp_path_factory, count, seed, rate_fraction, wind
     q = draw_queries(count, seed)
     rate = None if rate_fraction is None else rate_fraction * count / system.run(q, None).wall_s
     run = system.run(q, rate)
-    # every query's samples are served once, in exactly one batch, whole; each batch's dense part on one card
+    # every query's samples are served once, in exactly one batch, whole; each card answers its slice of each
     seen = np.concatenate([b.queries for b in run.batches])
     assert np.array_equal(np.sort(seen), np.arange(q.count))
     assert all(b.samples == q.sizes[b.queries].sum() <= b.bucket for b in run.batches)
     assert sum(c.samples for c in run.cards) == q.samples
-    assert sum(c.batches for c in run.cards) == len(run.batches)
-    # each card ran every batch's lookups of its shards and the dense parts of its own batches, one at a time
+    assert all(c.batches == len(run.batches) for c in run.cards)
+    assert max(c.samples for c in run.cards) - min(c.samples for c in run.cards) <= len(run.batches)
+    # each card ran every batch's lookups of its shards and its dense slice of every batch, one at a time
     for card, c in enumerate(run.cards):
         sparse = sum(costs.cost(b.bucket).sparse[card].device_s for b in run.batches if tables[card])
-        dense = sum(costs.cost(b.bucket).dense.device_s for b in run.batches if b.card == card)
+        dense = sum(costs.cost(b.bucket).dense.device_s for b in run.batches)
         assert c.sparse_s == pytest.approx(sparse, rel=1e-9) and c.dense_s == pytest.approx(dense, rel=1e-9)
         assert c.busy_s == pytest.approx(c.sparse_s + c.dense_s, rel=1e-9)
         assert c.busy_s <= run.wall_s * (1 + 1e-9)
     assert run.host_busy_s <= s.host.cores * run.wall_s * (1 + 1e-9)
-    # the all-to-all: each card sends its pooled embeddings of every batch whose dense part runs elsewhere
+    # the all-to-all: each card sends the other cards' slices of its pooled embeddings of every batch
     names = run.link_names
     for card in range(cards):
-        sent = sum(costs.cost(b.bucket).pooled_bytes[card] for b in run.batches if b.card != card)
+        sent = sum(costs.cost(b.bucket).pooled_bytes[card] * (cards - 1) / cards for b in run.batches)
         assert run.link_bytes[names.index(f"peer[{card}]")] == pytest.approx(sent, rel=1e-9)
     host = sum(
         sum(sc.h2d_bytes for sc in costs.cost(b.bucket).sparse if sc is not None)
-        + costs.cost(b.bucket).dense_h2d_bytes
-        + costs.cost(b.bucket).dense.d2h_bytes
+        + cards * (costs.cost(b.bucket).dense_h2d_bytes + costs.cost(b.bucket).dense.d2h_bytes)
         for b in run.batches
     )
     assert run.link_bytes[names.index("host_memory")] == pytest.approx(host, rel=1e-9)
@@ -191,9 +197,10 @@ def test_cards_with_identical_shards_share_one_program():
         seed=0, max_batch=1024, progress=steps.append,
     )  # fmt: skip
     cost = costs.cost(256)
-    assert steps == ["engine: card 0 lookups, batch 256", "engine: dense part, batch 256"]
+    assert steps == ["engine: card 0 lookups, batch 256", "engine: dense part, slice 128 of batch 256"]
     assert cost.sparse[0] is cost.sparse[1] and cost.sparse[0].device_s > 0
     assert cost.pooled_bytes == (256 * 13 * 16 * 2,) * 2 == (cost.sparse[0].d2h_bytes,) * 2
+    assert (cost.slice, cost.dense.batch) == (128, 128)
     assert cost.dense.device_s > 0 and 0 < cost.dense_h2d_bytes < cost.dense.h2d_bytes
 
 
@@ -212,12 +219,13 @@ def test_a_model_that_fits_no_card_is_sharded_and_served(tmp_path, capsys):
     used = {c for t in sharding["tables"].values() for c in t["cards"]}
     assert len(used) > 1 and all(len(t["cards"]) < 4 for t in sharding["tables"].values())
     for cost in res["batch_costs"]:
-        assert cost["dense"]["device_us"] > 0
+        assert cost["dense"]["device_us"] > 0 and cost["dense_slice"] == cost["batch"] // 4
         widths = [sum(s["dim"] for s in sharding["shards"] if s["card"] == c) for c in range(4)]
         assert cost["alltoall_bytes"] == [cost["batch"] * w * 2 for w in widths]
         # a card's lookup program outputs what it sends in the all-to-all
         assert [s and s["d2h_bytes"] for s in cost["sparse"]] == [b or None for b in cost["alltoall_bytes"]]
     assert sum(c["samples"] for c in res["per_card"]) == res["samples"]
+    assert len({c["batches"] for c in res["per_card"]}) == 1
     for c in res["per_card"]:
         assert c["busy_s"] == pytest.approx(c["sparse_busy_s"] + c["dense_busy_s"], abs=2e-6)
         assert c["busy_s"] <= res["wall_s"]

@@ -189,6 +189,7 @@ def _cost_json(c: BatchCost | ShardedCost) -> dict[str, Any]:
     return {
         "batch": c.batch,
         "sparse": [None if s is None else _program_json(s) for s in c.sparse],
+        "dense_slice": c.slice,
         "dense": _program_json(c.dense),
         "dense_h2d_bytes": c.dense_h2d_bytes,
         "alltoall_bytes": list(c.pooled_bytes),

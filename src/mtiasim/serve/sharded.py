@@ -6,14 +6,13 @@ Per batch (bucket size B) a sharded model runs:
   size and virtual like the zoo's tables, looking up the whole batch: per sample floor(p) or ceil(p) uniform ids
   where p is the shard's lookups per sample (a row-wise shard gets its share of the table's lookups), with mean p;
   its output, [B, sum of its shards' dims], is the card's pooled embeddings;
-- the pooled embeddings all-to-all: every card sends its B x (sum of its shards' dims) fp16 values to the card
-  that runs the batch's dense part, over the PCIe switch tree, card to card;
-- the dense part on ONE card (chosen per batch, `serve/system.py`): the model's `dense_part()` (bottom MLP,
-  interaction, top MLP) on the dense features and the pooled embeddings of every table; the dense weights are
-  replicated on every card, so any card can take any batch's dense part, and successive batches' dense parts
-  run on different cards while every card runs the next batch's lookups (one card per batch rather than
-  the batch split over all cards: 2048 samples over 12 cards would leave each card a 170-sample slice, and
-  every batch would cost 12 small dense launches instead of one).
+- the pooled embeddings all-to-all (torchrec's): every card sends each other card the fp16 pooled values of
+  that card's slice of the batch, over the PCIe switch tree, card to card;
+- the dense part data parallel: every card runs the model's `dense_part()` (bottom MLP, interaction, top MLP)
+  on its slice of the batch (B / cards samples, rounded up), with the dense features from the host and the
+  pooled embeddings of every table; the dense weights are replicated on every card. (The dense part on one
+  card per batch instead would funnel 11/12 of every batch's pooled embeddings down that one card's link:
+  for meta-lc1 at B = 2048, 123 MB per batch through one x8 link, 8 ms, more than any card's lookups.)
 
 Each program is compiled by mtiasim and run by the timing engine (one warm-up batch of other ids, then the
 measured one) per bucket, on first use; cards whose shards have identical shapes share one program.
@@ -82,14 +81,15 @@ def shape_key(shards: Sequence[TableShard]) -> tuple[tuple[int, int, float], ...
 @dataclass(frozen=True)
 class ShardedCost:
     """One bucket of a sharded model: per card its sparse program (None: a card without shards), the dense
-    program, the bytes of dense features the host sends to the dense card, and per card the pooled bytes it
-    sends in the all-to-all."""
+    program of one slice (`slice` samples, run by every card), the bytes of dense features the host sends to a
+    card for its slice, and per card the pooled bytes its lookups give for the whole batch."""
 
     batch: int
     sparse: tuple[BatchCost | None, ...]
     dense: BatchCost
     dense_h2d_bytes: int
     pooled_bytes: tuple[int, ...]
+    slice: int = 0
 
     @property
     def simulator_s(self) -> float:
@@ -188,17 +188,20 @@ class ShardedCosts:
         from mtiasim.workloads.inputs import dense_features, torch_generator
 
         sparse = tuple(self._sparse(c, batch) for c in range(self.plan.cards))
-        if self.progress is not None:
-            self.progress(f"engine: dense part, batch {batch}")
+        part = -(-batch // self.plan.cards)
+        if ("dense", part) not in self._programs:
+            if self.progress is not None:
+                self.progress(f"engine: dense part, slice {part} of batch {batch}")
 
-        def inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-            gen = torch_generator(seed, "pooled")
-            pooled = torch.rand(batch, self.pooled_width, generator=gen)
-            return dense_features(batch, self.dense_features, seed), pooled
+            def inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                gen = torch_generator(seed, "pooled")
+                pooled = torch.rand(part, self.pooled_width, generator=gen)
+                return dense_features(part, self.dense_features, seed), pooled
 
-        dense = self._engine(
-            self.dense_module, inputs(self.seed), inputs(self.seed + 1), batch, f"{self.workload}-dense"
-        )
+            self._programs[("dense", part)] = self._engine(
+                self.dense_module, inputs(self.seed), inputs(self.seed + 1), part, f"{self.workload}-dense"
+            )
+        dense = self._programs[("dense", part)]
         # both inputs cross PCIe in one format: the dense features' share of the program's inputs comes from
         # the host, the rest is the all-to-all's
         share = self.dense_features / (self.dense_features + self.pooled_width)
@@ -211,4 +214,5 @@ class ShardedCosts:
                 batch * sum(s.dim for s in self.plan.shards_on(c)) * POOLED_OUTPUT_BYTES
                 for c in range(self.plan.cards)
             ),
+            slice=part,
         )

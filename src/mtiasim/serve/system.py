@@ -27,7 +27,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,6 +188,8 @@ class Job:
     joules: float
     part: str  # "whole" (a replicated model's batch), "sparse" or "dense" (a sharded model's parts)
     done: Callable[[Batch], None]
+    samples: int = 0  # the batch's samples this job answers (a dense part: its slice)
+    padded: int = 0  # what the program ran, padding included
 
 
 @dataclass
@@ -269,22 +271,35 @@ class ServingSystem:
         self.down = [path("down", c) for c in range(topo.cards)]
         self.up = [path("up", c) for c in range(topo.cards)]
 
-        def peer(src: int, dst: int) -> tuple[int, ...]:
-            """Card to card: at the card's peer-to-peer rate, up to the lowest switch they share, down again
-            (through the root switch when the cards hang off different switches, through both sockets' links
-            when off different sockets)."""
-            a, b = server.switch_of(src), server.switch_of(dst)
-            links = [index[("peer", "card", src)], index[("up", "card", src)]]
-            if a != b:
-                links.append(index[("up", "switch", a)])
-                sa, sb = server.socket_of(src), server.socket_of(dst)
+        self._index = index
+
+    def exchange(self, pooled_bytes: Sequence[int]) -> list[tuple[tuple[int, ...], float]]:
+        """The pooled-embedding all-to-all of one batch as flows over links: card c holds `pooled_bytes[c]` of
+        every sample's pooled embeddings and keeps the share of its own slice of the batch (1/cards), sending
+        each other card its share; the pairs' flows are merged link by link, each link carrying exactly the
+        bytes that cross it: per card what it sends (at its peer-to-peer rate, up its link) and what it
+        receives (down its link), per pair of leaf switches what crosses from one to the other (up and down
+        the switches' uplinks; also through the root links when the switches hang off different sockets)."""
+        s, index = self.server, self._index
+        n = s.cards
+        share = [b / n for b in pooled_bytes]
+        total = sum(share)
+        flows: list[tuple[tuple[int, ...], float]] = []
+        for c in range(n):
+            flows.append(((index[("peer", "card", c)], index[("up", "card", c)]), share[c] * (n - 1)))
+            flows.append(((index[("down", "card", c)],), total - share[c]))
+        for a in range(s.topology.switches):
+            for b in range(s.topology.switches):
+                if a == b:
+                    continue
+                src = [c for c in range(n) if s.switch_of(c) == a]
+                sa, sb = s.socket_of(a * s.cards_per_switch), s.socket_of(b * s.cards_per_switch)
+                links = [index[("up", "switch", a)]]
                 if sa != sb:
                     links += [index[("up", "root", sa)], index[("down", "root", sb)]]
                 links.append(index[("down", "switch", b)])
-            links.append(index[("down", "card", dst)])
-            return tuple(links)
-
-        self.peer = [[peer(a, b) for b in range(topo.cards)] for a in range(topo.cards)]
+                flows.append((tuple(links), sum(share[c] for c in src) * s.cards_per_switch))
+        return [(path, nbytes) for path, nbytes in flows if nbytes > 0]
 
     @property
     def sharded(self) -> bool:
@@ -386,7 +401,8 @@ class _Run:
 
     def _arrive_card(self, batch: Batch) -> None:
         cost = self.sys.costs.cost(batch.bucket)
-        self._card_job(batch.card, Job(batch, cost.device_s, cost.card_dynamic_j, "whole", self._ran))
+        job = Job(batch, cost.device_s, cost.card_dynamic_j, "whole", self._ran, batch.samples, batch.bucket)
+        self._card_job(batch.card, job)
 
     def _card_job(self, card: int, job: Job) -> None:
         """Queue `job` on `card`: one job at a time, first come first served, a sharded model's lookups before
@@ -405,8 +421,8 @@ class _Run:
         stats = self.cards[card]
         if job.part != "sparse":  # the part that yields the batch's outputs counts its samples
             stats.batches += 1
-            stats.samples += job.batch.samples
-            stats.padded_samples += job.batch.bucket
+            stats.samples += job.samples
+            stats.padded_samples += job.padded
         stats.busy_s += job.seconds
         if job.part == "sparse":
             stats.sparse_s += job.seconds
@@ -437,82 +453,109 @@ class _Run:
 
 
 class _ShardedRun(_Run):
-    """A sharded model (`serve/sharded.py`): per batch, every card holding shards runs its lookups, sends its
-    pooled embeddings to the batch's dense card (the card with the fewest samples of dense work queued or
-    running), which runs the dense part once all of them and the batch's dense features have arrived.
+    """A sharded model (`serve/sharded.py`): per batch, every card holding shards runs its lookups for the whole
+    batch; the pooled embeddings go all-to-all (`ServingSystem.exchange`), a collective: it starts when every
+    card's lookups are done and every card's dense slice waits for all of it; then every card runs the dense
+    part on its slice of the batch (data parallel, the batch split evenly) and sends its slice's outputs back.
 
-    Per batch a host core prepares each card's indices (that card's program's host part) and the dense card's
-    call (the dense program's host part); the inputs cross the switch tree. At most `PREFETCH_BATCHES` batches
-    are between their host part and the end of their last lookup (double buffering over the whole server)."""
+    Per batch a host core prepares each card's indices (that card's lookup program's host part) and each
+    card's dense call (the dense program's host part); the inputs cross the switch tree. At most
+    `PREFETCH_BATCHES` batches are between their host part and the end of their last lookup (double buffering
+    over the whole server)."""
 
     def __init__(self, system: ServingSystem, queries: Queries, queries_per_s: float | None) -> None:
         super().__init__(system, queries, queries_per_s)
         self.waiting: deque = deque()  # closed batches not yet started
         self.started = 0  # batches started whose lookups are not all done
-        self.sparse_left: dict[int, int] = {}  # id(batch) -> cards whose lookups are still to finish
-        self.inputs_left: dict[int, int] = {}  # id(batch) -> inputs the dense card still waits for
+        self.left: dict[tuple[int, str], int] = {}  # (id(batch), what) -> parts still to come
+        self.exchanges: dict[int, list] = {}  # bucket -> the all-to-all's flows
 
     def _close(self, batch: Batch) -> None:
         self.open = None
-        batch.card = int(np.argmin(self.outstanding))
         batch.bucket = self.sys.costs.bucket_for(batch.samples)
-        self.outstanding[batch.card] += batch.samples
         self.batch_of[batch.queries] = len(self.batches)
         self.batches.append(batch)
         self.waiting.append(batch)
         self._start()
 
     def _start(self) -> None:
+        cards = self.sys.server.cards
         while self.started < PREFETCH_BATCHES and self.waiting:
             batch = self.waiting.popleft()
             self.started += 1
             cost = self.sys.costs.cost(batch.bucket)
-            cards = [c for c, sc in enumerate(cost.sparse) if sc is not None]
-            self.sparse_left[id(batch)] = len(cards)
-            # the dense features, and the pooled embeddings of every other card with shards
-            self.inputs_left[id(batch)] = 1 + sum(1 for c in cards if c != batch.card)
-            for c in cards:
+            if batch.bucket not in self.exchanges:
+                self.exchanges[batch.bucket] = self.sys.exchange(cost.pooled_bytes)
+            holders = [c for c, sc in enumerate(cost.sparse) if sc is not None]
+            self.left[(id(batch), "lookups")] = len(holders)
+            self.left[(id(batch), "outputs")] = cards
+            for c in holders:
                 self.cores.submit(
                     cost.sparse[c].host_s, lambda batch=batch, c=c: self._send_ids(batch, c), urgent=True
                 )
-            self.cores.submit(cost.dense.host_s, lambda batch=batch: self._send_dense(batch), urgent=True)
+            for c in range(cards):
+                self.left[(id(batch), f"dense{c}")] = 2  # its dense features and the all-to-all
+                self.cores.submit(
+                    cost.dense.host_s, lambda batch=batch, c=c: self._send_dense(batch, c), urgent=True
+                )
+
+    def _count(self, batch: Batch, what: str) -> bool:
+        """One more of `what` for `batch`; whether it was the last."""
+        key = (id(batch), what)
+        self.left[key] -= 1
+        if self.left[key]:
+            return False
+        del self.left[key]
+        return True
 
     def _send_ids(self, batch: Batch, card: int) -> None:
         sc = self.sys.costs.cost(batch.bucket).sparse[card]
-        job = Job(batch, sc.device_s, sc.card_dynamic_j, "sparse", lambda b: self._looked_up(b, card))
+        job = Job(batch, sc.device_s, sc.card_dynamic_j, "sparse", self._looked_up)
         self.net.transfer(
             self.sys.down[card], sc.h2d_bytes, self.sys.latency_s, lambda: self._card_job(card, job)
         )
 
-    def _send_dense(self, batch: Batch) -> None:
+    def _send_dense(self, batch: Batch, card: int) -> None:
         nbytes = self.sys.costs.cost(batch.bucket).dense_h2d_bytes
-        self.net.transfer(self.sys.down[batch.card], nbytes, self.sys.latency_s, lambda: self._input(batch))
-
-    def _looked_up(self, batch: Batch, card: int) -> None:
-        self.sparse_left[id(batch)] -= 1
-        if not self.sparse_left[id(batch)]:
-            del self.sparse_left[id(batch)]
-            self.started -= 1
-            self._start()
-        if card != batch.card:
-            nbytes = self.sys.costs.cost(batch.bucket).pooled_bytes[card]
-            self.net.transfer(
-                self.sys.peer[card][batch.card], nbytes, self.sys.latency_s, lambda: self._input(batch)
-            )
-
-    def _input(self, batch: Batch) -> None:
-        self.inputs_left[id(batch)] -= 1
-        if self.inputs_left[id(batch)]:
-            return
-        del self.inputs_left[id(batch)]
-        dense = self.sys.costs.cost(batch.bucket).dense
-        self._card_job(
-            batch.card, Job(batch, dense.device_s, dense.card_dynamic_j, "dense", self._dense_done)
-        )
-
-    def _dense_done(self, batch: Batch) -> None:
-        self.outstanding[batch.card] -= batch.samples
-        dense = self.sys.costs.cost(batch.bucket).dense
         self.net.transfer(
-            self.sys.up[batch.card], dense.d2h_bytes, self.sys.latency_s, lambda: self._answer(batch)
+            self.sys.down[card], nbytes, self.sys.latency_s, lambda: self._dense_input(batch, card)
         )
+
+    def _looked_up(self, batch: Batch) -> None:
+        if not self._count(batch, "lookups"):
+            return
+        self.started -= 1
+        self._start()
+        flows = self.exchanges[batch.bucket]
+        if not flows:
+            self._exchanged(batch)
+            return
+        self.left[(id(batch), "exchange")] = len(flows)
+        for path, nbytes in flows:
+            self.net.transfer(path, nbytes, self.sys.latency_s, lambda: self._flow_done(batch))
+
+    def _flow_done(self, batch: Batch) -> None:
+        if self._count(batch, "exchange"):
+            self._exchanged(batch)
+
+    def _exchanged(self, batch: Batch) -> None:
+        for c in range(self.sys.server.cards):
+            self._dense_input(batch, c)
+
+    def _dense_input(self, batch: Batch, card: int) -> None:
+        if not self._count(batch, f"dense{card}"):
+            return
+        cost = self.sys.costs.cost(batch.bucket)
+        n = self.sys.server.cards
+        samples = batch.samples // n + (card < batch.samples % n)
+        job = Job(batch, cost.dense.device_s, cost.dense.card_dynamic_j, "dense",
+                  lambda b: self._dense_done(b, card), samples, cost.slice)  # fmt: skip
+        self._card_job(card, job)
+
+    def _dense_done(self, batch: Batch, card: int) -> None:
+        d2h = self.sys.costs.cost(batch.bucket).dense.d2h_bytes
+        self.net.transfer(self.sys.up[card], d2h, self.sys.latency_s, lambda: self._output(batch))
+
+    def _output(self, batch: Batch) -> None:
+        if self._count(batch, "outputs"):
+            self._answer(batch)
