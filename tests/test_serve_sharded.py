@@ -185,6 +185,23 @@ def test_shard_bags_have_the_shards_mean_lookups():
     assert int(ids.min()) >= 0 and int(ids.max()) < 500
 
 
+@pytest.mark.parametrize("name", ["dlrm-kaggle", "meta-lc2"])
+def test_the_dense_part_on_the_pooled_embeddings_is_the_model(name):
+    import torch
+
+    from mtiasim import workloads
+
+    w = workloads.build(name, batch=8, max_rows=50, materialize=True)
+    dense, sparse = w.example_inputs[0], w.example_inputs[1:]
+    with torch.no_grad():
+        if name == "dlrm-kaggle":
+            pooled = torch.cat([eb(i, o) for eb, i, o in zip(w.model.emb_l, *sparse, strict=True)], dim=1)
+        else:
+            pooled = w.model.ebc(sparse[0]).values()
+        assert pooled.shape == (8, sum(w.embedding_dims))
+        assert torch.equal(w.model.dense_part()(dense, pooled), w.model(*w.example_inputs))
+
+
 def test_cards_with_identical_shards_share_one_program():
     from mtiasim import workloads
 
