@@ -248,6 +248,15 @@ def test_a_model_that_fits_no_card_is_sharded_and_served(tmp_path, capsys):
         assert c["busy_s"] <= res["wall_s"]
     assert res["link_utilization"]["peer[0]"] > 0
     assert "<th>dense_busy_s</th>" in (tmp_path / "rep" / "index.html").read_text()
+    from mtiasim.cli import _print_serve
+
+    _print_serve(res)
+    lines = capsys.readouterr().out.splitlines()
+    per_card = sharding["bytes_per_card"]
+    assert lines[5] == (
+        f"  sharded     26 tables (26 table-wise), {min(per_card) / 1e9:.2f}..{max(per_card) / 1e9:.2f} GB per card; "
+        "dense data parallel after the all-to-all"
+    )
 
 
 def test_a_model_that_fits_no_card_set_is_one_line(tmp_path, capsys):

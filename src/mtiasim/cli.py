@@ -384,6 +384,11 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
     if as_json:
         _emit_json(res)
         return
+    _print_serve(res)
+
+
+def _print_serve(res: dict) -> None:
+    """`mtiasim serve`'s text: the headline figures, where the model lives, the cards' and host's load."""
     bound = f" (bound {res['latency_bound_ms']:g} ms)" if res["latency_bound_ms"] is not None else ""
     click.echo(
         f"{res['workload']} on {res['server']} ({res['cards']} x {res['chip']}), {res['scenario']} scenario"
@@ -395,6 +400,14 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
         f"{res['samples_per_s_per_w']:,.1f} samples/s/W"
     )
     click.echo(f"  compute     {res['flops_per_s'] / 1e12:.2f} TFLOP/s")
+    sharding = res["sharding"]
+    if sharding.get("kinds"):  # a sharding plan (a replicated model has no kinds)
+        kinds = ", ".join(f"{n} {k.replace('_', '-')}" for k, n in sharding["kinds"].items() if n)
+        per_card = sharding["bytes_per_card"]
+        click.echo(
+            f"  sharded     {len(sharding['tables'])} tables ({kinds}), {min(per_card) / 1e9:.2f}..{max(per_card) / 1e9:.2f} "
+            "GB per card; dense data parallel after the all-to-all"
+        )
     busy = [c["utilization"] for c in res["per_card"]]
     click.echo(
         f"  cards busy  {min(busy) * 100:.1f}..{max(busy) * 100:.1f} %; host CPU {res['host']['utilization'] * 100:.1f} %"
