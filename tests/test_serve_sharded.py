@@ -73,6 +73,18 @@ def test_the_all_to_all_puts_each_byte_on_each_link_it_crosses():
     assert load["switch_up[1]"] == load["switch_down[0]"] == pytest.approx(6 * sum(share[6:]))
     assert not any(name.startswith(("root", "host")) for name in load)  # one socket: no root link crossed
     assert system.link_caps[system.link_names.index("peer[3]")] == s.topology.peer_gbps * 1e9
+    # two sockets, a switch each: what crosses goes up one socket's root link and down the other's
+    gt = load_server("grand-teton-2i")
+    system = ServingSystem(gt, _linear(gt, _plan(gt.cards, [1] * gt.cards)), window_s=0.0)
+    crossing = {
+        tuple(system.link_names[i] for i in path): nbytes
+        for path, nbytes in system.exchange([2400] * 24)
+        if len(path) > 2
+    }
+    assert crossing == {
+        ("switch_up[0]", "root_up[0]", "root_down[1]", "switch_down[1]"): 12 * 12 * 100,
+        ("switch_up[1]", "root_up[1]", "root_down[0]", "switch_down[0]"): 12 * 12 * 100,
+    }
 
 
 # ------------------------------------------------------------------------------------ the event simulation
