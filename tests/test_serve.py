@@ -225,6 +225,6 @@ def test_replication_needs_the_model_in_one_card():
     with pytest.raises(CapacityError) as err:
         replicate("m", big, 2**20, s, int8)
     assert str(err.value) == (
-        "m (int8): tables 32.00 GiB + dense 0.00 GiB do not fit one card of yosemite-v3 (32.00 GiB): serving it "
-        "needs the tables sharded over the cards, which `mtiasim serve` does not model yet"
+        "m (int8): tables 32.00 GiB + dense 0.00 GiB do not fit one card of yosemite-v3 (32.00 GiB): shard the "
+        "tables over the cards instead"
     )

@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtiasim import workloads
-from mtiasim.cli import main
 from mtiasim.errors import CapacityError, UsageError
 from mtiasim.hw.chip import load_chip
 from mtiasim.serve import sharding
@@ -181,14 +180,3 @@ def test_tbe_estimator_runs_the_bench_model_once_per_bucket(monkeypatch):
     t3 = est(s3, 32)  # same bucket (1024 rows, pooling 4): scaled by 3/4, no second bench run
     assert len(calls) == 1 and calls[0][0][:4] == (32, 4, 1024, 64)
     assert t4 > 0 and t3 == pytest.approx(t4 * 3 / 4)
-
-
-def test_shard_cli(capsys):
-    assert main(["shard", "dlrm-kaggle", "--cards", "4", "--json"]) == 0
-    out = capsys.readouterr().out
-    import json
-
-    j = json.loads(out)
-    assert j["cards"] == 4 and len(j["tables"]) == 26 and len(j["bytes_per_card"]) == 4
-    assert main(["shard", "dlrm-kaggle", "--card-memory", "3XB"]) == 2
-    assert capsys.readouterr().err.strip().endswith("--card-memory: unknown unit 'XB' (e.g. 32GiB, 32GB)")

@@ -384,6 +384,11 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
     if as_json:
         _emit_json(res)
         return
+    _print_serve(res)
+
+
+def _print_serve(res: dict) -> None:
+    """`mtiasim serve`'s text: the headline figures, where the model lives, the cards' and host's load."""
     bound = f" (bound {res['latency_bound_ms']:g} ms)" if res["latency_bound_ms"] is not None else ""
     click.echo(
         f"{res['workload']} on {res['server']} ({res['cards']} x {res['chip']}), {res['scenario']} scenario"
@@ -395,6 +400,14 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
         f"{res['samples_per_s_per_w']:,.1f} samples/s/W"
     )
     click.echo(f"  compute     {res['flops_per_s'] / 1e12:.2f} TFLOP/s")
+    sharding = res["sharding"]
+    if sharding.get("kinds"):  # a sharding plan (a replicated model has no kinds)
+        kinds = ", ".join(f"{n} {k.replace('_', '-')}" for k, n in sharding["kinds"].items() if n)
+        per_card = sharding["bytes_per_card"]
+        click.echo(
+            f"  sharded     {len(sharding['tables'])} tables ({kinds}), {min(per_card) / 1e9:.2f}..{max(per_card) / 1e9:.2f} "
+            "GB per card; dense data parallel after the all-to-all"
+        )
     busy = [c["utilization"] for c in res["per_card"]]
     click.echo(
         f"  cards busy  {min(busy) * 100:.1f}..{max(busy) * 100:.1f} %; host CPU {res['host']['utilization'] * 100:.1f} %"
@@ -1304,36 +1317,25 @@ def _silence_stdout() -> None:
 @cli.command("shard")
 @click.argument("workload")
 @click.option(
-    "--cards", type=int, default=12, show_default=True, help="Cards of the server (Yosemite V3: 12)."
-)
-@click.option(
-    "--card-memory",
-    default="32GiB",
-    show_default=True,
-    help="Device DRAM per card (Yosemite V3: 32 GB LPDDR5).",
+    "--server", "server_name", default="yosemite-v3", show_default=True, help="Server preset or TOML file."
 )
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per batch.")
 @click.option("--precision", default="int8", show_default=True, help="Table precision: int8 or fp32.")
 @click.option(
     "--estimator", default="bytes", show_default=True, help="TBE time: bytes (DRAM roofline) or tbe."
 )
-@click.option("--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset name or a TOML file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def shard_cmd(workload, cards, card_memory, batch, precision, estimator, chip_name, as_json) -> None:
+def shard_cmd(workload, server_name, batch, precision, estimator, as_json) -> None:
     """Shard a zoo workload's embedding tables across a server's cards with torchrec's planner."""
     from mtiasim import workloads
-    from mtiasim.hw.units import parse_number
-    from mtiasim.serve.sharding import ESTIMATORS, CardSet, dense_bytes, plan_sharding, tables_of
+    from mtiasim.hw import load_server
+    from mtiasim.serve.sharding import ESTIMATORS, dense_bytes, plan_sharding, tables_of
 
     if estimator not in ESTIMATORS:
         raise UsageError(f"--estimator: unknown estimator {estimator!r} (known: {', '.join(ESTIMATORS)})")
-    try:
-        card_bytes = int(parse_number("bytes", card_memory, True))
-    except ValueError as err:
-        raise UsageError(f"--card-memory: {err} (e.g. 32GiB, 32GB)") from None
-    chip = _chip(chip_name, ())
+    server = load_server(server_name)
+    chip = server.chip()
     w = workloads.build(workload, batch=batch)
-    server = CardSet(cards, card_bytes, chip.sram.bytes)
     plan = plan_sharding(
         tables_of(w),
         server,
@@ -1342,13 +1344,15 @@ def shard_cmd(workload, cards, card_memory, batch, precision, estimator, chip_na
         ESTIMATORS[estimator](chip),
         dense_bytes_per_card=dense_bytes(w, precision),
         chip=chip,
+        link_bytes_per_s=server.topology.peer_gbps * 1e9,
         model=workload,
     )
     if as_json:
-        _emit_json({"workload": workload, "estimator": estimator, **plan.to_json()})
+        _emit_json({"workload": workload, "server": server.name, "estimator": estimator, **plan.to_json()})
     else:
         click.echo(
-            f"{workload}: {len(w.table_rows)} tables on {cards} cards x {server.card_memory_bytes:,} B"
+            f"{workload}: {len(w.table_rows)} tables on {server.name}, {server.cards} cards x "
+            f"{server.card_memory_bytes:,} B"
         )
         click.echo(plan.summary())
 

@@ -101,13 +101,18 @@ class BatchCosts:
             seed=self.seed,
             warmup=1,
         )
-        latency_s = res["latency_us"] * 1e-6
-        return BatchCost(
-            batch=batch,
-            host_s=res["host_us"] * 1e-6,
-            device_s=res["device_us"] * 1e-6,
-            h2d_bytes=int(res["h2d_bytes"]),
-            d2h_bytes=int(res["d2h_bytes"]),
-            card_dynamic_j=max(0.0, res["card_energy_j"] - self.idle_card_w * latency_s),
-            simulator_s=sum(res["simulator_s"].values()),
-        )
+        return batch_cost(batch, res, self.idle_card_w, sum(res["simulator_s"].values()))
+
+
+def batch_cost(batch: int, res: dict, idle_card_w: float, simulator_s: float) -> BatchCost:
+    """A run's JSON (`CompiledModel.report.to_json()`, as `run_workload` returns it) as a BatchCost."""
+    latency_s = res["latency_us"] * 1e-6
+    return BatchCost(
+        batch=batch,
+        host_s=res["host_us"] * 1e-6,
+        device_s=res["device_us"] * 1e-6,
+        h2d_bytes=int(res["h2d_bytes"]),
+        d2h_bytes=int(res["d2h_bytes"]),
+        card_dynamic_j=max(0.0, res["card_energy_j"] - idle_card_w * latency_s),
+        simulator_s=simulator_s,
+    )

@@ -1,9 +1,8 @@
 """Where the model lives on the server's cards.
 
 Data-parallel serving: every card holds the whole model (tables and dense layers) and runs whole batches, so a
-batch needs no traffic between cards. That needs the model in one card's memory; a model that does not fit is
-refused with its sizes (serving it needs a sharding plan over the cards, `serve/sharding.py`, whose per-card
-shards and pooled-embedding all-to-all over PCIe this simulator does not yet run).
+batch needs no traffic between cards. That needs the model in one card's memory (`fits_one_card`); a model that
+does not fit is sharded over the cards instead (`serve/sharding.py`, `serve/sharded.py`).
 
 The JSON has the shape of a sharding plan's (`ShardingPlan.to_json`): per table its kind and cards, and the
 device bytes per card.
@@ -67,6 +66,15 @@ def table_names(model: torch.nn.Module, count: int) -> list[str]:
     return names if len(names) == count else [f"table_{i}" for i in range(count)]
 
 
+def model_bytes(tables: Sequence[Table], dense_params: int, precision: Precision) -> tuple[int, int]:
+    """(table bytes, dense bytes) of the model on one card."""
+    return sum(t.device_bytes(precision) for t in tables), dense_params * (1 if precision.int8 else 2)
+
+
+def fits_one_card(tables: Sequence[Table], dense_params: int, server: Server, precision: Precision) -> bool:
+    return sum(model_bytes(tables, dense_params, precision)) <= server.card_memory_bytes
+
+
 def replicate(
     workload: str,
     tables: Sequence[Table],
@@ -74,13 +82,11 @@ def replicate(
     server: Server,
     precision: Precision,
 ) -> Replicated:
-    table_bytes = sum(t.device_bytes(precision) for t in tables)
-    dense_bytes = dense_params * (1 if precision.int8 else 2)
-    need = table_bytes + dense_bytes
-    if need > server.card_memory_bytes:
+    table_bytes, dense_bytes = model_bytes(tables, dense_params, precision)
+    if not fits_one_card(tables, dense_params, server, precision):
         raise CapacityError(
             f"{workload} ({precision.name}): tables {table_bytes / 2**30:.2f} GiB + dense {dense_bytes / 2**30:.2f} "
-            f"GiB do not fit one card of {server.name} ({server.card_memory_bytes / 2**30:.2f} GiB): serving it "
-            "needs the tables sharded over the cards, which `mtiasim serve` does not model yet"
+            f"GiB do not fit one card of {server.name} ({server.card_memory_bytes / 2**30:.2f} GiB): "
+            "shard the tables over the cards instead"
         )
     return Replicated(server.cards, tuple(tables), table_bytes, dense_bytes)

@@ -103,6 +103,8 @@ def render(res: dict[str, Any]) -> str:
         f"<tr><th>{esc(k)}</th><td>{esc(res.get(k))} {esc(unit)}</td></tr>" for k, unit in SUMMARY_KEYS
     )
     cols = ("card", "switch", "batches", "samples", "padded_samples", "busy_s", "utilization", "power_w")
+    if "sparse_busy_s" in res["per_card"][0]:  # a sharded model: the lookups' and the dense parts' busy time
+        cols = (*cols[:6], "sparse_busy_s", "dense_busy_s", *cols[6:])
     cards = "".join(
         "<tr>" + "".join(f"<td>{esc(c[k])}</td>" for k in cols) + "</tr>" for c in res["per_card"]
     )

@@ -1,6 +1,12 @@
 """`mtiasim serve WORKLOAD --server NAME --scenario offline|server`: a model served on a server under MLPerf
 Inference's rules for recommendation.
 
+Placement: a model that fits one card's memory is replicated on every card (each batch runs whole on one
+card); one that does not is sharded over the cards with torchrec's planner (`serve/sharding.py`, the bytes
+estimator, planned for the largest batch) and served as per-card lookup programs, the pooled embeddings sent
+card to card and the dense part on one card per batch (`serve/sharded.py`); one that fits no card set is the
+plan's one-line CapacityError.
+
 - `offline`: every query is there at time 0; the throughput is queries (and samples) over the time to answer
   them all.
 - `server`: Poisson arrivals; the answer is the highest arrival rate whose p99 latency meets the bound, found
@@ -28,9 +34,11 @@ from mtiasim.errors import UsageError
 from mtiasim.hw import Server, load_server
 from mtiasim.runtime.limits import int_arg
 from mtiasim.runtime.sources import is_user_model
-from mtiasim.serve.costs import BatchCosts, buckets
-from mtiasim.serve.placement import Table, replicate, table_names
+from mtiasim.serve.costs import BatchCost, BatchCosts, buckets
+from mtiasim.serve.placement import Replicated, Table, fits_one_card, replicate, table_names
 from mtiasim.serve.queries import QUERY_SIZE_QUANTILES, Queries, draw_queries
+from mtiasim.serve.sharded import ShardedCost, ShardedCosts
+from mtiasim.serve.sharding import ShardingPlan, dense_bytes, plan_sharding, tables_of
 from mtiasim.serve.system import ServingSystem, SimResult
 
 SCENARIOS = ("offline", "server")
@@ -89,15 +97,32 @@ def serve_workload(
         Table(n, r, d, p)
         for n, r, d, p in zip(names, info.table_rows, info.embedding_dims, info.pooling, strict=True)
     ]
-    placement = replicate(name, tables, info.dense_params, server_, prec)
+    chip = server_.chip()
+    placement: Replicated | ShardingPlan
+    if fits_one_card(tables, info.dense_params, server_, prec):
+        placement = replicate(name, tables, info.dense_params, server_, prec)
+    else:
+        placement = _plan(name, info, server_, prec, max_batch)
     if report_dir:
         from mtiasim.serve.report import prepare_dir
 
         prepare_dir(report_dir)
-    chip = server_.chip()
-    costs = BatchCosts(
-        name, chip, precision=precision, fidelity=fidelity, seed=seed, max_batch=max_batch, progress=progress
-    )
+    costs: BatchCosts | ShardedCosts
+    if isinstance(placement, ShardingPlan):
+        costs = ShardedCosts(
+            name, info.model, int(info.example_inputs[0].shape[1]), placement, chip, precision=precision,
+            fidelity=fidelity, seed=seed, max_batch=max_batch, progress=progress,
+        )  # fmt: skip
+    else:
+        costs = BatchCosts(
+            name,
+            chip,
+            precision=precision,
+            fidelity=fidelity,
+            seed=seed,
+            max_batch=max_batch,
+            progress=progress,
+        )
     system = ServingSystem(server_, costs, window_s=window_ms * 1e-3)
     drawn = draw_queries(count, seed)
     t0 = time.perf_counter()
@@ -114,17 +139,7 @@ def serve_workload(
     res["sharding"] = placement.to_json()
     res["search"] = curve
     res["batching"] = {"window_ms": window_ms, "max_batch": costs.max_batch, "buckets": list(costs.buckets)}
-    res["batch_costs"] = [
-        {
-            "batch": c.batch,
-            "host_us": round(c.host_s * 1e6, 3),
-            "device_us": round(c.device_s * 1e6, 3),
-            "h2d_bytes": c.h2d_bytes,
-            "d2h_bytes": c.d2h_bytes,
-            "card_dynamic_j": c.card_dynamic_j,
-        }
-        for c in costs.computed.values()
-    ]
+    res["batch_costs"] = [_cost_json(c) for c in costs.computed.values()]
     res["simulator_s"] = {
         "engine": round(sum(c.simulator_s for c in costs.computed.values()), 3),
         "serving": round(sim_s - sum(c.simulator_s for c in costs.computed.values()), 3),
@@ -136,6 +151,49 @@ def serve_workload(
         res["report"] = str(write_serve_report(res, report_dir))
     res.pop("latencies_ms")
     return res
+
+
+def _plan(name: str, info: Any, server: Server, prec: Precision, max_batch: int) -> ShardingPlan:
+    """torchrec's plan of the tables over the server's cards (bytes estimator, planned for the largest batch),
+    the dense weights replicated; a model that fits no card set raises the plan's one-line CapacityError."""
+    if prec.name not in ("int8", "fp32"):
+        raise UsageError(
+            f"--precision {prec.name}: {name} does not fit one card and must be sharded, which plans int8 or "
+            "fp32 tables"
+        )
+    return plan_sharding(
+        tables_of(info),
+        server,
+        max_batch,
+        prec.name,
+        dense_bytes_per_card=dense_bytes(info, prec.name),
+        chip=server.chip(),
+        link_bytes_per_s=server.topology.peer_gbps * 1e9,
+        model=name,
+    )
+
+
+def _program_json(c: BatchCost) -> dict[str, Any]:
+    return {
+        "host_us": round(c.host_s * 1e6, 3),
+        "device_us": round(c.device_s * 1e6, 3),
+        "h2d_bytes": c.h2d_bytes,
+        "d2h_bytes": c.d2h_bytes,
+        "card_dynamic_j": c.card_dynamic_j,
+    }
+
+
+def _cost_json(c: BatchCost | ShardedCost) -> dict[str, Any]:
+    if isinstance(c, BatchCost):
+        return {"batch": c.batch, **_program_json(c)}
+    return {
+        "batch": c.batch,
+        "sparse": [None if s is None else _program_json(s) for s in c.sparse],
+        "dense_slice": c.slice,
+        "dense": _program_json(c.dense),
+        "dense_h2d_bytes": c.dense_h2d_bytes,
+        "alltoall_bytes": list(c.pooled_bytes),
+    }
 
 
 def _p(run: SimResult, q: float) -> float:
@@ -215,6 +273,11 @@ def _result(
             "samples": c.samples,
             "padded_samples": c.padded_samples,
             "busy_s": round(c.busy_s, 6),
+            **(
+                {"sparse_busy_s": round(c.sparse_s, 6), "dense_busy_s": round(c.dense_s, 6)}
+                if system.sharded
+                else {}
+            ),
             "utilization": round(c.busy_s / wall, 4),
             "power_w": round(card_w[i], 3),
         }

@@ -13,7 +13,7 @@ inputs are prepared and sent while the card runs the current one (double bufferi
 
 Shared resources, with the chip engine's disciplines:
 - the host CPU cores: one pool of FIFO servers, work on formed batches before new queries' pre-processing;
-- each card: a FIFO single server;
+- each card: a FIFO single server (a sharded model's lookups before its dense parts);
 - the links (host memory, each socket's root link, each leaf switch's uplink, each card's link; one resource
   per direction of a link, host memory shared by both): every transfer is a flow over its path, and the flows
   in progress share the links by max-min fairness (progressive filling, as the chip engine shares SRAM slices,
@@ -27,7 +27,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +35,7 @@ import numpy as np
 from mtiasim.hw import Server
 from mtiasim.serve.costs import BatchCosts
 from mtiasim.serve.queries import QUERY_SIZE_QUANTILES, Queries
+from mtiasim.serve.sharded import ShardedCosts
 
 PREFETCH_BATCHES = 2  # assumed: double-buffered inputs per card (one batch running, the next on its way)
 
@@ -179,11 +180,26 @@ class Batch:
 
 
 @dataclass
+class Job:
+    """Work on one card: `seconds` of the card (`joules` above idle) for `batch`, then `done(batch)`."""
+
+    batch: Batch
+    seconds: float
+    joules: float
+    part: str  # "whole" (a replicated model's batch), "sparse" or "dense" (a sharded model's parts)
+    done: Callable[[Batch], None]
+    samples: int = 0  # the batch's samples this job answers (a dense part: its slice)
+    padded: int = 0  # what the program ran, padding included
+
+
+@dataclass
 class CardStats:
     batches: int = 0
     samples: int = 0
     padded_samples: int = 0
     busy_s: float = 0.0
+    sparse_s: float = 0.0  # of busy_s, a sharded model's lookups
+    dense_s: float = 0.0  # of busy_s, a sharded model's dense parts
     dynamic_j: float = 0.0
 
 
@@ -216,7 +232,7 @@ class SimResult:
 class ServingSystem:
     """Holds the server, the engine costs and the batching policy; `run(queries, rate)` simulates one run."""
 
-    def __init__(self, server: Server, costs: BatchCosts, *, window_s: float) -> None:
+    def __init__(self, server: Server, costs: BatchCosts | ShardedCosts, *, window_s: float) -> None:
         self.server = server
         self.costs = costs
         self.window_s = window_s
@@ -238,6 +254,10 @@ class ServingSystem:
                     index[(direction, kind, i)] = len(names)
                     names.append(f"{kind}_{direction}[{i}]")
                     caps.append(gbps * 1e9)
+        for i in range(topo.cards):  # each card's device-to-device (peer-to-peer) sending rate
+            index[("peer", "card", i)] = len(names)
+            names.append(f"peer[{i}]")
+            caps.append(topo.peer_gbps * 1e9)
         self.link_names, self.link_caps = names, caps
 
         def path(direction: str, card: int) -> tuple[int, ...]:
@@ -251,8 +271,43 @@ class ServingSystem:
         self.down = [path("down", c) for c in range(topo.cards)]
         self.up = [path("up", c) for c in range(topo.cards)]
 
+        self._index = index
+
+    def exchange(self, pooled_bytes: Sequence[int]) -> list[tuple[tuple[int, ...], float]]:
+        """The pooled-embedding all-to-all of one batch as flows over links: card c holds `pooled_bytes[c]` of
+        every sample's pooled embeddings and keeps the share of its own slice of the batch (1/cards), sending
+        each other card its share; the pairs' flows are merged link by link, each link carrying exactly the
+        bytes that cross it: per card what it sends (at its peer-to-peer rate, up its link) and what it
+        receives (down its link), per pair of leaf switches what crosses from one to the other (up and down
+        the switches' uplinks; also through the root links when the switches hang off different sockets)."""
+        s, index = self.server, self._index
+        n = s.cards
+        share = [b / n for b in pooled_bytes]
+        total = sum(share)
+        flows: list[tuple[tuple[int, ...], float]] = []
+        for c in range(n):
+            flows.append(((index[("peer", "card", c)], index[("up", "card", c)]), share[c] * (n - 1)))
+            flows.append(((index[("down", "card", c)],), total - share[c]))
+        for a in range(s.topology.switches):
+            for b in range(s.topology.switches):
+                if a == b:
+                    continue
+                src = [c for c in range(n) if s.switch_of(c) == a]
+                sa, sb = s.socket_of(a * s.cards_per_switch), s.socket_of(b * s.cards_per_switch)
+                links = [index[("up", "switch", a)]]
+                if sa != sb:
+                    links += [index[("up", "root", sa)], index[("down", "root", sb)]]
+                links.append(index[("down", "switch", b)])
+                flows.append((tuple(links), sum(share[c] for c in src) * s.cards_per_switch))
+        return [(path, nbytes) for path, nbytes in flows if nbytes > 0]
+
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.costs, ShardedCosts)
+
     def run(self, queries: Queries, queries_per_s: float | None) -> SimResult:
-        return _Run(self, queries, queries_per_s).result()
+        kind = _ShardedRun if self.sharded else _Run
+        return kind(self, queries, queries_per_s).result()
 
 
 class _Run:
@@ -273,6 +328,9 @@ class _Run:
         self.host_queue: list[deque] = [deque() for _ in range(s.cards)]  # closed batches not yet sent
         self.in_flight = [0] * s.cards  # batches sent (or being prepared) and not yet run
         self.card_queue: list[deque] = [deque() for _ in range(s.cards)]
+        self.lookup_queue: list[deque] = [
+            deque() for _ in range(s.cards)
+        ]  # a sharded model's lookups go first
         self.card_busy = [False] * s.cards
         self.pre_s = s.host.preprocess_us_per_query * 1e-6
         self.post_s = s.host.postprocess_us_per_query * 1e-6
@@ -342,24 +400,40 @@ class _Run:
         )
 
     def _arrive_card(self, batch: Batch) -> None:
-        self.card_queue[batch.card].append(batch)
-        if not self.card_busy[batch.card]:
-            self._next_on_card(batch.card)
+        cost = self.sys.costs.cost(batch.bucket)
+        job = Job(batch, cost.device_s, cost.card_dynamic_j, "whole", self._ran, batch.samples, batch.bucket)
+        self._card_job(batch.card, job)
+
+    def _card_job(self, card: int, job: Job) -> None:
+        """Queue `job` on `card`: one job at a time, first come first served, a sharded model's lookups before
+        its dense parts (every card's lookups hold up the batch, one card's dense part only its own batch)."""
+        (self.lookup_queue if job.part == "sparse" else self.card_queue)[card].append(job)
+        if not self.card_busy[card]:
+            self._next_on_card(card)
 
     def _next_on_card(self, card: int) -> None:
-        if not self.card_queue[card]:
+        queue = self.lookup_queue[card] or self.card_queue[card]
+        if not queue:
             self.card_busy[card] = False
             return
         self.card_busy[card] = True
-        batch = self.card_queue[card].popleft()
-        cost = self.sys.costs.cost(batch.bucket)
+        job = queue.popleft()
         stats = self.cards[card]
-        stats.batches += 1
-        stats.samples += batch.samples
-        stats.padded_samples += batch.bucket
-        stats.busy_s += cost.device_s
-        stats.dynamic_j += cost.card_dynamic_j
-        self.loop.at(self.loop.t + cost.device_s, self._ran, batch)
+        if job.part != "sparse":  # the part that yields the batch's outputs counts its samples
+            stats.batches += 1
+            stats.samples += job.samples
+            stats.padded_samples += job.padded
+        stats.busy_s += job.seconds
+        if job.part == "sparse":
+            stats.sparse_s += job.seconds
+        elif job.part == "dense":
+            stats.dense_s += job.seconds
+        stats.dynamic_j += job.joules
+        self.loop.at(self.loop.t + job.seconds, self._job_done, card, job)
+
+    def _job_done(self, card: int, job: Job) -> None:
+        job.done(job.batch)
+        self._next_on_card(card)
 
     def _ran(self, batch: Batch) -> None:
         self.outstanding[batch.card] -= batch.samples
@@ -369,7 +443,6 @@ class _Run:
         self.net.transfer(
             self.sys.up[batch.card], cost.d2h_bytes, self.sys.latency_s, lambda: self._answer(batch)
         )
-        self._next_on_card(batch.card)
 
     def _answer(self, batch: Batch) -> None:
         for q in batch.queries:
@@ -377,3 +450,112 @@ class _Run:
 
     def _done(self, q: int) -> None:
         self.done[q] = self.loop.t
+
+
+class _ShardedRun(_Run):
+    """A sharded model (`serve/sharded.py`): per batch, every card holding shards runs its lookups for the whole
+    batch; the pooled embeddings go all-to-all (`ServingSystem.exchange`), a collective: it starts when every
+    card's lookups are done and every card's dense slice waits for all of it; then every card runs the dense
+    part on its slice of the batch (data parallel, the batch split evenly) and sends its slice's outputs back.
+
+    Per batch a host core prepares each card's indices (that card's lookup program's host part) and each
+    card's dense call (the dense program's host part); the inputs cross the switch tree. At most
+    `PREFETCH_BATCHES` batches are between their host part and the end of their last lookup (double buffering
+    over the whole server)."""
+
+    def __init__(self, system: ServingSystem, queries: Queries, queries_per_s: float | None) -> None:
+        super().__init__(system, queries, queries_per_s)
+        self.waiting: deque = deque()  # closed batches not yet started
+        self.started = 0  # batches started whose lookups are not all done
+        self.left: dict[tuple[int, str], int] = {}  # (id(batch), what) -> parts still to come
+        self.exchanges: dict[int, list] = {}  # bucket -> the all-to-all's flows
+
+    def _close(self, batch: Batch) -> None:
+        self.open = None
+        batch.bucket = self.sys.costs.bucket_for(batch.samples)
+        self.batch_of[batch.queries] = len(self.batches)
+        self.batches.append(batch)
+        self.waiting.append(batch)
+        self._start()
+
+    def _start(self) -> None:
+        cards = self.sys.server.cards
+        while self.started < PREFETCH_BATCHES and self.waiting:
+            batch = self.waiting.popleft()
+            self.started += 1
+            cost = self.sys.costs.cost(batch.bucket)
+            if batch.bucket not in self.exchanges:
+                self.exchanges[batch.bucket] = self.sys.exchange(cost.pooled_bytes)
+            holders = [c for c, sc in enumerate(cost.sparse) if sc is not None]
+            self.left[(id(batch), "lookups")] = len(holders)
+            self.left[(id(batch), "outputs")] = cards
+            for c in holders:
+                self.cores.submit(
+                    cost.sparse[c].host_s, lambda batch=batch, c=c: self._send_ids(batch, c), urgent=True
+                )
+            for c in range(cards):
+                self.left[(id(batch), f"dense{c}")] = 2  # its dense features and the all-to-all
+                self.cores.submit(
+                    cost.dense.host_s, lambda batch=batch, c=c: self._send_dense(batch, c), urgent=True
+                )
+
+    def _count(self, batch: Batch, what: str) -> bool:
+        """One more of `what` for `batch`; whether it was the last."""
+        key = (id(batch), what)
+        self.left[key] -= 1
+        if self.left[key]:
+            return False
+        del self.left[key]
+        return True
+
+    def _send_ids(self, batch: Batch, card: int) -> None:
+        sc = self.sys.costs.cost(batch.bucket).sparse[card]
+        job = Job(batch, sc.device_s, sc.card_dynamic_j, "sparse", self._looked_up)
+        self.net.transfer(
+            self.sys.down[card], sc.h2d_bytes, self.sys.latency_s, lambda: self._card_job(card, job)
+        )
+
+    def _send_dense(self, batch: Batch, card: int) -> None:
+        nbytes = self.sys.costs.cost(batch.bucket).dense_h2d_bytes
+        self.net.transfer(
+            self.sys.down[card], nbytes, self.sys.latency_s, lambda: self._dense_input(batch, card)
+        )
+
+    def _looked_up(self, batch: Batch) -> None:
+        if not self._count(batch, "lookups"):
+            return
+        self.started -= 1
+        self._start()
+        flows = self.exchanges[batch.bucket]
+        if not flows:
+            self._exchanged(batch)
+            return
+        self.left[(id(batch), "exchange")] = len(flows)
+        for path, nbytes in flows:
+            self.net.transfer(path, nbytes, self.sys.latency_s, lambda: self._flow_done(batch))
+
+    def _flow_done(self, batch: Batch) -> None:
+        if self._count(batch, "exchange"):
+            self._exchanged(batch)
+
+    def _exchanged(self, batch: Batch) -> None:
+        for c in range(self.sys.server.cards):
+            self._dense_input(batch, c)
+
+    def _dense_input(self, batch: Batch, card: int) -> None:
+        if not self._count(batch, f"dense{card}"):
+            return
+        cost = self.sys.costs.cost(batch.bucket)
+        n = self.sys.server.cards
+        samples = batch.samples // n + (card < batch.samples % n)
+        job = Job(batch, cost.dense.device_s, cost.dense.card_dynamic_j, "dense",
+                  lambda b: self._dense_done(b, card), samples, cost.slice)  # fmt: skip
+        self._card_job(card, job)
+
+    def _dense_done(self, batch: Batch, card: int) -> None:
+        d2h = self.sys.costs.cost(batch.bucket).dense.d2h_bytes
+        self.net.transfer(self.sys.up[card], d2h, self.sys.latency_s, lambda: self._output(batch))
+
+    def _output(self, batch: Batch) -> None:
+        if self._count(batch, "outputs"):
+            self._answer(batch)

@@ -51,12 +51,40 @@ class DLRMNet(nn.Module):
     ) -> torch.Tensor:
         x = self.bot_l(dense_x)
         ly = [emb(idx, off) for emb, idx, off in zip(self.emb_l, indices, offsets, strict=True)]
-        batch, d = x.shape
-        T = torch.cat([x, *ly], dim=1).view(batch, -1, d)
-        Z = torch.bmm(T, T.transpose(1, 2))
-        Zflat = Z[:, self.li, self.lj]
-        R = torch.cat([x, Zflat], dim=1)
-        return self.top_l(R)
+        return dot_top(x, torch.cat(ly, dim=1), self.li, self.lj, self.top_l)
+
+    def dense_part(self) -> nn.Module:
+        """The model without its tables: forward(dense_x [B, F], pooled [B, T*D]) (every table's pooled vector,
+        table order), the program that runs where the pooled embeddings of a sharded model meet."""
+        return DotDense(self.bot_l, self.top_l, self.li, self.lj)
+
+
+def dot_top(
+    x: torch.Tensor, pooled: torch.Tensor, li: torch.Tensor, lj: torch.Tensor, top_l: nn.Module
+) -> torch.Tensor:
+    """The dot interaction of the bottom output `x` [B, D] with the pooled vectors [B, T*D], then the top MLP."""
+    batch, d = x.shape
+    T = torch.cat([x, pooled], dim=1).view(batch, -1, d)
+    Z = torch.bmm(T, T.transpose(1, 2))
+    Zflat = Z[:, li, lj]
+    R = torch.cat([x, Zflat], dim=1)
+    return top_l(R)
+
+
+class DotDense(nn.Module):
+    """DLRMNet's bottom MLP, interaction and top MLP on pooled embeddings given as an input."""
+
+    def __init__(
+        self, bot_l: nn.Sequential, top_l: nn.Sequential, li: torch.Tensor, lj: torch.Tensor
+    ) -> None:
+        super().__init__()
+        self.bot_l = bot_l
+        self.top_l = top_l
+        self.register_buffer("li", li)
+        self.register_buffer("lj", lj)
+
+    def forward(self, dense_x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        return dot_top(self.bot_l(dense_x), pooled, self.li, self.lj, self.top_l)
 
 
 def mlp(widths: tuple[int, ...], *, sigmoid_last: bool) -> nn.Sequential:

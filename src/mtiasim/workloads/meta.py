@@ -134,6 +134,23 @@ class CatDLRM(nn.Module):
         pooled = self.ebc(sparse_features).values()
         return self.top(torch.cat([x, pooled], dim=1))
 
+    def dense_part(self) -> nn.Module:
+        """The model without its tables: forward(dense_features [B, F], pooled [B, T*D]) (every table's pooled
+        vector, table order), the program that runs where the pooled embeddings of a sharded model meet."""
+        return CatDense(self.bottom, self.top)
+
+
+class CatDense(nn.Module):
+    """CatDLRM's dense layers on pooled embeddings given as an input."""
+
+    def __init__(self, bottom: nn.Sequential, top: nn.Sequential) -> None:
+        super().__init__()
+        self.bottom = bottom
+        self.top = top
+
+    def forward(self, dense_features: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        return self.top(torch.cat([self.bottom(dense_features), pooled], dim=1))
+
 
 def build_meta(model: MetaModel, req: BuildRequest) -> Workload:
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
