@@ -25,6 +25,7 @@ from mtiasim.explore.output import csv_text, importances, render_page
 from mtiasim.explore.space import parse_grid, parse_objective, parse_range
 from mtiasim.hw import load_chip
 from mtiasim.hw.area import area
+from mtiasim.serve.run import serve_workload
 
 V1 = load_chip("mtia-v1")
 METRICS = dict.fromkeys(RUN_METRICS, "")
@@ -218,6 +219,30 @@ def test_sweep_runs_the_grid_in_order_and_exports_it(capsys, tmp_path):
                         "clock.frequency_ghz=0.8,1.1", "--fidelity", "roofline", "--batch", "64", "--storage", db,
                         "--json")  # fmt: skip
     assert code == 0 and out2 == out
+
+
+def test_a_sweep_over_serve_sets_every_cards_chip(capsys, tmp_path):
+    """`--over serve`: each trial serves the workload on the server with the trial's values on every card."""
+    db = f"sqlite:///{tmp_path}/s.db"
+    code, out, err = cli(
+        capsys, "sweep", "dlrm-kaggle", "--over", "serve", "--grid", "clock.frequency_ghz=0.8,1.1",
+        "--scenario", "offline", "--queries", "200", "--fidelity", "roofline",
+        "--objective", "samples_per_s_per_w:max", "--objective", "area_mm2:min", "--storage", db, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    trials = [json.loads(line) for line in out.splitlines()][:-1]
+    assert [t["params"]["clock.frequency_ghz"] for t in trials] == [0.8, 1.1]
+    slow, fast = (t["metrics"] for t in trials)
+    direct = serve_workload(
+        "dlrm-kaggle",
+        scenario="offline",
+        queries=200,
+        fidelity="roofline",
+        values={"clock.frequency_ghz": 1.1},
+    )
+    assert fast["queries_per_s"] == direct["queries_per_s"] and fast["p99_ms"] == direct["p99_ms"]
+    assert fast["samples_per_s_per_w"] == direct["samples_per_s_per_w"]
+    assert fast["queries_per_s"] >= slow["queries_per_s"] and fast["area_mm2"] == slow["area_mm2"]
 
 
 # ------------------------------------------------------------------------------------------------ determinism

@@ -228,3 +228,34 @@ def test_replication_needs_the_model_in_one_card():
         "m (int8): tables 32.00 GiB + dense 0.00 GiB do not fit one card of yosemite-v3 (32.00 GiB): shard the "
         "tables over the cards instead"
     )
+
+
+def test_set_changes_every_cards_chip():
+    """`serve --set` (and a study's trial values) put a what-if chip on every card: the batch costs come from
+    that chip, and the JSON records the overrides and the chip's hash."""
+    kw = {"scenario": "offline", "queries": 200, "max_batch": 1024, "fidelity": "roofline"}
+    base = serve_workload("dlrm-kaggle", **kw)
+    fast = serve_workload("dlrm-kaggle", sets=("clock.frequency_ghz=1.1",), **kw)
+    wide = serve_workload("dlrm-kaggle", values={"clock.frequency_ghz": 1.1}, **kw)
+    assert base["overrides"] == {} and fast["overrides"] == {"clock.frequency_ghz": 1.1}
+    assert fast["chip_hash"] == wide["chip_hash"] != base["chip_hash"]
+    assert [c["device_us"] for c in fast["batch_costs"]] == [c["device_us"] for c in wide["batch_costs"]]
+    pairs = list(zip(base["batch_costs"], fast["batch_costs"], strict=True))
+    assert pairs and all(f["device_us"] < b["device_us"] for b, f in pairs)
+    assert fast["area_mm2"] == base["area_mm2"] > 0
+
+
+def test_set_errors_name_the_key_before_any_work():
+    with pytest.raises(Exception) as err:
+        serve_workload("dlrm-kaggle", sets=("sram.bytes=0",))
+    assert str(err.value).startswith(
+        "--set sram.bytes=0: Input should be greater than 0 (valid: an integer > 0"
+    )
+
+
+def test_a_what_if_card_chip_sets_the_card_memory():
+    server = load_server("yosemite-v3")
+    chip = server.chip().with_values({"dram.bytes": "16GiB"})
+    what_if = server.with_card_chip(chip)
+    assert what_if.chip() is chip and what_if.card_memory_bytes == 16 * 2**30
+    assert server.card_memory_bytes == server.chip().dram.bytes != what_if.card_memory_bytes

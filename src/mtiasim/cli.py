@@ -358,8 +358,9 @@ def server_show(name: str, as_json: bool) -> None:
 @click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16.")
 @click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html) to DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_set_option
 def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms, max_batch, precision, report_dir,
-              as_json) -> None:  # fmt: skip
+              as_json, sets) -> None:  # fmt: skip
     """Serve a zoo workload on a server: MLPerf offline throughput, or the highest QPS whose p99 meets a bound.
 
     Batch latencies come from the engine (the workload compiled per bucket batch size); queries, batching, host
@@ -380,6 +381,7 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
             precision=precision,
             report_dir=report_dir,
             progress=bar.step,
+            sets=sets,
         )
     if as_json:
         _emit_json(res)
@@ -400,6 +402,8 @@ def _print_serve(res: dict) -> None:
         f"{res['samples_per_s_per_w']:,.1f} samples/s/W"
     )
     click.echo(f"  compute     {res['flops_per_s'] / 1e12:.2f} TFLOP/s")
+    if line := _overrides_line(res):
+        click.echo(f"  cards' chip {line}")
     sharding = res["sharding"]
     if sharding.get("kinds"):  # a sharding plan (a replicated model has no kinds)
         kinds = ", ".join(f"{n} {k.replace('_', '-')}" for k, n in sharding["kinds"].items() if n)
@@ -786,9 +790,7 @@ def _study_options(f):
                 default=None,
                 help="With --over serve: the server preset or .toml file (default yosemite-v3).",
             ),
-            click.option(
-                "--scenario", default=None, help="With --over serve: server (default) or offline."
-            ),
+            click.option("--scenario", default=None, help="With --over serve: server (default) or offline."),
             click.option(
                 "--p99-ms", type=float, default=None, help="With --over serve --scenario server: the bound."
             ),

@@ -50,12 +50,20 @@ class ServeConfig:
     queries: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"server": self.server, "scenario": self.scenario, "p99_ms": self.p99_ms, "queries": self.queries}
+        return {
+            "server": self.server,
+            "scenario": self.scenario,
+            "p99_ms": self.p99_ms,
+            "queries": self.queries,
+        }
 
 
 # name -> (key in the serve JSON, what it is)
 SERVE_METRICS: dict[str, tuple[str, str]] = {
-    "queries_per_s": ("queries_per_s", "queries/s the server sustains (at the p99 bound in the server scenario)"),
+    "queries_per_s": (
+        "queries_per_s",
+        "queries/s the server sustains (at the p99 bound in the server scenario)",
+    ),
     "samples_per_s": ("samples_per_s", "user-item pairs/s the server sustains"),
     "samples_per_s_per_w": ("samples_per_s_per_w", "samples/s per W of platform power"),
     "p50_ms": ("p50_ms", "median query latency, ms"),

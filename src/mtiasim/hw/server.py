@@ -95,6 +95,8 @@ class Server(BaseModel):
     host: HostSpec
     power: ServerPower
     provenance: dict[str, Provenance] = Field(default_factory=dict, repr=False)
+    # a what-if chip on every card (`mtiasim serve --set`, `with_card_chip`); None: the preset's, as `chip()` says
+    card_chip: Chip | None = Field(default=None, repr=False, exclude=True)
 
     @model_validator(mode="after")
     def _cards_within_budget(self) -> Server:
@@ -112,8 +114,8 @@ class Server(BaseModel):
 
     @property
     def card_memory_bytes(self) -> int:
-        """Device DRAM per card that tables may use: the card's LPDDR5 as deployed."""
-        return self.card.dram_bytes
+        """Device DRAM per card that tables may use: the card's LPDDR5 as deployed (or as a what-if chip sets it)."""
+        return self.card.dram_bytes if self.card_chip is None else self.card_chip.dram.bytes
 
     @property
     def card_sram_bytes(self) -> int:
@@ -136,9 +138,15 @@ class Server(BaseModel):
         the published server budget less the cards' budgets."""
         return self.power.server_power_w - self.topology.cards * self.card.power_w
 
+    def with_card_chip(self, chip: Chip) -> Server:
+        """This server with `chip` (e.g. `chip()` with `--set` values) on every card."""
+        return self.model_copy(update={"card_chip": chip})
+
     def chip(self) -> Chip:
         """The chip preset as it sits on this server's cards: its DRAM the card's, its card and server power
-        the server's (provenance `derived`, from this server preset)."""
+        the server's (provenance `derived`, from this server preset); a what-if card chip as given."""
+        if self.card_chip is not None:
+            return self.card_chip
         chip = load_chip(self.card.chip)
         wanted = {
             "dram.bytes": self.card.dram_bytes,

@@ -32,6 +32,8 @@ import numpy as np
 from mtiasim.compiler import Precision
 from mtiasim.errors import UsageError
 from mtiasim.hw import Server, load_server
+from mtiasim.hw.area import area
+from mtiasim.hw.chip import chip_with_sets
 from mtiasim.runtime.limits import int_arg
 from mtiasim.runtime.sources import is_user_model
 from mtiasim.serve.costs import BatchCost, BatchCosts, buckets
@@ -64,8 +66,11 @@ def serve_workload(
     fidelity: str = "event",
     report_dir: str | None = None,
     progress: Callable[[str], None] | None = None,
+    sets: Any = None,
+    values: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Serve zoo workload `name` on `server`; the run's JSON (see the module doc)."""
+    """Serve zoo workload `name` on `server`; the run's JSON (see the module doc). `sets` (`--set KEY=VALUE`
+    texts or {key: text}) and then `values` ({key: value}, a study's trial) change the chip on every card."""
     if scenario not in SCENARIOS:
         raise UsageError(f"--scenario {scenario}: unknown scenario (known: {', '.join(SCENARIOS)})")
     if p99_ms is not None and scenario == "offline":
@@ -89,8 +94,13 @@ def serve_workload(
         )
     from mtiasim import workloads
 
-    info = workloads.build(name, batch=1, seed=seed)
     server_ = server if isinstance(server, Server) else load_server(server)
+    if sets or values:
+        card_chip = chip_with_sets(server_.chip(), sets or ())
+        if values:
+            card_chip = card_chip.with_values(values, where="trial: ")
+        server_ = server_.with_card_chip(card_chip)
+    info = workloads.build(name, batch=1, seed=seed)
     prec = Precision.parse(precision)
     names = table_names(info.model, info.tables)
     tables = [
@@ -135,6 +145,9 @@ def serve_workload(
     sim_s = time.perf_counter() - t0
     res = _result(name, scenario, server_, system, drawn, rate, run, info.flops_per_sample, prec.name)
     res["latency_bound_ms"] = bound_ms if scenario == "server" else None
+    res["overrides"] = chip.overrides()
+    res["chip_hash"] = chip.values_hash()
+    res["area_mm2"] = area(chip).total_mm2
     res["offline_queries_per_s"] = round(count / offline.wall_s, 3)
     res["sharding"] = placement.to_json()
     res["search"] = curve
