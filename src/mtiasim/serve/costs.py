@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
@@ -43,8 +44,12 @@ def buckets(max_batch: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-class BatchCosts:
-    """The engine's cost of each bucket, computed on first use and kept."""
+C = TypeVar("C")  # what one bucket's cost is
+
+
+class BucketCosts(Generic[C]):
+    """A cost per bucket batch size, computed by `_run` on first use and kept; the engine settings every bucket
+    shares. `BatchCosts` (the whole model on one card) and `serve.sharded.ShardedCosts` fill in `_run`."""
 
     def __init__(
         self,
@@ -64,7 +69,7 @@ class BatchCosts:
         self.seed = seed
         self.buckets = buckets(max_batch)
         self.progress = progress
-        self._cache: dict[int, BatchCost] = {}
+        self._cache: dict[int, C] = {}
         # what a card draws doing nothing: static chip power through its regulators, LPDDR5 background, board
         self.idle_card_w = power_report(chip, {}, 1.0).card_power_w
 
@@ -78,14 +83,21 @@ class BatchCosts:
                 return b
         raise UsageError(f"a batch of {samples} samples is above the largest bucket ({self.max_batch})")
 
-    def cost(self, bucket: int) -> BatchCost:
+    def cost(self, bucket: int) -> C:
         if bucket not in self._cache:
             self._cache[bucket] = self._run(bucket)
         return self._cache[bucket]
 
     @property
-    def computed(self) -> dict[int, BatchCost]:
+    def computed(self) -> dict[int, C]:
         return dict(sorted(self._cache.items()))
+
+    def _run(self, batch: int) -> C:
+        raise NotImplementedError
+
+
+class BatchCosts(BucketCosts[BatchCost]):
+    """The engine's cost of the whole model at each bucket (a replicated model: one card runs a batch)."""
 
     def _run(self, batch: int) -> BatchCost:
         from mtiasim.runtime.run import run_workload

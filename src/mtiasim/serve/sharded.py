@@ -32,8 +32,7 @@ from torch import nn
 
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
-from mtiasim.power import power_report
-from mtiasim.serve.costs import BatchCost, batch_cost, buckets
+from mtiasim.serve.costs import BatchCost, BucketCosts, batch_cost
 from mtiasim.serve.sharding import POOLED_OUTPUT_BYTES, ShardingPlan, TableShard
 
 
@@ -96,7 +95,7 @@ class ShardedCost:
         return self.dense.simulator_s + sum(c.simulator_s for c in self.sparse if c is not None)
 
 
-class ShardedCosts:
+class ShardedCosts(BucketCosts[ShardedCost]):
     """The engine's cost of each bucket of a sharded model, computed on first use and kept (the per-card sparse
     programs cached by shape, so cards with identical shards compile once)."""
 
@@ -120,39 +119,15 @@ class ShardedCosts:
                 f"{workload}: serving it sharded needs its dense layers as a program of their own, which "
                 f"{type(model).__name__} does not give (the meta-* and dot-DLRM workloads do)"
             )
-        self.workload = workload
+        super().__init__(
+            workload, chip, precision=precision, fidelity=fidelity, seed=seed, max_batch=max_batch,
+            progress=progress,
+        )  # fmt: skip
         self.dense_module = dense_part()
         self.dense_features = dense_features
         self.plan = plan
-        self.chip = chip
-        self.precision = precision
-        self.fidelity = fidelity
-        self.seed = seed
-        self.buckets = buckets(max_batch)
-        self.progress = progress
         self.pooled_width = sum(s.dim for s in plan.shards)
-        self._cache: dict[int, ShardedCost] = {}
         self._programs: dict[tuple[Any, int], BatchCost] = {}
-        self.idle_card_w = power_report(chip, {}, 1.0).card_power_w
-
-    @property
-    def max_batch(self) -> int:
-        return self.buckets[-1]
-
-    def bucket_for(self, samples: int) -> int:
-        for b in self.buckets:
-            if samples <= b:
-                return b
-        raise UsageError(f"a batch of {samples} samples is above the largest bucket ({self.max_batch})")
-
-    def cost(self, bucket: int) -> ShardedCost:
-        if bucket not in self._cache:
-            self._cache[bucket] = self._run(bucket)
-        return self._cache[bucket]
-
-    @property
-    def computed(self) -> dict[int, ShardedCost]:
-        return dict(sorted(self._cache.items()))
 
     def _engine(self, module: nn.Module, args: tuple, warm: tuple, batch: int, name: str) -> BatchCost:
         from mtiasim.runtime.api import compile

@@ -12,7 +12,7 @@ from torch import nn
 
 from mtiasim.workloads.inputs import MULTI_HOT_RULES, dense_features, mlperf_multi_hot_bags, torch_generator
 from mtiasim.workloads.registry import BuildRequest, Workload, register
-from mtiasim.workloads.tables import check_materialize, init_dense_, linear_flops, table_weight
+from mtiasim.workloads.tables import check_materialize, init_dense_, linear_flops, table_collection
 
 if TYPE_CHECKING:
     from torchrec import KeyedJaggedTensor
@@ -83,7 +83,7 @@ class DLRMv2(nn.Module):
 
 @register("dlrm-v2-mlperf", description=DESCRIPTION, multi_hot=MULTI_HOT_RULES)
 def dlrm_v2_mlperf(req: BuildRequest) -> Workload:
-    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+    from torchrec import KeyedJaggedTensor
     from torchrec.models.dlrm import DLRM_DCN
 
     rows = req.cap(MLPERF_V2_ROWS)
@@ -91,16 +91,7 @@ def dlrm_v2_mlperf(req: BuildRequest) -> Workload:
     if req.materialize:
         check_materialize(req.name, rows, dims)
     keys = feature_names(len(rows))
-    configs = [
-        EmbeddingBagConfig(name=f"t_{k}", embedding_dim=EMBEDDING_DIM, num_embeddings=n, feature_names=[k])
-        for k, n in zip(keys, rows, strict=True)
-    ]
-    ebc = EmbeddingBagCollection(tables=configs, device=torch.device("meta"))
-    for t, (k, n) in enumerate(zip(keys, rows, strict=True)):
-        gen = torch_generator(req.seed, "table", t) if req.materialize else None
-        ebc.embedding_bags[f"t_{k}"].weight = table_weight(
-            n, EMBEDDING_DIM, materialize=req.materialize, generator=gen
-        )
+    ebc = table_collection(keys, rows, EMBEDDING_DIM, seed=req.seed, materialize=req.materialize)
     with torch.device("meta"):
         dlrm = DLRM_DCN(
             embedding_bag_collection=ebc,

@@ -33,7 +33,7 @@ from torch import nn
 from mtiasim.workloads.dlrm import mlp
 from mtiasim.workloads.inputs import dense_features, mlperf_multi_hot_bags, numpy_rng, torch_generator
 from mtiasim.workloads.registry import BuildRequest, Workload, register
-from mtiasim.workloads.tables import check_materialize, init_dense_, linear_flops, table_weight
+from mtiasim.workloads.tables import check_materialize, init_dense_, linear_flops, table_collection
 
 if TYPE_CHECKING:
     from torchrec import KeyedJaggedTensor
@@ -153,7 +153,7 @@ class CatDense(nn.Module):
 
 
 def build_meta(model: MetaModel, req: BuildRequest) -> Workload:
-    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+    from torchrec import KeyedJaggedTensor
 
     full_rows = model.rows()
     rows = req.cap(full_rows)
@@ -161,16 +161,7 @@ def build_meta(model: MetaModel, req: BuildRequest) -> Workload:
     if req.materialize:
         check_materialize(req.name, rows, dims)
     keys = [f"f_{t}" for t in range(len(rows))]
-    configs = [
-        EmbeddingBagConfig(name=f"t_{k}", embedding_dim=EMBEDDING_DIM, num_embeddings=n, feature_names=[k])
-        for k, n in zip(keys, rows, strict=True)
-    ]
-    ebc = EmbeddingBagCollection(tables=configs, device=torch.device("meta"))
-    for t, (k, n) in enumerate(zip(keys, rows, strict=True)):
-        gen = torch_generator(req.seed, "table", t) if req.materialize else None
-        ebc.embedding_bags[f"t_{k}"].weight = table_weight(
-            n, EMBEDDING_DIM, materialize=req.materialize, generator=gen
-        )
+    ebc = table_collection(keys, rows, EMBEDDING_DIM, seed=req.seed, materialize=req.materialize)
     with torch.device("meta"):
         bottom = mlp(BOTTOM_MLP, sigmoid_last=False)
         top = mlp(model.top_mlp(), sigmoid_last=True)

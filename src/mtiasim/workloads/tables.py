@@ -85,3 +85,23 @@ def init_dense_(module: nn.Module, generator: torch.Generator) -> nn.Module:
 def linear_flops(module: nn.Module) -> int:
     """2 x MACs per sample of the nn.Linear layers in `module`."""
     return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def table_collection(
+    keys: list[str], rows: tuple[int, ...], dim: int, *, seed: int, materialize: bool
+) -> nn.Module:
+    """A torchrec EmbeddingBagCollection of one table `t_{key}` per feature key (rows[i] x dim), built on the meta
+    device and given `table_weight`s: virtual, or materialized from the seed's "table" streams."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+
+    from mtiasim.workloads.inputs import torch_generator
+
+    configs = [
+        EmbeddingBagConfig(name=f"t_{k}", embedding_dim=dim, num_embeddings=n, feature_names=[k])
+        for k, n in zip(keys, rows, strict=True)
+    ]
+    ebc = EmbeddingBagCollection(tables=configs, device=torch.device("meta"))
+    for t, (k, n) in enumerate(zip(keys, rows, strict=True)):
+        gen = torch_generator(seed, "table", t) if materialize else None
+        ebc.embedding_bags[f"t_{k}"].weight = table_weight(n, dim, materialize=materialize, generator=gen)
+    return ebc
