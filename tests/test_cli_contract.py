@@ -122,7 +122,7 @@ def test_failed_check_in_a_suite_is_status_1_after_every_row(tmp_path, capsys, m
 
 
 def test_failed_run_check_is_status_1(capsys, monkeypatch):
-    from mtiasim.runtime import run as run_module
+    from mtiasim.run import workload as run_module
 
     real = run_module.run_workload
 
@@ -198,7 +198,7 @@ def test_run_with_a_chip_file_writes_the_report(tmp_path, capsys, chip_file):
 
 @pytest.fixture(scope="module")
 def kaggle_run() -> dict:
-    from mtiasim.runtime.run import run_workload
+    from mtiasim.run.workload import run_workload
 
     return run_workload("dlrm-kaggle", batch=8)
 
@@ -309,7 +309,7 @@ def test_atomic_write_follows_links_and_writes_devices_in_place(tmp_path):
 
 
 def test_trace_that_is_a_folder_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
-    import mtiasim.runtime.run as run_module
+    import mtiasim.run.workload as run_module
 
     monkeypatch.setattr(run_module, "compile", _boom)
     code, _, err = run(capsys, "run", "dlrm-kaggle", "--trace", str(tmp_path))
@@ -483,7 +483,7 @@ def test_suite_not_utf8_names_file_and_line(tmp_path, capsys):
     ],
 )  # fmt: skip
 def test_out_of_range_numbers_are_status_2(capsys, monkeypatch, argv, message):
-    import mtiasim.runtime.run as run_module
+    import mtiasim.run.workload as run_module
 
     monkeypatch.setattr(run_module, "compile", _boom)  # refused before anything is compiled
     code, out, err = run(capsys, *argv)
@@ -492,7 +492,7 @@ def test_out_of_range_numbers_are_status_2(capsys, monkeypatch, argv, message):
 
 
 def test_batch_that_does_not_fit_host_memory_is_refused_up_front(capsys, monkeypatch):
-    import mtiasim.runtime.run as run_module
+    import mtiasim.run.workload as run_module
 
     monkeypatch.setattr(run_module, "compile", _boom)
     monkeypatch.setenv("MTIASIM_MEMORY_LIMIT_GB", "2")
@@ -508,7 +508,7 @@ def test_batch_that_does_not_fit_host_memory_is_refused_up_front(capsys, monkeyp
 
 @pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="needs /proc/meminfo")
 def test_million_sample_dlrm_v2_is_refused_against_available_memory(capsys, monkeypatch):
-    import mtiasim.runtime.run as run_module
+    import mtiasim.run.workload as run_module
 
     monkeypatch.setattr(run_module, "compile", _boom)
     monkeypatch.delenv("MTIASIM_MEMORY_LIMIT_GB", raising=False)
@@ -522,7 +522,7 @@ def test_million_sample_dlrm_v2_is_refused_against_available_memory(capsys, monk
 
 
 def test_memory_estimate_covers_measured_peaks():
-    from mtiasim.runtime.limits import estimate_host_bytes
+    from mtiasim.run.limits import estimate_host_bytes
 
     # peak RSS measured with /usr/bin/time -v (timing mode, default warm-up): conservative, not absurdly so
     measured = {

@@ -54,7 +54,7 @@ SUMMARY_NUMBERS = (
 
 @pytest.fixture(scope="module")
 def run() -> dict:
-    from mtiasim.runtime.run import run_workload
+    from mtiasim.run.workload import run_workload
 
     return run_workload("dlrm-kaggle", batch=64)
 

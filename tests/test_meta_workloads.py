@@ -51,7 +51,7 @@ def test_a_capped_meta_model_runs_eagerly():
 
 def test_a_model_over_the_chips_lpddr5_is_one_line_before_compiling():
     from mtiasim.errors import CapacityError
-    from mtiasim.runtime.run import run_workload
+    from mtiasim.run.workload import run_workload
 
     need = workloads.build("meta-hc", batch=2).table_bytes_int8
     with pytest.raises(CapacityError) as e:

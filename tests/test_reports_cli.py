@@ -97,7 +97,7 @@ def test_progress_disabled_prints_nothing(monkeypatch, capsys):
     ],
 )
 def test_output_arguments_are_checked_first(tmp_path, capsys, monkeypatch, extra, message):
-    import mtiasim.runtime.run as run_module
+    import mtiasim.run.workload as run_module
 
     def no_compile(*args, **kwargs):
         raise AssertionError("the model was compiled before the output arguments were checked")

@@ -652,7 +652,7 @@ def run_cmd(workload, inputs_path, batch, chip_name, precision, mode, fidelity, 
     torch.export archive (FILE.pt2, from torch.export.save) or FILE.py:FUNCTION, a function that returns
     (model, args) or (model, args, kwargs)."""
     from mtiasim.progress import Progress
-    from mtiasim.runtime.run import run_workload
+    from mtiasim.run.workload import run_workload
 
     chip = _chip(chip_name, sets)
     steps = 3 + max(warmup, 0) + bool(check) + bool(trace_path) + bool(report_dir)

@@ -106,7 +106,7 @@ class RunConfig:
 
 def _run_metrics(config: RunConfig, values: dict[str, float]) -> dict[str, float | None]:
     from mtiasim.hw.chip import chip_with_sets
-    from mtiasim.runtime.run import run_workload
+    from mtiasim.run.workload import run_workload
 
     chip = chip_with_sets(config.chip, dict(config.sets))
     chip = chip.with_values(values, where="trial: ")
@@ -132,8 +132,8 @@ def _check_run(config: RunConfig) -> None:
     before the study starts, not N failed trials."""
     from mtiasim.compiler.precision import Precision
     from mtiasim.engine import FIDELITIES
-    from mtiasim.runtime.limits import MAX_BATCH, int_arg
-    from mtiasim.runtime.sources import is_user_model
+    from mtiasim.run.limits import MAX_BATCH, int_arg
+    from mtiasim.run.sources import is_user_model
     from mtiasim.workloads.registry import spec
 
     if not is_user_model(config.workload):

@@ -1,7 +1,7 @@
 """One self-contained HTML page for a timed run: summary, per-op table, roofline, PE heatmaps, timeline and
 energy.
 
-The input is the JSON dict of a run (`mtiasim run WORKLOAD --json`, `mtiasim.runtime.run.run_workload`). The
+The input is the JSON dict of a run (`mtiasim run WORKLOAD --json`, `mtiasim.run.workload.run_workload`). The
 page has inline CSS, inline SVG charts drawn here, and a few lines of inline JS that only sort the op table
 (click a header; or open the page with `?sort=time_us`, `?sort=-time_us` or `?sort=time_us&dir=desc`). It
 loads nothing (no URLs, fonts or fetches), so it works from file://. Every number of the summary sits in an

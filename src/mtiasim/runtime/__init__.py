@@ -2,6 +2,6 @@
 
 from mtiasim.runtime.api import compile
 from mtiasim.runtime.model import CompiledModel
-from mtiasim.runtime.report import RunReport
+from mtiasim.report.run import RunReport
 
 __all__ = ["CompiledModel", "RunReport", "compile"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mtiasim.runtime.api import compile as mtiasim_compile
-from mtiasim.runtime.report import RunReport
+from mtiasim.report.run import RunReport
 
 _LAST: dict[str, Any] = {}
 

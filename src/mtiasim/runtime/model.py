@@ -44,7 +44,7 @@ from mtiasim.frontend.reference import batched_table_bags, normalize_bags
 from mtiasim.hw import Chip
 from mtiasim.ir import DYNAMIC
 from mtiasim.isa import Job, Level, Program, TensorDecl
-from mtiasim.runtime.report import RunReport, build_report, numerics_warnings
+from mtiasim.report.run import RunReport, build_report, numerics_warnings
 
 CACHE_HISTORY_CALLS = 2
 _CHECK_MAXIMA = ("max_abs_err", "max_bound", "max_err_over_bound", "max_sigma")

@@ -1,5 +1,5 @@
 """What one batch costs on one card, from the engine: the workload compiled for a bucket batch size and run
-through `mtiasim.runtime.run.run_workload` (full-size virtual tables, one warm-up batch of other requests, then
+through `mtiasim.run.workload.run_workload` (full-size virtual tables, one warm-up batch of other requests, then
 the measured batch), cached per bucket in this process.
 
 A batch of n samples is padded up to the smallest bucket that holds it (buckets: powers of two from
@@ -100,7 +100,7 @@ class BatchCosts(BucketCosts[BatchCost]):
     """The engine's cost of the whole model at each bucket (a replicated model: one card runs a batch)."""
 
     def _run(self, batch: int) -> BatchCost:
-        from mtiasim.runtime.run import run_workload
+        from mtiasim.run.workload import run_workload
 
         if self.progress is not None:
             self.progress(f"engine: batch {batch}")

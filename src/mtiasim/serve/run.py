@@ -34,8 +34,8 @@ from mtiasim.errors import UsageError
 from mtiasim.hw import Server, load_server
 from mtiasim.hw.area import area
 from mtiasim.hw.chip import chip_with_sets
-from mtiasim.runtime.limits import int_arg
-from mtiasim.runtime.sources import is_user_model
+from mtiasim.run.limits import int_arg
+from mtiasim.run.sources import is_user_model
 from mtiasim.serve.costs import BatchCost, BatchCosts, buckets
 from mtiasim.serve.placement import Replicated, Table, fits_one_card, replicate, table_names
 from mtiasim.serve.queries import QUERY_SIZE_QUANTILES, Queries, draw_queries

@@ -23,8 +23,8 @@ from mtiasim.errors import CapacityError, UsageError
 from mtiasim.hw import Chip, load_chip
 from mtiasim.report.atomic import make_dirs, remove_if_empty
 from mtiasim.runtime.api import compile
-from mtiasim.runtime.limits import MAX_BATCH, MAX_WARMUP, check_host_memory, int_arg
-from mtiasim.runtime.sources import is_user_model, load_user_model
+from mtiasim.run.limits import MAX_BATCH, MAX_WARMUP, check_host_memory, int_arg
+from mtiasim.run.sources import is_user_model, load_user_model
 
 CHECK_MAX_ROWS = 100_000
 
