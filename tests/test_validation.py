@@ -88,9 +88,10 @@ def test_imports_point_down(layer):
                 assert top in allowed, f"{path.relative_to(SRC)} imports {mod}"
 
 
-# the applications, lowest first: serving sits on the run path and the server description; design studies run
+# the applications, lowest first: `run` (one workload built, compiled and run; its RunConfig) sits on the runtime;
+# serving sits on the run path and the server description; design studies run
 # `run` or `serve` trials; the CLI calls them all. Nothing below an application imports it.
-APPLICATIONS = ["serve", "explore"]
+APPLICATIONS = ["run", "serve", "explore"]
 
 
 @pytest.mark.parametrize("app", APPLICATIONS)

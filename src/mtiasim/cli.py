@@ -168,14 +168,31 @@ def cli(debug: bool) -> None:
     DEBUG["on"] = debug
 
 
-SET_HELP = (
-    "Override a chip value, e.g. sram.bytes=256MiB, clock.frequency_ghz=1.1, dram.transfer_rate_mts=8533 "
-    "(repeatable; keys as `mtiasim chip show` lists them; units KiB..GiB/KB..GB, GHz/MHz, MT/s, ns/us)."
-)
+def config_options(*names: str):
+    """Click options generated from the named `RunConfig` fields (flag, default, help, choices: one place,
+    `mtiasim.run.config`), in the order given."""
+    from mtiasim.run.config import options
+
+    def decorate(f):
+        for name, default, opt in reversed(options(*names)):
+            kw: dict[str, Any] = {"help": opt.help}
+            if opt.is_flag:
+                kw["is_flag"] = True
+            elif opt.multiple:
+                kw["multiple"] = True
+            else:
+                kw["default"] = default
+                kw["show_default"] = opt.show_default
+                kw["type"] = click.Choice(list(opt.choices)) if opt.choices else opt.type
+            if opt.metavar:
+                kw["metavar"] = opt.metavar
+            f = click.option(opt.flag, opt.param or name, **kw)(f)
+        return f
+
+    return decorate
 
 
-def _set_option(f):
-    return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(f)
+_set_option = config_options("sets")
 
 
 def _chip(chip_name: str, sets: tuple[str, ...]):
@@ -344,18 +361,13 @@ def server_show(name: str, as_json: bool) -> None:
 
 @cli.command("serve")
 @click.argument("workload")
-@click.option(
-    "--server", "server_name", default="yosemite-v3", show_default=True, help="Server preset or TOML file."
-)
-@click.option("--scenario", default="server", show_default=True, help="offline or server (MLPerf Inference).")
-@click.option("--p99-ms", type=float, default=None, help="server: the p99 latency bound in ms (default 60).")
-@click.option("--queries", type=int, default=None, help="Queries simulated per run (default 20000).")
+@config_options("server", "scenario", "p99_ms", "queries")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query sizes and arrivals.")
 @click.option("--window-ms", type=float, default=2.0, show_default=True, help="Dynamic batching window.")
 @click.option(
     "--max-batch", type=int, default=2048, show_default=True, help="Largest batch (a power of two)."
 )
-@click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16.")
+@config_options("precision")
 @click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html) to DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_set_option
@@ -366,13 +378,14 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
     Batch latencies come from the engine (the workload compiled per bucket batch size); queries, batching, host
     CPU, PCIe switch tree and cards are a discrete-event simulation."""
     from mtiasim.progress import Progress
+    from mtiasim.run.config import DEFAULT_SCENARIO, DEFAULT_SERVER
     from mtiasim.serve.run import serve_workload
 
     with Progress(enabled=not as_json, total=None) as bar:
         res = serve_workload(
             workload,
-            server=server_name,
-            scenario=scenario,
+            server=server_name or DEFAULT_SERVER,
+            scenario=scenario or DEFAULT_SCENARIO,
             p99_ms=p99_ms,
             queries=queries,
             seed=seed,
@@ -599,84 +612,27 @@ def bench_suite_cmd(path: str, as_json: bool, sets: tuple[str, ...]) -> None:
 
 @cli.command("run")
 @click.argument("workload")
-@click.option(
-    "--inputs",
-    "inputs_path",
-    default=None,
-    metavar="FILE",
-    help='FILE.pt2 only: torch.save of the args tuple or of {"args": ..., "kwargs": ...} (default: the archive\'s).',
-)
-@click.option("--batch", type=int, default=None, help="Samples per batch (zoo workloads; default 256).")
-@click.option("--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset name or a TOML file.")
-@click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16.")
-@click.option("--mode", default="timing", show_default=True, help="timing, functional or both.")
-@click.option("--fidelity", default="event", show_default=True, help="roofline, analytic or event.")
-@click.option("--check", is_flag=True, help="Also compute the numbers and compare with PyTorch on the CPU.")
-@click.option(
-    "--quantization",
-    default="static",
-    show_default=True,
-    help="int8 scheme: static or dynamic activations, per-channel or per-tensor weights (e.g. dynamic,per-tensor).",
-)
-@click.option(
-    "--max-rows", type=int, default=None, help="Cap every table (default: full size in timing mode)."
-)
-@click.option(
-    "--seed", type=int, default=None, help="Seed of a zoo workload's weights and inputs (default 0)."
-)
-@click.option("--warmup", type=int, default=1, show_default=True, help="Batches run first to warm the cache.")
-@click.option(
-    "--distribution", default=None, help="A zoo workload's index distribution: uniform (default), zipf."
-)
-@click.option("--trace", "trace_path", default=None, help="Write a Perfetto trace (Chrome JSON) to FILE.")
-@click.option(
-    "--trace-aggregate",
-    default="auto",
-    show_default=True,
-    help="none (every command), bins (per PE and unit, time-binned), auto (bins above ~100 MB).",
-)
-@click.option("--report", "report_dir", default=None, help="Write an HTML report (index.html + PNGs) to DIR.")
-@click.option(
-    "--fallback",
-    type=click.Choice(["host"]),
-    default=None,
-    help="Run operators the chip has no kernel for on the host CPU (timed with the PCIe round trip).",
-)
+@config_options(
+    "inputs", "batch", "chip", "precision", "mode", "fidelity", "check", "quantization", "max_rows", "seed",
+    "warmup", "distribution", "trace", "trace_aggregate", "report_dir", "fallback",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_set_option
-def run_cmd(workload, inputs_path, batch, chip_name, precision, mode, fidelity, check, quantization, max_rows, seed,
-            warmup, distribution, trace_path, trace_aggregate, report_dir, fallback, as_json, sets) -> None:  # fmt: skip
+def run_cmd(workload: str, as_json: bool, **options: Any) -> None:
     """Compile a model and run one batch on the simulated chip.
 
     WORKLOAD is a zoo workload (e.g. dlrm-kaggle; an unknown name lists them all), a
     torch.export archive (FILE.pt2, from torch.export.save) or FILE.py:FUNCTION, a function that returns
     (model, args) or (model, args, kwargs)."""
     from mtiasim.progress import Progress
+    from mtiasim.run.config import RunConfig
     from mtiasim.run.workload import run_workload
 
-    chip = _chip(chip_name, sets)
-    steps = 3 + max(warmup, 0) + bool(check) + bool(trace_path) + bool(report_dir)
+    config = RunConfig.from_options(workload, options)
+    config = config.replace(chip=config.chip_model(), sets=())  # a bad chip or --set fails first
+    steps = 3 + max(config.warmup, 0) + bool(config.check) + bool(config.trace) + bool(config.report_dir)
     with Progress(enabled=not as_json, total=steps) as bar:
-        res = run_workload(
-            workload,
-            batch=batch,
-            chip=chip,
-            precision=precision,
-            mode=mode,
-            fidelity=fidelity,
-            check=check,
-            max_rows=max_rows,
-            seed=seed,
-            warmup=warmup,
-            distribution=distribution,
-            trace=trace_path,
-            trace_aggregate=trace_aggregate,
-            report_dir=report_dir,
-            progress=bar.step,
-            quantization=quantization,
-            inputs=inputs_path,
-            fallback=fallback,
-        )
+        res = run_workload(config, progress=bar.step)
     _emit_json(res) if as_json else _print_run(res)
     verdict = _check_verdict(res)
     if verdict is not None:
@@ -768,15 +724,7 @@ def _study_options(f):
     and run, and what is written."""
     for decorator in reversed(
         (
-            click.option(
-                "--chip", "chip_name", default="mtia-v1", show_default=True, help="Preset or .toml file."
-            ),
-            _set_option,
-            click.option("--batch", type=int, default=None, help="Samples per batch (default 256)."),
-            click.option("--precision", default="int8", show_default=True, help="int8, fp16 or bf16."),
-            click.option(
-                "--fidelity", default="event", show_default=True, help="roofline, analytic or event."
-            ),
+            config_options("chip", "sets", "batch", "precision", "fidelity"),
             click.option(
                 "--over",
                 default="run",
@@ -784,17 +732,7 @@ def _study_options(f):
                 help="What a trial is: run (one timed batch, `mtiasim run`) or serve (`mtiasim serve` on a "
                 "server whose cards carry the trial's values).",
             ),
-            click.option(
-                "--server",
-                "server_name",
-                default=None,
-                help="With --over serve: the server preset or .toml file (default yosemite-v3).",
-            ),
-            click.option("--scenario", default=None, help="With --over serve: server (default) or offline."),
-            click.option(
-                "--p99-ms", type=float, default=None, help="With --over serve --scenario server: the bound."
-            ),
-            click.option("--queries", type=int, default=None, help="With --over serve: queries per run."),
+            config_options("server", "scenario", "p99_ms", "queries"),
             click.option(
                 "--objective",
                 "objectives",
@@ -844,57 +782,46 @@ def _metric_names() -> list[str]:
     return list(dict.fromkeys(m for e in EVALUATORS.values() for m in e.metrics))
 
 
-def _serve_config(opts: dict[str, Any]):
-    """The `--over serve` options as a ServeConfig; None for a run study, which refuses them."""
-    from mtiasim.explore.metrics import ServeConfig
+def _study_config(workload: str, opts: dict[str, Any]):
+    """The RunConfig every trial runs; the serving options apply to --over serve only (default server and
+    scenario filled in), and --chip does not (the server's cards set the chip)."""
+    from mtiasim.run.config import DEFAULT_SCENARIO, DEFAULT_SERVER, RunConfig
 
+    config = RunConfig.from_options(workload, opts)
     given = {k: opts[k] for k in ("server_name", "scenario", "p99_ms", "queries") if opts[k] is not None}
     if opts["over"] != "serve":
         if given:
             flag = "--" + next(iter(given)).replace("_name", "").replace("_", "-")
             raise UsageError(f"{flag} applies to --over serve")
-        return None
+        return config
     if opts["chip_name"] != "mtia-v1":
         raise UsageError("--chip does not apply to --over serve: the server's cards set the chip (--server)")
-    return ServeConfig(
-        server=opts["server_name"] or "yosemite-v3",
-        scenario=opts["scenario"] or "server",
-        p99_ms=opts["p99_ms"],
-        queries=opts["queries"],
+    return config.replace(
+        server=config.server or DEFAULT_SERVER, scenario=config.scenario or DEFAULT_SCENARIO
     )
 
 
 def _run_study(kind: str, workload: str, params, trials: int | None, opts: dict[str, Any], **spec_kw) -> None:
-    from mtiasim.explore.metrics import RunConfig, evaluator
+    from mtiasim.explore.metrics import evaluator
     from mtiasim.explore.output import summary, write_csv, write_page
     from mtiasim.explore.space import check_params, grid_size, parse_objective, value_text
     from mtiasim.explore.study import StudySpec, record, run_study
-    from mtiasim.hw.chip import parse_sets
     from mtiasim.report.html import num_text
 
     source = evaluator(opts["over"])
-    serve = _serve_config(opts)
-    if serve is None:
+    run = _study_config(workload, opts)
+    if run.server is None:
         base = _chip(opts["chip_name"], opts["sets"])
     else:
         from mtiasim.hw import load_server
         from mtiasim.hw.chip import chip_with_sets
 
-        base = chip_with_sets(load_server(serve.server).chip(), opts["sets"])
+        base = chip_with_sets(load_server(run.server).chip(), opts["sets"])
     option = "--grid" if kind == "sweep" else "--param"
     check_params(params, base, option)
     objectives = [parse_objective(o, source.metrics) for o in (opts["objectives"] or DEFAULT_OBJECTIVES)]
     if len({o.metric for o in objectives}) != len(objectives):
         raise UsageError("--objective: a metric is given twice")
-    run = RunConfig(
-        workload,
-        chip=opts["chip_name"],
-        sets=tuple(parse_sets(opts["sets"]).items()),
-        batch=opts["batch"],
-        precision=opts["precision"],
-        fidelity=opts["fidelity"],
-        serve=serve,
-    )
     spec = StudySpec(kind, opts["over"], run, tuple(params), tuple(objectives), **spec_kw)
     as_json = opts["as_json"]
     names = [p.key for p in params]

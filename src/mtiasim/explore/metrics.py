@@ -1,5 +1,6 @@
 """Where a trial's metrics come from: an evaluator runs one design point and returns its metrics by name.
 
+A study's trials all run one `RunConfig` (mtiasim.run.config, the configuration `mtiasim run` is built from).
 `run` is `mtiasim run WORKLOAD` on the chip with the trial's values set: one batch, timed. `serve` is `mtiasim serve
 WORKLOAD --server S` with the trial's values set on every card's chip: QPS under a p99 bound (server scenario) or
 the throughput (offline), per W of platform power. Each is a name, its metric names, `evaluate(config, values)`
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtiasim.errors import MtiasimError, UsageError
+from mtiasim.run.config import DEFAULT_SCENARIO, DEFAULT_SERVER, RunConfig
 
 # name -> (path into the run's JSON, what it is)
 RUN_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -39,25 +41,6 @@ RUN_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """What a `--over serve` trial serves: `mtiasim serve WORKLOAD --server S --scenario X [--p99-ms B]
-    [--queries N]`, the server's cards carrying the trial's chip values."""
-
-    server: str = "yosemite-v3"
-    scenario: str = "server"
-    p99_ms: float | None = None
-    queries: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "server": self.server,
-            "scenario": self.scenario,
-            "p99_ms": self.p99_ms,
-            "queries": self.queries,
-        }
-
-
 # name -> (key in the serve JSON, what it is)
 SERVE_METRICS: dict[str, tuple[str, str]] = {
     "queries_per_s": (
@@ -74,50 +57,11 @@ SERVE_METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """What every trial of a study runs: the workload and the `mtiasim run` options that are not searched."""
-
-    workload: str
-    chip: str = "mtia-v1"
-    sets: tuple[tuple[str, str], ...] = ()  # fixed `--set` overrides, applied before the trial's values
-    batch: int | None = None
-    precision: str = "int8"
-    fidelity: str = "event"
-    seed: int | None = None
-    # `--over serve` only (None otherwise): the server whose cards carry the trial's chip values, and the
-    # scenario served on it (`mtiasim serve` options)
-    serve: ServeConfig | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "workload": self.workload,
-            "chip": self.chip,
-            "sets": [list(kv) for kv in self.sets],
-            "batch": self.batch,
-            "precision": self.precision,
-            "fidelity": self.fidelity,
-            "seed": self.seed,
-        }
-        if self.serve is not None:  # a run study's identity is what it was before serve studies existed
-            out["serve"] = self.serve.to_json()
-        return out
-
-
 def _run_metrics(config: RunConfig, values: dict[str, float]) -> dict[str, float | None]:
-    from mtiasim.hw.chip import chip_with_sets
     from mtiasim.run.workload import run_workload
 
-    chip = chip_with_sets(config.chip, dict(config.sets))
-    chip = chip.with_values(values, where="trial: ")
-    res = run_workload(
-        config.workload,
-        batch=config.batch,
-        chip=chip,
-        precision=config.precision,
-        fidelity=config.fidelity,
-        seed=config.seed,
-    )
+    chip = config.chip_model().with_values(values, where="trial: ")
+    res = run_workload(config.replace(chip=chip, sets=()))
     out: dict[str, float | None] = {}
     for name, (path, _) in RUN_METRICS.items():
         v: Any = res
@@ -152,13 +96,12 @@ def _check_run(config: RunConfig) -> None:
 def _serve_metrics(config: RunConfig, values: dict[str, float]) -> dict[str, float | None]:
     from mtiasim.serve.run import serve_workload
 
-    sc = config.serve or ServeConfig()
     res = serve_workload(
         config.workload,
-        server=sc.server,
-        scenario=sc.scenario,
-        p99_ms=sc.p99_ms,
-        queries=sc.queries,
+        server=config.server or DEFAULT_SERVER,
+        scenario=config.scenario or DEFAULT_SCENARIO,
+        p99_ms=config.p99_ms,
+        queries=config.queries,
         seed=config.seed or 0,
         precision=config.precision,
         fidelity=config.fidelity,
@@ -180,12 +123,12 @@ def _check_serve(config: RunConfig) -> None:
     _check_run(config)
     if config.batch is not None:
         raise UsageError("--batch does not apply to --over serve (the server batches queries dynamically)")
-    sc = config.serve or ServeConfig()
-    load_server(sc.server)
-    if sc.scenario not in SCENARIOS:
-        raise UsageError(f"--scenario {sc.scenario}: unknown scenario (known: {', '.join(SCENARIOS)})")
-    if sc.p99_ms is not None and not (math.isfinite(sc.p99_ms) and sc.p99_ms > 0):
-        raise UsageError(f"--p99-ms {sc.p99_ms}: must be a number > 0 (milliseconds)")
+    scenario = config.scenario or DEFAULT_SCENARIO
+    load_server(config.server or DEFAULT_SERVER)
+    if scenario not in SCENARIOS:
+        raise UsageError(f"--scenario {scenario}: unknown scenario (known: {', '.join(SCENARIOS)})")
+    if config.p99_ms is not None and not (math.isfinite(config.p99_ms) and config.p99_ms > 0):
+        raise UsageError(f"--p99-ms {config.p99_ms}: must be a number > 0 (milliseconds)")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,9 @@ from optuna.samplers import BaseSampler, NSGAIISampler
 from optuna.trial import FrozenTrial, TrialState
 
 from mtiasim.errors import UsageError
-from mtiasim.explore.metrics import RunConfig, evaluate_point, evaluator, objective_values
+from mtiasim.explore.metrics import evaluate_point, evaluator, objective_values
 from mtiasim.explore.space import Objective, Param, grid_points
+from mtiasim.run.config import RunConfig
 
 SPEC_ATTR = "mtiasim.spec"
 METRICS_ATTR = "mtiasim.metrics"

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from mtiasim.runtime.api import compile as mtiasim_compile
 from mtiasim.report.run import RunReport
+from mtiasim.runtime.api import compile as mtiasim_compile
 
 _LAST: dict[str, Any] = {}
 
