@@ -39,6 +39,7 @@ from mtiasim.isa import (
     DmaPeer,
     DmaScatter,
     HostCall,
+    HostTransfer,
     Job,
     MatMul,
     MluConcat,
@@ -926,6 +927,7 @@ _HANDLERS = {
     MluReshape: _Resolver._mlu_reshape,
     CbPop: _Resolver._cb_pop,
     HostCall: _Resolver._host_call,
+    HostTransfer: lambda self, node, cmd, st: None,  # host-side work: no tensor, no number
     CoreWork: _Resolver._core_work,
 }
 

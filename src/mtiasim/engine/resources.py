@@ -9,7 +9,10 @@
   fills and DMA requests, each of at most `transaction_bytes`) for one LPDDR5 latency each, so by Little's
   law a channel moves at most `queue_entries x transaction_bytes / latency_ns` bytes of transactions per second
   (usage counts whole transactions);
-- the host link (PCIe).
+- the host side of the card: its PCIe link to the host, one resource per direction (full duplex, `host_link_in`
+  and `host_link_out`, the chip's `host.bandwidth_gbps`: PCIe Gen4 x8 on MTIA v1, published), and the host
+  CPU's share for this chip (`host_cpu`, at its copy rate `host.cpu_copy_gbps`, assumed): input and output DMA
+  and the host's pre- and post-processing are flows on them (`isa.HostTransfer`), timed with everything else.
 
 The reduction network is point to point (north->south, west->east) and is timed per link, not shared here.
 """
@@ -22,14 +25,15 @@ import numpy as np
 
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dram_channel_bytes_per_s
-from mtiasim.isa import PeId
+from mtiasim.isa import HostSide, PeId
 
 SIDES = ("N", "S", "E", "W")
 
 CLASS_SRAM = "sram"
 CLASS_DRAM = "dram"
 CLASS_NOC = "noc"
-CLASS_HOST = "host"
+CLASS_PCIE = "pcie"  # the host link
+CLASS_HOST = "host"  # the host CPU
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class ResourceMap:
     lane_out0: int
     fi_in0: int
     fi_out0: int
-    host: int
+    host0: int  # host_link_in, host_link_out, host_cpu (HostSide order)
     queue0: int
 
     @property
@@ -70,6 +74,9 @@ class ResourceMap:
     def fi_out(self, pe: PeId) -> int:
         return self.fi_out0 + pe[0] * self.chip.grid.cols + pe[1]
 
+    def host_side(self, side: HostSide) -> int:
+        return self.host0 + tuple(HostSide).index(side)
+
 
 def resource_map(chip: Chip) -> ResourceMap:
     hz = chip.hz
@@ -94,7 +101,10 @@ def resource_map(chip: Chip) -> ResourceMap:
     fi_cap = chip.noc.fi_bytes_per_cycle * hz
     fi_in0 = add(n_pe, fi_cap, CLASS_NOC, "fi_in")
     fi_out0 = add(n_pe, fi_cap, CLASS_NOC, "fi_out")
-    host = add(1, chip.host.bandwidth_gbps * 1e9, CLASS_HOST, "host")
+    link = chip.host.bandwidth_gbps * 1e9
+    host0 = add(1, link, CLASS_PCIE, HostSide.LINK_IN.value)
+    add(1, link, CLASS_PCIE, HostSide.LINK_OUT.value)
+    add(1, chip.host.cpu_copy_gbps * 1e9, CLASS_HOST, HostSide.CPU.value)
     d = chip.dram
     queue_cap = d.queue_entries * d.transaction_bytes / (max(d.latency_ns, 1.0) * 1e-9)
     queue0 = add(d.channels, queue_cap, CLASS_DRAM, "dram_queue")
@@ -109,6 +119,6 @@ def resource_map(chip: Chip) -> ResourceMap:
         lane_out0,
         fi_in0,
         fi_out0,
-        host,
+        host0,
         queue0,
     )

@@ -32,7 +32,7 @@ from mtiasim.engine.resources import ResourceMap, resource_map
 from mtiasim.engine.work import Memo, Work, WorkModel, upstream_of
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dram_bytes_per_s, sram_bytes_per_s
-from mtiasim.isa import Barrier, Program
+from mtiasim.isa import Barrier, HostSide, Program
 
 INF = float("inf")
 EPS = 1e-15
@@ -624,6 +624,7 @@ def _roofline(m: TimingModel) -> TimingResult:
         n_pe = max(len(job.pes), 1)
         unit_busy: dict[str, float] = defaultdict(float)
         sram_b = dram_b = 0.0
+        host_b = dict.fromkeys(HostSide, 0.0)  # bytes on each host-side resource (`isa.HostTransfer`)
         for i in ids:
             w = m.works[i]
             if w.unit in ("dpe", "se", "mlu"):
@@ -631,9 +632,14 @@ def _roofline(m: TimingModel) -> TimingResult:
             c = w.counters
             sram_b += c.get("sram_read_bytes", 0.0) + c.get("sram_write_bytes", 0.0)
             dram_b += c.get("dram_read_bytes", 0.0) + c.get("dram_write_bytes", 0.0)
+            for side in host_b:
+                host_b[side] += c.get(f"{side}_bytes", 0.0)
         terms = {COMPUTE: max([v / n_pe for v in unit_busy.values()] + [0.0])}
         terms["sram"] = sram_b / sram_bytes_per_s(chip)
         terms["dram"] = dram_b / dram_bytes_per_s(chip)
+        for side, nbytes in host_b.items():
+            r = m.rmap.host_side(side)
+            terms[m.rmap.klass[r]] = max(terms.get(m.rmap.klass[r], 0.0), nbytes / m.rmap.capacity[r])
         kind = max(terms.items(), key=lambda kv: kv[1])
         job_time.append((kind[1], kind[0]))
     finish: dict[str, float] = {}

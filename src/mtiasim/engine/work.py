@@ -42,6 +42,7 @@ from mtiasim.isa import (
     DmaPeer,
     DmaScatter,
     HostCall,
+    HostTransfer,
     Level,
     MatMul,
     MluConcat,
@@ -990,6 +991,13 @@ class WorkModel:
 
     def _w_HostCall(self, node: Node, cmd: HostCall) -> Work:
         return Work("core", "host", busy_s=cmd.seconds)
+
+    def _w_HostTransfer(self, node: Node, cmd: HostTransfer) -> Work:
+        """A flow on one host-side resource (`engine.resources`): it shares the resource with the others."""
+        nbytes = float(cmd.nbytes)
+        w = Work("dma", "host", bytes=nbytes, latency_s=cmd.latency_s, counters={f"{cmd.side}_bytes": nbytes})
+        _add(w.own_usage, self.rmap.host_side(cmd.side), nbytes)
+        return w
 
     def _w_CoreWork(self, node: Node, cmd: CoreWork) -> Work:
         t = cmd.cycles * self.cyc

@@ -287,6 +287,27 @@ class HostCall:
     seconds: float = 0.0
 
 
+class HostSide(StrEnum):
+    """A host-side resource of the card a chip sits on (`engine.resources`)."""
+
+    LINK_IN = "host_link_in"  # the card's PCIe link, host -> device
+    LINK_OUT = "host_link_out"  # the card's PCIe link, device -> host (full duplex: its own direction)
+    CPU = "host_cpu"  # the host CPU's work for this chip (pre- and post-processing)
+
+
+@dataclass(frozen=True, slots=True)
+class HostTransfer:
+    """Work on one host-side resource, a flow like a DMA: `nbytes` over the host link (input or output DMA
+    between host memory and the device), or the host CPU's work expressed in bytes of its copy rate (a cost of
+    s seconds at the CPU's full rate is s x `host.cpu_copy_gbps` bytes). Transfers on one resource divide its
+    bandwidth. `latency_s` (the link's round trip) is paid once, uncontended. `what` names it."""
+
+    side: HostSide
+    nbytes: float
+    latency_s: float = 0.0
+    what: str = ""
+
+
 class ReduceOp(StrEnum):
     """What an SE row reduction computes."""
 
@@ -494,6 +515,7 @@ Command = (
     | SeRowScale
     | SeRowReduce
     | HostCall
+    | HostTransfer
     | SePool
     | MluTranspose
     | MluConcat

@@ -9,8 +9,9 @@ prologue and the PCIe transfers are added as `host` and `pcie`. The shares add u
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from mtiasim.dtypes import DType
 from mtiasim.engine import ExecutionResult, TimingResult
 from mtiasim.engine.numerics import ConversionStats
 from mtiasim.engine.timing import coarse
+from mtiasim.hw import Chip
 from mtiasim.hw.area import area
 from mtiasim.hw.peaks import dpe_macs_per_cycle
 from mtiasim.isa import Program
@@ -27,8 +29,18 @@ from mtiasim.power import PowerReport, power_report
 from mtiasim.power.model import counter_columns
 from mtiasim.report.activity import op_activity, pe_utilization
 
-if TYPE_CHECKING:
-    from mtiasim.runtime.model import CompiledModel
+
+class CompiledModel(Protocol):
+    """What a run report reads of the compiled model it reports (`mtiasim.runtime.model.CompiledModel`): the
+    chip, the mode and fidelity it ran in, the compiled graph (`compiled`: lowered kernel ops, views, code,
+    formats, graph) and the capture (`captured`: the exported program and its user inputs). The report sits
+    below the runtime: it names the attributes it reads, not the class."""
+
+    chip: Chip
+    mode: str
+    fidelity: str
+    compiled: Any
+    captured: Any
 
 
 @dataclass
@@ -106,6 +118,8 @@ class RunReport:
     area_mm2: float = 0.0  # the chip's modelled die area (mtiasim.hw.area)
     h2d_bytes: int = 0  # what crossed PCIe into the device, and back
     d2h_bytes: int = 0
+    # timed calls: per host-side engine resource (host_cpu, host_link_in, host_link_out), its busy time
+    host_busy_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def timed(self) -> bool:
@@ -177,6 +191,7 @@ class RunReport:
             **{key: _us(s) if timed else None for key, s in phases.items()},
             "h2d_bytes": self.h2d_bytes,
             "d2h_bytes": self.d2h_bytes,
+            "host_busy_us": {k: round(v * 1e6, 4) for k, v in sorted(self.host_busy_s.items()) if timed},
             "macs": self.macs,
             "mac_utilization": round(self.mac_utilization, 5) if timed else None,
             "bound": self.bound if timed else None,
@@ -211,9 +226,28 @@ def _us(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1e6, 4)
 
 
-def _pcie_s(model: CompiledModel, nbytes: int) -> float:
-    host = model.chip.host
-    return host.latency_ns * 1e-9 + nbytes / (host.bandwidth_gbps * 1e9) if nbytes else 0.0
+def _phases(t: TimingResult, host_kinds: Mapping[str, str]) -> tuple[float, float, float, float]:
+    """Host, PCIe in, device and PCIe out time of a timed call whose host side are jobs of the kinds
+    `host_kinds` (the host CPU's, the input DMA's, the output DMA's, in that order): each phase from the end of
+    the one before; they add up to the timeline."""
+    ends = {j.kind: j.end_s for j in t.jobs if j.kind in host_kinds}
+    cpu, link_in, link_out = host_kinds
+    host_end = ends.get(cpu, 0.0)
+    in_end = ends.get(link_in, host_end)
+    device_end = max([j.end_s for j in t.jobs if j.kind not in host_kinds] + [in_end])
+    return host_end, in_end - host_end, device_end - in_end, max(t.seconds - device_end, 0.0)
+
+
+def host_busy_s(t: TimingResult, host_kinds: Mapping[str, str]) -> dict[str, float]:
+    """Per host-side resource (host_cpu, host_link_in, host_link_out), the time its transfers moved data."""
+    out = {str(side): 0.0 for side in host_kinds.values()}
+    if t.nodes is None:
+        return out
+    kinds = [j.kind for j in t.jobs]
+    for i, (job, cmd) in enumerate(zip(t.nodes.job, t.nodes.command, strict=True)):
+        if cmd == "HostTransfer" and kinds[job] in host_kinds:
+            out[str(host_kinds[kinds[job]])] += float(t.nodes.busy_s[i])
+    return out
 
 
 def _macs(model: CompiledModel) -> dict[str, float]:
@@ -231,8 +265,18 @@ def _macs(model: CompiledModel) -> dict[str, float]:
 
 
 def build_report(
-    model: CompiledModel, program: Program, result: ExecutionResult, host_s: float, h2d: int, d2h: int
+    model: CompiledModel,
+    program: Program,
+    result: ExecutionResult,
+    host_s: float,
+    h2d: int,
+    d2h: int,
+    host_kinds: Mapping[str, str],
 ) -> RunReport:
+    """The report of a call. A timed call's host side are jobs of the kinds `host_kinds` (kind -> host-side
+    resource: the host CPU's, then the input and output DMA's, `runtime.hostside`); their times split the
+    latency into host, PCIe in, device and PCIe out. `host_s` is the host's modelled work (a functional call,
+    which is not timed, reports it as such)."""
     compiled = model.compiled
     low = compiled.lowered
     macs = _macs(model)
@@ -247,6 +291,8 @@ def build_report(
         columns = counter_columns(t.nodes.counters) if t.nodes is not None else None
         activity = {a.name: a for a in op_activity(model.chip, t, columns)}
         for j in t.jobs:
+            if j.kind in host_kinds:  # the host side: not an operator of the model
+                continue
             act = activity[j.name]
             ops.append(
                 OpRow(
@@ -266,17 +312,19 @@ def build_report(
                 )
             )
         detail = _critical_chain(program, t.jobs)
-    h2d_s, d2h_s = _pcie_s(model, h2d), _pcie_s(model, d2h)
-    detail["host"] = detail.get("host", 0.0) + host_s
-    detail["pcie"] = detail.get("pcie", 0.0) + h2d_s + d2h_s
+    h2d_s = d2h_s = 0.0
+    host_busy: dict[str, float] = {}
+    if t is not None:
+        host_s, h2d_s, device_s, d2h_s = _phases(t, host_kinds)
+        host_busy = host_busy_s(t, host_kinds)
     total_macs = sum(macs.values())
     power = None
     if t is not None:
         counters = dict(t.counters)
         counters["pcie_bytes"] = float(h2d + d2h)
-        latency_s = host_s + h2d_s + device_s + d2h_s
+        # the nodes (the host side's too) are on the call's timeline already
         power = power_report(
-            model.chip, counters, latency_s, nodes=t.nodes, device_offset_s=host_s + h2d_s, columns=columns
+            model.chip, counters, t.seconds, nodes=t.nodes, device_offset_s=0.0, columns=columns
         )
     dtype = DType.INT8 if compiled.formats.precision.int8 else compiled.formats.precision.float_dtype
     chip = model.chip
@@ -308,6 +356,7 @@ def build_report(
         area_mm2=area(chip).total_mm2,
         h2d_bytes=int(h2d),
         d2h_bytes=int(d2h),
+        host_busy_s=host_busy,
     )
 
 

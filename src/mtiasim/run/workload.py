@@ -20,16 +20,14 @@ import torch
 
 from mtiasim.compiler import Quantization
 from mtiasim.errors import CapacityError, UsageError
-from mtiasim.hw import Chip, load_chip
+from mtiasim.hw import Chip
 from mtiasim.report.atomic import make_dirs, remove_if_empty
-from mtiasim.runtime.api import compile
+from mtiasim.run.config import DEFAULT_BATCH, DEFAULT_DISTRIBUTION, DEFAULT_SEED, RunConfig
 from mtiasim.run.limits import MAX_BATCH, MAX_WARMUP, check_host_memory, int_arg
 from mtiasim.run.sources import is_user_model, load_user_model
+from mtiasim.runtime.api import compile
 
 CHECK_MAX_ROWS = 100_000
-
-
-DEFAULT_BATCH, DEFAULT_SEED, DEFAULT_DISTRIBUTION = 256, 0, "uniform"
 
 
 @dataclass
@@ -47,34 +45,31 @@ class _Source:
 
 
 def run_workload(
-    name: str,
+    config: RunConfig | str,
+    /,
     *,
-    batch: int | None = None,
-    chip: str | Chip = "mtia-v1",
-    precision: str = "int8",
-    mode: str = "timing",
-    fidelity: str = "event",
-    check: bool = False,
-    max_rows: int | None = None,
-    seed: int | None = None,
-    warmup: int = 1,
-    distribution: str | None = None,
-    trace: str | None = None,
-    trace_aggregate: str = "auto",
-    report_dir: str | None = None,
     progress: Callable[[str], None] | None = None,
-    quantization: str | None = None,
-    inputs: str | None = None,
-    fallback: str | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Build (or load), compile and run `name`; the run's JSON. `name` is a zoo workload or a user's model
-    (`FILE.pt2`, `FILE.py:FUNCTION`, see `sources`; `inputs` a file of inputs for the archive). `trace` writes a
-    Perfetto trace (Chrome JSON) of the measured batch, `report_dir` an HTML report; `progress(step)` is told
-    each step as it starts. Every option applies to every model source, except those that shape a zoo workload
-    (`batch`, `max_rows`, `seed`, `distribution`): given with a user's model they are a UsageError.
+    """Build (or load), compile and run a workload; the run's JSON. `config` is a `RunConfig` or the workload's
+    name, `options` its fields (`run_workload("dlrm-kaggle", batch=64)` is `run_workload(RunConfig("dlrm-kaggle",
+    batch=64))`). The workload is a zoo workload or a user's model (`FILE.pt2`, `FILE.py:FUNCTION`, see
+    `sources`; `inputs` a file of inputs for the archive). `trace` writes a Perfetto trace (Chrome JSON) of the
+    measured batch, `report_dir` an HTML report; `progress(step)` is told each step as it starts. Every option
+    applies to every model source, except those that shape a zoo workload (`batch`, `max_rows`, `seed`,
+    `distribution`): given with a user's model they are a UsageError.
 
     Arguments, the chip, the output paths and the host memory the run would need (`limits.check_host_memory`)
     are checked before anything is built: a run that cannot finish fails in a second, with a UsageError."""
+    config = RunConfig(config, **options) if isinstance(config, str) else config.replace(**options)
+    name, batch, mode, check = config.workload, config.batch, config.mode, config.check
+    max_rows, seed, warmup, distribution = config.max_rows, config.seed, config.warmup, config.distribution
+    trace, trace_aggregate, report_dir, inputs = (
+        config.trace,
+        config.trace_aggregate,
+        config.report_dir,
+        config.inputs,
+    )
 
     def step(what: str) -> None:
         if progress is not None:
@@ -91,8 +86,8 @@ def run_workload(
     warmup = int_arg("--warmup", warmup, 0, MAX_WARMUP)
     if max_rows is not None:
         max_rows = int_arg("--max-rows", max_rows, 1)
-    chip_ = chip if isinstance(chip, Chip) else load_chip(chip)
-    quant = Quantization.parse(quantization)
+    chip_ = config.chip_model()
+    quant = Quantization.parse(config.quantization)
     if check:
         mode = "both" if mode == "timing" else mode
         max_rows = max_rows or (None if user else CHECK_MAX_ROWS)
@@ -137,9 +132,9 @@ def run_workload(
         else:
             source = _zoo_source(name, batch, seed, max_rows, distribution, functional, chip_.dram.bytes)
         return _run(
-            name, source, build_s=time.perf_counter() - t0, chip=chip_, precision=precision, mode=mode, fidelity=fidelity, check=check,
+            name, source, build_s=time.perf_counter() - t0, chip=chip_, precision=config.precision, mode=mode, fidelity=config.fidelity, check=check,
             functional=functional, warmup=warmup, trace=trace, trace_aggregate=trace_aggregate,
-            report_dir=report_dir, step=step, quantization=quant, fallback=fallback,
+            report_dir=report_dir, step=step, quantization=quant, fallback=config.fallback,
         )  # fmt: skip
     except BaseException:
         remove_if_empty(created)  # a failed run leaves no empty report folder behind
@@ -308,7 +303,7 @@ def _write_trace(report: Any, chip: Chip, path: str, aggregate: str, res: dict[s
         name=res["workload"],
         ops=res["ops"],
         power=report.power,
-        offset_s=host_s + h2d_s,
+        offset_s=0.0,  # the device's nodes are on the call's timeline, after the host side's
         host_spans=[p for p in phases if p[2] > p[1]],
         aggregate=aggregate,
     )

@@ -45,6 +45,7 @@ from mtiasim.hw import Chip
 from mtiasim.ir import DYNAMIC
 from mtiasim.isa import Job, Level, Program, TensorDecl
 from mtiasim.report.run import RunReport, build_report, numerics_warnings
+from mtiasim.runtime.hostside import HOST_KINDS, with_host_side
 
 CACHE_HISTORY_CALLS = 2
 _CHECK_MAXIMA = ("max_abs_err", "max_bound", "max_err_over_bound", "max_sigma")
@@ -175,6 +176,13 @@ class CompiledModel:
                 jobs.append(call.jobs[name])
             elif name in static:
                 jobs.append(static[name])
+        d2h = sum(tensors[code.outputs[v]].nbytes for v in self.compiled.graph.outputs)
+        host = self.chip.host
+        host_s = host_cost_s(
+            tensor_ops(self.captured.host.nodes), call.index_bytes, host.cpu_op_ns, host.cpu_copy_gbps
+        )
+        # the host's prologue and the PCIe transfers are engine jobs around the device's (`hostside`)
+        jobs = with_host_side(jobs, self.chip, host_s=host_s, h2d_bytes=call.h2d_bytes, d2h_bytes=d2h)
         program = Program(self.compiled.graph.name, tensors, jobs)
         program.cache_history.update(self.cache_state.replay(tensors))
         data = dict(call.data)
@@ -201,13 +209,8 @@ class CompiledModel:
             else:
                 t = torch.zeros(shape, dtype=self.out_dtypes[i])
             outs.append(t)
-        d2h = sum(tensors[code.outputs[v]].nbytes for v in self.compiled.graph.outputs)
-        host = self.chip.host
-        host_s = host_cost_s(
-            tensor_ops(self.captured.host.nodes), call.index_bytes, host.cpu_op_ns, host.cpu_copy_gbps
-        )
         self._last = (values, outs) if result.outputs is not None else None
-        self.report = build_report(self, program, result, host_s, call.h2d_bytes, d2h)
+        self.report = build_report(self, program, result, host_s, call.h2d_bytes, d2h, HOST_KINDS)
         self.report.numerics_warnings = numerics_warnings(self, self.report.conversions)
         for line in self.report.numerics_warnings:
             warnings.warn(NumericsWarning(f"model {self.compiled.graph.name}: {line}"), stacklevel=3)
