@@ -717,6 +717,9 @@ def _print_run(res: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------- sweep and explore
 
 DEFAULT_OBJECTIVES = ("samples_per_s_per_w:max", "area_mm2:min")
+# the RunConfig fields a study's options set (its --report and --csv are the study's own outputs)
+STUDY_RUN_FIELDS = ("chip", "sets", "batch", "precision", "fidelity")
+STUDY_SERVE_FIELDS = ("server", "scenario", "p99_ms", "queries")
 
 
 def _study_options(f):
@@ -724,7 +727,7 @@ def _study_options(f):
     and run, and what is written."""
     for decorator in reversed(
         (
-            config_options("chip", "sets", "batch", "precision", "fidelity"),
+            config_options(*STUDY_RUN_FIELDS),
             click.option(
                 "--over",
                 default="run",
@@ -732,7 +735,7 @@ def _study_options(f):
                 help="What a trial is: run (one timed batch, `mtiasim run`) or serve (`mtiasim serve` on a "
                 "server whose cards carry the trial's values).",
             ),
-            config_options("server", "scenario", "p99_ms", "queries"),
+            config_options(*STUDY_SERVE_FIELDS),
             click.option(
                 "--objective",
                 "objectives",
@@ -787,7 +790,7 @@ def _study_config(workload: str, opts: dict[str, Any]):
     scenario filled in), and --chip does not (the server's cards set the chip)."""
     from mtiasim.run.config import DEFAULT_SCENARIO, DEFAULT_SERVER, RunConfig
 
-    config = RunConfig.from_options(workload, opts)
+    config = RunConfig.from_options(workload, opts, STUDY_RUN_FIELDS + STUDY_SERVE_FIELDS)
     given = {k: opts[k] for k in ("server_name", "scenario", "p99_ms", "queries") if opts[k] is not None}
     if opts["over"] != "serve":
         if given:

@@ -241,7 +241,10 @@ def _phases(t: TimingResult, host_kinds: Mapping[str, str]) -> tuple[float, floa
 def host_busy_s(t: TimingResult, host_kinds: Mapping[str, str]) -> dict[str, float]:
     """Per host-side resource (host_cpu, host_link_in, host_link_out), the time its transfers moved data."""
     out = {str(side): 0.0 for side in host_kinds.values()}
-    if t.nodes is None:
+    if t.fidelity == "roofline" or t.nodes is None:  # no node times: each job's bytes at the resource's peak
+        for j in t.jobs:
+            if j.kind in host_kinds:
+                out[str(host_kinds[j.kind])] += j.end_s - j.start_s
         return out
     kinds = [j.kind for j in t.jobs]
     for i, (job, cmd) in enumerate(zip(t.nodes.job, t.nodes.command, strict=True)):

@@ -123,13 +123,16 @@ class RunConfig:
     queries: int | None = _opt(None, "--queries", "Queries simulated per run (default 20000).", type=int)
 
     @classmethod
-    def from_options(cls, workload: str, options: dict[str, Any]) -> RunConfig:
-        """The configuration of a command's options (keyed by their parameter names, as click passes them);
-        options that are not fields are ignored. `--set` texts are parsed (ConfigError on a bad one)."""
+    def from_options(
+        cls, workload: str, options: dict[str, Any], names: tuple[str, ...] | None = None
+    ) -> RunConfig:
+        """The configuration of a command's options (keyed by their parameter names, as click passes them):
+        those of the fields `names` (default: every field that is an option); the others keep their defaults.
+        `--set` texts are parsed (ConfigError on a bad one)."""
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             opt = f.metadata.get("option")
-            if opt is None:
+            if opt is None or (names is not None and f.name not in names):
                 continue
             key = opt.param or f.name
             if key in options:

@@ -119,10 +119,13 @@ class BatchCosts(BucketCosts[BatchCost]):
 def batch_cost(batch: int, res: dict, idle_card_w: float, simulator_s: float) -> BatchCost:
     """A run's JSON (`CompiledModel.report.to_json()`, as `run_workload` returns it) as a BatchCost."""
     latency_s = res["latency_us"] * 1e-6
+    # serving times the host CPU and the PCIe transfers itself: the card's share is the rest of the timeline
+    busy = res["host_busy_us"]
+    host_s = busy["host_cpu"] * 1e-6
     return BatchCost(
         batch=batch,
-        host_s=res["host_us"] * 1e-6,
-        device_s=res["device_us"] * 1e-6,
+        host_s=host_s,
+        device_s=latency_s - host_s - (busy["host_link_in"] + busy["host_link_out"]) * 1e-6,
         h2d_bytes=int(res["h2d_bytes"]),
         d2h_bytes=int(res["d2h_bytes"]),
         card_dynamic_j=max(0.0, res["card_energy_j"] - idle_card_w * latency_s),
