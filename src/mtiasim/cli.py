@@ -1159,8 +1159,8 @@ def validate_cmd(
         )
     click.echo("")
     click.echo(
-        f"{'family':8s} {'cases':>5s} {'MAPE':>8s} {'Pearson r':>10s}   (gate: MAPE <= {GATE_MAPE_PCT:.0f}%, "
-        + ", ".join(f"{f} {g:.0f}%" for f, g in GATE_EXCEPTIONS_PCT.items())
+        f"{'family':8s} {'cases':>5s} {'MAPE':>8s} {'Pearson r':>10s}   (gate: MAPE <= {GATE_MAPE_PCT:.0f}%"
+        + "".join(f", {f} {g:.0f}%" for f, g in GATE_EXCEPTIONS_PCT.items())
         + ")"
     )
     for fam, st in report.families.items():
