@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -89,3 +90,14 @@ def test_functional_pooling_with_launches_in_flight():
     res = bench_tbe(8, 3, 50, 16, mode="functional", jobs=4, in_flight=2, weighted=True)
     assert res["check"]["passed"] is True
     assert res["batches_per_job"] == 2
+
+
+def test_in_flight_on_the_command_line(capsys):
+    from mtiasim.cli import main
+
+    argv = ["bench", "tbe", "--batch", "16", "--pooling", "2", "--rows", "100", "--dim", "16", "--json"]
+    assert main([*argv, "--in-flight", "2"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["batches_per_job"], res["jobs"]) == (2, 4)
+    assert main([*argv, "--in-flight", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "mtiasim: error: --in-flight: must be positive, got 0"

@@ -78,7 +78,7 @@ def prepare_tbe(
     rows, tables = positive("rows", rows, 1 << 34), positive("tables", tables, 4096)
     pooling, jobs = positive("pooling", pooling, 1 << 16), positive("jobs", jobs, 1024)
     # the batches of the launches in flight run as one job, of `per_job` batches stacked into one
-    per_job = min(positive("in_flight", in_flight, 1024), jobs)
+    per_job = min(positive("in-flight", in_flight, 1024), jobs)
     n_jobs = jobs // per_job
     if placement not in TBE_PLACEMENTS:
         raise UsageError(
