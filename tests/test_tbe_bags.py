@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtiasim.bench.tbe import bench_tbe, prepare_tbe
+from mtiasim.dtypes import DType
 from mtiasim.engine.resolve import resolve
 from mtiasim.engine.resources import resource_map
 from mtiasim.engine.work import WorkModel
 from mtiasim.hw import load_chip
-from mtiasim.isa import SePool
-from mtiasim.kernels.tbe import CB_ROWS
+from mtiasim.isa import Level, MemoryPlan, RowFormat, SePool
+from mtiasim.kernels.tbe import CB_ROWS, tbe_job
 
 CHIP = load_chip("mtia-v1")
 
@@ -101,3 +103,20 @@ def test_in_flight_on_the_command_line(capsys):
     assert (res["batches_per_job"], res["jobs"]) == (2, 4)
     assert main([*argv, "--in-flight", "0"]) == 2
     assert capsys.readouterr().err.strip() == "mtiasim: error: --in-flight: must be positive, got 0"
+
+
+def test_row_buffer_shrinks_to_what_the_local_store_holds():
+    """fp32 rows of dim 1024 (4 KiB): 32 of them and the pooled-row buffer would overflow the 128 KiB."""
+    p = MemoryPlan(CHIP.sram.bytes, CHIP.dram.bytes)
+    dim, batch = 1024, 64 * 40
+    tab = p.add("tables", (100, dim), DType.FP32, Level.SRAM)
+    ind = p.add("indices", (batch,), DType.INT32, Level.SRAM)
+    out = p.add("out", (batch, dim), DType.FP32, Level.SRAM)
+    offsets = np.arange(batch + 1)
+    job = tbe_job(CHIP, "tbe", tab, ind, out, offsets=offsets, table_rows=[100], batch=batch, dim=dim,
+                  row_format=RowFormat.FP32)  # fmt: skip
+    out_bytes = 2 * dim * 4
+    for prog in job.pes.values():
+        cb = next(c for c in prog.cbs if c.cb == CB_ROWS)
+        assert cb.size_bytes == (CHIP.local_memory.bytes - out_bytes) // (dim * 4) * dim * 4
+        assert sum(c.size_bytes for c in prog.cbs) <= CHIP.local_memory.bytes

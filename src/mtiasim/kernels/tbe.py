@@ -40,7 +40,7 @@ from mtiasim.isa import (
     TileStream,
     loop,
 )
-from mtiasim.kernels.common import Region, cb_layout
+from mtiasim.kernels.common import Region, cb_layout, cdiv
 
 CB_ROWS, CB_OUT = 0, 1
 PER_BAG_COST_ROWS = 4.0  # a bag costs about as much as this many lookups (set-up, pooled-row write)
@@ -128,8 +128,10 @@ def tbe_job(
     for pe, (j0, j1) in zip(pe_list, ranges, strict=False):
         # the row buffer: one SE accumulate group of rows (short bags share it, a long bag's rows wait for the
         # pooling of the group before)
-        group = int(min(chip.se.accumulate_max_rows, max(1, int(lengths[j0:j1].sum()))))
-        sizes = {CB_ROWS: group * row_bytes, CB_OUT: 2 * dim * out_dtype.itemsize}
+        out_bytes = 2 * dim * out_dtype.itemsize
+        fit = (chip.local_memory.bytes - cdiv(out_bytes, 64) * 64) // row_bytes  # what the local store holds
+        group = int(max(1, min(chip.se.accumulate_max_rows, int(lengths[j0:j1].sum()), fit)))
+        sizes = {CB_ROWS: group * row_bytes, CB_OUT: out_bytes}
         prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
         j = j0
         while j < j1:
