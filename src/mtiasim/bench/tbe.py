@@ -2,8 +2,8 @@
 
 Defaults follow ISCA'23's set-up where it is known: 8-bit rows, LPDDR5 tables reached through the SRAM in cache
 mode, fixed pooling, uniform indices (Glow's TBEBench draws them uniformly). What the paper does not say is
-assumed: one table (`DEFAULT_TABLES`), and a throughput measurement: `DEFAULT_JOBS` batches, each with its own
-indices, and the steady-state time per batch is reported. TBEBench keeps several launches in flight
+assumed: one table (`DEFAULT_TABLES`), and a throughput measurement: `DEFAULT_JOBS` batches (more where two jobs
+need more), each with its own indices, and the steady-state time per batch is reported. TBEBench keeps several launches in flight
 (`numAsyncLaunches`): the PEs run the queued launches' kernels one after another, each PE going on with its
 next bags without waiting for the whole grid or a new launch. That is modelled as `in_flight` batches
 (`LAUNCHES_IN_FLIGHT` by default; the paper does not give it) in one job: one launch and one end of job per
@@ -77,9 +77,10 @@ def prepare_tbe(
     seed = check_seed(seed)
     rows, tables = positive("rows", rows, 1 << 34), positive("tables", tables, 4096)
     pooling, jobs = positive("pooling", pooling, 1 << 16), positive("jobs", jobs, 1024)
-    # the batches of the launches in flight run as one job, of `per_job` batches stacked into one
+    # the batches of the launches in flight run as one job, of `per_job` batches stacked into one; a
+    # throughput measurement (jobs > 1) needs two jobs at least, whose completions' spacing it reports
     per_job = min(positive("in-flight", in_flight, 1024), jobs)
-    n_jobs = jobs // per_job
+    n_jobs = max(jobs // per_job, 2 if jobs > 1 else 1)
     if placement not in TBE_PLACEMENTS:
         raise UsageError(
             f"--placement: unknown TBE placement {placement!r} (known: {', '.join(TBE_PLACEMENTS)})"
