@@ -1,6 +1,9 @@
 """Fit the `calibrated` constants of the mtia-v1 preset to the public validation set, and write them back.
 
-    .venv/bin/python scripts/calibrate.py [--dry-run] [--iterations N] [--processes P]
+    .venv/bin/python scripts/calibrate.py [--dry-run] [--iterations N] [--processes P] [--family F ...]
+
+`--family` fits on some families' cases only (e.g. `--family tbe`, a few minutes): a scan of what those cases
+want, reported and never written back (the constants are shared by every family).
 
 Only values the preset marks `calibrated` move, each within the physical range the preset gives it (with the
 range's source); everything else is published, derived or assumed and stays. The fit itself (objective,
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mtiasim.hw import Chip, load_chip
-from mtiasim.validate import FAMILIES
+from mtiasim.validate import FAMILIES, cases
 from mtiasim.validate.fit import Evaluator, Fitter, Space, family_stats, on_edge, prepare
 
 PRESET = Path(__file__).resolve().parents[1] / "src" / "mtiasim" / "hw" / "presets" / "mtia-v1.toml"
@@ -64,11 +67,19 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true", help="fit and report, do not write the preset")
     ap.add_argument("--iterations", type=int, default=10, help="most Levenberg-Marquardt steps per fit")
     ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument(
+        "--family",
+        action="append",
+        choices=FAMILIES,
+        help="fit on this family's cases only (implies --dry-run)",
+    )
     args = ap.parse_args()
+    if args.family:
+        args.dry_run = True
     t0 = time.time()
     base: Chip = load_chip("mtia-v1")
     space = Space.of(base)
-    preps = prepare(base)
+    preps = prepare(base, [c for c in cases() if c.family in args.family] if args.family else None)
     print(
         f"prepared {len(preps)} cases in {time.time() - t0:.1f} s; fitting {', '.join(space.keys)}",
         flush=True,

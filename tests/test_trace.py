@@ -36,7 +36,7 @@ def gemm():
 
 @pytest.fixture(scope="module")
 def tbe():
-    return _run(prepare_tbe(256, 20, 100000, 64))
+    return _run(prepare_tbe(256, 20, 100000, 64, in_flight=1))
 
 
 def _tile(timing, k):

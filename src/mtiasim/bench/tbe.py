@@ -2,13 +2,17 @@
 
 Defaults follow ISCA'23's set-up where it is known: 8-bit rows, LPDDR5 tables reached through the SRAM in cache
 mode, fixed pooling, uniform indices (Glow's TBEBench draws them uniformly). What the paper does not say is
-assumed: one table (`DEFAULT_TABLES`), and a throughput measurement: `DEFAULT_JOBS` batches run back to back,
-each with its own indices, and the steady-state time per batch is reported. The SRAM cache starts in the
-steady state of the index distribution (``warm="distribution"``), or warm with the first batch itself
-(``"same"``), or cold.
+assumed: one table (`DEFAULT_TABLES`), and a throughput measurement: `DEFAULT_JOBS` batches (more where two jobs
+need more), each with its own indices, and the steady-state time per batch is reported. TBEBench keeps several launches in flight
+(`numAsyncLaunches`): the PEs run the queued launches' kernels one after another, each PE going on with its
+next bags without waiting for the whole grid or a new launch. That is modelled as `in_flight` batches
+(`LAUNCHES_IN_FLIGHT` by default; the paper does not give it) in one job: one launch and one end of job per
+`in_flight` batches, the row buffer and each PE's pipeline running on from one batch to the next. The SRAM
+cache starts in the steady state of the index distribution (``warm="distribution"``), or warm with the first
+batch itself (``"same"``), or cold.
 
 JSON: ``seconds`` (per batch), ``gbps`` = bytes of embedding rows read (lookups x (dim + 4)) / seconds,
-``lookups`` (per batch), ``cache_hit_rate``, ``bound``...
+``lookups`` (per batch), ``cache_hit_rate``, ``bound``; the attribution and the counters are per batch too.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from mtiasim.runtime.bounds import accumulation_bound, bound_check, stored_bound
 
 DEFAULT_TABLES = 1
 DEFAULT_JOBS = 8
+# launches TBEBench keeps in flight (numAsyncLaunches): not published for ISCA'23 Fig 12; assumed a few
+LAUNCHES_IN_FLIGHT = 4
 TBE_PLACEMENTS = ("cache", "sram", "dram")
 WARM = ("distribution", "same", "cold")
 FUNCTIONAL_TABLE_LIMIT_BYTES = 2 << 30
@@ -65,11 +71,16 @@ def prepare_tbe(
     mode: str = "timing",
     seed: int = 0,
     jobs: int = DEFAULT_JOBS,
+    in_flight: int = LAUNCHES_IN_FLIGHT,
 ) -> Prepared:
     batch, dim = positive("batch", batch), positive("dim", dim, 1 << 16)
     seed = check_seed(seed)
     rows, tables = positive("rows", rows, 1 << 34), positive("tables", tables, 4096)
     pooling, jobs = positive("pooling", pooling, 1 << 16), positive("jobs", jobs, 1024)
+    # the batches of the launches in flight run as one job, of `per_job` batches stacked into one; a
+    # throughput measurement (jobs > 1) needs two jobs at least, whose completions' spacing it reports
+    per_job = min(positive("in-flight", in_flight, 1024), jobs)
+    n_jobs = max(jobs // per_job, 2 if jobs > 1 else 1)
     if placement not in TBE_PLACEMENTS:
         raise UsageError(
             f"--placement: unknown TBE placement {placement!r} (known: {', '.join(TBE_PLACEMENTS)})"
@@ -91,21 +102,22 @@ def prepare_tbe(
     lvl = Level.SRAM if placement == "sram" else Level.DRAM
     table_rows = [rows] * tables
     table = plan.add("tables", (rows * tables, row_bytes), DType.UINT8, lvl, cached=placement == "cache")
-    lengths = fixed_lengths(tables, batch, pooling)
+    samples = batch * per_job  # a job's samples: its batches one after another
+    lengths = fixed_lengths(tables, samples, pooling)
     offsets = offsets_from_lengths(lengths)
     n_idx = int(offsets[-1])
     starts = np.concatenate([[0], np.cumsum(table_rows)[:-1]]).astype(np.int64)
-    row_start = np.repeat(starts, lengths.reshape(tables, batch).sum(axis=1))
-    # one job per batch, back to back, each with its own indices (fresh requests)
-    job_list, per_job, names = [], [], []
+    row_start = np.repeat(starts, lengths.reshape(tables, samples).sum(axis=1))
+    # one job per `per_job` batches, back to back, each batch with its own indices (fresh requests)
+    job_list, job_indices, names = [], [], []
     rng = np.random.default_rng((seed, 2))
     inputs: dict[str, np.ndarray] = {}
-    for j in range(jobs):
-        sfx = f"#{j}" if jobs > 1 else ""
+    for j in range(n_jobs):
+        sfx = f"#{j}" if n_jobs > 1 else ""
         names.append(sfx)
         idx = plan.add("indices" + sfx, (n_idx,), DType.INT32, Level.SRAM)
         wts = plan.add("weights" + sfx, (n_idx,), DType.FP32, Level.SRAM) if weighted else None
-        out = plan.add("out" + sfx, (batch, tables * dim), DType.FP16, Level.SRAM)
+        out = plan.add("out" + sfx, (samples, tables * dim), DType.FP16, Level.SRAM)
         job_list.append(
             tbe_job(
                 chip_,
@@ -115,20 +127,20 @@ def prepare_tbe(
                 out,
                 offsets=offsets,
                 table_rows=table_rows,
-                batch=batch,
+                batch=samples,
                 dim=dim,
                 mode=pmode,
                 weights=wts,
             )
         )
-        ind = draw_indices(table_rows, lengths, batch, dist, (seed, 0, j))
-        per_job.append(ind)
+        ind = draw_indices(table_rows, lengths, samples, dist, (seed, 0, j))
+        job_indices.append(ind)
         inputs["indices" + sfx] = ind.astype(np.int32)
         if weighted:
             inputs["weights" + sfx] = rng.random(n_idx, dtype=np.float32)
     program = Program(f"tbe B{batch} L{pooling} R{rows} D{dim} T{tables}", plan.tensors, job_list)
     if placement == "cache" and warm == "same":
-        program.cache_history[table.name] = per_job[0] + row_start
+        program.cache_history[table.name] = job_indices[0] + row_start
     elif placement == "cache" and warm == "distribution":
         sram_used = sum(t.nbytes for t in plan.tensors.values() if t.level == Level.SRAM)
         line = chip_.sram.cache_line_bytes
@@ -159,22 +171,36 @@ def prepare_tbe(
             "weighted": weighted,
         }
         res.update(base_fields(chip_, mode, fidelity))
-        res.update(timing_fields(result, chip_))
-        res["lookups"] = n_idx
-        res["row_bytes_read"] = float(n_idx * row_bytes)
-        res["gbps"] = n_idx * row_bytes / res["seconds"] / 1e9 if res["seconds"] else None
+        res.update(_per_batch(timing_fields(result, chip_), per_job))
+        res["lookups"] = n_idx // per_job
+        res["row_bytes_read"] = float(n_idx // per_job * row_bytes)
+        res["gbps"] = n_idx * row_bytes / per_job / res["seconds"] / 1e9 if res["seconds"] else None
         counters = res.get("counters", {})
         if counters.get("gathered_rows"):
             res["cache_hit_rate"] = counters.get("cache_hit_rows", 0.0) / counters["gathered_rows"]
         if result.outputs is not None:
             sfx = names[-1]
-            rows_read = per_job[-1] + row_start
+            rows_read = job_indices[-1] + row_start
             res["check"] = _check(
-                inputs, sfx, result.outputs["out" + sfx], rows_read, lengths, tables, batch, dim, pmode
+                inputs, sfx, result.outputs["out" + sfx], rows_read, lengths, tables, samples, dim, pmode
             )
         return res
 
     return Prepared(chip_, program, inputs, mode, fidelity, summarize)
+
+
+def _per_batch(fields: dict[str, Any], per_job: int) -> dict[str, Any]:
+    """The timing fields of a job of `per_job` batches, per batch (seconds, attribution, counters)."""
+    out = dict(fields)
+    if out.get("seconds") is not None:
+        out["seconds"] = out["seconds"] / per_job
+    for key in ("attribution_us", "attribution_detail_us"):
+        if key in out:
+            out[key] = {k: round(v / per_job, 4) for k, v in out[key].items()}
+    if "counters" in out:
+        out["counters"] = {k: v / per_job for k, v in out["counters"].items()}
+    out["batches_per_job"] = per_job
+    return out
 
 
 def _check(inputs, sfx, got, rows, lengths, tables, batch, dim, mode) -> dict[str, Any]:

@@ -952,8 +952,10 @@ class WorkModel:
         busy, ops = self._se(elems, ops_per, rate_dtype, commands)
         out_elems = len(cmd.lengths) * cmd.dim
         w.busy_s = busy + out_elems / se_ops_per_cycle(chip, DType.FP16) * self.cyc
-        # the pooling core's own per-bag work (row-buffer wait and release, accumulator set-up) besides issuing
-        w.issue_s = self._issue(commands, len(cmd.lengths) * chip.core.cycles_per_bag)
+        # the pooling core's own per-bag work (row-buffer wait and release, accumulator set-up) besides issuing,
+        # part of it per element of the pooled row (clearing the accumulator, handing the row on)
+        per_bag = chip.core.cycles_per_bag + cmd.dim * chip.core.cycles_per_pooled_element
+        w.issue_s = self._issue(commands, len(cmd.lengths) * per_bag)
         w.latency_s = chip.se.command_overhead_cycles * self.cyc
         w.counters.update(
             se_ops=ops + out_elems,

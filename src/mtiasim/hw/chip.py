@@ -109,6 +109,7 @@ class Core(_Section):
     cycles_per_command: PositiveFloat
     cycles_per_gather_row: PositiveFloat
     cycles_per_bag: PositiveFloat
+    cycles_per_pooled_element: PositiveFloat
     command_queue_depth: PositiveInt
 
 

@@ -12,8 +12,10 @@ lookups (with a per-bag cost), contiguously.
 On each PE, core 0 loops over its bags' indices: it reads an index from the local store, computes the row's
 address and issues the row's DMA (v1 has no indexed DMA, ISCA'25). Core 1 has the SE dequantize and
 accumulate the rows of a bag (at most 32 rows per SE accumulate command on v1), then DMAs the pooled row out.
-The row buffer holds one accumulate group (a bag, up to 32 rows), so gathering and pooling take turns and
-every bag waits for its slowest row: small bags expose the memory latency, as ISCA'23 §7 observed.
+The row buffer holds one SE accumulate group: 32 rows (fewer where the PE has fewer rows in all). A bag of
+more than half of it fills it alone, so gathering and pooling take turns and every such bag waits for its
+slowest row; shorter bags share it, so the next bags' rows are gathered (their memory latency hidden) while
+the pooling core works on earlier ones.
 """
 
 from __future__ import annotations
@@ -38,10 +40,9 @@ from mtiasim.isa import (
     TileStream,
     loop,
 )
-from mtiasim.kernels.common import Region, cb_layout
+from mtiasim.kernels.common import Region, cb_layout, cdiv
 
 CB_ROWS, CB_OUT = 0, 1
-ROW_BUFFER_GROUPS = 1  # software pipelining: the row buffer holds this many accumulate groups
 PER_BAG_COST_ROWS = 4.0  # a bag costs about as much as this many lookups (set-up, pooled-row write)
 
 
@@ -125,9 +126,12 @@ def tbe_job(
     row_bytes = table.cols * table.dtype.itemsize
     pes: dict[PeId, PeProgram] = {}
     for pe, (j0, j1) in zip(pe_list, ranges, strict=False):
-        # one SE accumulate group of rows: the next bag's rows wait for this bag's pooling
-        group = int(min(chip.se.accumulate_max_rows, max(1, lengths[j0:j1].max(initial=1))))
-        sizes = {CB_ROWS: ROW_BUFFER_GROUPS * group * row_bytes, CB_OUT: 2 * dim * out_dtype.itemsize}
+        # the row buffer: one SE accumulate group of rows (short bags share it, a long bag's rows wait for the
+        # pooling of the group before)
+        out_bytes = 2 * dim * out_dtype.itemsize
+        fit = (chip.local_memory.bytes - cdiv(out_bytes, 64) * 64) // row_bytes  # what the local store holds
+        group = int(max(1, min(chip.se.accumulate_max_rows, int(lengths[j0:j1].sum()), fit)))
+        sizes = {CB_ROWS: group * row_bytes, CB_OUT: out_bytes}
         prog = PeProgram(pe, cb_layout(chip, pe, sizes, name), ([], []))
         j = j0
         while j < j1:
