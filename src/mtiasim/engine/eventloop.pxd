@@ -47,8 +47,10 @@ cdef class Sim:
     cdef public int64_t[::1] res_dirty, dirty_list, at_level, pos, res_epoch
     cdef public double[::1] use0, mm_brate
     cdef public Py_ssize_t n_cols, n_pend, n_dirty
-    cdef public int64_t rate_epoch
+    cdef public int64_t rate_epoch, copy_epoch
+    cdef public int64_t[::1] copy_stamp
     cdef public double blend_s
+    cdef public bint nonneg
     # barriers
     cdef public int64_t[::1] barrier_need, peer_start, peer, after_start, after, barrier_arrival_by
     cdef public double[::1] barrier_arrival
@@ -114,8 +116,10 @@ cdef class Sim:
     @cython.locals(x=Py_ssize_t, b=Py_ssize_t, k=Py_ssize_t, cap=double, rate=double, old=double, kind=int64_t)
     cdef void _rerate(self, double t)
 
-    @cython.locals(x=Py_ssize_t)
-    cdef void _add_use(self, double[::1] used, Py_ssize_t b, double rate)
+    @cython.locals(x=Py_ssize_t, r=Py_ssize_t)
+    cdef void _add_use(self, Py_ssize_t b, double rate)
+
+    cdef void _copy_use(self, Py_ssize_t r)
 
     @cython.locals(x=Py_ssize_t, r=Py_ssize_t)
     cdef void _charge(self, Py_ssize_t b, double rate)

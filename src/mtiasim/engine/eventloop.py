@@ -161,8 +161,12 @@ class Sim:
         rows, cols = np.nonzero(((m.b_usage != 0) | (m.b_extra != 0)) & (rep == np.arange(self.n_res)))
         self.u_start = _starts(np.bincount(rows, minlength=nb))
         self.u_col = cols.astype(np.int64)
-        self.u_val = np.ascontiguousarray(m.b_usage[rows, cols], dtype=np.float64)
-        self.u_extra = np.ascontiguousarray(m.b_extra[rows, cols], dtype=np.float64)
+        u_val = np.ascontiguousarray(m.b_usage[rows, cols], dtype=np.float64)
+        u_extra = np.ascontiguousarray(m.b_extra[rows, cols], dtype=np.float64)
+        self.u_val = u_val
+        self.u_extra = u_extra
+        # uses and re-open parts all >= 0: a blend > 0 keeps every entry's use > 0 or = 0 as it was
+        self.nonneg = bool((u_val >= 0).all() and (u_extra >= 0).all())
         # LPDDR5 page-hit blend per number of streams sharing the channels (NaN: not computed yet)
         self.blend_of = np.full(int(nstreams.sum()) + 2, np.nan)
         # state
@@ -206,6 +210,8 @@ class Sim:
         self.res_epoch = np.zeros(self.n_res, dtype=np.int64)
         self.rate_epoch = 0
         self.res_valid = False
+        self.copy_stamp = np.zeros(self.n_res, dtype=np.int64)  # _local_change's copy: taken at copy_epoch
+        self.copy_epoch = 0
         self.added = np.zeros(max(nb, 1), dtype=np.int64)
         self.n_added = 0
         self.b_added = np.zeros(max(nb, 1), dtype=np.int64)  # 1 while in added[0:n_added]
@@ -232,7 +238,7 @@ class Sim:
         # with entries (col_pos[r] their position, -1 if none); the bundles it knows (in_lists) with their
         # rates at its last solution (mm_brate), those of them that have completed since (pend[0:n_pend]), and
         # the LPDDR5 blend their uses were computed with (blend_s; NaN: none yet)
-        n_u = max(len(self.u_val), 1)
+        n_u = max(len(u_val), 1)
         self.e_b = np.repeat(np.arange(nb, dtype=np.int64), np.diff(self.u_start))
         self.l_next = np.full(n_u, -1, dtype=np.int64)
         self.l_prev = np.full(n_u, -1, dtype=np.int64)
@@ -700,10 +706,18 @@ class Sim:
                 self.b_finish[b] = t + self.b_remaining[b] / max(rate, EPS)
         self._schedule_flow_done()
 
-    def _add_use(self, used: Any, b: int, rate: float) -> None:
-        """used += b's resource use at `rate` (bytes/s)."""
+    def _add_use(self, b: int, rate: float) -> None:
+        """_local_change's copy of the use (mm_use) += b's resource use at `rate` (bytes/s)."""
         for x in range(self.u_start[b], self.u_start[b + 1]):
-            used[self.u_col[x]] += self.u_val[x] * rate
+            r = self.u_col[x]
+            self._copy_use(r)
+            self.mm_use[r] += self.u_val[x] * rate
+
+    def _copy_use(self, r: int) -> None:
+        """_local_change works on a copy of the resources' use, taken when it first reads each."""
+        if self.copy_stamp[r] != self.copy_epoch:
+            self.copy_stamp[r] = self.copy_epoch
+            self.mm_use[r] = self._res_used(r)
 
     def _charge(self, b: int, rate: float) -> None:
         """res_used += b's resource use at `rate` (bytes/s)."""
@@ -738,29 +752,22 @@ class Sim:
             b = self.added[x]
             if self.b_streams[b] or self.b_has_extra[b]:
                 return False
-        # work on a copy of the use of the resources these bundles touch (all of it read before any change)
+        self.copy_epoch += 1
         used = self.mm_use
         for x in range(self.n_removed):
             b = self.removed[x]
             for y in range(self.u_start[b], self.u_start[b + 1]):
-                used[self.u_col[y]] = self._res_used(self.u_col[y])
-        for x in range(self.n_added):
-            b = self.added[x]
-            for y in range(self.u_start[b], self.u_start[b + 1]):
-                used[self.u_col[y]] = self._res_used(self.u_col[y])
-        for x in range(self.n_removed):
-            b = self.removed[x]
-            for y in range(self.u_start[b], self.u_start[b + 1]):
                 r = self.u_col[y]
+                self._copy_use(r)
                 if self.u_val[y] > 0 and used[r] >= self.capacity[r] * (1 - 1e-9):
                     return False
-            self._add_use(used, b, -self.removed_rate[x])
+            self._add_use(b, -self.removed_rate[x])
         for x in range(self.n_added):
             b = self.added[x]
             cap = self.b_cap[b]
             if not (cap < INF):
                 return False
-            self._add_use(used, b, cap)
+            self._add_use(b, cap)
             for y in range(self.u_start[b], self.u_start[b + 1]):
                 r = self.u_col[y]
                 if self.u_val[y] > 0 and used[r] > self.capacity[r] * (1 - 1e-9):
@@ -829,6 +836,17 @@ class Sim:
         """Bring the solver's lists to the active bundles (act[0:n_act], in activation order): drop the
         completed ones, append the new ones (all activated after every bundle it knows), and re-add the sums
         of the resources that lost entries, in list order. A new blend changes every use: start afresh."""
+        if blend != self.blend_s and self.nonneg and blend > 0.0 and self.blend_s > 0.0:
+            # no use changes sign: the entries with a re-open part change in place, their sums are re-added
+            for c in range(self.n_cols):
+                r = self.mm_cols[c]
+                x = self.l_head[r]
+                while x >= 0:
+                    if self.u_extra[x] != 0:
+                        self.mm_u[x] = self.u_val[x] + blend * self.u_extra[x]
+                        self._mark_dirty(r)
+                    x = self.l_next[x]
+            self.blend_s = blend
         if blend != self.blend_s:
             for x in range(self.n_pend):
                 self.in_lists[self.pend[x]] = 0
