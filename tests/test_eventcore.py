@@ -86,31 +86,34 @@ def test_compiled_core_matches_python_core_on_gemms(m, k, n, dtype, placement):
     assert_same_run(model(prepare_gemm(m, k, n, dtype, placement)))
 
 
-@needs_compiled
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    batch=st.integers(1, 96),
-    pooling=st.integers(1, 30),
-    rows=st.integers(100, 300000),
-    dim=st.sampled_from([4, 16, 64, 128, 256]),
-    tables=st.integers(1, 4),
-    placement=st.sampled_from(["cache", "dram"]),
+FLOW_PROGRAMS = st.one_of(
+    st.builds(
+        lambda batch, pooling, rows, dim, tables, placement: prepare_tbe(
+            batch, pooling, rows, dim, tables=tables, placement=placement
+        ),
+        st.integers(1, 96),
+        st.integers(1, 30),
+        st.integers(100, 300000),
+        st.sampled_from([4, 16, 64, 128, 256]),
+        st.integers(1, 4),
+        st.sampled_from(["cache", "dram"]),
+    ),
+    st.builds(
+        prepare_op,
+        st.sampled_from(OPS),
+        st.integers(1, 300),
+        st.integers(1, 300),
+        st.integers(1, 64),
+        st.sampled_from(["sram", "dram"]),
+    ),
 )
-def test_compiled_core_matches_python_core_on_tbes(batch, pooling, rows, dim, tables, placement):
-    assert_same_run(model(prepare_tbe(batch, pooling, rows, dim, tables=tables, placement=placement)))
 
 
 @needs_compiled
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    op=st.sampled_from(OPS),
-    m=st.integers(1, 300),
-    k=st.integers(1, 300),
-    n=st.integers(1, 64),
-    placement=st.sampled_from(["sram", "dram"]),
-)
-def test_compiled_core_matches_python_core_on_operators(op, m, k, n, placement):
-    assert_same_run(model(prepare_op(op, m, k, n, placement)))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prep=FLOW_PROGRAMS)
+def test_compiled_core_matches_python_core_on_tbes_and_operators(prep):
+    assert_same_run(model(prep))
 
 
 def recorded(m: TimingModel, share: bool) -> dict[str, np.ndarray]:

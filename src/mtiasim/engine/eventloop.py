@@ -90,10 +90,12 @@ def _representatives(
     bitwise the same (e.g. the SRAM slices that every access interleaves over evenly). The max-min solver
     does exactly the same arithmetic on such clones, so it keeps only the first of them."""
     nr = len(capacity)
-    cols = np.vstack([usage, extra, capacity[None, :], klass[None, :].astype(np.float64)])
-    bits = np.ascontiguousarray(cols.T).view(np.int64).reshape(nr, -1)
-    _, first, inverse = np.unique(bits, axis=0, return_index=True, return_inverse=True)
-    return first[np.asarray(inverse).reshape(-1)]
+    by_column = np.hstack([usage.T, extra.T, capacity[:, None], klass[:, None].astype(np.float64)])
+    first: dict[bytes, int] = {}
+    rep = np.zeros(nr, dtype=np.int64)
+    for r in range(nr):
+        rep[r] = first.setdefault(by_column[r].tobytes(), r)
+    return rep
 
 
 class Sim:
