@@ -4,6 +4,8 @@
 
 1. Events per second of the event loop alone (`Sim(...).run()`, the model built once), compiled core vs the
    Python core, on the same programs in one process (medians of several runs). Goal (issue 11): >= 1 M/s.
+   `--against FILE.so` adds another compiled core (e.g. an earlier eventloop.py built under another module
+   name) and the ratio of this one to it, runs interleaved.
 2. `bench suite` of 50 distinct GEMMs around 512x1024x1024 (timing mode, event fidelity): in-process time per
    GEMM with the default core (the compiled one when built). Goal: <= 80 ms per GEMM.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -53,22 +56,41 @@ def loop_seconds(module, m: TimingModel, repeats: int) -> tuple[float, int]:
     return statistics.median(times), events
 
 
-def event_rates(repeats: int) -> None:
+def load_core(path: Path):
+    """A compiled event core from its extension file (module name: the file name up to the first dot)."""
+    spec = importlib.util.spec_from_file_location(path.name.split(".")[0], path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def event_rates(repeats: int, against: Path | None, rounds: int) -> None:
     compiled, why = eventcore.compiled_core()
     cores = [("python", eventcore.python_core())] + ([("compiled", compiled)] if compiled else [])
     if compiled is None:
         print(f"(compiled core unavailable: {why})")
-    print(f"{'program':<32} {'events':>7} " + " ".join(f"{c + ' ev/s':>15}" for c, _ in cores) + "   ratio")
+    if against is not None:
+        cores.append(("against", load_core(against)))
+    head = " ".join(f"{c + ' ev/s':>15}" for c, _ in cores)
+    print(
+        f"{'program':<32} {'events':>7} {head}   compiled/python" + ("  compiled/against" if against else "")
+    )
     for name, make in PROGRAMS.items():
         prep = make()
         data = {k: np.asarray(v) for k, v in (prep.inputs or {}).items()}
         m = TimingModel(prep.program, resolve(prep.program, prep.chip, None), prep.chip, data)
-        rates = []
-        for _core, mod in cores:
-            secs, events = loop_seconds(mod, m, repeats)
-            rates.append(events / secs)
-        ratio = f"x{rates[-1] / rates[0]:.0f}" if len(rates) > 1 else ""
-        print(f"{name:<32} {events:>7} " + " ".join(f"{r:>15,.0f}" for r in rates) + f"   {ratio}")
+        rates: list[list[float]] = [[] for _ in cores]
+        events = 0
+        for _ in range(rounds):  # interleaved, so that a change in the machine's load hits every core alike
+            for c, (_core, mod) in enumerate(cores):
+                secs, events = loop_seconds(mod, m, repeats)
+                rates[c].append(events / secs)
+        med = [statistics.median(r) for r in rates]
+        ratios = f"x{med[1] / med[0]:.0f}" if compiled else ""
+        if against is not None and compiled:
+            ratios += f"  x{med[1] / med[2]:.2f}"
+        print(f"{name:<32} {events:>7} " + " ".join(f"{r:>15,.0f}" for r in med) + f"   {ratios}")
 
 
 def suite_csv(path: Path, count: int) -> None:
@@ -117,9 +139,11 @@ def suite_time(count: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and GEMMs")
+    ap.add_argument("--against", type=Path, help="another compiled event core (.so) to compare with")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of repeats per core")
     args = ap.parse_args()
     gc.disable()  # as the engine runs (engine.execute): no cyclic-collector pauses in the figures
-    event_rates(repeats=3 if args.quick else 7)
+    event_rates(3 if args.quick else 7, args.against, args.rounds)
     suite_time(10 if args.quick else SUITE_GEMMS)
     return 0
 

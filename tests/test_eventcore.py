@@ -1,6 +1,11 @@
-"""The compiled event core (eventloop.py built by Cython) runs exactly what the Python core runs."""
+"""The compiled event core (eventloop.py built by Cython) runs exactly what the Python core runs, and both
+give the node times and bundle rates recorded from the event core as it was before the incremental max-min
+solver (commit 2fcb215; data/eventcore_reference.npz, written by `python tests/test_eventcore.py --record`
+with that core)."""
 
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtiasim.bench.gemm import prepare_gemm
-from mtiasim.bench.ops import prepare_op
+from mtiasim.bench.ops import OPS, prepare_op
 from mtiasim.bench.tbe import prepare_tbe
 from mtiasim.engine import eventcore
 from mtiasim.engine.resolve import resolve
@@ -16,6 +21,7 @@ from mtiasim.engine.timing import TimingModel, simulate
 from mtiasim.errors import UsageError
 
 COMPILED, WHY = eventcore.compiled_core()
+REFERENCE = Path(__file__).parent / "data" / "eventcore_reference.npz"
 needs_compiled = pytest.mark.skipif(COMPILED is None, reason=f"compiled event core unavailable: {WHY}")
 
 
@@ -80,6 +86,57 @@ def test_compiled_core_matches_python_core_on_gemms(m, k, n, dtype, placement):
     assert_same_run(model(prepare_gemm(m, k, n, dtype, placement)))
 
 
+FLOW_PROGRAMS = st.one_of(
+    st.builds(
+        lambda batch, pooling, rows, dim, tables, placement: prepare_tbe(
+            batch, pooling, rows, dim, tables=tables, placement=placement
+        ),
+        st.integers(1, 96),
+        st.integers(1, 30),
+        st.integers(100, 300000),
+        st.sampled_from([4, 16, 64, 128, 256]),
+        st.integers(1, 4),
+        st.sampled_from(["cache", "dram"]),
+    ),
+    st.builds(
+        prepare_op,
+        st.sampled_from(OPS),
+        st.integers(1, 300),
+        st.integers(1, 300),
+        st.integers(1, 64),
+        st.sampled_from(["sram", "dram"]),
+    ),
+)
+
+
+@needs_compiled
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prep=FLOW_PROGRAMS)
+def test_compiled_core_matches_python_core_on_tbes_and_operators(prep):
+    assert_same_run(model(prep))
+
+
+def recorded(m: TimingModel, share: bool) -> dict[str, np.ndarray]:
+    """What the reference file keeps of a run: event count, node start and end times, bundle rates."""
+    (r, rate) = run(eventcore.python_core(), m, share)
+    return {"events": np.array([r.events]), "start": r.start, "end": r.end, "b_rate": rate}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cores_give_the_recorded_times_and_rates(case):
+    """Times and rates within 1e-9 (relative) of the recorded ones, the event count equal, with either core."""
+    ref = np.load(REFERENCE)
+    m = model(CASES[case]())
+    modules = [eventcore.python_core()] + ([COMPILED] if COMPILED is not None else [])
+    for share in (True, False):
+        for module in modules:
+            r, rate = run(module, m, share)
+            key = f"{case}|{share}|"
+            assert r.events == ref[key + "events"][0]
+            for name, got in (("start", r.start), ("end", r.end), ("b_rate", rate)):
+                np.testing.assert_allclose(got, ref[key + name], rtol=1e-9, atol=0, err_msg=f"{key}{name}")
+
+
 @needs_compiled
 def test_simulate_gives_the_same_result_with_either_core():
     m = model(prepare_gemm(123, 1658, 116, "fp16", "sram"))
@@ -121,3 +178,14 @@ def test_stale_compiled_core_falls_back_with_a_warning(monkeypatch):
     finally:
         eventcore.compiled_core.cache_clear()
         eventcore._warn_fallback.cache_clear()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
+    REFERENCE.parent.mkdir(exist_ok=True)
+    arrays = {}
+    for case, make in sorted(CASES.items()):
+        m = model(make())
+        for share in (True, False):
+            for name, value in recorded(m, share).items():
+                arrays[f"{case}|{share}|{name}"] = value
+    np.savez_compressed(REFERENCE, **arrays)
