@@ -37,6 +37,8 @@ def _pieces(
     ends = starts + lengths.astype(np.int64)
     g0 = starts // granule
     g1 = (ends - 1) // granule
+    if starts.size and (g1 == g0).all():  # every run inside one granule: the runs are the pieces
+        return g0, starts, ends
     counts = (g1 - g0 + 1).clip(min=0)
     total = int(counts.sum())
     if total == 0:
@@ -58,12 +60,13 @@ def hashed_target(granule: np.ndarray, n: int) -> np.ndarray:
     if n & (n - 1):
         return g % n
     bits = n.bit_length() - 1
-    h = np.zeros_like(g)
-    while True:
-        h ^= g & (n - 1)
+    # one fold per `bits` bits of the largest granule (at least one)
+    top = int(g.max()) if g.size else 0
+    h = g & (n - 1)
+    for _ in range(1, max(1, -(-top.bit_length() // bits))):
         g = g >> bits
-        if not g.any():
-            return h
+        h ^= g & (n - 1)
+    return h
 
 
 def sram_slice_bytes(

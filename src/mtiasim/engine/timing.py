@@ -176,9 +176,9 @@ class TimingModel:
     def _constraints(self) -> None:
         nodes, works = self.nodes, self.works
         n = self.n
-        self.core_prev = np.full(n, -1, dtype=np.int64)
-        self.core_next = np.full(n, -1, dtype=np.int64)
-        self.unit_prev = np.full(n, -1, dtype=np.int64)
+        core_prev = [-1] * n
+        core_next = [-1] * n
+        unit_prev = [-1] * n
         self.unit_next: list[list[int]] = [[] for _ in range(n)]
         by_core: dict[tuple, list[Node]] = defaultdict(list)
         for node in nodes:
@@ -186,35 +186,42 @@ class TimingModel:
         for lst in by_core.values():
             lst.sort(key=lambda x: x.pos)
             for a, b in zip(lst, lst[1:], strict=False):
-                self.core_prev[b.id] = a.id
-                self.core_next[a.id] = b.id
+                core_prev[b.id] = a.id
+                core_next[a.id] = b.id
+        self.core_prev = np.array(core_prev, dtype=np.int64)
+        self.core_next = np.array(core_next, dtype=np.int64)
         self.core_lists = by_core
-        by_unit: dict[tuple, list[Node]] = defaultdict(list)
+        by_unit: dict[tuple, list[int]] = defaultdict(list)
         for node in sorted(nodes, key=lambda x: x.order):
             unit = works[node.id].unit
-            if unit in ("none",):
+            if unit == "none":
                 continue
-            by_unit[(node.job, node.pe, unit)].append(node)
+            by_unit[(node.job, node.pe, unit)].append(node.id)
         slots = self.chip.dma.concurrent_commands
-        for (_job, _pe, unit), lst in by_unit.items():
+        unit_next = self.unit_next
+        for (_job, _pe, unit), ids in by_unit.items():
             k = slots if unit == "dma" else 1
-            for i in range(k, len(lst)):
-                self.unit_prev[lst[i].id] = lst[i - k].id
-                self.unit_next[lst[i - k].id].append(lst[i].id)
+            for i in range(k, len(ids)):
+                unit_prev[ids[i]] = ids[i - k]
+                unit_next[ids[i - k]].append(ids[i])
+        self.unit_prev = np.array(unit_prev, dtype=np.int64)
         self.producers: list[list[int]] = []
         self.consumers: list[list[int]] = [[] for _ in range(n)]
         self.stream_consumers: list[list[int]] = [[] for _ in range(n)]
         for node in nodes:
-            prods = sorted({p for p, _k in node.producers if p != node.id and p >= 0})
+            nid = node.id
+            prods = sorted({p for p, _k in node.producers if p != nid and p >= 0})
             self.producers.append(prods)
+            resident = node.resident_producers
             for p in prods:
-                self.consumers[p].append(node.id)
-                if p not in node.resident_producers:
-                    self.stream_consumers[p].append(node.id)
-        self.reduce_from = np.full(n, -1, dtype=np.int64)
+                self.consumers[p].append(nid)
+                if p not in resident:
+                    self.stream_consumers[p].append(nid)
+        reduce_from = [-1] * n
         for node in nodes:
             if node.reduce_from is not None and upstream_of(node) is not None:
-                self.reduce_from[node.id] = node.reduce_from
+                reduce_from[node.id] = node.reduce_from
+        self.reduce_from = np.array(reduce_from, dtype=np.int64)
         # barriers: each barrier node waits for the earlier nodes of its core since the previous barrier
         self.barrier_before: dict[int, list[int]] = {}
         for lst in by_core.values():
@@ -234,7 +241,7 @@ class TimingModel:
                 self.pe_rank[(ji, pe)] = rank
         self.first_nodes: dict[tuple[int, tuple[int, int]], list[int]] = defaultdict(list)
         for node in nodes:
-            if self.core_prev[node.id] < 0:
+            if core_prev[node.id] < 0:
                 self.first_nodes[(node.job, node.pe)].append(node.id)
 
     def _bundles(self) -> None:
