@@ -605,12 +605,11 @@ def node_table(m: TimingModel, issue: np.ndarray, start: np.ndarray, end: np.nda
     works = m.works
     start = np.nan_to_num(start, nan=0.0)
     end = np.nan_to_num(end, nan=0.0)
-    busy = np.zeros(m.n)
-    for i, w in enumerate(works):
-        if w.is_flow:
-            busy[i] = end[i] - start[i]
-        else:
-            busy[i] = min(max(w.busy_s, w.issue_s), max(end[i] - start[i], 0.0))
+    flow = np.array([w.is_flow for w in works], dtype=bool)
+    issue_busy = np.array([w.issue_s for w in works], dtype=np.float64)
+    own = np.maximum(np.array([w.busy_s for w in works], dtype=np.float64), issue_busy)
+    span = end - start
+    busy = np.where(flow, span, np.minimum(own, np.maximum(span, 0.0)))
     return NodeTable(
         pe=[nd.pe for nd in m.nodes],
         core=np.array([nd.core for nd in m.nodes], dtype=np.int64),
@@ -618,7 +617,7 @@ def node_table(m: TimingModel, issue: np.ndarray, start: np.ndarray, end: np.nda
         unit=[w.unit for w in works],
         command=[type(nd.cmd).__name__ for nd in m.nodes],
         issue_s=np.nan_to_num(issue, nan=0.0),
-        issue_busy_s=np.array([w.issue_s for w in works]),
+        issue_busy_s=issue_busy,
         start_s=start,
         end_s=end,
         busy_s=busy,
