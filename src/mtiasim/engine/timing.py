@@ -29,7 +29,7 @@ import numpy as np
 from mtiasim.engine.eventcore import sim_module
 from mtiasim.engine.resolve import Node, Resolved, job_order
 from mtiasim.engine.resources import ResourceMap, resource_map
-from mtiasim.engine.work import Memo, Work, WorkModel, upstream_of
+from mtiasim.engine.work import BundleSums, Memo, Work, WorkModel, upstream_of
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dram_bytes_per_s, sram_bytes_per_s
 from mtiasim.isa import Barrier, Program
@@ -144,6 +144,38 @@ class TimingResult:
     def bound(self) -> str:
         att = self.attribution
         return max(att.items(), key=lambda kv: kv[1])[0] if att else COMPUTE
+
+
+def _bundle_sums(flows: list[Work], channels: range) -> BundleSums:
+    """What a bundle's flows put on the shared resources, each multicast part once, summed in the order of the
+    flows and their parts (as a dense vector would be)."""
+    seen: set[tuple] = set()
+    usage: dict[int, float] = {}
+    extra: dict[int, float] = {}
+    total = 0.0
+    streams = 0
+    for w in flows:
+        total += w.bytes
+        for part in w.parts:
+            if part.key in seen:
+                continue
+            seen.add(part.key)
+            for r, v in part.usage.items():
+                usage[r] = usage.get(r, 0.0) + v
+            for r, v in part.extra.items():
+                extra[r] = extra.get(r, 0.0) + v
+            if not part.usage.keys().isdisjoint(channels):
+                streams += 1
+        for r, v in w.own_usage.items():
+            usage[r] = usage.get(r, 0.0) + v
+    return BundleSums(
+        np.fromiter(usage.keys(), dtype=np.int64, count=len(usage)),
+        np.fromiter(usage.values(), dtype=np.float64, count=len(usage)) / total,
+        np.fromiter(extra.keys(), dtype=np.int64, count=len(extra)),
+        np.fromiter(extra.values(), dtype=np.float64, count=len(extra)) / total,
+        total,
+        streams,
+    )
 
 
 class TimingModel:
@@ -280,35 +312,19 @@ class TimingModel:
         works = self.works
         channels = range(self.rmap.channel0, self.rmap.channel0 + self.chip.dram.channels)
         for b, mem in enumerate(self.bundles):
-            seen: set[tuple] = set()
-            # per resource, summed in the order of the bundle's parts (as a dense vector would be)
-            usage: dict[int, float] = {}
-            extra: dict[int, float] = {}
-            total = 0.0
-            streams = 0
-            for i in mem:
-                w = works[i]
-                total += w.bytes
-                for part in w.parts:
-                    if part.key in seen:
-                        continue
-                    seen.add(part.key)
-                    for r, v in part.usage.items():
-                        usage[r] = usage.get(r, 0.0) + v
-                    for r, v in part.extra.items():
-                        extra[r] = extra.get(r, 0.0) + v
-                    if not part.usage.keys().isdisjoint(channels):
-                        streams += 1
-                for r, v in w.own_usage.items():
-                    usage[r] = usage.get(r, 0.0) + v
-            self.b_streams[b] = streams
-            self.b_bytes[b] = total
-            row = self.b_usage[b]
-            for r, v in usage.items():
-                row[r] = v / total
-            row = self.b_extra[b]
-            for r, v in extra.items():
-                row[r] = v / total
+            if len(mem) == 1:
+                # a bundle of one flow sums that flow's own parts: kept with its `Work` (which a compiled
+                # model reuses from call to call for the jobs whose shapes do not change)
+                w = works[mem[0]]
+                if w.bundle_sums is None:
+                    w.bundle_sums = _bundle_sums([w], channels)
+                sums = w.bundle_sums
+            else:
+                sums = _bundle_sums([works[i] for i in mem], channels)
+            self.b_streams[b] = sums.streams
+            self.b_bytes[b] = total = sums.total
+            self.b_usage[b, sums.usage_at] = sums.usage
+            self.b_extra[b, sums.extra_at] = sums.extra
             self.b_latency[b] = max(works[i].latency_s for i in mem)
             cap_b, kind_b = INF, ""
             for i in mem:

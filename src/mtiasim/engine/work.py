@@ -94,6 +94,19 @@ class FlowPart:
     extra: dict[int, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BundleSums:
+    """What a bundle of flows puts on the shared resources, per byte it moves: resource indices and fractions
+    (its usage, and the LPDDR5 page re-opens when streams interleave), its bytes and its LPDDR5 streams."""
+
+    usage_at: np.ndarray
+    usage: np.ndarray
+    extra_at: np.ndarray
+    extra: np.ndarray
+    total: float
+    streams: int
+
+
 LOCAL_MEMORY = "local_memory"  # attribution class of a unit bound by its local-store port
 
 
@@ -115,6 +128,9 @@ class Work:
     miss_latency_s: float = 0.0
     re_s: float = 0.0  # a MatMul's reduction-engine time (epilogue conversion and accumulator drain)
     counters: dict[str, float] = field(default_factory=dict)
+    bundle_sums: BundleSums | None = (
+        None  # the timing model's sums of a flow bundled alone (`timing._bundles`)
+    )
 
     @property
     def is_flow(self) -> bool:
