@@ -970,7 +970,8 @@ class WorkModel:
     def _w_SePool(self, node: Node, cmd: SePool) -> Work:
         chip = self.chip
         per_cmd = chip.se.accumulate_max_rows
-        accumulates = sum(max(1, math.ceil(n / per_cmd)) for n in cmd.lengths)
+        lengths = np.asarray(cmd.lengths, dtype=np.int64)
+        accumulates = int(np.maximum(1, -(-lengths // per_cmd)).sum())
         commands = accumulates + len(cmd.lengths)
         elems = float(cmd.rows * cmd.dim)
         w = Work("se", "compute", items=max(cmd.rows, 1))
@@ -1118,10 +1119,12 @@ def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarra
     end = start + decl.cols * decl.dtype.itemsize
     l0, l1 = start // line, (end - 1) // line
     counts = (l1 - l0 + 1).astype(np.int64)
-    row_pos = np.repeat(np.arange(rows.size), counts)
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    lines = l0[row_pos] + (np.arange(int(counts.sum())) - first)
-    return lines.astype(np.int64), row_pos
+    # a row touches a few lines: take them from a rows x (most lines a row touches) grid, row by row
+    k = np.arange(int(counts.max()) if counts.size else 0, dtype=np.int64)
+    touched = k[None, :] < counts[:, None]
+    lines = (l0.astype(np.int64)[:, None] + k[None, :])[touched]
+    row_pos = np.broadcast_to(np.arange(rows.size)[:, None], touched.shape)[touched]
+    return lines, row_pos
 
 
 def _count_access(
