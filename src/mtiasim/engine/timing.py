@@ -312,15 +312,7 @@ class TimingModel:
         works = self.works
         channels = range(self.rmap.channel0, self.rmap.channel0 + self.chip.dram.channels)
         for b, mem in enumerate(self.bundles):
-            if len(mem) == 1:
-                # a bundle of one flow sums that flow's own parts: kept with its `Work` (which a compiled
-                # model reuses from call to call for the jobs whose shapes do not change)
-                w = works[mem[0]]
-                if w.bundle_sums is None:
-                    w.bundle_sums = _bundle_sums([w], channels)
-                sums = w.bundle_sums
-            else:
-                sums = _bundle_sums([works[i] for i in mem], channels)
+            sums = self._flow_sums(mem, channels)
             self.b_streams[b] = sums.streams
             self.b_bytes[b] = total = sums.total
             self.b_usage[b, sums.usage_at] = sums.usage
@@ -333,6 +325,16 @@ class TimingModel:
                 if cap < cap_b:
                     cap_b, kind_b = cap, w.cap_kind or LATENCY
             self.b_cap[b], self.b_cap_kind[b] = cap_b, kind_b
+
+    def _flow_sums(self, mem: list[int], channels: range) -> BundleSums:
+        """The sums of a bundle's flows. A bundle of one flow sums that flow's own parts: kept with its `Work`
+        (which a compiled model reuses from call to call for the jobs whose shapes do not change)."""
+        if len(mem) == 1:
+            w = self.works[mem[0]]
+            if w.bundle_sums is None:
+                w.bundle_sums = _bundle_sums([w], channels)
+            return w.bundle_sums
+        return _bundle_sums([self.works[i] for i in mem], channels)
 
     def own_compute_s(self, i: int) -> float:
         w = self.works[i]

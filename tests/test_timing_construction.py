@@ -1,9 +1,10 @@
-"""The timing model's vectorized stream construction equals its per-tile definition (issue 11).
+"""The timing model's construction: vectorized pieces equal their per-tile definitions, kept sums stay fresh (issue 11).
 
 `isa.memory.stream_runs` builds the runs of all sampled tiles at once and `stream_bytes` sums clipped tiles in
 closed form; `memmodel.hashed_target` folds a known number of times and `_pieces` passes one-granule runs
 through. Each is checked here, on generated tensors and tile streams, against the definition written out
-tile by tile (loops over the tile origins), exactly.
+tile by tile (loops over the tile origins), exactly. A flow's bundle sums, kept with its `Work` across a compiled
+model's calls, must not outlive the jobs that change from call to call (checked with a planted stale cache).
 """
 
 from __future__ import annotations
@@ -120,3 +121,23 @@ def test_pieces_cut_runs_at_granules(runs, granule):
             g += 1
     g, p0, p1 = _pieces(starts, lengths, granule)
     assert list(zip(g.tolist(), p0.tolist(), p1.tolist(), strict=True)) == want
+
+
+def test_stale_bundle_sums_across_calls_are_caught(monkeypatch):
+    """A flow's bundle sums are kept with its `Work`, which a compiled model reuses only for jobs that do not
+    change. Planted bug: sums kept per compiled model by the flows' node ids (the per-call gathers keep their
+    ids while their rows change): the calls no longer equal fresh models."""
+    from tests.test_compile_once import _calls_match_fresh_models
+
+    from mtiasim.engine import timing
+
+    def by_node(self, mem, channels):
+        key = ("bundle sums", tuple(p.key for i in mem for p in self.works[i].parts))
+        kept = self.memo.works  # one dict per compiled model, across its calls
+        if key not in kept:
+            kept[key] = timing._bundle_sums([self.works[i] for i in mem], channels)
+        return kept[key]
+
+    assert _calls_match_fresh_models()
+    monkeypatch.setattr(timing.TimingModel, "_flow_sums", by_node)
+    assert not _calls_match_fresh_models()
