@@ -37,6 +37,8 @@ def _pieces(
     ends = starts + lengths.astype(np.int64)
     g0 = starts // granule
     g1 = (ends - 1) // granule
+    if starts.size and (g1 == g0).all():  # every run inside one granule: the runs are the pieces
+        return g0, starts, ends
     counts = (g1 - g0 + 1).clip(min=0)
     total = int(counts.sum())
     if total == 0:
@@ -58,12 +60,13 @@ def hashed_target(granule: np.ndarray, n: int) -> np.ndarray:
     if n & (n - 1):
         return g % n
     bits = n.bit_length() - 1
-    h = np.zeros_like(g)
-    while True:
-        h ^= g & (n - 1)
+    # one fold per `bits` bits of the largest granule (at least one)
+    top = int(g.max()) if g.size else 0
+    h = g & (n - 1)
+    for _ in range(1, max(1, -(-top.bit_length() // bits))):
         g = g >> bits
-        if not g.any():
-            return h
+        h ^= g & (n - 1)
+    return h
 
 
 def sram_slice_bytes(
@@ -73,12 +76,11 @@ def sram_slice_bytes(
     tensor, scaled to the whole."""
     s = chip.sram
     g, p0, p1 = _pieces(starts, lengths, s.interleave_bytes)
-    out = np.zeros(s.slices, dtype=np.float64)
-    if g.size:
-        a = granule or s.access_bytes
-        eff = (-(-p1 // a) - p0 // a) * a
-        np.add.at(out, hashed_target(g, s.slices), eff.astype(np.float64))
-    return out * scale
+    if not g.size:
+        return np.zeros(s.slices, dtype=np.float64)
+    a = granule or s.access_bytes
+    eff = (-(-p1 // a) - p0 // a) * a
+    return np.bincount(hashed_target(g, s.slices), weights=eff.astype(np.float64), minlength=s.slices) * scale
 
 
 def cache_slice(chip: Chip, address: np.ndarray) -> np.ndarray:
@@ -98,10 +100,10 @@ def cache_slice_bytes(chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale
     from (or written into) its slice whole."""
     line = chip.sram.cache_line_bytes
     lines, _ = run_lines(starts, lengths, line)
-    out = np.zeros(chip.sram.slices, dtype=np.float64)
-    if lines.size:
-        np.add.at(out, cache_slice(chip, lines * line), float(line))
-    return out * scale
+    n = chip.sram.slices
+    if not lines.size:
+        return np.zeros(n, dtype=np.float64)
+    return np.bincount(cache_slice(chip, lines * line), minlength=n).astype(np.float64) * float(line) * scale
 
 
 def run_lines(starts: np.ndarray, lengths: np.ndarray, line: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,8 +155,9 @@ def dram_channel_parts(
         return zeros, zeros.copy(), zeros.copy()
     channel, _bank, page = dram_location(chip, p0)
     b = d.burst_bytes
-    bursts = np.zeros(d.channels, dtype=np.float64)
-    np.add.at(bursts, channel, ((-(-p1 // b) - p0 // b) * b).astype(np.float64))
+    bursts = np.bincount(
+        channel, weights=((-(-p1 // b) - p0 // b) * b).astype(np.float64), minlength=d.channels
+    )
     # interleaved: each access (run) opens every (channel, page) it touches once
     new_run = np.ones(g.size, dtype=bool)
     new_run[1:] = p0[1:] != p1[:-1]
@@ -178,12 +181,13 @@ def dram_transactions(chip: Chip, starts: np.ndarray, lengths: np.ndarray, scale
     `transaction_bytes` (a shorter piece is a transaction of its own), scaled to the whole."""
     d = chip.dram
     g, p0, p1 = _pieces(starts, lengths, d.interleave_bytes)
-    out = np.zeros(d.channels, dtype=np.float64)
-    if g.size:
-        t = d.transaction_bytes
-        n = -(-(p1 - p0) // t)
-        np.add.at(out, hashed_target(g, d.channels), n.astype(np.float64))
-    return out * scale
+    if not g.size:
+        return np.zeros(d.channels, dtype=np.float64)
+    t = d.transaction_bytes
+    n = -(-(p1 - p0) // t)
+    return (
+        np.bincount(hashed_target(g, d.channels), weights=n.astype(np.float64), minlength=d.channels) * scale
+    )
 
 
 def row_hit_survival(chip: Chip, streams: int) -> float:

@@ -519,11 +519,10 @@ class _Resolver:
                     f"job {st.job.name}: {node.where}: its transfers move different tile counts"
                 )
             decl = self._tensor(tr.stream.tensor, f"job {st.job.name}: {node.where}")
-            origins = _check_stream(decl, tr.stream, st, node)
+            _check_stream(decl, tr.stream, st, node)
             source = None
             if self.memory is not None:
-                origins = tr.stream.loop.origins() if origins is None else origins
-                source = TensorTiles(self._array(decl.name), origins, tr.stream.tile)
+                source = TensorTiles(self._array(decl.name), tr.stream.loop.origins(), tr.stream.tile)
             self._push(st, node, tr.cb, n, tr.stream.tile, decl.dtype, source)
             if tr.multicast is not None:
                 mc = tr.multicast
@@ -554,12 +553,11 @@ class _Resolver:
 
     def _dma_out(self, node: Node, cmd: DmaOut, st: _JobState) -> None:
         decl = self._tensor(cmd.stream.tensor, f"job {st.job.name}: {node.where}")
-        origins = _check_stream(decl, cmd.stream, st, node)
+        _check_stream(decl, cmd.stream, st, node)
         run, segs = self._take(st, node, cmd.cb, cmd.stream.n_tiles, pop=True)
         self._check_tiles(st, node, segs, cmd.cb, cmd.stream.tile, decl.dtype, "tiles written out")
         if run is not None:
-            origins = cmd.stream.loop.origins() if origins is None else origins
-            _scatter(self._array(decl.name), origins, cmd.stream.tile, run)
+            _scatter(self._array(decl.name), cmd.stream.loop.origins(), cmd.stream.tile, run)
 
     def _indexed_rows(self, where: str, cmd: DmaGather | DmaScatter) -> np.ndarray | None:
         """The table rows an indexed DMA names (None at shape level), checked."""
@@ -971,20 +969,30 @@ def _upstream(pe: PeId, direction: Direction) -> PeId:
     return (r, c - 1) if direction is Direction.EAST else (r - 1, c)
 
 
-def _check_stream(decl, stream, st: _JobState, node: Node) -> np.ndarray | None:
-    """Check that every tile of `stream` starts inside `decl` (a sample of them for long streams); the
-    stream's origins when all were checked, else None."""
+def _check_stream(decl, stream, st: _JobState, node: Node) -> None:
+    """Check that every tile of `stream` starts inside `decl` (a sample of them for long streams)."""
     tr, tc = stream.tile
     if tr <= 0 or tc <= 0:
         raise ProgramError(f"job {st.job.name}: {node.where}: empty tile {stream.tile}")
-    whole = stream.n_tiles <= 65536
-    o = stream.loop.origins() if whole else stream.loop.sample(4096)[0]
-    if o.size and (o.min() < 0 or o[:, 0].max() >= decl.rows or o[:, 1].max() >= decl.cols):
+    lp = stream.loop
+    n = lp.n
+    if n > 65536:
+        o = lp.sample(4096)[0]
+        lo, row_hi, col_hi = (int(o.min()), int(o[:, 0].max()), int(o[:, 1].max())) if o.size else (0, -1, -1)
+    elif n == 0:
+        return
+    else:
+        # an affine nest's extreme origins: every loop at its first or last index, independently
+        row_lo = lp.base[0] + sum(min(0, (c - 1) * dr) for c, dr, _dc in lp.dims)
+        col_lo = lp.base[1] + sum(min(0, (c - 1) * dc) for c, _dr, dc in lp.dims)
+        row_hi = lp.base[0] + sum(max(0, (c - 1) * dr) for c, dr, _dc in lp.dims)
+        col_hi = lp.base[1] + sum(max(0, (c - 1) * dc) for c, _dr, dc in lp.dims)
+        lo = min(row_lo, col_lo)
+    if lo < 0 or row_hi >= decl.rows or col_hi >= decl.cols:
         raise ProgramError(
             f"job {st.job.name}: {node.where}: a tile of tensor {decl.name!r} starts outside its "
             f"{decl.rows}x{decl.cols} view"
         )
-    return o if whole else None
 
 
 def job_order(program: Program) -> list[Job]:

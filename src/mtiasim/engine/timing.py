@@ -29,7 +29,7 @@ import numpy as np
 from mtiasim.engine.eventcore import sim_module
 from mtiasim.engine.resolve import Node, Resolved, job_order
 from mtiasim.engine.resources import ResourceMap, resource_map
-from mtiasim.engine.work import Memo, Work, WorkModel, upstream_of
+from mtiasim.engine.work import BundleSums, Memo, Work, WorkModel, upstream_of
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dram_bytes_per_s, sram_bytes_per_s
 from mtiasim.isa import Barrier, HostSide, Program
@@ -146,6 +146,38 @@ class TimingResult:
         return max(att.items(), key=lambda kv: kv[1])[0] if att else COMPUTE
 
 
+def _bundle_sums(flows: list[Work], channels: range) -> BundleSums:
+    """What a bundle's flows put on the shared resources, each multicast part once, summed in the order of the
+    flows and their parts (as a dense vector would be)."""
+    seen: set[tuple] = set()
+    usage: dict[int, float] = {}
+    extra: dict[int, float] = {}
+    total = 0.0
+    streams = 0
+    for w in flows:
+        total += w.bytes
+        for part in w.parts:
+            if part.key in seen:
+                continue
+            seen.add(part.key)
+            for r, v in part.usage.items():
+                usage[r] = usage.get(r, 0.0) + v
+            for r, v in part.extra.items():
+                extra[r] = extra.get(r, 0.0) + v
+            if not part.usage.keys().isdisjoint(channels):
+                streams += 1
+        for r, v in w.own_usage.items():
+            usage[r] = usage.get(r, 0.0) + v
+    return BundleSums(
+        np.fromiter(usage.keys(), dtype=np.int64, count=len(usage)),
+        np.fromiter(usage.values(), dtype=np.float64, count=len(usage)) / total,
+        np.fromiter(extra.keys(), dtype=np.int64, count=len(extra)),
+        np.fromiter(extra.values(), dtype=np.float64, count=len(extra)) / total,
+        total,
+        streams,
+    )
+
+
 class TimingModel:
     """The constraint graph and the per-node work of a resolved program."""
 
@@ -176,9 +208,9 @@ class TimingModel:
     def _constraints(self) -> None:
         nodes, works = self.nodes, self.works
         n = self.n
-        self.core_prev = np.full(n, -1, dtype=np.int64)
-        self.core_next = np.full(n, -1, dtype=np.int64)
-        self.unit_prev = np.full(n, -1, dtype=np.int64)
+        core_prev = [-1] * n
+        core_next = [-1] * n
+        unit_prev = [-1] * n
         self.unit_next: list[list[int]] = [[] for _ in range(n)]
         by_core: dict[tuple, list[Node]] = defaultdict(list)
         for node in nodes:
@@ -186,35 +218,42 @@ class TimingModel:
         for lst in by_core.values():
             lst.sort(key=lambda x: x.pos)
             for a, b in zip(lst, lst[1:], strict=False):
-                self.core_prev[b.id] = a.id
-                self.core_next[a.id] = b.id
+                core_prev[b.id] = a.id
+                core_next[a.id] = b.id
+        self.core_prev = np.array(core_prev, dtype=np.int64)
+        self.core_next = np.array(core_next, dtype=np.int64)
         self.core_lists = by_core
-        by_unit: dict[tuple, list[Node]] = defaultdict(list)
+        by_unit: dict[tuple, list[int]] = defaultdict(list)
         for node in sorted(nodes, key=lambda x: x.order):
             unit = works[node.id].unit
-            if unit in ("none",):
+            if unit == "none":
                 continue
-            by_unit[(node.job, node.pe, unit)].append(node)
+            by_unit[(node.job, node.pe, unit)].append(node.id)
         slots = self.chip.dma.concurrent_commands
-        for (_job, _pe, unit), lst in by_unit.items():
+        unit_next = self.unit_next
+        for (_job, _pe, unit), ids in by_unit.items():
             k = slots if unit == "dma" else 1
-            for i in range(k, len(lst)):
-                self.unit_prev[lst[i].id] = lst[i - k].id
-                self.unit_next[lst[i - k].id].append(lst[i].id)
+            for i in range(k, len(ids)):
+                unit_prev[ids[i]] = ids[i - k]
+                unit_next[ids[i - k]].append(ids[i])
+        self.unit_prev = np.array(unit_prev, dtype=np.int64)
         self.producers: list[list[int]] = []
         self.consumers: list[list[int]] = [[] for _ in range(n)]
         self.stream_consumers: list[list[int]] = [[] for _ in range(n)]
         for node in nodes:
-            prods = sorted({p for p, _k in node.producers if p != node.id and p >= 0})
+            nid = node.id
+            prods = sorted({p for p, _k in node.producers if p != nid and p >= 0})
             self.producers.append(prods)
+            resident = node.resident_producers
             for p in prods:
-                self.consumers[p].append(node.id)
-                if p not in node.resident_producers:
-                    self.stream_consumers[p].append(node.id)
-        self.reduce_from = np.full(n, -1, dtype=np.int64)
+                self.consumers[p].append(nid)
+                if p not in resident:
+                    self.stream_consumers[p].append(nid)
+        reduce_from = [-1] * n
         for node in nodes:
             if node.reduce_from is not None and upstream_of(node) is not None:
-                self.reduce_from[node.id] = node.reduce_from
+                reduce_from[node.id] = node.reduce_from
+        self.reduce_from = np.array(reduce_from, dtype=np.int64)
         # barriers: each barrier node waits for the earlier nodes of its core since the previous barrier
         self.barrier_before: dict[int, list[int]] = {}
         for lst in by_core.values():
@@ -234,7 +273,7 @@ class TimingModel:
                 self.pe_rank[(ji, pe)] = rank
         self.first_nodes: dict[tuple[int, tuple[int, int]], list[int]] = defaultdict(list)
         for node in nodes:
-            if self.core_prev[node.id] < 0:
+            if core_prev[node.id] < 0:
                 self.first_nodes[(node.job, node.pe)].append(node.id)
 
     def _bundles(self) -> None:
@@ -270,36 +309,32 @@ class TimingModel:
         self.b_latency = np.zeros(nb)
         self.b_cap = np.full(nb, INF)
         self.b_cap_kind: list[str] = [""] * nb
+        works = self.works
+        channels = range(self.rmap.channel0, self.rmap.channel0 + self.chip.dram.channels)
         for b, mem in enumerate(self.bundles):
-            seen: set[tuple] = set()
-            usage = np.zeros(nr)
-            extra = np.zeros(nr)
-            total = 0.0
+            sums = self._flow_sums(mem, channels)
+            self.b_streams[b] = sums.streams
+            self.b_bytes[b] = total = sums.total
+            self.b_usage[b, sums.usage_at] = sums.usage
+            self.b_extra[b, sums.extra_at] = sums.extra
+            self.b_latency[b] = max(works[i].latency_s for i in mem)
+            cap_b, kind_b = INF, ""
             for i in mem:
-                w = self.works[i]
-                total += w.bytes
-                for part in w.parts:
-                    if part.key in seen:
-                        continue
-                    seen.add(part.key)
-                    for r, v in part.usage.items():
-                        usage[r] += v
-                    for r, v in part.extra.items():
-                        extra[r] += v
-                    lo, hi = self.rmap.channel0, self.rmap.channel0 + self.chip.dram.channels
-                    if any(lo <= r < hi for r in part.usage):
-                        self.b_streams[b] += 1
-                for r, v in w.own_usage.items():
-                    usage[r] += v
-            self.b_bytes[b] = total
-            self.b_usage[b] = usage / total
-            self.b_extra[b] = extra / total
-            self.b_latency[b] = max(self.works[i].latency_s for i in mem)
-            for i in mem:
-                w = self.works[i]
+                w = works[i]
                 cap = w.cap_bps * total / w.bytes
-                if cap < self.b_cap[b]:
-                    self.b_cap[b], self.b_cap_kind[b] = cap, w.cap_kind or LATENCY
+                if cap < cap_b:
+                    cap_b, kind_b = cap, w.cap_kind or LATENCY
+            self.b_cap[b], self.b_cap_kind[b] = cap_b, kind_b
+
+    def _flow_sums(self, mem: list[int], channels: range) -> BundleSums:
+        """The sums of a bundle's flows. A bundle of one flow sums that flow's own parts: kept with its `Work`
+        (which a compiled model reuses from call to call for the jobs whose shapes do not change)."""
+        if len(mem) == 1:
+            w = self.works[mem[0]]
+            if w.bundle_sums is None:
+                w.bundle_sums = _bundle_sums([w], channels)
+            return w.bundle_sums
+        return _bundle_sums([self.works[i] for i in mem], channels)
 
     def own_compute_s(self, i: int) -> float:
         w = self.works[i]
@@ -309,71 +344,90 @@ class TimingModel:
         """Uncontended rate of every bundle (with consumer back-pressure), and per-node item times."""
         cap_res = self.rmap.capacity
         nb = len(self.bundles)
-        self.b_rate0 = np.zeros(nb)
-        self.b_rate_ahead = np.zeros(nb)
+        works = self.works
+        # the resource that binds each bundle alone: the smallest capacity / usage over the resources it uses
+        # (the first of equals)
+        res_rates = [INF] * nb
+        res_kinds = [""] * nb
+        if nb:
+            used = self.b_usage > 0
+            with np.errstate(divide="ignore"):
+                rates = np.where(used, cap_res[None, :] / np.where(used, self.b_usage, 1.0), INF)
+            first = np.argmin(rates, axis=1)
+            for b in np.flatnonzero(used.any(axis=1)).tolist():
+                # argmin lands on an unused resource only when every used one's rate is infinite
+                k = int(first[b]) if used[b, first[b]] else int(np.flatnonzero(used[b])[0])
+                res_rates[b] = float(rates[b, k])
+                res_kinds[b] = self.rmap.klass[k]
+        rate0 = [0.0] * nb
+        rate_ahead = [0.0] * nb
         self.b_kind0: list[str] = [""] * nb
+        b_bytes = self.b_bytes.tolist()
+        b_cap = self.b_cap.tolist()
         for b, mem in enumerate(self.bundles):
-            u = self.b_usage[b]
-            nz = u > 0
-            res_rate = INF
-            kind = ""
-            if nz.any():
-                rates = cap_res[nz] / u[nz]
-                k = int(np.argmin(rates))
-                res_rate = float(rates[k])
-                kind = self.rmap.klass[int(np.flatnonzero(nz)[k])]
-            cap, ckind = self.b_cap[b], self.b_cap_kind[b]
-            self.b_rate_ahead[b] = min(cap, res_rate)  # before back-pressure: how fast the first items come
+            res_rate, kind = res_rates[b], res_kinds[b]
+            cap, ckind = b_cap[b], self.b_cap_kind[b]
+            rate_ahead[b] = min(cap, res_rate)  # before back-pressure: how fast the first items come
             # a consumer that pops what the flow delivers caps its pace (finite circular buffers), unless the
             # CB is too small to overlap the two at all (then they alternate, see below)
             for i in mem:
                 for c in self.stream_consumers[i]:
-                    if self.works[c].is_flow or self.alternating(i, c):
+                    wc = works[c]
+                    if wc.is_flow or self.alternating(i, c):
                         continue
-                    d = max(self.works[c].busy_s, self.works[c].issue_s)
+                    d = max(wc.busy_s, wc.issue_s)
                     if d > 0:
-                        bp = self.b_bytes[b] / d
+                        bp = b_bytes[b] / d
                         if bp < cap:
-                            cap, ckind = bp, unit_class(self.works[c])
+                            cap, ckind = bp, unit_class(wc)
             self.b_cap[b], self.b_cap_kind[b] = cap, ckind
             if cap < res_rate:
-                self.b_rate0[b], self.b_kind0[b] = cap, ckind
+                rate0[b], self.b_kind0[b] = cap, ckind
             else:
-                self.b_rate0[b], self.b_kind0[b] = res_rate, kind
-        self.first_item_s = np.zeros(self.n)
-        self.tail_s = np.zeros(self.n)
-        self.item_s = np.zeros(self.n)
-        for i in range(self.n):
-            w = self.works[i]
+                rate0[b], self.b_kind0[b] = res_rate, kind
+        self.b_rate0 = np.array(rate0, dtype=np.float64)
+        self.b_rate_ahead = np.array(rate_ahead, dtype=np.float64)
+        n = self.n
+        first_item = [0.0] * n
+        tail = [0.0] * n
+        item = [0.0] * n
+        bundle_of = self.bundle_of.tolist()
+        for i, w in enumerate(works):
             items = max(w.items, 1)
-            b = self.bundle_of[i]
+            b = bundle_of[i]
             if b >= 0:
-                rate_node = self.b_rate0[b] * w.bytes / self.b_bytes[b]
-                self.item_s[i] = w.bytes / items / max(rate_node, EPS)
+                rate_node = rate0[b] * w.bytes / b_bytes[b]
+                item[i] = w.bytes / items / max(rate_node, EPS)
                 # the DMA runs ahead of a slow consumer until the CB is full: the first item is not paced
-                ahead = self.b_rate_ahead[b] * w.bytes / self.b_bytes[b]
-                self.first_item_s[i] = w.latency_s + w.bytes / items / max(ahead, EPS)
-                self.tail_s[i] = w.latency_s + self.item_s[i]
+                ahead = rate_ahead[b] * w.bytes / b_bytes[b]
+                first_item[i] = w.latency_s + w.bytes / items / max(ahead, EPS)
+                tail[i] = w.latency_s + item[i]
             else:
-                self.item_s[i] = max(w.busy_s, w.issue_s) / items
-                self.first_item_s[i] = w.latency_s + self.item_s[i]
-                self.tail_s[i] = self.item_s[i] * w.granule
+                item[i] = max(w.busy_s, w.issue_s) / items
+                first_item[i] = w.latency_s + item[i]
+                tail[i] = item[i] * w.granule
+        self.item_s = np.array(item, dtype=np.float64)
+        self.tail_s = np.array(tail, dtype=np.float64)
         # producer and consumer that alternate: every granule pays the producer's latency and the
         # consumer's processing in turn; the producer stalls meanwhile, the consumer waits for whole granules
-        self.stall_s = np.zeros(self.n)
-        for c in range(self.n):
+        stall = [0.0] * n
+        for c, node in enumerate(self.nodes):
+            if not node.in_cb:
+                continue  # alternating needs a CB between the two
             for p in self.stream_consumers_of(c):
                 if not self.alternating(p, c):
                     continue
-                _cap, tiles = self.nodes[c].in_cb[p]
-                wc, wp = self.works[c], self.works[p]
+                _cap, tiles = node.in_cb[p]
+                wc, wp = works[c], works[p]
                 chunks = max(1.0, tiles / wc.granule)
-                chunk_s = self.item_s[c] * wc.granule
+                chunk_s = item[c] * wc.granule
                 # a granule waits for its slowest item: with misses, for a miss unless all its items hit
                 expected = wp.latency_s - (1.0 - wp.hit_frac) * wp.miss_latency_s
                 granule_latency = expected + (1.0 - wp.hit_frac**wc.granule) * wp.miss_latency_s
-                self.stall_s[p] += (chunks - 1.0) * (granule_latency + chunk_s)
-                self.first_item_s[p] = granule_latency + self.item_s[p] * wc.granule
+                stall[p] += (chunks - 1.0) * (granule_latency + chunk_s)
+                first_item[p] = granule_latency + item[p] * wc.granule
+        self.first_item_s = np.array(first_item, dtype=np.float64)
+        self.stall_s = np.array(stall, dtype=np.float64)
 
     def stream_consumers_of(self, c: int) -> list[int]:
         return [p for p in self.producers[c] if p not in self.nodes[c].resident_producers]
@@ -569,12 +623,11 @@ def node_table(m: TimingModel, issue: np.ndarray, start: np.ndarray, end: np.nda
     works = m.works
     start = np.nan_to_num(start, nan=0.0)
     end = np.nan_to_num(end, nan=0.0)
-    busy = np.zeros(m.n)
-    for i, w in enumerate(works):
-        if w.is_flow:
-            busy[i] = end[i] - start[i]
-        else:
-            busy[i] = min(max(w.busy_s, w.issue_s), max(end[i] - start[i], 0.0))
+    flow = np.array([w.is_flow for w in works], dtype=bool)
+    issue_busy = np.array([w.issue_s for w in works], dtype=np.float64)
+    own = np.maximum(np.array([w.busy_s for w in works], dtype=np.float64), issue_busy)
+    span = end - start
+    busy = np.where(flow, span, np.minimum(own, np.maximum(span, 0.0)))
     return NodeTable(
         pe=[nd.pe for nd in m.nodes],
         core=np.array([nd.core for nd in m.nodes], dtype=np.int64),
@@ -582,7 +635,7 @@ def node_table(m: TimingModel, issue: np.ndarray, start: np.ndarray, end: np.nda
         unit=[w.unit for w in works],
         command=[type(nd.cmd).__name__ for nd in m.nodes],
         issue_s=np.nan_to_num(issue, nan=0.0),
-        issue_busy_s=np.array([w.issue_s for w in works]),
+        issue_busy_s=issue_busy,
         start_s=start,
         end_s=end,
         busy_s=busy,

@@ -95,6 +95,19 @@ class FlowPart:
     extra: dict[int, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BundleSums:
+    """What a bundle of flows puts on the shared resources, per byte it moves: resource indices and fractions
+    (its usage, and the LPDDR5 page re-opens when streams interleave), its bytes and its LPDDR5 streams."""
+
+    usage_at: np.ndarray
+    usage: np.ndarray
+    extra_at: np.ndarray
+    extra: np.ndarray
+    total: float
+    streams: int
+
+
 LOCAL_MEMORY = "local_memory"  # attribution class of a unit bound by its local-store port
 
 
@@ -116,6 +129,9 @@ class Work:
     miss_latency_s: float = 0.0
     re_s: float = 0.0  # a MatMul's reduction-engine time (epilogue conversion and accumulator drain)
     counters: dict[str, float] = field(default_factory=dict)
+    bundle_sums: BundleSums | None = (
+        None  # the timing model's sums of a flow bundled alone (`timing._bundles`)
+    )
 
     @property
     def is_flow(self) -> bool:
@@ -181,6 +197,7 @@ class WorkModel:
         self.rmap = rmap
         self.cyc = 1.0 / chip.hz
         self.memo = memo if memo is not None else Memo()
+        self._gather_lines: dict[int, np.ndarray] = {}  # cache lines of this run's gathers (node id)
         if self.memo.cache_hits is None:
             self.memo.cache_hits = {}
             self._simulate_cache()
@@ -188,8 +205,15 @@ class WorkModel:
         if self.memo.dense_miss is None:
             self.memo.dense_miss = self._dense_misses()
         self._job_names = [job.name for job in job_order(program)]
+        # the grid side (N, S, E, W) of every SRAM slice and LPDDR5 channel
+        self._slice_side = np.array([rmap.slice_side(s) for s in range(chip.sram.slices)], dtype=np.int64)
+        self._channel_side = np.array(
+            [rmap.channel_side(c) for c in range(chip.dram.channels)], dtype=np.int64
+        )
         self._reads_run_state = False
         self._group_key: tuple | None = None
+        self._part_usage: dict[tuple, tuple[dict[int, float], dict[int, float]]] = {}
+        self._lane_width = max(chip.grid.rows, chip.grid.cols)
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -214,26 +238,21 @@ class WorkModel:
     def _memory_parts(
         self, decl: TensorDecl, starts, lengths, scale, random_rows: bool = False, write: bool = False
     ) -> MemParts:
-        rm = self.rmap
-        side = np.zeros(4)
         requests = self._requests(lengths, scale)
         if decl.level == Level.SRAM:
             per = sram_slice_bytes(self.chip, starts, lengths, scale)
-            for s_, b in enumerate(per):
-                side[rm.slice_side(s_)] += b
-            return MemParts(per, None, None, side, requests=requests)
+            return MemParts(per, None, None, self._slice_sides(per), requests=requests)
         bursts, acts, inter = dram_channel_parts(self.chip, starts, lengths, scale, random_rows=random_rows)
-        raw = np.zeros(self.chip.dram.channels)
+        channels = self.chip.dram.channels
         g = self.chip.dram.interleave_bytes
         # data bytes by channel side, for the lanes (the NoC carries data, not activations)
-        np.add.at(
-            raw,
-            hashed_target(np.asarray(starts) // g, self.chip.dram.channels),
-            np.asarray(lengths, dtype=np.float64),
+        raw = np.bincount(
+            hashed_target(np.asarray(starts) // g, channels),
+            weights=np.asarray(lengths, dtype=np.float64),
+            minlength=channels,
         )
         raw *= scale
-        for c, b in enumerate(raw):
-            side[rm.channel_side(c)] += b
+        side = np.bincount(self._channel_side, weights=raw, minlength=4)
         trans = dram_transactions(self.chip, starts, lengths, scale)
         return MemParts(None, bursts, acts, side, inter, write=write, requests=requests, transactions=trans)
 
@@ -242,19 +261,29 @@ class WorkModel:
         r = self.chip.dma.request_bytes
         return float((-(-np.asarray(lengths, dtype=np.int64) // r)).sum()) * scale
 
+    def _slice_sides(self, per_slice: np.ndarray) -> np.ndarray:
+        """Bytes per side of the grid (N, S, E, W) of bytes per SRAM slice."""
+        return np.bincount(self._slice_side, weights=per_slice, minlength=4)
+
     def _usage(self, parts: MemParts, banks: float | None = None) -> dict[int, float]:
         usage: dict[int, float] = {}
         if parts.slices is not None:
-            for s_, b in enumerate(parts.slices):
-                _add(usage, self.rmap.slice0 + s_, float(b))
+            s0 = self.rmap.slice0
+            for s_, b in enumerate(parts.slices.tolist()):
+                if b:
+                    usage[s0 + s_] = b
         if parts.bursts is not None:
             eff = dram_effective_bytes(self.chip, parts.bursts, parts.activations, parts.write, banks)
-            for c, b in enumerate(eff):
-                _add(usage, self.rmap.channel0 + c, float(b))
+            c0 = self.rmap.channel0
+            for c, b in enumerate(eff.tolist()):
+                if b:
+                    usage[c0 + c] = b
         if parts.transactions is not None:
             t = self.chip.dram.transaction_bytes
-            for c, n in enumerate(parts.transactions):
-                _add(usage, self.rmap.queue0 + c, float(n) * t)
+            q0 = self.rmap.queue0
+            for c, n in enumerate(parts.transactions.tolist()):
+                if n * t:
+                    usage[q0 + c] = n * t
         return usage
 
     def _extra(self, parts: MemParts, banks: float | None = None) -> dict[int, float]:
@@ -289,11 +318,13 @@ class WorkModel:
             if not b:
                 continue
             along_cols = side in (0, 1)
+            base = (self.rmap.lane_in0 if inbound else self.rmap.lane_out0) + side * self._lane_width
+            at = 1 if along_cols else 0  # N/S lanes by the PE's column, E/W by its row
             if axis is None:
-                targets = [self.rmap.lane(side, pe, inbound) for pe in pes]
+                targets = [base + pe[at] for pe in pes]  # as `ResourceMap.lane`
                 share = b  # unicast: every target receives the whole stream
             elif (axis == "row") == along_cols:
-                targets = [self.rmap.lane(side, pe, inbound) for pe in pes]
+                targets = [base + pe[at] for pe in pes]
                 share = b / len(pes)  # the replication runs across the entry lanes: spread over them
             else:
                 targets = [self.rmap.lane(side, pes[0], inbound)]
@@ -321,11 +352,17 @@ class WorkModel:
         banks = (
             self._bank_parallelism(self._group_key, decl) if parts.bursts is not None and inbound else None
         )
-        usage = self._usage(parts, banks)
-        for k, v in self._lanes(parts.side_bytes, pes, axis, inbound).items():
-            _add(usage, k, v)
         self._last_parts = parts
-        return nbytes, usage, self._extra(parts, banks)
+        # the members of a multicast group ask for the same usage: computed once (the dicts are not mutated)
+        ukey = (key, tuple(pes), axis, banks)
+        got = self._part_usage.get(ukey)
+        if got is None:
+            usage = self._usage(parts, banks)
+            for k, v in self._lanes(parts.side_bytes, pes, axis, inbound).items():
+                _add(usage, k, v)
+            got = (usage, self._extra(parts, banks))
+            self._part_usage[ukey] = got
+        return nbytes, *got
 
     def _cached_stream_parts(self, decl: TensorDecl, runs, inbound: bool) -> MemParts:
         """A tile stream over an LPDDR5 tensor reached through the SRAM cache: every access reads (or writes)
@@ -336,9 +373,7 @@ class WorkModel:
         line = chip.sram.cache_line_bytes
         starts, lengths, scale = runs.sample_starts, runs.sample_lengths, runs.sample_scale
         slices = cache_slice_bytes(chip, starts, lengths, scale)
-        side = np.zeros(4)
-        for s_, b in enumerate(slices):
-            side[self.rmap.slice_side(s_)] += b
+        side = self._slice_sides(slices)
         miss = (self.memo.dense_miss or {}).get(decl.root, 1.0) if inbound else 1.0
         # the distinct lines of the sample, in first-touch order, stand for the lines LPDDR5 moves
         lines, _ = run_lines(starts, lengths, line)
@@ -478,25 +513,25 @@ class WorkModel:
         if history:
             cache.warm(np.concatenate(history))
         # interleave the PEs' accesses by their relative position, as concurrent PEs would issue them
-        line_ids, row_of, owner, pos = [], [], [], []
+        line_ids, row_of, pos = [], [], []
         for node in gathers:
             cmd = node.cmd
             decl = self.program.tensors[cmd.table]
             rows = self._gather_rows(node)
             lines, row_index = _row_lines(decl, rows, line)
+            self._gather_lines[node.id] = lines
             line_ids.append(lines)
             row_of.append(row_index)
-            owner.append(np.full(lines.size, node.id, dtype=np.int64))
             pos.append((row_index + 0.5) / max(rows.size, 1))
         all_lines = np.concatenate(line_ids)
-        all_owner = np.concatenate(owner)
         all_row = np.concatenate(row_of)
         order = np.argsort(np.concatenate(pos), kind="stable")
         hits = np.empty(all_lines.size, dtype=bool)
         hits[order] = cache.run(all_lines[order])
-        for node in gathers:
-            mask = all_owner == node.id
-            self.memo.cache_hits[node.id] = np.stack([all_row[mask], hits[mask]], axis=1)
+        # each gather's accesses are one contiguous segment of the concatenation, in its own order
+        end = np.cumsum([lines.size for lines in line_ids]).tolist()
+        for node, lo, hi in zip(gathers, [0, *end[:-1]], end, strict=True):
+            self.memo.cache_hits[node.id] = np.stack([all_row[lo:hi], hits[lo:hi]], axis=1)
 
     def cache_capacity_lines(self) -> int:
         """Lines the SRAM caches: what the resident (scratchpad) tensors leave of it."""
@@ -786,17 +821,16 @@ class WorkModel:
         two) is read whole from the slice of its memory controller; missing lines are first filled from LPDDR5
         (an independent access each) and written into their slice."""
         chip = self.chip
-        rm = self.rmap
         line = chip.sram.cache_line_bytes
         rec = self.gather_hits[node.id]  # (row position, hit) per line access
-        lines, _ = _row_lines(decl, rows, line)
+        lines = self._gather_lines.get(node.id)
+        if lines is None:
+            lines, _ = _row_lines(decl, rows, line)
         hit = rec[:, 1].astype(bool)
         starts = lines * line
         slc = cache_slice(chip, starts)
         slices = np.bincount(slc, minlength=chip.sram.slices).astype(np.float64) * line
-        side = np.zeros(4)
-        for s_, b in enumerate(slices):
-            side[rm.slice_side(s_)] += b
+        side = self._slice_sides(slices)
         bursts = acts = trans = None
         if (~hit).any():
             lens = np.full(int((~hit).sum()), line, dtype=np.int64)
@@ -937,7 +971,8 @@ class WorkModel:
     def _w_SePool(self, node: Node, cmd: SePool) -> Work:
         chip = self.chip
         per_cmd = chip.se.accumulate_max_rows
-        accumulates = sum(max(1, math.ceil(n / per_cmd)) for n in cmd.lengths)
+        lengths = np.asarray(cmd.lengths, dtype=np.int64)
+        accumulates = int(np.maximum(1, -(-lengths // per_cmd)).sum())
         commands = accumulates + len(cmd.lengths)
         elems = float(cmd.rows * cmd.dim)
         w = Work("se", "compute", items=max(cmd.rows, 1))
@@ -1094,10 +1129,12 @@ def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarra
     end = start + decl.cols * decl.dtype.itemsize
     l0, l1 = start // line, (end - 1) // line
     counts = (l1 - l0 + 1).astype(np.int64)
-    row_pos = np.repeat(np.arange(rows.size), counts)
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    lines = l0[row_pos] + (np.arange(int(counts.sum())) - first)
-    return lines.astype(np.int64), row_pos
+    # a row touches a few lines: take them from a rows x (most lines a row touches) grid, row by row
+    k = np.arange(int(counts.max()) if counts.size else 0, dtype=np.int64)
+    touched = k[None, :] < counts[:, None]
+    lines = (l0.astype(np.int64)[:, None] + k[None, :])[touched]
+    row_pos = np.broadcast_to(np.arange(rows.size)[:, None], touched.shape)[touched]
+    return lines, row_pos
 
 
 def _count_access(

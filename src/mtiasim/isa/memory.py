@@ -150,14 +150,30 @@ def _clipped(decl: TensorDecl, tile: tuple[int, int], origins: np.ndarray) -> tu
     return nr, nc
 
 
+def _offsets(base: int, dims: list[tuple[int, int]]) -> np.ndarray:
+    """``base + sum(i_d * step_d)`` over every index of a nest of (count, step) loops."""
+    out = np.array([base], dtype=np.int64)
+    for count, step in dims:
+        out = (out[:, None] + np.arange(count, dtype=np.int64)[None, :] * step).reshape(-1)
+    return out
+
+
 def stream_bytes(decl: TensorDecl, stream: TileStream) -> int:
     """Bytes the stream moves on the memory side (clipped tiles)."""
-    origins = stream.loop.origins() if stream.n_tiles <= 65536 else None
-    if origins is None:
-        sample, scale = stream.loop.sample(4096)
+    lp = stream.loop
+    if stream.n_tiles > 65536:
+        sample, scale = lp.sample(4096)
         nr, nc = _clipped(decl, stream.tile, sample)
         return int(round(float((nr * nc).sum()) * scale)) * decl.dtype.itemsize
-    nr, nc = _clipped(decl, stream.tile, origins)
+    if all(dr == 0 or dc == 0 for _n, dr, dc in lp.dims):
+        # every loop steps rows or columns only: the origins are all pairs of a row and a column origin,
+        # so the clipped elements are (sum of clipped rows) x (sum of clipped columns)
+        rows = _offsets(lp.base[0], [(n, dr) for n, dr, dc in lp.dims if dc == 0])
+        cols = _offsets(lp.base[1], [(n, dc) for n, dr, dc in lp.dims if dc != 0])
+        nr = np.clip(np.minimum(rows + stream.tile[0], decl.rows) - rows, 0, None)
+        nc = np.clip(np.minimum(cols + stream.tile[1], decl.cols) - cols, 0, None)
+        return int(nr.sum()) * int(nc.sum()) * decl.dtype.itemsize
+    nr, nc = _clipped(decl, stream.tile, lp.origins())
     return int((nr * nc).sum()) * decl.dtype.itemsize
 
 
@@ -172,19 +188,13 @@ def stream_runs(decl: TensorDecl, stream: TileStream, max_sample_tiles: int = 25
     # runs per tile: one if the tile covers whole packed rows, else one per row
     runs_per_tile = np.where(full_rows, (nr > 0).astype(np.int64), nr)
     run_len = np.where(full_rows, nr * nc * item, nc * item)
-    starts: list[np.ndarray] = []
-    lengths: list[np.ndarray] = []
-    for (r0, c0), n_rows, n_runs, length in zip(sample, nr, runs_per_tile, run_len, strict=True):
-        if n_runs == 0:
-            continue
-        base = decl.address + int(r0) * decl.pitch + int(c0) * item
-        if n_runs == 1:
-            starts.append(np.array([base], dtype=np.int64))
-        else:
-            starts.append(base + np.arange(int(n_rows), dtype=np.int64) * decl.pitch)
-        lengths.append(np.full(int(n_runs), int(length), dtype=np.int64))
-    st = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
-    ln = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    # every run of every sampled tile at once: a tile's k-th run starts k pitches after its origin
+    counts = runs_per_tile.astype(np.int64)
+    tile_of = np.repeat(np.arange(counts.size), counts)
+    k = np.arange(tile_of.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    base = decl.address + sample[:, 0] * decl.pitch + sample[:, 1] * item
+    st = base[tile_of] + k * decl.pitch
+    ln = run_len.astype(np.int64)[tile_of]
     return RunStats(
         n_runs=float(runs_per_tile.sum()) * scale,
         bytes=float(ln.sum()) * scale,
