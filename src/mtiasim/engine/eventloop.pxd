@@ -60,7 +60,7 @@ cdef class Sim:
     cdef public int64_t[::1] jn_start, jn, dep_start, dep, dependent_start, dependent
     cdef public int64_t[::1] jp_start, jp_job, jp_pe, jp_rank, fn_start, fn
     cdef public double[::1] job_launch, job_end, launch_done, job_last
-    cdef public int64_t[::1] job_left, job_deps_left, pe_owner, q_head, q_tail, q_next, slot_reason, slot_log
+    cdef public int64_t[::1] job_left, job_deps_left, job_host, pe_owner, q_head, q_tail, q_next, slot_reason, slot_log
     cdef public Py_ssize_t n_slot_log
 
     @cython.locals(seq=int64_t, j=Py_ssize_t, up=Py_ssize_t, tu=double)
@@ -78,7 +78,7 @@ cdef class Sim:
     @cython.locals(t=double, kind=int64_t, ident=Py_ssize_t, version=int64_t, ji=Py_ssize_t, i=Py_ssize_t)
     cpdef void run(self)
 
-    @cython.locals(t=double, s=Py_ssize_t, pe=Py_ssize_t)
+    @cython.locals(t=double, done=double, s=Py_ssize_t, pe=Py_ssize_t)
     cdef void _launch(self, Py_ssize_t ji, double ready)
 
     @cython.locals(ji=Py_ssize_t, signalled=double, start=double, x=Py_ssize_t)

@@ -316,6 +316,7 @@ class Sim:
         self.job_end = np.full(nj, np.nan)
         self.job_left = np.diff(jn_start)
         self.job_deps_left = np.array([len(job.deps) for job in m.jobs], dtype=np.int64)
+        self.job_host = np.array([1 if job.host else 0 for job in m.jobs], dtype=np.int64)
         self.ccp_free = 0.0
         # a PE runs one job at a time: later jobs on it wait for it (their launch may overlap)
         self.launch_done = np.full(nj, np.nan)
@@ -477,13 +478,19 @@ class Sim:
     # ------------------------------------------------------------------------------------ jobs, issue
 
     def _launch(self, ji: int, ready: float) -> None:
-        """The control core launches jobs one after another; a job's PEs start once launched and free."""
-        t = max(ready, self.ccp_free)
-        self.ccp_free = t + self.job_launch_s
+        """The control core launches jobs one after another; a job's PEs start once launched and free. The
+        host's jobs start when ready, without the control core."""
+        if self.job_host[ji]:
+            t = ready
+            done = ready
+        else:
+            t = max(ready, self.ccp_free)
+            self.ccp_free = t + self.job_launch_s
+            done = self.ccp_free
         self.job_launch[ji] = t
-        self.launch_done[ji] = self.ccp_free
+        self.launch_done[ji] = done
         if self.jn_start[ji] == self.jn_start[ji + 1]:
-            self._job_done(ji, self.ccp_free)
+            self._job_done(ji, done)
             return
         for s in range(self.jp_start[ji], self.jp_start[ji + 1]):
             pe = self.jp_pe[s]
@@ -494,7 +501,7 @@ class Sim:
                     self.q_head[pe] = s
                 self.q_tail[pe] = s
             else:
-                self._start_pe(s, self.ccp_free, BY_LAUNCH, -1)
+                self._start_pe(s, done, BY_LAUNCH, -1)
 
     def _start_pe(self, s: int, free_at: float, code: int, arg: int) -> None:
         """The control core signals a job's PEs one after another; a busy PE's monitor starts it when free.
@@ -514,7 +521,7 @@ class Sim:
 
     def _job_done(self, ji: int, t_last: float) -> None:
         self.job_last[ji] = t_last
-        self.job_end[ji] = t_last + self.job_end_s
+        self.job_end[ji] = t_last + (0.0 if self.job_host[ji] else self.job_end_s)
         for s in range(self.jp_start[ji], self.jp_start[ji + 1]):
             pe = self.jp_pe[s]
             if self.pe_owner[pe] != ji:

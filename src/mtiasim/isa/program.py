@@ -25,6 +25,8 @@ class Job:
     """One kernel invocation: a program per PE of its sub-grid, and named PE groups for group barriers.
 
     `work` holds what the kernel computes in the units the benchmarks report (``macs``, ``useful_bytes``).
+    `host`: the job is the host's (its CPU's work, DMA over the host link, `HostTransfer`): it starts as soon as
+    its dependencies are done, without the chip's control core (no launch, PE signalling or end cost).
     """
 
     name: str
@@ -33,6 +35,7 @@ class Job:
     deps: tuple[str, ...] = ()
     groups: dict[str, tuple[PeId, ...]] = field(default_factory=dict)
     work: dict[str, float] = field(default_factory=dict)
+    host: bool = False
 
 
 @dataclass

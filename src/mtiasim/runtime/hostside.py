@@ -27,7 +27,7 @@ def cpu_bytes(chip: Chip, seconds: float) -> float:
 
 
 def _job(name: str, kind: str, cmd: HostTransfer, deps: tuple[str, ...]) -> Job:
-    return Job(name, kind, {_HOST_PE: PeProgram(_HOST_PE, (), ([cmd], []))}, deps=deps)
+    return Job(name, kind, {_HOST_PE: PeProgram(_HOST_PE, (), ([cmd], []))}, deps=deps, host=True)
 
 
 def with_host_side(
