@@ -23,6 +23,7 @@ arrays; `engine.functional` applies it to each command's tiles).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,19 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((np.asarray(q, dtype=np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
+@functools.cache
+def overflow_threshold(out: DType) -> float:
+    """The smallest FP32 magnitude that float dtype `out` rounds (to nearest even) to infinity: a bisection
+    over the FP32 bit patterns from 1.0 to inf, rounding to `out` being monotone in magnitude."""
+    lo, hi = int(np.float32(1).view(np.uint32)), int(np.float32(np.inf).view(np.uint32))
+    while hi - lo > 1:  # invariant: lo rounds to a finite value, hi to inf
+        mid = (lo + hi) // 2
+        with np.errstate(over="ignore"):
+            to_inf = np.isinf(np.uint32(mid).view(np.float32).astype(out.numpy).astype(np.float32))
+        lo, hi = (lo, mid) if to_inf else (mid, hi)
+    return float(np.uint32(hi).view(np.float32))
+
+
 def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.ndarray:
     """Convert to `out`: floats round to nearest even (overflowing to +-inf); integers round half to even
     and saturate (NaN gives 0)."""
@@ -146,7 +160,9 @@ def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.
             y = xf.astype(out.numpy)
         if stats is not None and out != DType.FP32:  # NaN/Inf stay what they are; only overflow is new
             stats.converted += xf.size
-            stats.overflow += int(np.count_nonzero(np.isfinite(xf) & ~np.isfinite(y.astype(np.float32))))
+            big = np.float32(overflow_threshold(out))  # every |x| from here on (inf included) becomes inf
+            with np.errstate(invalid="ignore"):
+                stats.overflow += int(np.count_nonzero(np.abs(xf) >= big) - np.count_nonzero(np.isinf(xf)))
         return y
     if np.issubdtype(np.asarray(x).dtype, np.integer):
         lo, hi = _int_range(out)
