@@ -66,6 +66,8 @@ def _int_range(out: DType) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
+FP32_EXACT_INT = 2**24  # every integer of at most this magnitude is an FP32 value
+
 # int8 x int8 products are at most 2^14 in magnitude: float32 holds every partial sum of up to 2^10 of them exactly
 INT8_EXACT_K_FP32 = 2**24 // 2**14
 
@@ -116,16 +118,22 @@ def quantize(
     lo, hi = _int_range(out)
     xf = np.asarray(x, dtype=np.float32)
     recip = (1.0 / np.asarray(scale, dtype=np.float64)).astype(np.float32)
+    zp = np.asarray(zero_point, dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        q = np.rint(xf * recip) + np.asarray(zero_point, dtype=np.float32)
+        q = np.asarray(xf * recip)
+        np.rint(q, out=q)
+        q = np.asarray(q + zp)  # a new array this function owns (`zp` may broadcast it further)
     if stats is not None:
         finite = np.isfinite(xf)
         stats.converted += xf.size
         stats.nonfinite += int(xf.size - np.count_nonzero(finite))
         stats.saturated += int(np.count_nonzero(finite & ((q < lo) | (q > hi))))
-    zp = np.broadcast_to(np.asarray(zero_point, dtype=np.float32), q.shape)
-    q = np.where(np.isnan(q), zp, q).astype(np.float64)
-    return np.clip(q, lo, hi).astype(out.numpy)
+    nan = np.isnan(q)
+    if nan.any():
+        np.copyto(q, np.broadcast_to(zp, q.shape), where=nan)
+    if max(-lo, hi) <= FP32_EXACT_INT:  # the bounds are FP32 values: saturate in FP32
+        return np.clip(q, lo, hi, out=q).astype(out.numpy)
+    return np.clip(q.astype(np.float64), lo, hi).astype(out.numpy)
 
 
 def row_scales(amax: np.ndarray) -> np.ndarray:
