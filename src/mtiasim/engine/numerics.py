@@ -202,14 +202,16 @@ def matmul_epilogue(
     `acc` [blocks, tm, tn] int32 or fp32 (integer bias and partials included); `scales` and `post_bias`
     [blocks, 1, tn] fp32; `row_scales` [blocks, tm, 1] fp32.
     """
-    v = acc.astype(np.float32)
+    v = acc.astype(np.float32)  # a copy: the steps below work in place, each rounded to FP32
     with np.errstate(over="ignore", invalid="ignore"):
-        if row_scales is not None:
-            v = v * row_scales.astype(np.float32)
-        if scales is not None:
-            v = v * scales.astype(np.float32)
-        if post_bias is not None:
-            v = v + post_bias.astype(np.float32)
+        for vector, step in ((row_scales, np.multiply), (scales, np.multiply), (post_bias, np.add)):
+            if vector is None:
+                continue
+            vector = vector.astype(np.float32, copy=False)
+            if np.broadcast_shapes(v.shape, vector.shape) == v.shape:
+                step(v, vector, out=v)
+            else:
+                v = step(v, vector)
     if activation is not None:
         v = elementwise(activation, v, segments=segments)
     if not out.is_float:
