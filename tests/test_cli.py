@@ -278,3 +278,21 @@ def test_chip_show(capsys):
         "note": None,
     }
     assert any(p["name"] == "sram_gbps" and p["quoted"] == pytest.approx(800.0) for p in doc["peaks"])
+
+
+def test_start_up_imports_no_study_modules(capsys):
+    """The command line loads a subcommand's modules when it runs: `run` does not pay for Optuna; the study
+    metrics still list in `explore --help`."""
+    code = (
+        "import sys, mtiasim.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'ray')"
+        " or m.startswith('mtiasim.explore')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    from mtiasim.explore.metrics import EVALUATORS
+
+    for command in ("explore", "sweep"):
+        status, out, _ = run(capsys, command, "--help")
+        assert status == 0
+        listed = " ".join(" ".join(out.split("Metrics:")[1].split("--storage")[0].split()).split(", "))
+        assert listed.split() == list(dict.fromkeys(m for e in EVALUATORS.values() for m in e.metrics))

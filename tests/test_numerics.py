@@ -48,6 +48,25 @@ def test_fp16_cast_reports_overflow():
     assert (stats.overflow, stats.nonfinite) == (2, 0)  # a NaN stays a NaN: nothing is lost
 
 
+@pytest.mark.parametrize("out", [DType.FP16, DType.BF16])
+@given(bits=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=300), near=st.integers(-4, 4))
+def test_cast_overflow_count_is_the_finite_values_made_inf(out, bits, near):
+    """Every finite value the cast makes infinite is counted once, and nothing else: random FP32 bit patterns
+    (NaN and inf included) and the patterns around the overflow threshold."""
+    edge = int(np.float32(nx.overflow_threshold(out)).view(np.uint32)) + near
+    x = np.array([*bits, edge, edge | 2**31], dtype=np.uint32).view(np.float32)
+    stats = nx.ConversionStats()
+    with np.errstate(over="ignore"):
+        y = nx.cast(x, out, stats).astype(np.float32)
+    assert stats.overflow == int(np.count_nonzero(np.isfinite(x) & np.isinf(y)))
+
+
+def test_overflow_thresholds_are_the_formats_rounding_midpoints():
+    # halfway between the largest finite value and 2^emax+1: 65504 + 16 (fp16), 0x7F7F + half a step (bf16)
+    assert nx.overflow_threshold(DType.FP16) == 65520.0
+    assert np.float32(nx.overflow_threshold(DType.BF16)).view(np.uint32) == 0x7F7F8000
+
+
 def test_round_half_to_even_and_saturation():
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 126.5, 127.5, 1000.0, -1000.0], dtype=np.float32)
     assert nx.quantize(x, 1.0, 0).tolist() == [0, 2, 2, 0, -2, 126, 127, 127, -128]

@@ -160,6 +160,32 @@ def test_determinism(small, name):
     assert not torch.equal(table_weights(a.model)[0], table_weights(c.model)[0])
 
 
+def flat_inputs(inputs: tuple) -> list[torch.Tensor]:
+    """Every tensor of a workload's inputs, a KeyedJaggedTensor's values and lengths included."""
+    out = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            out.append(x)
+        elif isinstance(x, list):
+            out += x
+        else:
+            out += [x.values(), x.lengths()]
+    return out
+
+
+@pytest.mark.parametrize("name", [*ALL, "meta-lc1"])
+@pytest.mark.parametrize("distribution", ["uniform", "zipf"])
+def test_inputs_of_another_seed_are_that_builds(name, distribution):
+    """`Workload.inputs(seed)`: the example inputs of a build with that seed, bit for bit, the model untouched."""
+    w = W.build(name, batch=16, max_rows=500, distribution=distribution)
+    for seed in (0, 3):
+        other = W.build(name, batch=16, max_rows=500, distribution=distribution, seed=seed)
+        got, want = flat_inputs(w.inputs(seed)), flat_inputs(other.example_inputs)
+        assert len(got) == len(want) and all(torch.equal(g, x) for g, x in zip(got, want, strict=True))
+    with pytest.raises(UsageError, match=r"^seed must be a non-negative integer, got -1$"):
+        w.inputs(-1)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_virtual_tables_hold_no_memory(virtual, name):
     w = virtual[name]

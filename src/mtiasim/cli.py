@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -749,8 +750,9 @@ def _study_options(f):
                 "objectives",
                 multiple=True,
                 metavar="NAME:max|min",
-                help="Repeatable; default samples_per_s_per_w:max and area_mm2:min. Metrics: "
-                + ", ".join(_metric_names()),
+                help="Repeatable; default samples_per_s_per_w:max and area_mm2:min. Metrics: ",
+                cls=_HelpThenNames,
+                names=_metric_names,
             ),
             click.option(
                 "--storage",
@@ -785,6 +787,23 @@ def _study_options(f):
     ):
         f = decorator(f)
     return f
+
+
+class _HelpThenNames(click.Option):
+    """An option whose help ends with a list of names that `names()` gives when the help is shown, not when the
+    command line is built (the names of study metrics import the study modules, which other commands need not)."""
+
+    def __init__(self, *args: Any, names: Callable[[], list[str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._names = names
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        head = self.help or ""
+        self.help = head + ", ".join(self._names())
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = head
 
 
 def _metric_names() -> list[str]:

@@ -23,6 +23,7 @@ arrays; `engine.functional` applies it to each command's tiles).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,8 @@ def _int_range(out: DType) -> tuple[int, int]:
     info = np.iinfo(out.numpy)
     return int(info.min), int(info.max)
 
+
+FP32_EXACT_INT = 2**24  # every integer of at most this magnitude is an FP32 value
 
 # int8 x int8 products are at most 2^14 in magnitude: float32 holds every partial sum of up to 2^10 of them exactly
 INT8_EXACT_K_FP32 = 2**24 // 2**14
@@ -115,16 +118,22 @@ def quantize(
     lo, hi = _int_range(out)
     xf = np.asarray(x, dtype=np.float32)
     recip = (1.0 / np.asarray(scale, dtype=np.float64)).astype(np.float32)
+    zp = np.asarray(zero_point, dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        q = np.rint(xf * recip) + np.asarray(zero_point, dtype=np.float32)
+        q = np.asarray(xf * recip)
+        np.rint(q, out=q)
+        q = np.asarray(q + zp)  # a new array this function owns (`zp` may broadcast it further)
     if stats is not None:
         finite = np.isfinite(xf)
         stats.converted += xf.size
         stats.nonfinite += int(xf.size - np.count_nonzero(finite))
         stats.saturated += int(np.count_nonzero(finite & ((q < lo) | (q > hi))))
-    zp = np.broadcast_to(np.asarray(zero_point, dtype=np.float32), q.shape)
-    q = np.where(np.isnan(q), zp, q).astype(np.float64)
-    return np.clip(q, lo, hi).astype(out.numpy)
+    nan = np.isnan(q)
+    if nan.any():
+        np.copyto(q, np.broadcast_to(zp, q.shape), where=nan)
+    if max(-lo, hi) <= FP32_EXACT_INT:  # the bounds are FP32 values: saturate in FP32
+        return np.clip(q, lo, hi, out=q).astype(out.numpy)
+    return np.clip(q.astype(np.float64), lo, hi).astype(out.numpy)
 
 
 def row_scales(amax: np.ndarray) -> np.ndarray:
@@ -137,6 +146,19 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((np.asarray(q, dtype=np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
+@functools.cache
+def overflow_threshold(out: DType) -> float:
+    """The smallest FP32 magnitude that float dtype `out` rounds (to nearest even) to infinity: a bisection
+    over the FP32 bit patterns from 1.0 to inf, rounding to `out` being monotone in magnitude."""
+    lo, hi = int(np.float32(1).view(np.uint32)), int(np.float32(np.inf).view(np.uint32))
+    while hi - lo > 1:  # invariant: lo rounds to a finite value, hi to inf
+        mid = (lo + hi) // 2
+        with np.errstate(over="ignore"):
+            to_inf = np.isinf(np.uint32(mid).view(np.float32).astype(out.numpy).astype(np.float32))
+        lo, hi = (lo, mid) if to_inf else (mid, hi)
+    return float(np.uint32(hi).view(np.float32))
+
+
 def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.ndarray:
     """Convert to `out`: floats round to nearest even (overflowing to +-inf); integers round half to even
     and saturate (NaN gives 0)."""
@@ -146,7 +168,9 @@ def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.
             y = xf.astype(out.numpy)
         if stats is not None and out != DType.FP32:  # NaN/Inf stay what they are; only overflow is new
             stats.converted += xf.size
-            stats.overflow += int(np.count_nonzero(np.isfinite(xf) & ~np.isfinite(y.astype(np.float32))))
+            big = np.float32(overflow_threshold(out))  # every |x| from here on (inf included) becomes inf
+            with np.errstate(invalid="ignore"):
+                stats.overflow += int(np.count_nonzero(np.abs(xf) >= big) - np.count_nonzero(np.isinf(xf)))
         return y
     if np.issubdtype(np.asarray(x).dtype, np.integer):
         lo, hi = _int_range(out)
@@ -178,14 +202,16 @@ def matmul_epilogue(
     `acc` [blocks, tm, tn] int32 or fp32 (integer bias and partials included); `scales` and `post_bias`
     [blocks, 1, tn] fp32; `row_scales` [blocks, tm, 1] fp32.
     """
-    v = acc.astype(np.float32)
+    v = acc.astype(np.float32)  # a copy: the steps below work in place, each rounded to FP32
     with np.errstate(over="ignore", invalid="ignore"):
-        if row_scales is not None:
-            v = v * row_scales.astype(np.float32)
-        if scales is not None:
-            v = v * scales.astype(np.float32)
-        if post_bias is not None:
-            v = v + post_bias.astype(np.float32)
+        for vector, step in ((row_scales, np.multiply), (scales, np.multiply), (post_bias, np.add)):
+            if vector is None:
+                continue
+            vector = vector.astype(np.float32, copy=False)
+            if np.broadcast_shapes(v.shape, vector.shape) == v.shape:
+                step(v, vector, out=v)
+            else:
+                v = step(v, vector)
     if activation is not None:
         v = elementwise(activation, v, segments=segments)
     if not out.is_float:

@@ -172,15 +172,7 @@ def _zoo_source(
 
     def warmup_inputs(i: int) -> tuple[tuple, dict]:
         # fresh requests (other indices) warm the SRAM cache, as a serving system's previous batches would
-        wi = workloads.build(
-            name,
-            batch=batch,
-            seed=seed + 1 + i,
-            max_rows=max_rows,
-            materialize=False,
-            distribution=distribution,
-        )
-        return wi.example_inputs, {}
+        return w.inputs(seed + 1 + i), {}
 
     def eager() -> Any:
         with torch.no_grad():

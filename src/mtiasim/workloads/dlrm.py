@@ -162,16 +162,16 @@ def build_dot_dlrm(cfg: DotDLRMConfig, req: BuildRequest) -> Workload:
         emb_l.append(eb)
     model = DLRMNet(bot_l, emb_l, top_l).eval()
 
-    if cfg.bags == "random":
-        bags: Bags = random_bench_bags(rows, req.batch, cfg.max_pooling, req.indices, req.seed)
-    else:
-        bags = one_hot_bags(rows, req.batch, req.indices, req.seed)
-    per_table = bags.per_table()
-    inputs = (
-        dense_features(req.batch, cfg.bottom[0], req.seed),
-        [i for i, _ in per_table],
-        [o for _, o in per_table],
-    )
+    def draw(seed: int) -> tuple[Bags, tuple]:
+        if cfg.bags == "random":
+            bags: Bags = random_bench_bags(rows, req.batch, cfg.max_pooling, req.indices, seed)
+        else:
+            bags = one_hot_bags(rows, req.batch, req.indices, seed)
+        per_table = bags.per_table()
+        dense = dense_features(req.batch, cfg.bottom[0], seed)
+        return bags, (dense, [i for i, _ in per_table], [o for _, o in per_table])
+
+    bags, inputs = draw(req.seed)
     n = len(rows) + 1
     flops = linear_flops(model) + 2 * n * n * cfg.dim  # MLPs + the interaction bmm
     return Workload(
@@ -190,6 +190,7 @@ def build_dot_dlrm(cfg: DotDLRMConfig, req: BuildRequest) -> Workload:
         materialized=req.materialize,
         index_distribution=req.distribution_label,
         extra={"bags": cfg.bags if cfg.bags == "one-hot" else f"random(1..{cfg.max_pooling}, deduplicated)"},
+        draw_inputs=lambda seed: draw(seed)[1],
     )
 
 

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mtiasim.workloads.inputs import MULTI_HOT_RULES, dense_features, mlperf_multi_hot_bags, torch_generator
+from mtiasim.workloads.inputs import (
+    MULTI_HOT_RULES,
+    Bags,
+    dense_features,
+    mlperf_multi_hot_bags,
+    torch_generator,
+)
 from mtiasim.workloads.registry import BuildRequest, Workload, register
 from mtiasim.workloads.tables import check_materialize, init_dense_, linear_flops, table_collection
 
@@ -105,11 +111,16 @@ def dlrm_v2_mlperf(req: BuildRequest) -> Workload:
     model = DLRMv2(dlrm).eval()
 
     assert req.multi_hot is not None
-    bags = mlperf_multi_hot_bags(rows, MLPERF_V2_MULTI_HOT, req.batch, req.indices, req.multi_hot, req.seed)
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=keys, values=torch.from_numpy(bags.values), lengths=torch.from_numpy(bags.lengths)
-    )
-    inputs = (dense_features(req.batch, DENSE_IN_FEATURES, req.seed), kjt)
+    multi_hot = req.multi_hot
+
+    def draw(seed: int) -> tuple[Bags, tuple]:
+        bags = mlperf_multi_hot_bags(rows, MLPERF_V2_MULTI_HOT, req.batch, req.indices, multi_hot, seed)
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=keys, values=torch.from_numpy(bags.values), lengths=torch.from_numpy(bags.lengths)
+        )
+        return bags, (dense_features(req.batch, DENSE_IN_FEATURES, seed), kjt)
+
+    bags, inputs = draw(req.seed)
 
     cross_in = (len(rows) + 1) * EMBEDDING_DIM
     flops = (
@@ -133,4 +144,5 @@ def dlrm_v2_mlperf(req: BuildRequest) -> Workload:
         index_distribution=req.distribution_label,
         multi_hot=req.multi_hot,
         extra={"bags": "mlperf multi-hot (fixed sizes)", "multi_hot_sizes": list(MLPERF_V2_MULTI_HOT)},
+        draw_inputs=lambda seed: draw(seed)[1],
     )

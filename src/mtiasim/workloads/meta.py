@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from mtiasim.workloads.dlrm import mlp
-from mtiasim.workloads.inputs import dense_features, mlperf_multi_hot_bags, numpy_rng, torch_generator
+from mtiasim.workloads.inputs import (
+    Bags,
+    dense_features,
+    mlperf_multi_hot_bags,
+    numpy_rng,
+    torch_generator,
+)
 from mtiasim.workloads.registry import BuildRequest, Workload, register
 from mtiasim.workloads.tables import check_materialize, init_dense_, linear_flops, table_collection
 
@@ -171,16 +177,21 @@ def build_meta(model: MetaModel, req: BuildRequest) -> Workload:
     net = CatDLRM(bottom, ebc, top).eval()
 
     sizes = model.pooling()
-    bags = mlperf_multi_hot_bags(rows, sizes, req.batch, req.indices, "uniform", req.seed)
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=keys, values=torch.from_numpy(bags.values), lengths=torch.from_numpy(bags.lengths)
-    )
+
+    def draw(seed: int) -> tuple[Bags, tuple]:
+        bags = mlperf_multi_hot_bags(rows, sizes, req.batch, req.indices, "uniform", seed)
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=keys, values=torch.from_numpy(bags.values), lengths=torch.from_numpy(bags.lengths)
+        )
+        return bags, (dense_features(req.batch, DENSE_FEATURES, seed), kjt)
+
+    bags, inputs = draw(req.seed)
     flops = linear_flops(net)
     assert flops == model.flops_per_sample()
     return Workload(
         name=req.name,
         model=net,
-        example_inputs=(dense_features(req.batch, DENSE_FEATURES, req.seed), kjt),
+        example_inputs=inputs,
         batch=req.batch,
         description=model.description(),
         table_rows=rows,
@@ -199,6 +210,7 @@ def build_meta(model: MetaModel, req: BuildRequest) -> Workload:
             "published_mflops_per_sample": model.mflops_per_sample,
             "generator": "mtiasim.workloads.meta (assumptions in its docstring and the README)",
         },
+        draw_inputs=lambda seed: draw(seed)[1],
     )
 
 

@@ -31,6 +31,9 @@ class Workload:
 
     Virtual tables (`materialized=False`) are zero-stride tensors: exporting is cheap, but running the model
     eagerly makes torch copy each table to full size, so eager runs want `materialize=True` and `max_rows`.
+
+    `inputs(seed)` draws other requests for the same model: the example inputs a build with that seed would
+    have (same batch, rows, distribution and multi-hot rule), without building the model again.
     """
 
     name: str
@@ -50,6 +53,15 @@ class Workload:
     index_distribution: str = "uniform"
     multi_hot: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    draw_inputs: Callable[[int], tuple] | None = field(default=None, repr=False)
+
+    def inputs(self, seed: int) -> tuple:
+        """The example inputs of this workload built with `seed` (the model as it is)."""
+        if self.draw_inputs is None:
+            raise UsageError(f"workload {self.name}: its builder draws no inputs for other seeds")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or int(seed) < 0:
+            raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+        return self.draw_inputs(int(seed))
 
     @property
     def tables(self) -> int:
