@@ -142,3 +142,22 @@ def test_with_values_rejects_unknown_and_impossible(v1):
 def test_inheriting_preset_keeps_its_own_name():
     c = load_chip("mtia-2i")
     assert c.name == "mtia-2i" and "2i" in c.description
+
+
+def test_a_preset_is_parsed_again_when_its_file_changes(tmp_path, monkeypatch):
+    """Presets are parsed once per content: the same file gives the same chip, an edited one the edit."""
+    import mtiasim.hw.chip as chip_mod
+
+    originals = {n: chip_mod._preset_path(n) for n in chip_mod.preset_names()}
+    copies = {n: tmp_path / f"{n}.toml" for n in originals}
+    for n, p in originals.items():
+        copies[n].write_bytes(p.read_bytes())
+    monkeypatch.setattr(chip_mod, "_preset_path", lambda n: copies[n])
+    first = chip_mod.load_chip("mtia-v1")
+    assert chip_mod.load_chip("mtia-v1") is first
+    text = copies["mtia-v1"].read_text()
+    old = "frequency_ghz = { value = 0.8,"
+    assert old in text
+    copies["mtia-v1"].write_text(text.replace(old, "frequency_ghz = { value = 0.9,", 1))
+    edited = chip_mod.load_chip("mtia-v1")
+    assert edited.clock.frequency_ghz == 0.9 and first.clock.frequency_ghz == 0.8

@@ -749,5 +749,21 @@ def _load_preset(name: str, chain: tuple[str, ...]) -> Chip:
     names = preset_names()
     if name not in names:
         raise ConfigError(f"unknown chip {name!r} (known: {', '.join(names)}; or give a .toml file)")
-    path = resources.files("mtiasim.hw").joinpath("presets", f"{name}.toml")
-    return _load(read_toml(path, f"{name}.toml"), f"{name}.toml", chain)
+    # A preset is parsed and validated once per content of the preset files (a chip is immutable): a suite of
+    # benchmarks loads it per case. Reading the files is cheap; an edited file (calibration) is parsed again.
+    key = (name, chain, tuple(_preset_path(n).read_bytes() for n in names))
+    chip = _PRESETS_PARSED.get(key)
+    if chip is None:
+        path = _preset_path(name)
+        chip = _load(read_toml(path, f"{name}.toml"), f"{name}.toml", chain)
+        if len(_PRESETS_PARSED) >= 16:
+            _PRESETS_PARSED.clear()
+        _PRESETS_PARSED[key] = chip
+    return chip
+
+
+_PRESETS_PARSED: dict[tuple[str, tuple[str, ...], tuple[bytes, ...]], Chip] = {}
+
+
+def _preset_path(name: str) -> resources.abc.Traversable:
+    return resources.files("mtiasim.hw").joinpath("presets", f"{name}.toml")
