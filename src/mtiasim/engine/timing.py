@@ -19,8 +19,9 @@ start one after another.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -114,9 +115,31 @@ class NodeTable:
     busy_s: np.ndarray
     re_s: np.ndarray
     counters: list[dict[str, float]]
+    columns: dict[str, np.ndarray] | None = None  # `counter_columns(counters)`, built when first asked for
 
     def __len__(self) -> int:
         return len(self.unit)
+
+    def counter_columns(self) -> dict[str, np.ndarray]:
+        """The nodes' counters as one array per counter (`counter_columns(self.counters)`)."""
+        if self.columns is None:
+            self.columns = counter_columns(self.counters)
+        return self.columns
+
+
+def counter_columns(counters: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
+    """Per-node counter dicts as one array per counter (0 where a node has none)."""
+    keys = sorted(set().union(*counters)) if counters else []
+    n = len(counters)
+    return {k: np.fromiter((c.get(k, 0.0) for c in counters), dtype=np.float64, count=n) for k in keys}
+
+
+@dataclass
+class ColumnBlock:
+    """One job's nodes' `counter_columns`, with the works they were built from (kept to compare by identity)."""
+
+    works: list[Work]
+    columns: dict[str, np.ndarray]
 
 
 @dataclass
@@ -144,6 +167,114 @@ class TimingResult:
     def bound(self) -> str:
         att = self.attribution
         return max(att.items(), key=lambda kv: kv[1])[0] if att else COMPUTE
+
+
+@dataclass
+class JobGraph:
+    """One job's part of the constraint graph (node ids as numbered in the run it was built for), with what it
+    was built from: the job's nodes (kept to compare by identity), their units, the DMA engine's slots."""
+
+    nodes: list[Node]
+    units: list[str]
+    slots: int
+    core_prev: list[int]
+    core_next: list[int]
+    unit_prev: list[int]
+    unit_next: list[list[int]]
+    producers: list[list[int]]
+    consumers: list[list[int]]
+    stream_consumers: list[list[int]]
+    reduce_from: list[int]
+    core_lists: dict[tuple, list[Node]]
+    barrier_before: dict[int, list[int]]
+    first_nodes: dict[tuple[int, tuple[int, int]], list[int]]
+
+    def fits(self, nodes: list[Node], units: list[str], slots: int) -> bool:
+        """Whether building from these would give this part: the same node objects (resolved nodes are not
+        changed in place), units and slots."""
+        return (
+            slots == self.slots
+            and len(nodes) == len(self.nodes)
+            and all(map(operator.is_, nodes, self.nodes))
+            and units == self.units
+        )
+
+    @classmethod
+    def build(cls, nodes: list[Node], units: list[str], slots: int, first: int) -> JobGraph:
+        """The part of one job whose nodes are `nodes`, numbered `first`, `first + 1`, ... (a job's nodes
+        stream, wait and reduce only among themselves)."""
+        m = len(nodes)
+        core_prev = [-1] * m
+        core_next = [-1] * m
+        unit_prev = [-1] * m
+        unit_next: list[list[int]] = [[] for _ in range(m)]
+        by_core: dict[tuple, list[Node]] = defaultdict(list)
+        for node in nodes:
+            by_core[(node.job, node.pe, node.core)].append(node)
+        for lst in by_core.values():
+            lst.sort(key=lambda x: x.pos)
+            for a, b in zip(lst, lst[1:], strict=False):
+                core_prev[b.id - first] = a.id
+                core_next[a.id - first] = b.id
+        by_unit: dict[tuple, list[int]] = defaultdict(list)
+        for node in sorted(nodes, key=lambda x: x.order):
+            unit = units[node.id - first]
+            if unit == "none":
+                continue
+            by_unit[(node.job, node.pe, unit)].append(node.id)
+        for (_job, _pe, unit), ids in by_unit.items():
+            k = slots if unit == "dma" else 1
+            for i in range(k, len(ids)):
+                unit_prev[ids[i] - first] = ids[i - k]
+                unit_next[ids[i - k] - first].append(ids[i])
+        producers: list[list[int]] = []
+        consumers: list[list[int]] = [[] for _ in range(m)]
+        stream_consumers: list[list[int]] = [[] for _ in range(m)]
+        for node in nodes:
+            nid = node.id
+            prods = sorted({p for p, _k in node.producers if p != nid and p >= 0})
+            if prods and not (first <= prods[0] and prods[-1] < first + m):
+                raise AssertionError(f"{node.where}: a producer outside its job")
+            producers.append(prods)
+            resident = node.resident_producers
+            for p in prods:
+                consumers[p - first].append(nid)
+                if p not in resident:
+                    stream_consumers[p - first].append(nid)
+        reduce_from = [
+            node.reduce_from if node.reduce_from is not None and upstream_of(node) is not None else -1
+            for node in nodes
+        ]
+        # barriers: each barrier node waits for the earlier nodes of its core since the previous barrier
+        barrier_before: dict[int, list[int]] = {}
+        for lst in by_core.values():
+            since: list[int] = []
+            for node in lst:
+                if isinstance(node.cmd, Barrier):
+                    barrier_before[node.id] = since
+                    since = []
+                else:
+                    since.append(node.id)
+        first_nodes: dict[tuple[int, tuple[int, int]], list[int]] = defaultdict(list)
+        for node in nodes:
+            if core_prev[node.id - first] < 0:
+                first_nodes[(node.job, node.pe)].append(node.id)
+        return cls(
+            nodes,
+            units,
+            slots,
+            core_prev,
+            core_next,
+            unit_prev,
+            unit_next,
+            producers,
+            consumers,
+            stream_consumers,
+            reduce_from,
+            dict(by_core),
+            barrier_before,
+            dict(first_nodes),
+        )
 
 
 def _bundle_sums(flows: list[Work], channels: range) -> BundleSums:
@@ -205,76 +336,74 @@ class TimingModel:
 
     # ----------------------------------------------------------------------------------- graph build
 
+    def _job_spans(self) -> list[tuple[str, int, int]]:
+        """(job name, first node id, node count) of every job: resolve numbers each job's nodes contiguously,
+        job after job."""
+        spans = []
+        first = 0
+        for job, ids in zip(job_order(self.program), self.resolved.job_nodes, strict=True):
+            if ids != list(range(first, first + len(ids))):
+                raise AssertionError(
+                    f"job {job.name}: its nodes are not numbered contiguously after the job before"
+                )
+            spans.append((job.name, first, len(ids)))
+            first += len(ids)
+        if first != self.n:
+            raise AssertionError(f"the jobs hold {first} nodes of {self.n}")
+        return spans
+
     def _constraints(self) -> None:
+        """The constraint graph, job by job: a job's part depends only on its nodes and their units, so a job
+        whose nodes are the same objects as in an earlier run sharing the memo (`resolve.Fragment` reused in
+        place) takes its stored part."""
         nodes, works = self.nodes, self.works
-        n = self.n
-        core_prev = [-1] * n
-        core_next = [-1] * n
-        unit_prev = [-1] * n
-        self.unit_next: list[list[int]] = [[] for _ in range(n)]
-        by_core: dict[tuple, list[Node]] = defaultdict(list)
-        for node in nodes:
-            by_core[(node.job, node.pe, node.core)].append(node)
-        for lst in by_core.values():
-            lst.sort(key=lambda x: x.pos)
-            for a, b in zip(lst, lst[1:], strict=False):
-                core_prev[b.id] = a.id
-                core_next[a.id] = b.id
+        slots = self.chip.dma.concurrent_commands
+        graphs = self.memo.graphs
+        self.spans = self._job_spans()
+        parts: list[JobGraph] = []
+        for name, first, count in self.spans:
+            job_nodes = nodes[first : first + count]
+            units = [w.unit for w in works[first : first + count]]
+            g = graphs.get(name)
+            if g is None or not g.fits(job_nodes, units, slots):
+                g = graphs[name] = JobGraph.build(job_nodes, units, slots, first)
+            parts.append(g)
+        core_prev: list[int] = []
+        core_next: list[int] = []
+        unit_prev: list[int] = []
+        reduce_from: list[int] = []
+        self.unit_next: list[list[int]] = []
+        self.producers: list[list[int]] = []
+        self.consumers: list[list[int]] = []
+        self.stream_consumers: list[list[int]] = []
+        self.core_lists: dict[tuple, list[Node]] = {}
+        self.barrier_before: dict[int, list[int]] = {}
+        self.first_nodes: dict[tuple[int, tuple[int, int]], list[int]] = defaultdict(list)
+        for g in parts:
+            core_prev += g.core_prev
+            core_next += g.core_next
+            unit_prev += g.unit_prev
+            reduce_from += g.reduce_from
+            self.unit_next += g.unit_next
+            self.producers += g.producers
+            self.consumers += g.consumers
+            self.stream_consumers += g.stream_consumers
+            self.core_lists.update(g.core_lists)
+            self.barrier_before.update(g.barrier_before)
+            self.first_nodes.update(g.first_nodes)
         self.core_prev = np.array(core_prev, dtype=np.int64)
         self.core_next = np.array(core_next, dtype=np.int64)
-        self.core_lists = by_core
-        by_unit: dict[tuple, list[int]] = defaultdict(list)
-        for node in sorted(nodes, key=lambda x: x.order):
-            unit = works[node.id].unit
-            if unit == "none":
-                continue
-            by_unit[(node.job, node.pe, unit)].append(node.id)
-        slots = self.chip.dma.concurrent_commands
-        unit_next = self.unit_next
-        for (_job, _pe, unit), ids in by_unit.items():
-            k = slots if unit == "dma" else 1
-            for i in range(k, len(ids)):
-                unit_prev[ids[i]] = ids[i - k]
-                unit_next[ids[i - k]].append(ids[i])
         self.unit_prev = np.array(unit_prev, dtype=np.int64)
-        self.producers: list[list[int]] = []
-        self.consumers: list[list[int]] = [[] for _ in range(n)]
-        self.stream_consumers: list[list[int]] = [[] for _ in range(n)]
-        for node in nodes:
-            nid = node.id
-            prods = sorted({p for p, _k in node.producers if p != nid and p >= 0})
-            self.producers.append(prods)
-            resident = node.resident_producers
-            for p in prods:
-                self.consumers[p].append(nid)
-                if p not in resident:
-                    self.stream_consumers[p].append(nid)
-        reduce_from = [-1] * n
-        for node in nodes:
-            if node.reduce_from is not None and upstream_of(node) is not None:
-                reduce_from[node.id] = node.reduce_from
         self.reduce_from = np.array(reduce_from, dtype=np.int64)
-        # barriers: each barrier node waits for the earlier nodes of its core since the previous barrier
-        self.barrier_before: dict[int, list[int]] = {}
-        for lst in by_core.values():
-            since: list[int] = []
-            for node in lst:
-                if isinstance(node.cmd, Barrier):
-                    self.barrier_before[node.id] = since
-                    since = []
-                else:
-                    since.append(node.id)
         # job structure: resolve numbered the jobs in dependency order
-        self.job_of = np.array([nd.job for nd in nodes], dtype=np.int64)
+        self.job_of = np.repeat(
+            np.arange(len(self.spans), dtype=np.int64), [count for _name, _first, count in self.spans]
+        )
         self.jobs = job_order(self.program)
         self.pe_rank: dict[tuple[int, tuple[int, int]], int] = {}
         for ji, job in enumerate(self.jobs):
             for rank, pe in enumerate(sorted(job.pes)):
                 self.pe_rank[(ji, pe)] = rank
-        self.first_nodes: dict[tuple[int, tuple[int, int]], list[int]] = defaultdict(list)
-        for node in nodes:
-            if core_prev[node.id] < 0:
-                self.first_nodes[(node.job, node.pe)].append(node.id)
 
     def _bundles(self) -> None:
         """Group flows of one multicast group (transitively) into lockstep bundles."""
@@ -443,6 +572,24 @@ class TimingModel:
 
     def counters(self) -> dict[str, float]:
         return summed(w.counters for w in self.works)
+
+    def counter_columns(self) -> dict[str, np.ndarray]:
+        """`counter_columns` of the nodes' counters, job block by job block: a job whose works are the same
+        objects as in an earlier run sharing the memo (the static jobs' kept work) takes its stored block."""
+        blocks = []
+        for name, first, count in self.spans:
+            works = self.works[first : first + count]
+            blk = self.memo.columns.get(name)
+            if blk is None or len(blk.works) != count or not all(map(operator.is_, works, blk.works)):
+                blk = self.memo.columns[name] = ColumnBlock(
+                    works, counter_columns([w.counters for w in works])
+                )
+            blocks.append(blk)
+        keys = sorted(set().union(*(b.columns for b in blocks)))
+        return {
+            k: np.concatenate([b.columns[k] if k in b.columns else np.zeros(len(b.works)) for b in blocks])
+            for k in keys
+        }
 
 
 # =========================================================================================== simulation
@@ -641,6 +788,7 @@ def node_table(m: TimingModel, issue: np.ndarray, start: np.ndarray, end: np.nda
         busy_s=busy,
         re_s=np.array([w.re_s for w in works]),
         counters=[w.counters for w in works],
+        columns=m.counter_columns(),
     )
 
 

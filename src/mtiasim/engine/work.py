@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -62,6 +63,9 @@ from mtiasim.isa import (
 )
 from mtiasim.isa.memory import stream_bytes, stream_runs
 from mtiasim.opset import ELEMENTWISE
+
+if TYPE_CHECKING:
+    from mtiasim.engine.timing import ColumnBlock, JobGraph
 
 INF = float("inf")
 
@@ -171,6 +175,10 @@ class Memo:
     banks: dict[tuple, float] = field(default_factory=dict)
     # shape-level resolutions of jobs (job name -> `resolve.Fragment`), reused while job, chip and tensors match
     fragments: dict[str, Fragment] = field(default_factory=dict)
+    # per job (by name): its part of the timing model's constraint graph and its nodes' counter columns,
+    # reused while the job's nodes (resp. works) are the same objects (`timing.JobGraph`, `timing.ColumnBlock`)
+    graphs: dict[str, JobGraph] = field(default_factory=dict)
+    columns: dict[str, ColumnBlock] = field(default_factory=dict)
 
 
 def _add(usage: dict[int, float], index: int, amount: float) -> None:

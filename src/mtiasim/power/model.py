@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mtiasim.engine.timing import NodeTable
+from mtiasim.engine.timing import NodeTable, counter_columns
 from mtiasim.hw import Chip
 from mtiasim.hw.peaks import dram_bytes_per_s
 
@@ -59,13 +59,6 @@ def chip_dynamic_j(chip: Chip, counters: Mapping[str, float]) -> dict[str, float
         if component is not None:
             out[component] += count * joules
     return out
-
-
-def counter_columns(counters: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
-    """Per-node counter dicts as one array per counter (0 where a node has none)."""
-    keys = sorted(set().union(*counters)) if counters else []
-    n = len(counters)
-    return {k: np.fromiter((c.get(k, 0.0) for c in counters), dtype=np.float64, count=n) for k in keys}
 
 
 def board_w(chip: Chip) -> float:

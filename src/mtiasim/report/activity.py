@@ -13,7 +13,7 @@ import numpy as np
 
 from mtiasim.engine import NodeTable, TimingResult
 from mtiasim.hw import Chip
-from mtiasim.power.model import counter_columns, node_energy_j, spread
+from mtiasim.power.model import node_energy_j, spread
 
 # the units of a PE as the trace and the heatmap show them (the RE is the MatMul's epilogue/drain part)
 UNITS = ("core0", "core1", "dma", "dpe", "re", "se", "mlu")
@@ -56,7 +56,7 @@ def op_activity(
     nodes = timing.nodes
     if nodes is None or not len(nodes):
         return ops
-    columns = counter_columns(nodes.counters) if columns is None else columns
+    columns = nodes.counter_columns() if columns is None else columns
     job = np.asarray(nodes.job, dtype=np.int64)
     n, jobs = job.size, len(ops)
     zero = np.zeros(n)
@@ -150,7 +150,7 @@ def bandwidth_timeline(
     """(bin edges in s, {level: bytes/s per bin}) for SRAM, LPDDR5 (dram) and the NoC: each node's bytes spread
     evenly over its [start, end] (`columns`: `counter_columns(nodes.counters)`, if already built)."""
     edges = np.linspace(0.0, max(seconds, 1e-12), max(1, int(bins)) + 1)
-    columns = counter_columns(nodes.counters) if columns is None else columns
+    columns = nodes.counter_columns() if columns is None else columns
     zero = np.zeros(len(nodes))
     out = {}
     for level in ("sram", "dram", "noc"):

@@ -26,7 +26,6 @@ from mtiasim.hw.area import area
 from mtiasim.hw.peaks import dpe_macs_per_cycle
 from mtiasim.isa import Program
 from mtiasim.power import PowerReport, power_report
-from mtiasim.power.model import counter_columns
 from mtiasim.report.activity import op_activity, pe_utilization
 
 
@@ -291,7 +290,7 @@ def build_report(
     device_s = 0.0
     if t is not None:
         device_s = t.seconds
-        columns = counter_columns(t.nodes.counters) if t.nodes is not None else None
+        columns = t.nodes.counter_columns() if t.nodes is not None else None
         activity = {a.name: a for a in op_activity(model.chip, t, columns)}
         for j in t.jobs:
             if j.kind in host_kinds:  # the host side: not an operator of the model

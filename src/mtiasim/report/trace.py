@@ -38,7 +38,7 @@ import numpy as np
 from mtiasim.engine import NodeTable, TimingResult
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
-from mtiasim.power.model import PowerReport, counter_columns, power_timeline
+from mtiasim.power.model import PowerReport, power_timeline
 from mtiasim.report.activity import UNITS, bandwidth_timeline, unit_spans
 from mtiasim.report.atomic import atomic_write_bytes
 
@@ -519,7 +519,7 @@ def _counter_events(
     end_ns = _ns(offset_s + seconds)
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     have_nodes = nodes is not None and len(nodes) > 0 and seconds > 0
-    cols = counter_columns(nodes.counters) if have_nodes and nodes is not None else {}
+    cols = nodes.counter_columns() if have_nodes and nodes is not None else {}
     if have_nodes:
         assert nodes is not None
         edges, bw = bandwidth_timeline(nodes, seconds, COUNTER_BINS, cols)

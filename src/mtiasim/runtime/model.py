@@ -119,6 +119,8 @@ class CompiledModel:
         self._streams: dict = {}
         self._works: dict = {}  # static jobs' node work, kept across calls
         self._fragments: dict = {}  # jobs' shape-level resolutions (`engine.resolve.Fragment`), kept across calls
+        self._graphs: dict = {}  # jobs' constraint graphs (`engine.timing.JobGraph`), kept across calls
+        self._columns: dict = {}  # jobs' counter columns (`engine.timing.ColumnBlock`), kept across calls
         self._last: tuple[dict[str, Any], list[torch.Tensor]] | None = None  # functional: inputs, outputs
 
     def reset_cache_state(self) -> None:
@@ -192,7 +194,12 @@ class CompiledModel:
         # and so is the work of their nodes that reads no per-call state
         unchanged = frozenset(name for name in static if name not in call.jobs)
         memo = Memo(
-            streams=self._streams, static_jobs=unchanged, works=self._works, fragments=self._fragments
+            streams=self._streams,
+            static_jobs=unchanged,
+            works=self._works,
+            fragments=self._fragments,
+            graphs=self._graphs,
+            columns=self._columns,
         )
         result = execute(program, self.chip, mode=self.mode, fidelity=self.fidelity, inputs=data, memo=memo)
         self.cache_state.record(call.lookups)
