@@ -112,3 +112,97 @@ def test_reused_resolution_equals_a_fresh_one():
     assert (
         got.nodes == want.nodes and got.mcast_groups == want.mcast_groups and got.job_nodes == want.job_nodes
     )
+
+
+timing_mod = importlib.import_module("mtiasim.engine.timing")
+engine_mod = importlib.import_module("mtiasim.engine")
+# what a timing model derives from its nodes and works: the constraint graph and the counter columns
+GRAPH_FIELDS = (
+    "core_prev",
+    "core_next",
+    "unit_prev",
+    "reduce_from",
+    "job_of",
+    "unit_next",
+    "producers",
+    "consumers",
+    "stream_consumers",
+    "barrier_before",
+    "first_nodes",
+    "pe_rank",
+)
+
+
+def _graph(m) -> dict:
+    out = {}
+    for name in GRAPH_FIELDS:
+        v = getattr(m, name)
+        out[name] = v.tolist() if isinstance(v, np.ndarray) else dict(v) if isinstance(v, dict) else v
+    out["columns"] = {k: v.tolist() for k, v in m.counter_columns().items()}
+    return out
+
+
+def _kept_models_match_fresh_construction(monkeypatch) -> bool:
+    """Every call's timing model (built with the compiled model's memo: job graphs and counter columns kept
+    from earlier calls) against one built from scratch for the same program and inputs, for calls whose
+    lookup jobs change shape."""
+    built: list = []
+
+    class Recorded(timing_mod.TimingModel):
+        def __init__(self, program, resolved, chip, data, memo=None):
+            super().__init__(program, resolved, chip, data, memo)
+            built.append((self, program, chip, data))
+
+    monkeypatch.setattr(engine_mod, "TimingModel", Recorded)
+    cm = _compile(_model())
+    same = True
+    for seed in (1, 2, 3, 4):
+        cm(*_batch(seed))
+        kept, program, chip, data = built[-1]
+        fresh = timing_mod.TimingModel(program, resolve_mod.resolve(program, chip), chip, data)
+        same &= _graph(kept) == _graph(fresh)
+    return same
+
+
+def test_kept_job_graphs_and_counter_columns_equal_fresh_construction(monkeypatch):
+    assert _kept_models_match_fresh_construction(monkeypatch)
+
+
+def _shifted_graphs_match_fresh_construction() -> bool:
+    """Timing models of a program and of the same program with a job added in front (every later node
+    renumbered), both built with one memo, against models built from scratch."""
+    from dataclasses import replace
+
+    from mtiasim.bench.gemm import prepare_gemm
+    from mtiasim.engine.work import Memo
+
+    b = prepare_gemm(256, 512, 256, "int8", "sram", load_chip("mtia-v1"))
+    program, chip = b.program, b.chip
+    extra = replace(program.jobs[0], name=program.jobs[0].name + "_again")
+    memo = Memo()
+    same = True
+    for prog in (program, replace(program, jobs=[extra, *program.jobs])):
+        kept = timing_mod.TimingModel(
+            prog, resolve_mod.resolve(prog, chip, fragments=memo.fragments), chip, {}, memo
+        )
+        fresh = timing_mod.TimingModel(prog, resolve_mod.resolve(prog, chip), chip, {})
+        same &= _graph(kept) == _graph(fresh)
+    return same
+
+
+def test_moved_job_graphs_equal_fresh_construction():
+    assert _shifted_graphs_match_fresh_construction()
+
+
+def test_a_stale_job_graph_is_caught(monkeypatch):
+    # planted bug: a job's stored graph is reused whenever its node count matches (a moved job's too)
+    monkeypatch.setattr(
+        timing_mod.JobGraph, "fits", lambda self, nodes, units, slots: len(nodes) == len(self.nodes)
+    )
+    assert not _shifted_graphs_match_fresh_construction()
+
+
+def test_a_stale_counter_block_is_caught(monkeypatch):
+    # planted bug: a job's stored counter columns are reused whenever its node count matches
+    monkeypatch.setattr(timing_mod.ColumnBlock, "fits", lambda self, works: len(works) == len(self.works))
+    assert not _kept_models_match_fresh_construction(monkeypatch)

@@ -141,6 +141,10 @@ class ColumnBlock:
     works: list[Work]
     columns: dict[str, np.ndarray]
 
+    def fits(self, works: list[Work]) -> bool:
+        """Whether these works (the same objects; works are not changed in place) give this block."""
+        return len(works) == len(self.works) and all(map(operator.is_, works, self.works))
+
 
 @dataclass
 class TimingResult:
@@ -580,7 +584,7 @@ class TimingModel:
         for name, first, count in self.spans:
             works = self.works[first : first + count]
             blk = self.memo.columns.get(name)
-            if blk is None or len(blk.works) != count or not all(map(operator.is_, works, blk.works)):
+            if blk is None or not blk.fits(works):
                 blk = self.memo.columns[name] = ColumnBlock(
                     works, counter_columns([w.counters for w in works])
                 )
