@@ -116,7 +116,8 @@ def test_reused_resolution_equals_a_fresh_one():
 
 timing_mod = importlib.import_module("mtiasim.engine.timing")
 engine_mod = importlib.import_module("mtiasim.engine")
-# what a timing model derives from its nodes and works: the constraint graph and the counter columns
+# what a timing model derives from its nodes and works: the constraint graph, the bundles and their rates, the
+# counter columns
 GRAPH_FIELDS = (
     "core_prev",
     "core_next",
@@ -130,6 +131,22 @@ GRAPH_FIELDS = (
     "barrier_before",
     "first_nodes",
     "pe_rank",
+    "bundles",
+    "bundle_of",
+    "b_bytes",
+    "b_usage",
+    "b_extra",
+    "b_streams",
+    "b_latency",
+    "b_cap",
+    "b_cap_kind",
+    "b_kind0",
+    "b_rate0",
+    "b_rate_ahead",
+    "item_s",
+    "tail_s",
+    "first_item_s",
+    "stall_s",
 )
 
 
@@ -143,7 +160,7 @@ def _graph(m) -> dict:
 
 
 def _kept_models_match_fresh_construction(monkeypatch) -> bool:
-    """Every call's timing model (built with the compiled model's memo: job graphs and counter columns kept
+    """Every call's timing model (built with the compiled model's memo: job graphs, flows and counter columns kept
     from earlier calls) against one built from scratch for the same program and inputs, for calls whose
     lookup jobs change shape."""
     built: list = []
@@ -164,13 +181,13 @@ def _kept_models_match_fresh_construction(monkeypatch) -> bool:
     return same
 
 
-def test_kept_job_graphs_and_counter_columns_equal_fresh_construction(monkeypatch):
+def test_kept_job_graphs_flows_and_counter_columns_equal_fresh_construction(monkeypatch):
     assert _kept_models_match_fresh_construction(monkeypatch)
 
 
 def _shifted_graphs_match_fresh_construction() -> bool:
-    """Timing models of a program and of the same program with a job added in front (every later node
-    renumbered), both built with one memo, against models built from scratch."""
+    """Timing models (graphs, flows, counter columns) of a program and of the same program with a job added in
+    front (every later node renumbered), both built with one memo, against models built from scratch."""
     from dataclasses import replace
 
     from mtiasim.bench.gemm import prepare_gemm
@@ -206,3 +223,12 @@ def test_a_stale_counter_block_is_caught(monkeypatch):
     # planted bug: a job's stored counter columns are reused whenever its node count matches
     monkeypatch.setattr(timing_mod.ColumnBlock, "fits", lambda self, works: len(works) == len(self.works))
     assert not _kept_models_match_fresh_construction(monkeypatch)
+
+
+def test_stale_job_flows_are_caught(monkeypatch):
+    # planted bug: a job's stored bundles and rates are reused whenever its node count matches (a moved job's
+    # too)
+    monkeypatch.setattr(
+        timing_mod.JobFlows, "fits", lambda self, graph, works, chip: len(works) == len(self.works)
+    )
+    assert not _shifted_graphs_match_fresh_construction()

@@ -281,6 +281,42 @@ class JobGraph:
         )
 
 
+@dataclass
+class JobFlows:
+    """One job's bundles (node ids as numbered in its graph, bundle numbers from 0 within the job), their sums
+    and uncontended rates, and its nodes' item times; with what they were built from: the job's graph, its
+    works (kept to compare by identity) and the chip."""
+
+    graph: JobGraph
+    works: list[Work]
+    chip: Chip
+    bundles: list[list[int]]
+    bundle_of: np.ndarray
+    b_bytes: np.ndarray
+    b_usage: np.ndarray
+    b_extra: np.ndarray
+    b_streams: np.ndarray
+    b_latency: np.ndarray
+    b_cap: np.ndarray
+    b_cap_kind: list[str]
+    b_kind0: list[str] = field(default_factory=list)
+    b_rate0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    b_rate_ahead: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    item_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    tail_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    first_item_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    stall_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def fits(self, graph: JobGraph, works: list[Work], chip: Chip) -> bool:
+        """Whether this graph, these works (the same objects) and chip give this part."""
+        return (
+            graph is self.graph
+            and chip is self.chip
+            and len(works) == len(self.works)
+            and all(map(operator.is_, works, self.works))
+        )
+
+
 def _bundle_sums(flows: list[Work], channels: range) -> BundleSums:
     """What a bundle's flows put on the shared resources, each multicast part once, summed in the order of the
     flows and their parts (as a dense vector would be)."""
@@ -335,8 +371,7 @@ class TimingModel:
         self.works: list[Work] = [self.wm.work(n) for n in nodes]
         self.n = len(nodes)
         self._constraints()
-        self._bundles()
-        self._uncontended()
+        self._flows()
 
     # ----------------------------------------------------------------------------------- graph build
 
@@ -364,14 +399,14 @@ class TimingModel:
         slots = self.chip.dma.concurrent_commands
         graphs = self.memo.graphs
         self.spans = self._job_spans()
-        parts: list[JobGraph] = []
+        self.graphs: list[JobGraph] = []
         for name, first, count in self.spans:
             job_nodes = nodes[first : first + count]
             units = [w.unit for w in works[first : first + count]]
             g = graphs.get(name)
             if g is None or not g.fits(job_nodes, units, slots):
                 g = graphs[name] = JobGraph.build(job_nodes, units, slots, first)
-            parts.append(g)
+            self.graphs.append(g)
         core_prev: list[int] = []
         core_next: list[int] = []
         unit_prev: list[int] = []
@@ -383,7 +418,7 @@ class TimingModel:
         self.core_lists: dict[tuple, list[Node]] = {}
         self.barrier_before: dict[int, list[int]] = {}
         self.first_nodes: dict[tuple[int, tuple[int, int]], list[int]] = defaultdict(list)
-        for g in parts:
+        for g in self.graphs:
             core_prev += g.core_prev
             core_next += g.core_next
             unit_prev += g.unit_prev
@@ -409,55 +444,109 @@ class TimingModel:
             for rank, pe in enumerate(sorted(job.pes)):
                 self.pe_rank[(ji, pe)] = rank
 
-    def _bundles(self) -> None:
-        """Group flows of one multicast group (transitively) into lockstep bundles."""
-        parent = list(range(self.n))
+    def _flows(self) -> None:
+        """Bundles, their sums and uncontended rates, and the nodes' item times, job by job (a job's flows bundle
+        and stream only among its own nodes): a job whose graph and works are the ones of an earlier run
+        sharing the memo (the static jobs' kept work on the same chip) takes its stored part."""
+        groups: dict[int, list[list[tuple[int, int]]]] = defaultdict(list)
+        for group in self.resolved.mcast_groups:
+            groups[self.nodes[group[0][0]].job].append(group)
+        parts: list[JobFlows] = []
+        for ji, ((name, first, count), graph) in enumerate(zip(self.spans, self.graphs, strict=True)):
+            works = self.works[first : first + count]
+            f = self.memo.flows.get(name)
+            if f is None or not f.fits(graph, works, self.chip):
+                f = self.memo.flows[name] = self._job_flows(graph, works, first, groups.get(ji, []))
+            parts.append(f)
+        self.bundles: list[list[int]] = []
+        bundle_of = []
+        self.b_cap_kind: list[str] = []
+        self.b_kind0: list[str] = []
+        for f in parts:
+            bundle_of.append(np.where(f.bundle_of >= 0, f.bundle_of + len(self.bundles), -1))
+            self.bundles += f.bundles
+            self.b_cap_kind += f.b_cap_kind
+            self.b_kind0 += f.b_kind0
+        nr = self.rmap.n
+
+        def joined(field: str, empty: np.ndarray) -> np.ndarray:
+            return np.concatenate([getattr(f, field) for f in parts]) if parts else empty
+
+        self.bundle_of = np.concatenate(bundle_of) if parts else np.zeros(0, dtype=np.int64)
+        self.b_bytes = joined("b_bytes", np.zeros(0))
+        self.b_usage = joined("b_usage", np.zeros((0, nr)))
+        self.b_extra = joined(
+            "b_extra", np.zeros((0, nr))
+        )  # LPDDR5 page re-opens when other streams interleave
+        self.b_streams = joined("b_streams", np.zeros(0))  # distinct LPDDR5 address streams (multicasts once)
+        self.b_latency = joined("b_latency", np.zeros(0))
+        self.b_cap = joined("b_cap", np.zeros(0))
+        self.b_rate0 = joined("b_rate0", np.zeros(0))
+        self.b_rate_ahead = joined("b_rate_ahead", np.zeros(0))
+        self.item_s = joined("item_s", np.zeros(0))
+        self.tail_s = joined("tail_s", np.zeros(0))
+        self.first_item_s = joined("first_item_s", np.zeros(0))
+        self.stall_s = joined("stall_s", np.zeros(0))
+
+    def _job_flows(
+        self, graph: JobGraph, works: list[Work], first: int, groups: list[list[tuple[int, int]]]
+    ) -> JobFlows:
+        """One job's part of `_flows`: nodes `first` .. `first + len(works) - 1`, its multicast groups."""
+        count = len(works)
+        f = JobFlows(graph, works, self.chip, *self._job_bundles(first, count, groups))
+        self._job_uncontended(f, first)
+        return f
+
+    def _job_bundles(self, first: int, count: int, groups: list[list[tuple[int, int]]]) -> tuple:
+        """Group a job's flows of one multicast group (transitively) into lockstep bundles; their sums."""
+        parent = list(range(first, first + count))
 
         def find(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
+            while parent[x - first] != x:
+                parent[x - first] = parent[parent[x - first] - first]
+                x = parent[x - first]
             return x
 
-        for group in self.resolved.mcast_groups:
+        for group in groups:
             ids = [nid for nid, _ti in group]
             for other in ids[1:]:
                 ra, rb = find(ids[0]), find(other)
                 if ra != rb:
-                    parent[rb] = ra
+                    parent[rb - first] = ra
         members: dict[int, list[int]] = defaultdict(list)
-        for i in range(self.n):
-            if self.works[i].is_flow:
-                members[find(i)].append(i)
-        self.bundles: list[list[int]] = list(members.values())
-        self.bundle_of = np.full(self.n, -1, dtype=np.int64)
-        for b, mem in enumerate(self.bundles):
-            for i in mem:
-                self.bundle_of[i] = b
-        nb, nr = len(self.bundles), self.rmap.n
-        self.b_bytes = np.zeros(nb)
-        self.b_usage = np.zeros((nb, nr))
-        self.b_extra = np.zeros((nb, nr))  # LPDDR5 page re-opens when other streams interleave
-        self.b_streams = np.zeros(nb)  # distinct LPDDR5 address streams (multicast groups count once)
-        self.b_latency = np.zeros(nb)
-        self.b_cap = np.full(nb, INF)
-        self.b_cap_kind: list[str] = [""] * nb
         works = self.works
+        for i in range(first, first + count):
+            if works[i].is_flow:
+                members[find(i)].append(i)
+        bundles: list[list[int]] = list(members.values())
+        bundle_of = np.full(count, -1, dtype=np.int64)
+        for b, mem in enumerate(bundles):
+            for i in mem:
+                bundle_of[i - first] = b
+        nb, nr = len(bundles), self.rmap.n
+        b_bytes = np.zeros(nb)
+        b_usage = np.zeros((nb, nr))
+        b_extra = np.zeros((nb, nr))
+        b_streams = np.zeros(nb)
+        b_latency = np.zeros(nb)
+        b_cap = np.full(nb, INF)
+        b_cap_kind: list[str] = [""] * nb
         channels = range(self.rmap.channel0, self.rmap.channel0 + self.chip.dram.channels)
-        for b, mem in enumerate(self.bundles):
+        for b, mem in enumerate(bundles):
             sums = self._flow_sums(mem, channels)
-            self.b_streams[b] = sums.streams
-            self.b_bytes[b] = total = sums.total
-            self.b_usage[b, sums.usage_at] = sums.usage
-            self.b_extra[b, sums.extra_at] = sums.extra
-            self.b_latency[b] = max(works[i].latency_s for i in mem)
+            b_streams[b] = sums.streams
+            b_bytes[b] = total = sums.total
+            b_usage[b, sums.usage_at] = sums.usage
+            b_extra[b, sums.extra_at] = sums.extra
+            b_latency[b] = max(works[i].latency_s for i in mem)
             cap_b, kind_b = INF, ""
             for i in mem:
                 w = works[i]
                 cap = w.cap_bps * total / w.bytes
                 if cap < cap_b:
                     cap_b, kind_b = cap, w.cap_kind or LATENCY
-            self.b_cap[b], self.b_cap_kind[b] = cap_b, kind_b
+            b_cap[b], b_cap_kind[b] = cap_b, kind_b
+        return bundles, bundle_of, b_bytes, b_usage, b_extra, b_streams, b_latency, b_cap, b_cap_kind
 
     def _flow_sums(self, mem: list[int], channels: range) -> BundleSums:
         """The sums of a bundle's flows. A bundle of one flow sums that flow's own parts: kept with its `Work`
@@ -473,33 +562,33 @@ class TimingModel:
         w = self.works[i]
         return max(w.busy_s, w.issue_s) + w.latency_s + self.stall_s[i]
 
-    def _uncontended(self) -> None:
-        """Uncontended rate of every bundle (with consumer back-pressure), and per-node item times."""
+    def _job_uncontended(self, f: JobFlows, first: int) -> None:
+        """Uncontended rate of every bundle of a job (with consumer back-pressure), and per-node item times."""
         cap_res = self.rmap.capacity
-        nb = len(self.bundles)
+        nb = len(f.bundles)
         works = self.works
         # the resource that binds each bundle alone: the smallest capacity / usage over the resources it uses
         # (the first of equals)
         res_rates = [INF] * nb
         res_kinds = [""] * nb
         if nb:
-            used = self.b_usage > 0
+            used = f.b_usage > 0
             with np.errstate(divide="ignore"):
-                rates = np.where(used, cap_res[None, :] / np.where(used, self.b_usage, 1.0), INF)
-            first = np.argmin(rates, axis=1)
+                rates = np.where(used, cap_res[None, :] / np.where(used, f.b_usage, 1.0), INF)
+            lowest = np.argmin(rates, axis=1)
             for b in np.flatnonzero(used.any(axis=1)).tolist():
                 # argmin lands on an unused resource only when every used one's rate is infinite
-                k = int(first[b]) if used[b, first[b]] else int(np.flatnonzero(used[b])[0])
+                k = int(lowest[b]) if used[b, lowest[b]] else int(np.flatnonzero(used[b])[0])
                 res_rates[b] = float(rates[b, k])
                 res_kinds[b] = self.rmap.klass[k]
         rate0 = [0.0] * nb
         rate_ahead = [0.0] * nb
-        self.b_kind0: list[str] = [""] * nb
-        b_bytes = self.b_bytes.tolist()
-        b_cap = self.b_cap.tolist()
-        for b, mem in enumerate(self.bundles):
+        f.b_kind0 = [""] * nb
+        b_bytes = f.b_bytes.tolist()
+        b_cap = f.b_cap.tolist()
+        for b, mem in enumerate(f.bundles):
             res_rate, kind = res_rates[b], res_kinds[b]
-            cap, ckind = b_cap[b], self.b_cap_kind[b]
+            cap, ckind = b_cap[b], f.b_cap_kind[b]
             rate_ahead[b] = min(cap, res_rate)  # before back-pressure: how fast the first items come
             # a consumer that pops what the flow delivers caps its pace (finite circular buffers), unless the
             # CB is too small to overlap the two at all (then they alternate, see below)
@@ -513,19 +602,19 @@ class TimingModel:
                         bp = b_bytes[b] / d
                         if bp < cap:
                             cap, ckind = bp, unit_class(wc)
-            self.b_cap[b], self.b_cap_kind[b] = cap, ckind
+            f.b_cap[b], f.b_cap_kind[b] = cap, ckind
             if cap < res_rate:
-                rate0[b], self.b_kind0[b] = cap, ckind
+                rate0[b], f.b_kind0[b] = cap, ckind
             else:
-                rate0[b], self.b_kind0[b] = res_rate, kind
-        self.b_rate0 = np.array(rate0, dtype=np.float64)
-        self.b_rate_ahead = np.array(rate_ahead, dtype=np.float64)
-        n = self.n
+                rate0[b], f.b_kind0[b] = res_rate, kind
+        f.b_rate0 = np.array(rate0, dtype=np.float64)
+        f.b_rate_ahead = np.array(rate_ahead, dtype=np.float64)
+        n = len(f.works)
         first_item = [0.0] * n
         tail = [0.0] * n
         item = [0.0] * n
-        bundle_of = self.bundle_of.tolist()
-        for i, w in enumerate(works):
+        bundle_of = f.bundle_of.tolist()
+        for i, w in enumerate(f.works):
             items = max(w.items, 1)
             b = bundle_of[i]
             if b >= 0:
@@ -539,12 +628,13 @@ class TimingModel:
                 item[i] = max(w.busy_s, w.issue_s) / items
                 first_item[i] = w.latency_s + item[i]
                 tail[i] = item[i] * w.granule
-        self.item_s = np.array(item, dtype=np.float64)
-        self.tail_s = np.array(tail, dtype=np.float64)
+        f.item_s = np.array(item, dtype=np.float64)
+        f.tail_s = np.array(tail, dtype=np.float64)
         # producer and consumer that alternate: every granule pays the producer's latency and the
         # consumer's processing in turn; the producer stalls meanwhile, the consumer waits for whole granules
         stall = [0.0] * n
-        for c, node in enumerate(self.nodes):
+        for c in range(first, first + n):
+            node = self.nodes[c]
             if not node.in_cb:
                 continue  # alternating needs a CB between the two
             for p in self.stream_consumers_of(c):
@@ -553,14 +643,14 @@ class TimingModel:
                 _cap, tiles = node.in_cb[p]
                 wc, wp = works[c], works[p]
                 chunks = max(1.0, tiles / wc.granule)
-                chunk_s = item[c] * wc.granule
+                chunk_s = item[c - first] * wc.granule
                 # a granule waits for its slowest item: with misses, for a miss unless all its items hit
                 expected = wp.latency_s - (1.0 - wp.hit_frac) * wp.miss_latency_s
                 granule_latency = expected + (1.0 - wp.hit_frac**wc.granule) * wp.miss_latency_s
-                stall[p] += (chunks - 1.0) * (granule_latency + chunk_s)
-                first_item[p] = granule_latency + item[p] * wc.granule
-        self.first_item_s = np.array(first_item, dtype=np.float64)
-        self.stall_s = np.array(stall, dtype=np.float64)
+                stall[p - first] += (chunks - 1.0) * (granule_latency + chunk_s)
+                first_item[p - first] = granule_latency + item[p - first] * wc.granule
+        f.first_item_s = np.array(first_item, dtype=np.float64)
+        f.stall_s = np.array(stall, dtype=np.float64)
 
     def stream_consumers_of(self, c: int) -> list[int]:
         return [p for p in self.producers[c] if p not in self.nodes[c].resident_producers]

@@ -65,7 +65,7 @@ from mtiasim.isa.memory import stream_bytes, stream_runs
 from mtiasim.opset import ELEMENTWISE
 
 if TYPE_CHECKING:
-    from mtiasim.engine.timing import ColumnBlock, JobGraph
+    from mtiasim.engine.timing import ColumnBlock, JobFlows, JobGraph
 
 INF = float("inf")
 
@@ -175,10 +175,11 @@ class Memo:
     banks: dict[tuple, float] = field(default_factory=dict)
     # shape-level resolutions of jobs (job name -> `resolve.Fragment`), reused while job, chip and tensors match
     fragments: dict[str, Fragment] = field(default_factory=dict)
-    # per job (by name): its part of the timing model's constraint graph and its nodes' counter columns,
-    # reused while the job's nodes (resp. works) are the same objects (`timing.JobGraph`, `timing.ColumnBlock`)
+    # per job (by name): its part of the timing model's constraint graph, its nodes' counter columns, its
+    # bundles and rates, reused while what they were built from is the same (`timing.JobGraph`, ...)
     graphs: dict[str, JobGraph] = field(default_factory=dict)
     columns: dict[str, ColumnBlock] = field(default_factory=dict)
+    flows: dict[str, JobFlows] = field(default_factory=dict)  # bundles and rates (`timing.JobFlows`)
 
 
 def _add(usage: dict[int, float], index: int, amount: float) -> None:

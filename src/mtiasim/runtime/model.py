@@ -121,6 +121,7 @@ class CompiledModel:
         self._fragments: dict = {}  # jobs' shape-level resolutions (`engine.resolve.Fragment`), kept across calls
         self._graphs: dict = {}  # jobs' constraint graphs (`engine.timing.JobGraph`), kept across calls
         self._columns: dict = {}  # jobs' counter columns (`engine.timing.ColumnBlock`), kept across calls
+        self._flows: dict = {}  # jobs' bundles and rates (`engine.timing.JobFlows`), kept across calls
         self._last: tuple[dict[str, Any], list[torch.Tensor]] | None = None  # functional: inputs, outputs
 
     def reset_cache_state(self) -> None:
@@ -200,6 +201,7 @@ class CompiledModel:
             fragments=self._fragments,
             graphs=self._graphs,
             columns=self._columns,
+            flows=self._flows,
         )
         result = execute(program, self.chip, mode=self.mode, fidelity=self.fidelity, inputs=data, memo=memo)
         self.cache_state.record(call.lookups)
