@@ -294,8 +294,8 @@ class JobFlows:
     bundle_of: np.ndarray
     b_bytes: np.ndarray
     b_usage: np.ndarray
-    b_extra: np.ndarray
-    b_streams: np.ndarray
+    b_extra: np.ndarray  # LPDDR5 page re-opens when other streams interleave
+    b_streams: np.ndarray  # distinct LPDDR5 address streams (multicast groups count once)
     b_latency: np.ndarray
     b_cap: np.ndarray
     b_cap_kind: list[str]
@@ -475,10 +475,8 @@ class TimingModel:
         self.bundle_of = np.concatenate(bundle_of) if parts else np.zeros(0, dtype=np.int64)
         self.b_bytes = joined("b_bytes", np.zeros(0))
         self.b_usage = joined("b_usage", np.zeros((0, nr)))
-        self.b_extra = joined(
-            "b_extra", np.zeros((0, nr))
-        )  # LPDDR5 page re-opens when other streams interleave
-        self.b_streams = joined("b_streams", np.zeros(0))  # distinct LPDDR5 address streams (multicasts once)
+        self.b_extra = joined("b_extra", np.zeros((0, nr)))
+        self.b_streams = joined("b_streams", np.zeros(0))
         self.b_latency = joined("b_latency", np.zeros(0))
         self.b_cap = joined("b_cap", np.zeros(0))
         self.b_rate0 = joined("b_rate0", np.zeros(0))
