@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from mtiasim.errors import MtiasimError, UsageError
+from mtiasim.run.config import DEFAULT_SCENARIO, DEFAULT_SERVER
 
 DEBUG = {"on": False}
 
@@ -379,7 +380,6 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
     Batch latencies come from the engine (the workload compiled per bucket batch size); queries, batching, host
     CPU, PCIe switch tree and cards are a discrete-event simulation."""
     from mtiasim.progress import Progress
-    from mtiasim.run.config import DEFAULT_SCENARIO, DEFAULT_SERVER
     from mtiasim.serve.run import serve_workload
 
     with Progress(enabled=not as_json, total=None) as bar:
@@ -815,7 +815,7 @@ def _metric_names() -> list[str]:
 def _study_config(workload: str, opts: dict[str, Any]):
     """The RunConfig every trial runs; the serving options apply to --over serve only (default server and
     scenario filled in), and --chip does not (the server's cards set the chip)."""
-    from mtiasim.run.config import DEFAULT_SCENARIO, DEFAULT_SERVER, RunConfig
+    from mtiasim.run.config import RunConfig
 
     config = RunConfig.from_options(workload, opts, STUDY_RUN_FIELDS + STUDY_SERVE_FIELDS)
     given = {k: opts[k] for k in ("server_name", "scenario", "p99_ms", "queries") if opts[k] is not None}
@@ -1276,7 +1276,7 @@ def _silence_stdout() -> None:
 @cli.command("shard")
 @click.argument("workload")
 @click.option(
-    "--server", "server_name", default="yosemite-v3", show_default=True, help="Server preset or TOML file."
+    "--server", "server_name", default=DEFAULT_SERVER, show_default=True, help="Server preset or TOML file."
 )
 @click.option("--batch", type=int, default=64, show_default=True, help="Samples per batch.")
 @click.option("--precision", default="int8", show_default=True, help="Table precision: int8 or fp32.")

@@ -8,6 +8,10 @@ cdef int64_t START, OWN_END, FLOW_DONE, FINAL, ACTIVATE
 cdef int64_t BY_LAUNCH, BY_PE_FREE, BY_ISSUE, BY_ITEM, BY_UNIT, BY_BUNDLE, BY_BARRIER, END_OWN, END_DEP
 
 
+@cython.locals(k=Py_ssize_t)
+cdef void _drop(int64_t[::1] arr, Py_ssize_t n, int64_t value)
+
+
 @cython.final
 cdef class Sim:
     cdef public object m

@@ -98,6 +98,16 @@ def _representatives(
     return rep
 
 
+def _drop(arr: Any, n: int, value: int) -> None:
+    """Remove `value` from the first `n` entries of `arr`, keeping the others' order."""
+    k = 0
+    while arr[k] != value:
+        k += 1
+    while k + 1 < n:
+        arr[k] = arr[k + 1]
+        k += 1
+
+
 class Sim:
     """The event loop. With `share=False` every bundle runs at its uncontended rate (analytic fidelity)."""
 
@@ -613,20 +623,10 @@ class Sim:
         self._advance(t)
         self._set_kind(b, 0, t)
         self.b_remaining[b] = 0.0
-        k = 0
-        while self.act[k] != b:
-            k += 1
-        while k + 1 < self.n_act:
-            self.act[k] = self.act[k + 1]
-            k += 1
+        _drop(self.act, self.n_act, b)
         self.n_act -= 1
         if self.b_added[b]:  # came and went within one instant
-            k = 0
-            while self.added[k] != b:
-                k += 1
-            while k + 1 < self.n_added:
-                self.added[k] = self.added[k + 1]
-                k += 1
+            _drop(self.added, self.n_added, b)
             self.n_added -= 1
             self.b_added[b] = 0
         else:

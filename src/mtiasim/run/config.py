@@ -21,6 +21,8 @@ from mtiasim.hw.chip import chip_with_sets, parse_sets
 
 DEFAULT_BATCH, DEFAULT_SEED, DEFAULT_DISTRIBUTION = 256, 0, "uniform"
 DEFAULT_SERVER, DEFAULT_SCENARIO = "yosemite-v3", "server"
+DEFAULT_P99_MS = 60.0  # MLPerf Inference dlrm-v2 server latency bound (mlperf.conf)
+DEFAULT_QUERIES = 20_000
 FALLBACKS = ("host",)
 
 SET_HELP = (
@@ -118,9 +120,14 @@ class RunConfig:
         None, "--scenario", f"offline or server (MLPerf Inference; default {DEFAULT_SCENARIO})."
     )
     p99_ms: float | None = _opt(
-        None, "--p99-ms", "server scenario: the p99 latency bound in ms (default 60).", type=float
+        None,
+        "--p99-ms",
+        f"server scenario: the p99 latency bound in ms (default {DEFAULT_P99_MS:g}).",
+        type=float,
     )
-    queries: int | None = _opt(None, "--queries", "Queries simulated per run (default 20000).", type=int)
+    queries: int | None = _opt(
+        None, "--queries", f"Queries simulated per run (default {DEFAULT_QUERIES}).", type=int
+    )
 
     @classmethod
     def from_options(

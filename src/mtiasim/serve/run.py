@@ -34,6 +34,7 @@ from mtiasim.errors import UsageError
 from mtiasim.hw import Server, load_server
 from mtiasim.hw.area import area
 from mtiasim.hw.chip import chip_with_sets
+from mtiasim.run.config import DEFAULT_P99_MS, DEFAULT_QUERIES, DEFAULT_SCENARIO, DEFAULT_SERVER
 from mtiasim.run.limits import int_arg
 from mtiasim.run.sources import is_user_model
 from mtiasim.serve.costs import BatchCost, BatchCosts, buckets
@@ -44,8 +45,6 @@ from mtiasim.serve.sharding import ShardingPlan, dense_bytes, plan_sharding, tab
 from mtiasim.serve.system import ServingSystem, SimResult
 
 SCENARIOS = ("offline", "server")
-DEFAULT_P99_MS = 60.0  # MLPerf Inference dlrm-v2 server latency bound (mlperf.conf)
-DEFAULT_QUERIES = 20_000
 DEFAULT_WINDOW_MS = 2.0
 DEFAULT_MAX_BATCH = 2048
 SEARCH_STEPS = 8  # bisection steps: the rate found is within 2^-8 of the span it starts from
@@ -55,8 +54,8 @@ LOWEST_RATE_FRACTION = 1e-3  # the lowest rate the search tries, a fraction of t
 def serve_workload(
     name: str,
     *,
-    server: str | Server = "yosemite-v3",
-    scenario: str = "server",
+    server: str | Server = DEFAULT_SERVER,
+    scenario: str = DEFAULT_SCENARIO,
     p99_ms: float | None = None,
     queries: int | None = None,
     seed: int = 0,
