@@ -232,3 +232,21 @@ def test_stale_job_flows_are_caught(monkeypatch):
         timing_mod.JobFlows, "fits", lambda self, graph, works, chip: len(works) == len(self.works)
     )
     assert not _shifted_graphs_match_fresh_construction()
+
+
+def test_a_warm_up_batch_moves_the_cache_as_a_call_does():
+    """`warm` (a warm-up batch, not simulated) leaves what a full call leaves: the next call's report and
+    every node's times are those after a full call; and it does warm the cache (not a cold call)."""
+    model = _model()
+    called, warmed, cold = _compile(model), _compile(model), _compile(model)
+    for seed in (1, 2):
+        called(*_batch(seed))
+        warmed.warm(*_batch(seed))
+    called(*_batch(3))
+    warmed(*_batch(3))
+    cold(*_batch(3))
+    assert _same(_result(warmed), _result(called))
+    assert {t: len(h) for t, h in warmed.cache_state.history.items()} == {
+        t: len(h) for t, h in called.cache_state.history.items()
+    }
+    assert not _same(_result(warmed), _result(cold))

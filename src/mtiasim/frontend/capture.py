@@ -23,6 +23,7 @@ from torch.export.graph_signature import InputKind
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from mtiasim.errors import MtiasimError, UnsupportedOperatorError, UsageError
+from mtiasim.frontend import jagged
 from mtiasim.frontend.aten import CONVERTERS, Ctx, register_library_ops, supported_ops, type_of
 from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.frontend.host import HostPrologue, is_host_op
@@ -60,6 +61,7 @@ def flat_graph_inputs(ep: ExportedProgram, args: tuple, kwargs: dict, what: str)
     """`(args, kwargs)` flattened in `ep`'s placeholder order (parameters first); a UsageError starting with
     `what` when they do not fit its signature (structure, count, shapes)."""
     try:
+        args, kwargs = jagged.split_like((tuple(args), dict(kwargs)), ep.call_spec.in_spec)
         return list(ep._graph_module_flat_inputs(args, kwargs))
     except (ValueError, RuntimeError, TypeError, AssertionError) as exc:
         expected = ep.call_spec.in_spec
@@ -94,6 +96,8 @@ def export(
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     kwargs = dict(kwargs or {})
+    # KeyedJaggedTensors travel per key (`jagged`): each key's length is its own input size, dynamic
+    example_inputs, kwargs = jagged.split_for_export((example_inputs, kwargs))
     tensors = list(model.parameters()) + list(model.buffers())
     devices = {t.device.type for t in tensors}
     if devices == {"meta"}:
@@ -108,7 +112,7 @@ def export(
     was_training = model.training
     _set_training(model, False)
     try:
-        with torch.no_grad(), exportable(model):
+        with torch.no_grad(), exportable(model), jagged.quiet_to_dict((example_inputs, kwargs)):
             return torch.export.export(
                 model,
                 example_inputs,
@@ -170,34 +174,29 @@ def _set_training(model: torch.nn.Module, training: bool) -> None:
         model.train(training)
 
 
-def _is_jagged(x: Any) -> bool:
-    """A torchrec KeyedJaggedTensor (duck-typed: torchrec is optional)."""
-    return all(callable(getattr(x, a, None)) for a in ("values", "lengths", "keys", "weights_or_none"))
-
-
 def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict, static: tuple = ()) -> Any:
     """Index tensors may change length from call to call (bags of random sizes): their length is exported as
     dynamic where the model allows. These are a KeyedJaggedTensor's values and weights, 1-D integer tensors
     other than per-bag offsets (whose length is the batch, or the batch + 1, the batch being the rows of the
     first dense input: it stays static) and the offsets of jagged rows (`_row_offsets`), and 1-D float tensors
     as long as such indices (per-sample weights)."""
-    leaves = torch.utils._pytree.tree_leaves((args, kwargs), is_leaf=_is_jagged)
+    leaves = torch.utils._pytree.tree_leaves((args, kwargs), is_leaf=jagged.is_jagged)
     tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
     dense = [t for t in tensors if t.is_floating_point() and t.dim() >= 2]
     batch = dense[0].shape[0] if dense else None
     ids = [t for t in tensors if t.dim() == 1 and not t.is_floating_point()]
     if (
         batch is None
-        and not any(_is_jagged(x) for x in leaves)
+        and not any(jagged.is_jagged(x) for x in leaves)
         and len(ids) >= 2
         and len({len(t) for t in ids}) == 1
     ):
         batch = len(
             ids[0]
         )  # ids alone, one per sample each (a user's and an item's): their length is the batch
-    dynamic: list[torch.Tensor] = []
+    dynamic: list[torch.Tensor] = jagged.per_key_tensors(leaves)
     for leaf in leaves:
-        if _is_jagged(leaf):
+        if jagged.is_jagged(leaf) and not jagged.is_per_key(leaf):
             dynamic += [t for t in (leaf.values(), leaf.weights_or_none()) if isinstance(t, torch.Tensor)]
     indices = [
         t
@@ -210,13 +209,28 @@ def _index_dims(model: torch.nn.Module, args: tuple, kwargs: dict, static: tuple
     lengths = {t.shape[0] for t in indices}
     weights = [t for t in tensors if t.dim() == 1 and t.is_floating_point() and t.shape[0] in lengths]
     dynamic += indices + weights
-    dynamic = [t for t in dynamic if not any(t is s for s in static)]
+    dynamic = [t for t in dynamic if not any(_same_view(t, s) for s in static)]
     if not dynamic:
         return None
     shapes = torch.export.ShapesCollection()
     for t in dynamic:
         shapes[t] = {0: torch.export.Dim.AUTO}
     return shapes.dynamic_shapes(model, args, kwargs)
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether `a` and `b` are the same elements of the same storage (one KeyedJaggedTensor split twice gives
+    two view objects of each key's values)."""
+    if a is b:
+        return True
+    if a.device.type == "meta" or b.device.type == "meta":
+        return False
+    return (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+    )
 
 
 def _row_offsets(t: torch.Tensor, tensors: list[torch.Tensor]) -> bool:

@@ -155,7 +155,7 @@ class HostPrologue:
 
         for node in self.nodes:
             args = fx.node.map_arg(node.args, load)
-            kwargs = fx.node.map_arg(node.kwargs, load)
+            kwargs = _on_cpu(fx.node.map_arg(node.kwargs, load))
             if node.name in self.writes and not effects:
                 args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
             try:
@@ -167,6 +167,13 @@ class HostPrologue:
                 ) from exc
         # a mask crosses to the device as 1.0/0.0 in float32 (its type there, `type_of`)
         return {name: _as_device(env[name]) for name in self.needed}
+
+
+def _on_cpu(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A model whose weights live on the meta device is exported with meta inputs, so its bookkeeping names
+    `device=meta` (a metadata assert, a factory); the host runs it on the call's CPU tensors."""
+    meta = [k for k, v in kwargs.items() if isinstance(v, torch.device) and v.type == "meta"]
+    return kwargs if not meta else {**kwargs, **dict.fromkeys(meta, torch.device("cpu"))}
 
 
 def _as_device(value: Any) -> Any:

@@ -128,6 +128,13 @@ class CompiledModel:
         """Start the next call with a cold SRAM cache, as a fresh model would."""
         self.cache_state.reset()
 
+    def warm(self, *args: Any, **kwargs: Any) -> None:
+        """A warm-up batch: the SRAM cache state moves as a call with these inputs would move it, and nothing
+        is simulated. The cache state is the only state a call leaves to the next (the memos keep a call's
+        work, they do not change its result), so the next call reports what it would after a full call."""
+        values = self.captured.host(self.captured.flat_inputs(args, kwargs), effects=True)
+        self.cache_state.record(self._inputs(values, functional=False).lookups)
+
     def check(self) -> dict[str, Any]:
         """The last call's device outputs against the fp32 meaning of the model, under the error bounds that
         follow from docs/numerics.md: per output the largest error, the largest bound, the largest
