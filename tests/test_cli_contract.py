@@ -133,7 +133,7 @@ def test_failed_run_check_is_status_1(capsys, monkeypatch):
 
     monkeypatch.setattr(run_module, "run_workload", failing)
     code, out, err = run(capsys, "run", "dlrm-kaggle", "--batch", "8", "--check", "--max-rows", "1000")
-    assert code == 1
+    assert code == 1, err
     assert "check       max abs err" in out and out.rstrip().endswith("FAILED")
     last = err.splitlines()[-1]  # (after any NumericsWarning of the run)
     assert last.startswith("mtiasim: check failed: max abs err ") and last.endswith(" (PyTorch on the CPU)")
