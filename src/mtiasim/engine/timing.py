@@ -368,7 +368,7 @@ class TimingModel:
         self.memo = self.wm.memo
         nodes = resolved.nodes
         self.nodes = nodes
-        self.works: list[Work] = [self.wm.work(n) for n in nodes]
+        self.works: list[Work] = self.wm.works(nodes)
         self.n = len(nodes)
         self._constraints()
         self._flows()

@@ -27,6 +27,7 @@ from mtiasim.engine.memmodel import (
     hashed_target,
     run_lines,
     sram_slice_bytes,
+    tile_slice_bytes,
 )
 from mtiasim.engine.resolve import Fragment, Node, Resolved, _upstream, job_order
 from mtiasim.engine.resources import ResourceMap
@@ -61,7 +62,7 @@ from mtiasim.isa import (
     SeRowScale,
     TensorDecl,
 )
-from mtiasim.isa.memory import stream_bytes, stream_runs
+from mtiasim.isa.memory import TileStream, stream_bytes, stream_runs, tile_runs
 from mtiasim.opset import ELEMENTWISE
 
 if TYPE_CHECKING:
@@ -342,10 +343,52 @@ class WorkModel:
                 _add(usage, t, share)
         return usage
 
+    @staticmethod
+    def _stream_key(decl: TensorDecl, stream: TileStream, inbound: bool) -> tuple:
+        return (decl.name, decl.address, decl.level, decl.cached, inbound, stream)
+
+    def _measure_streams(self, nodes: list[Node]) -> None:
+        """Where the scratchpad tile streams of these nodes' DMA commands land (`memo.streams`), all in one
+        pass: their sampled runs, SRAM slice bytes, grid sides and NoC requests as arrays over the streams.
+        Every stream's results equal its own `_stream_part` measurement (integer sums, the same roundings)."""
+        todo: dict[tuple, tuple[TensorDecl, TileStream]] = {}
+        for node in nodes:
+            cmd = node.cmd
+            if isinstance(cmd, DmaIn):
+                pairs = [(tr.stream, True) for tr in cmd.transfers]
+            elif isinstance(cmd, DmaOut):
+                pairs = [(cmd.stream, False)]
+            else:
+                continue
+            for stream, inbound in pairs:
+                decl = self.program.tensors[stream.tensor]
+                key = self._stream_key(decl, stream, inbound)
+                if decl.level == Level.SRAM and key not in self.memo.streams:
+                    todo[key] = (decl, stream)
+        if not todo:
+            return
+        tiles = tile_runs(list(todo.values()))
+        slices = tile_slice_bytes(self.chip, tiles)
+        n = len(todo)
+        sides = np.bincount(
+            (np.arange(n)[:, None] * 4 + self._slice_side[None, :]).reshape(-1),
+            weights=slices.reshape(-1),
+            minlength=n * 4,
+        ).reshape(n, 4)
+        r = self.chip.dma.request_bytes
+        requests = tiles.per_stream(tiles.runs * -(-tiles.run_bytes // r)).tolist()
+        run_bytes = tiles.per_stream(tiles.runs * tiles.run_bytes).tolist()
+        scales = tiles.scale.tolist()
+        for i, (key, (decl, stream)) in enumerate(todo.items()):
+            # a stream sampled whole moves its runs' bytes
+            nbytes = float(run_bytes[i]) if scales[i] == 1.0 else float(stream_bytes(decl, stream))
+            parts = MemParts(slices[i], None, None, sides[i], requests=float(requests[i]) * scales[i])
+            self.memo.streams[key] = (nbytes, parts)
+
     def _stream_part(
         self, decl: TensorDecl, stream, pes: list[PeId], axis: str | None, inbound: bool
     ) -> tuple[float, dict[int, float], dict[int, float]]:
-        key = (decl.name, decl.address, decl.level, decl.cached, inbound, stream)
+        key = self._stream_key(decl, stream, inbound)
         hit = self.memo.streams.get(key)
         if hit is None:
             runs = stream_runs(decl, stream)
@@ -565,9 +608,23 @@ class WorkModel:
 
     # ------------------------------------------------------------------------------------------- work
 
-    def work(self, node: Node) -> Work:
+    def works(self, nodes: list[Node]) -> list[Work]:
+        """The work of every node: the scratchpad streams of the DMA commands still to model are measured
+        first, all in one pass (`_measure_streams`)."""
+        self._measure_streams([n for n in nodes if self._kept_work(n) is None])
+        return [self.work(n) for n in nodes]
+
+    def _kept_key(self, node: Node) -> tuple | None:
+        """The key of a node's work in the memo, where its job is the same in every run sharing the memo."""
         job = self._job_names[node.job]
-        key = (job, node.pe, node.core, node.pos) if job in self.memo.static_jobs else None
+        return (job, node.pe, node.core, node.pos) if job in self.memo.static_jobs else None
+
+    def _kept_work(self, node: Node) -> Work | None:
+        key = self._kept_key(node)
+        return None if key is None else self.memo.works.get(key)
+
+    def work(self, node: Node) -> Work:
+        key = self._kept_key(node)
         if key is not None and key in self.memo.works:
             return self.memo.works[key]
         self._reads_run_state = False
