@@ -207,6 +207,7 @@ class WorkModel:
         self.rmap = rmap
         self.cyc = 1.0 / chip.hz
         self.memo = memo if memo is not None else Memo()
+        self._mcast_groups: dict[int, tuple[list[PeId], int]] = {}  # `_mcast_group`
         self._gather_lines: dict[int, np.ndarray] = {}  # cache lines of this run's gathers (node id)
         if self.memo.cache_hits is None:
             self.memo.cache_hits = {}
@@ -468,7 +469,7 @@ class WorkModel:
                     if not (decl.level == Level.DRAM and decl.cached):
                         continue
                     gid = node.mcast_group[ti] if node.mcast_group else None
-                    if gid is not None and node.id != min(n for n, _ in self.resolved.mcast_groups[gid]):
+                    if gid is not None and node.id != self._mcast_group(gid)[1]:
                         continue  # one memory read per multicast group
                     root = decl.root
                     reads[root] = reads.get(root, 0.0) + stream_bytes(decl, tr.stream)
@@ -657,10 +658,8 @@ class WorkModel:
             gid = node.mcast_group[ti] if node.mcast_group else None
             self._group_key = (node.job, node.core, node.pos, ti)
             if gid is not None and tr.multicast is not None:
-                members = [self.resolved.nodes[n].pe for n, _ in self.resolved.mcast_groups[gid]]
-                nbytes, usage, extra = self._stream_part(
-                    decl, tr.stream, sorted(members), tr.multicast.axis, True
-                )
+                members, _leader = self._mcast_group(gid)
+                nbytes, usage, extra = self._stream_part(decl, tr.stream, members, tr.multicast.axis, True)
                 key: tuple = ("mcast", gid)
             else:
                 nbytes, usage, extra = self._stream_part(decl, tr.stream, [node.pe], None, True)
@@ -669,8 +668,7 @@ class WorkModel:
             w.bytes += nbytes
             requests += self._last_parts.requests
             lat = max(lat, self._level_latency_s(decl))
-            leader = gid is None or node.id == min(n for n, _ in self.resolved.mcast_groups[gid])
-            if leader:  # memory is read once per multicast group
+            if gid is None or node.id == self._mcast_group(gid)[1]:  # memory is read once per multicast group
                 _count_access(w.counters, "read", decl, nbytes, self._last_parts)
         _add(w.own_usage, self.rmap.fi_in(node.pe), w.bytes)
         w.counters["noc_bytes"] = w.bytes
@@ -681,6 +679,15 @@ class WorkModel:
         w.counters["commands"] = cmd.iterations * len(cmd.transfers)
         self._caps(w, self._in_flight(w.bytes, requests) / max(w.latency_s, 1e-12), "latency")
         return w
+
+    def _mcast_group(self, gid: int) -> tuple[list[PeId], int]:
+        """A multicast group's member PEs (sorted) and its leader, the member node of the lowest id."""
+        got = self._mcast_groups.get(gid)
+        if got is None:
+            group = self.resolved.mcast_groups[gid]
+            got = (sorted(self.resolved.nodes[n].pe for n, _ in group), min(n for n, _ in group))
+            self._mcast_groups[gid] = got
+        return got
 
     def _in_flight(self, nbytes: float, requests: float) -> float:
         """Bytes a DMA engine keeps in flight: `outstanding_requests` requests of the pattern's mean size."""
