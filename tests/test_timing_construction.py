@@ -3,8 +3,10 @@
 `isa.memory.stream_runs` builds the runs of all sampled tiles at once and `stream_bytes` sums clipped tiles in
 closed form; `memmodel.hashed_target` folds a known number of times and `_pieces` passes one-granule runs
 through. Each is checked here, on generated tensors and tile streams, against the definition written out
-tile by tile (loops over the tile origins), exactly. A flow's bundle sums, kept with its `Work` across a compiled
-model's calls, must not outlive the jobs that change from call to call (checked with a planted stale cache).
+tile by tile (loops over the tile origins), exactly; so are the SRAM slice bytes of many streams measured in one
+pass (against each stream's runs cut one by one), loop samples and a gather's cache lines. A flow's bundle sums,
+kept with its `Work` across a compiled model's calls, must not outlive the jobs that change from call to call
+(checked with a planted stale cache).
 """
 
 from __future__ import annotations
@@ -221,3 +223,26 @@ def test_stale_bundle_sums_across_calls_are_caught(monkeypatch):
     assert _calls_match_fresh_models()
     monkeypatch.setattr(timing.TimingModel, "_flow_sums", by_node)
     assert not _calls_match_fresh_models()
+
+
+@given(
+    st.integers(0, 1 << 16),
+    st.integers(1, 300),
+    st.sampled_from((0, 4, 64)),
+    st.lists(st.integers(0, 99), max_size=40),
+    st.sampled_from((64, 128)),
+)
+def test_row_lines_are_each_rows_lines_in_order(address, cols, pad, rows, line):
+    """The cache lines a gather's rows touch, row after row (a grid of rows that all touch as many lines, or a
+    ragged one), against the lines of each row written out."""
+    from mtiasim.engine.work import _row_lines
+
+    decl = TensorDecl("E", (100, cols), DType.INT8, Level.DRAM, address, row_pitch_bytes=cols + pad)
+    want_lines, want_rows = [], []
+    for pos, r in enumerate(rows):
+        start = address + r * decl.pitch
+        for ln in range(start // line, (start + cols - 1) // line + 1):
+            want_lines.append(ln)
+            want_rows.append(pos)
+    lines, row_pos = _row_lines(decl, np.array(rows, dtype=np.int64), line)
+    assert lines.tolist() == want_lines and row_pos.tolist() == want_rows

@@ -1204,10 +1204,12 @@ def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarra
     counts = (l1 - l0 + 1).astype(np.int64)
     # a row touches a few lines: take them from a rows x (most lines a row touches) grid, row by row
     k = np.arange(int(counts.max()) if counts.size else 0, dtype=np.int64)
+    grid = l0.astype(np.int64)[:, None] + k[None, :]
+    if counts.size and counts.min() == k.size:  # every row touches as many lines: the whole grid
+        return grid.reshape(-1), np.repeat(np.arange(rows.size), k.size)
     touched = k[None, :] < counts[:, None]
-    lines = (l0.astype(np.int64)[:, None] + k[None, :])[touched]
     row_pos = np.broadcast_to(np.arange(rows.size)[:, None], touched.shape)[touched]
-    return lines, row_pos
+    return grid[touched], row_pos
 
 
 def _count_access(
