@@ -612,8 +612,9 @@ class WorkModel:
     def works(self, nodes: list[Node]) -> list[Work]:
         """The work of every node: the scratchpad streams of the DMA commands still to model are measured
         first, all in one pass (`_measure_streams`)."""
-        self._measure_streams([n for n in nodes if self._kept_work(n) is None])
-        return [self.work(n) for n in nodes]
+        kept = [self._kept_work(n) for n in nodes]
+        self._measure_streams([n for n, w in zip(nodes, kept, strict=True) if w is None])
+        return [self.work(n) if w is None else w for n, w in zip(nodes, kept, strict=True)]
 
     def _kept_key(self, node: Node) -> tuple | None:
         """The key of a node's work in the memo, where its job is the same in every run sharing the memo."""
