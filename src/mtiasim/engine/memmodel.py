@@ -21,10 +21,14 @@ whole pattern; outputs are effective bytes per slice or channel (channel time x 
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 from mtiasim.hw import Chip
 from mtiasim.hw.lpddr5 import DramTiming, dram_timing
+from mtiasim.isa.memory import TileRuns
 
 __all__ = ["DramTiming", "dram_timing"]
 
@@ -33,23 +37,31 @@ def _pieces(
     starts: np.ndarray, lengths: np.ndarray, granule: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut runs at granule boundaries: (granule index, piece start, piece end) per piece, in order."""
+    g, p0, p1, _run_of = _cut(starts, lengths, granule)
+    return g, p0, p1
+
+
+def _cut(
+    starts: np.ndarray, lengths: np.ndarray, granule: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """`_pieces`, and the run of every piece (None where every run is one piece)."""
     starts = starts.astype(np.int64)
     ends = starts + lengths.astype(np.int64)
     g0 = starts // granule
     g1 = (ends - 1) // granule
     if starts.size and (g1 == g0).all():  # every run inside one granule: the runs are the pieces
-        return g0, starts, ends
+        return g0, starts, ends, None
     counts = (g1 - g0 + 1).clip(min=0)
     total = int(counts.sum())
     if total == 0:
         z = np.zeros(0, dtype=np.int64)
-        return z, z, z
+        return z, z, z, z
     run_of = np.repeat(np.arange(starts.size), counts)
     first = np.repeat(np.cumsum(counts) - counts, counts)
     g = g0[run_of] + (np.arange(total) - first)
     p0 = np.maximum(starts[run_of], g * granule)
     p1 = np.minimum(ends[run_of], (g + 1) * granule)
-    return g, p0, p1
+    return g, p0, p1, run_of
 
 
 def hashed_target(granule: np.ndarray, n: int) -> np.ndarray:
@@ -78,9 +90,86 @@ def sram_slice_bytes(
     g, p0, p1 = _pieces(starts, lengths, s.interleave_bytes)
     if not g.size:
         return np.zeros(s.slices, dtype=np.float64)
-    a = granule or s.access_bytes
-    eff = (-(-p1 // a) - p0 // a) * a
+    eff = _access_bytes(p0, p1, granule or s.access_bytes)
     return np.bincount(hashed_target(g, s.slices), weights=eff.astype(np.float64), minlength=s.slices) * scale
+
+
+SLICE_PASS_ACCESSES = 1 << 16  # granule accesses `tile_slice_bytes` takes per pass (its arrays stay in cache)
+
+
+def tile_slice_bytes(chip: Chip, tiles: TileRuns) -> np.ndarray:
+    """`sram_slice_bytes` of every stream of `tiles` (one row of slices per stream). Runs a whole number of
+    interleave and access granules apart are cut alike: a group of them (`_aligned_groups`) cuts its first run
+    only and repeats its pieces that many granules further on for the others. Each row equals the stream's
+    runs cut one by one (effective bytes are whole access granules, whose sums are exact in any order)."""
+    s = chip.sram
+    slices_out = np.zeros(tiles.scale.size * s.slices, dtype=np.float64)
+    first, pitch, runs, tile = _aligned_groups(tiles, math.lcm(s.interleave_bytes, s.access_bytes))
+    g, p0, p1, piece_of = _cut(first, tiles.run_bytes[tile], s.interleave_bytes)
+    group = np.arange(first.size) if piece_of is None else piece_of
+    eff = _access_bytes(p0, p1, s.access_bytes).astype(np.float64)
+    granule_step = pitch[group] // s.interleave_bytes
+    bin0 = tiles.stream_of()[tile[group]] * s.slices
+    repeats = runs[group]
+    for r in np.unique(repeats).tolist():
+        if r == 0:
+            continue
+        k = np.arange(r, dtype=np.int64)
+        at = np.nonzero(repeats == r)[0]
+        per_pass = max(1, SLICE_PASS_ACCESSES // r)
+        for lo in range(0, at.size, per_pass):
+            sel = at[lo : lo + per_pass]
+            granules = g[sel][:, None] + granule_step[sel][:, None] * k[None, :]
+            bins = _slice_target(chip, granules) + bin0[sel][:, None]
+            slices_out += np.bincount(
+                bins.reshape(-1), weights=np.repeat(eff[sel], r), minlength=slices_out.size
+            )
+    return slices_out.reshape(-1, s.slices) * tiles.scale[:, None]
+
+
+def _aligned_groups(tiles: TileRuns, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The tiles' runs in groups whose runs lie a multiple of `step` bytes apart: a tile whose pitch is not one
+    splits into q = step / gcd(pitch, step) groups, of its runs j, j + q, j + 2q... (at most one group per
+    run). Per group: its first run's start, the bytes between its runs, its runs, its tile."""
+    q = step // np.gcd(tiles.pitch, step)
+    groups = np.minimum(q, tiles.runs)
+    tile = np.repeat(np.arange(groups.size), groups)
+    j = np.arange(tile.size, dtype=np.int64) - np.repeat(np.cumsum(groups) - groups, groups)
+    q_t, pitch_t = q[tile], tiles.pitch[tile]
+    first = tiles.first[tile] + j * pitch_t
+    runs = (tiles.runs[tile] - j + q_t - 1) // q_t
+    return first, q_t * pitch_t, runs, tile
+
+
+def _access_bytes(p0: np.ndarray, p1: np.ndarray, access: int) -> np.ndarray:
+    """Bytes an SRAM slice moves for the pieces [p0, p1): whole access granules."""
+    return (-(-p1 // access) - p0 // access) * access
+
+
+def _slice_target(chip: Chip, granule: np.ndarray) -> np.ndarray:
+    """`hashed_target` of SRAM granules onto the slices, looked up in a table of the whole SRAM's granules."""
+    s = chip.sram
+    size = s.bytes // s.interleave_bytes
+    if granule.size and (granule.min() < 0 or granule.max() >= size):
+        return hashed_target(granule, s.slices)
+    return _fold_table(s.slices, size)[granule]
+
+
+@functools.lru_cache(maxsize=8)
+def _fold_table(n: int, size: int) -> np.ndarray:
+    """`hashed_target(g, n)` of every granule g below `size`. For n a power of two, built digit by digit: the
+    fold of q * n + d is the fold of q XOR d."""
+    if n <= 1 or n & (n - 1):
+        table = hashed_target(np.arange(size, dtype=np.int64), n)
+    else:
+        small = np.min_scalar_type(n - 1)  # a small table: quick to build, kept in cache when looked up
+        table = np.zeros(1, dtype=small)
+        digits = np.arange(n, dtype=small)
+        while table.size < size:
+            table = (table[:, None] ^ digits[None, :]).reshape(-1)
+        table = table[:size].copy()
+    table.setflags(write=False)
+    return table
 
 
 def cache_slice(chip: Chip, address: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ what a computing command makes of its tiles (MatMul, the SE's commands) is `engi
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -56,6 +57,7 @@ from mtiasim.isa import (
     SeRowReduce,
     SeRowScale,
     TensorDecl,
+    TileLoop,
 )
 from mtiasim.isa.commands import BINARY_SE_OPS, EPILOGUE_ACTIVATIONS
 
@@ -974,25 +976,30 @@ def _check_stream(decl, stream, st: _JobState, node: Node) -> None:
     tr, tc = stream.tile
     if tr <= 0 or tc <= 0:
         raise ProgramError(f"job {st.job.name}: {node.where}: empty tile {stream.tile}")
-    lp = stream.loop
-    n = lp.n
-    if n > 65536:
-        o = lp.sample(4096)[0]
-        lo, row_hi, col_hi = (int(o.min()), int(o[:, 0].max()), int(o[:, 1].max())) if o.size else (0, -1, -1)
-    elif n == 0:
-        return
-    else:
-        # an affine nest's extreme origins: every loop at its first or last index, independently
-        row_lo = lp.base[0] + sum(min(0, (c - 1) * dr) for c, dr, _dc in lp.dims)
-        col_lo = lp.base[1] + sum(min(0, (c - 1) * dc) for c, _dr, dc in lp.dims)
-        row_hi = lp.base[0] + sum(max(0, (c - 1) * dr) for c, dr, _dc in lp.dims)
-        col_hi = lp.base[1] + sum(max(0, (c - 1) * dc) for c, _dr, dc in lp.dims)
-        lo = min(row_lo, col_lo)
+    lo, row_hi, col_hi = _origin_extent(stream.loop)
     if lo < 0 or row_hi >= decl.rows or col_hi >= decl.cols:
         raise ProgramError(
             f"job {st.job.name}: {node.where}: a tile of tensor {decl.name!r} starts outside its "
             f"{decl.rows}x{decl.cols} view"
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _origin_extent(lp: TileLoop) -> tuple[int, int, int]:
+    """(lowest row or column, highest row, highest column) of a loop's tile origins (of a sample of them for
+    long loops); (0, -1, -1) for a loop of no tiles. Kept per loop: many commands repeat a loop."""
+    n = lp.n
+    if n > 65536:
+        o = lp.sample(4096)[0]
+        return (int(o.min()), int(o[:, 0].max()), int(o[:, 1].max())) if o.size else (0, -1, -1)
+    if n == 0:
+        return 0, -1, -1
+    # an affine nest's extreme origins: every loop at its first or last index, independently
+    row_lo = lp.base[0] + sum(min(0, (c - 1) * dr) for c, dr, _dc in lp.dims)
+    col_lo = lp.base[1] + sum(min(0, (c - 1) * dc) for c, _dr, dc in lp.dims)
+    row_hi = lp.base[0] + sum(max(0, (c - 1) * dr) for c, dr, _dc in lp.dims)
+    col_hi = lp.base[1] + sum(max(0, (c - 1) * dc) for c, _dr, dc in lp.dims)
+    return min(row_lo, col_lo), row_hi, col_hi
 
 
 def job_order(program: Program) -> list[Job]:

@@ -130,8 +130,11 @@ class NodeTable:
 def counter_columns(counters: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
     """Per-node counter dicts as one array per counter (0 where a node has none)."""
     keys = sorted(set().union(*counters)) if counters else []
-    n = len(counters)
-    return {k: np.fromiter((c.get(k, 0.0) for c in counters), dtype=np.float64, count=n) for k in keys}
+    columns: dict[str, list[float]] = {k: [0.0] * len(counters) for k in keys}
+    for i, c in enumerate(counters):
+        for k, v in c.items():
+            columns[k][i] = v
+    return {k: np.array(columns[k], dtype=np.float64) for k in keys}
 
 
 @dataclass
@@ -331,14 +334,11 @@ def _bundle_sums(flows: list[Work], channels: range) -> BundleSums:
             if part.key in seen:
                 continue
             seen.add(part.key)
-            for r, v in part.usage.items():
-                usage[r] = usage.get(r, 0.0) + v
-            for r, v in part.extra.items():
-                extra[r] = extra.get(r, 0.0) + v
+            _add_into(usage, part.usage)
+            _add_into(extra, part.extra)
             if not part.usage.keys().isdisjoint(channels):
                 streams += 1
-        for r, v in w.own_usage.items():
-            usage[r] = usage.get(r, 0.0) + v
+        _add_into(usage, w.own_usage)
     return BundleSums(
         np.fromiter(usage.keys(), dtype=np.int64, count=len(usage)),
         np.fromiter(usage.values(), dtype=np.float64, count=len(usage)) / total,
@@ -347,6 +347,16 @@ def _bundle_sums(flows: list[Work], channels: range) -> BundleSums:
         total,
         streams,
     )
+
+
+def _add_into(sums: dict[int, float], amounts: dict[int, float]) -> None:
+    """Add amounts to sums, resource by resource in the amounts' order (into empty sums: a copy, as 0.0 + v is v
+    for the non-zero amounts flows hold)."""
+    if not sums:
+        sums.update(amounts)
+        return
+    for r, v in amounts.items():
+        sums[r] = sums.get(r, 0.0) + v
 
 
 class TimingModel:
@@ -368,7 +378,7 @@ class TimingModel:
         self.memo = self.wm.memo
         nodes = resolved.nodes
         self.nodes = nodes
-        self.works: list[Work] = [self.wm.work(n) for n in nodes]
+        self.works: list[Work] = self.wm.works(nodes)
         self.n = len(nodes)
         self._constraints()
         self._flows()

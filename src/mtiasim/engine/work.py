@@ -27,6 +27,7 @@ from mtiasim.engine.memmodel import (
     hashed_target,
     run_lines,
     sram_slice_bytes,
+    tile_slice_bytes,
 )
 from mtiasim.engine.resolve import Fragment, Node, Resolved, _upstream, job_order
 from mtiasim.engine.resources import ResourceMap
@@ -61,7 +62,7 @@ from mtiasim.isa import (
     SeRowScale,
     TensorDecl,
 )
-from mtiasim.isa.memory import stream_bytes, stream_runs
+from mtiasim.isa.memory import TileStream, stream_bytes, stream_runs, tile_runs
 from mtiasim.opset import ELEMENTWISE
 
 if TYPE_CHECKING:
@@ -206,6 +207,7 @@ class WorkModel:
         self.rmap = rmap
         self.cyc = 1.0 / chip.hz
         self.memo = memo if memo is not None else Memo()
+        self._mcast_groups: dict[int, tuple[list[PeId], int]] = {}  # `_mcast_group`
         self._gather_lines: dict[int, np.ndarray] = {}  # cache lines of this run's gathers (node id)
         if self.memo.cache_hits is None:
             self.memo.cache_hits = {}
@@ -342,10 +344,52 @@ class WorkModel:
                 _add(usage, t, share)
         return usage
 
+    @staticmethod
+    def _stream_key(decl: TensorDecl, stream: TileStream, inbound: bool) -> tuple:
+        return (decl.name, decl.address, decl.level, decl.cached, inbound, stream)
+
+    def _measure_streams(self, nodes: list[Node]) -> None:
+        """Where the scratchpad tile streams of these nodes' DMA commands land (`memo.streams`), all in one
+        pass: their sampled runs, SRAM slice bytes, grid sides and NoC requests as arrays over the streams.
+        Every stream's results equal its own `_stream_part` measurement (integer sums, the same roundings)."""
+        todo: dict[tuple, tuple[TensorDecl, TileStream]] = {}
+        for node in nodes:
+            cmd = node.cmd
+            if isinstance(cmd, DmaIn):
+                pairs = [(tr.stream, True) for tr in cmd.transfers]
+            elif isinstance(cmd, DmaOut):
+                pairs = [(cmd.stream, False)]
+            else:
+                continue
+            for stream, inbound in pairs:
+                decl = self.program.tensors[stream.tensor]
+                key = self._stream_key(decl, stream, inbound)
+                if decl.level == Level.SRAM and key not in self.memo.streams:
+                    todo[key] = (decl, stream)
+        if not todo:
+            return
+        tiles = tile_runs(list(todo.values()))
+        slices = tile_slice_bytes(self.chip, tiles)
+        n = len(todo)
+        sides = np.bincount(
+            (np.arange(n)[:, None] * 4 + self._slice_side[None, :]).reshape(-1),
+            weights=slices.reshape(-1),
+            minlength=n * 4,
+        ).reshape(n, 4)
+        r = self.chip.dma.request_bytes
+        requests = tiles.per_stream(tiles.runs * -(-tiles.run_bytes // r)).tolist()
+        run_bytes = tiles.per_stream(tiles.runs * tiles.run_bytes).tolist()
+        scales = tiles.scale.tolist()
+        for i, (key, (decl, stream)) in enumerate(todo.items()):
+            # a stream sampled whole moves its runs' bytes
+            nbytes = float(run_bytes[i]) if scales[i] == 1.0 else float(stream_bytes(decl, stream))
+            parts = MemParts(slices[i], None, None, sides[i], requests=float(requests[i]) * scales[i])
+            self.memo.streams[key] = (nbytes, parts)
+
     def _stream_part(
         self, decl: TensorDecl, stream, pes: list[PeId], axis: str | None, inbound: bool
     ) -> tuple[float, dict[int, float], dict[int, float]]:
-        key = (decl.name, decl.address, decl.level, decl.cached, inbound, stream)
+        key = self._stream_key(decl, stream, inbound)
         hit = self.memo.streams.get(key)
         if hit is None:
             runs = stream_runs(decl, stream)
@@ -425,7 +469,7 @@ class WorkModel:
                     if not (decl.level == Level.DRAM and decl.cached):
                         continue
                     gid = node.mcast_group[ti] if node.mcast_group else None
-                    if gid is not None and node.id != min(n for n, _ in self.resolved.mcast_groups[gid]):
+                    if gid is not None and node.id != self._mcast_group(gid)[1]:
                         continue  # one memory read per multicast group
                     root = decl.root
                     reads[root] = reads.get(root, 0.0) + stream_bytes(decl, tr.stream)
@@ -565,9 +609,24 @@ class WorkModel:
 
     # ------------------------------------------------------------------------------------------- work
 
-    def work(self, node: Node) -> Work:
+    def works(self, nodes: list[Node]) -> list[Work]:
+        """The work of every node: the scratchpad streams of the DMA commands still to model are measured
+        first, all in one pass (`_measure_streams`)."""
+        kept = [self._kept_work(n) for n in nodes]
+        self._measure_streams([n for n, w in zip(nodes, kept, strict=True) if w is None])
+        return [self.work(n) if w is None else w for n, w in zip(nodes, kept, strict=True)]
+
+    def _kept_key(self, node: Node) -> tuple | None:
+        """The key of a node's work in the memo, where its job is the same in every run sharing the memo."""
         job = self._job_names[node.job]
-        key = (job, node.pe, node.core, node.pos) if job in self.memo.static_jobs else None
+        return (job, node.pe, node.core, node.pos) if job in self.memo.static_jobs else None
+
+    def _kept_work(self, node: Node) -> Work | None:
+        key = self._kept_key(node)
+        return None if key is None else self.memo.works.get(key)
+
+    def work(self, node: Node) -> Work:
+        key = self._kept_key(node)
         if key is not None and key in self.memo.works:
             return self.memo.works[key]
         self._reads_run_state = False
@@ -600,10 +659,8 @@ class WorkModel:
             gid = node.mcast_group[ti] if node.mcast_group else None
             self._group_key = (node.job, node.core, node.pos, ti)
             if gid is not None and tr.multicast is not None:
-                members = [self.resolved.nodes[n].pe for n, _ in self.resolved.mcast_groups[gid]]
-                nbytes, usage, extra = self._stream_part(
-                    decl, tr.stream, sorted(members), tr.multicast.axis, True
-                )
+                members, _leader = self._mcast_group(gid)
+                nbytes, usage, extra = self._stream_part(decl, tr.stream, members, tr.multicast.axis, True)
                 key: tuple = ("mcast", gid)
             else:
                 nbytes, usage, extra = self._stream_part(decl, tr.stream, [node.pe], None, True)
@@ -612,8 +669,7 @@ class WorkModel:
             w.bytes += nbytes
             requests += self._last_parts.requests
             lat = max(lat, self._level_latency_s(decl))
-            leader = gid is None or node.id == min(n for n, _ in self.resolved.mcast_groups[gid])
-            if leader:  # memory is read once per multicast group
+            if gid is None or node.id == self._mcast_group(gid)[1]:  # memory is read once per multicast group
                 _count_access(w.counters, "read", decl, nbytes, self._last_parts)
         _add(w.own_usage, self.rmap.fi_in(node.pe), w.bytes)
         w.counters["noc_bytes"] = w.bytes
@@ -624,6 +680,15 @@ class WorkModel:
         w.counters["commands"] = cmd.iterations * len(cmd.transfers)
         self._caps(w, self._in_flight(w.bytes, requests) / max(w.latency_s, 1e-12), "latency")
         return w
+
+    def _mcast_group(self, gid: int) -> tuple[list[PeId], int]:
+        """A multicast group's member PEs (sorted) and its leader, the member node of the lowest id."""
+        got = self._mcast_groups.get(gid)
+        if got is None:
+            group = self.resolved.mcast_groups[gid]
+            got = (sorted(self.resolved.nodes[n].pe for n, _ in group), min(n for n, _ in group))
+            self._mcast_groups[gid] = got
+        return got
 
     def _in_flight(self, nbytes: float, requests: float) -> float:
         """Bytes a DMA engine keeps in flight: `outstanding_requests` requests of the pattern's mean size."""
@@ -1140,10 +1205,12 @@ def _row_lines(decl: TensorDecl, rows: np.ndarray, line: int) -> tuple[np.ndarra
     counts = (l1 - l0 + 1).astype(np.int64)
     # a row touches a few lines: take them from a rows x (most lines a row touches) grid, row by row
     k = np.arange(int(counts.max()) if counts.size else 0, dtype=np.int64)
+    grid = l0.astype(np.int64)[:, None] + k[None, :]
+    if counts.size and counts.min() == k.size:  # every row touches as many lines: the whole grid
+        return grid.reshape(-1), np.repeat(np.arange(rows.size), k.size)
     touched = k[None, :] < counts[:, None]
-    lines = (l0.astype(np.int64)[:, None] + k[None, :])[touched]
     row_pos = np.broadcast_to(np.arange(rows.size)[:, None], touched.shape)[touched]
-    return lines, row_pos
+    return grid[touched], row_pos
 
 
 def _count_access(

@@ -7,8 +7,9 @@ tiles that run past the tensor's edge are clipped on the memory side (and zero-p
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
@@ -76,38 +77,51 @@ class TileLoop:
 
     base: tuple[int, int]
     dims: tuple[tuple[int, int, int], ...]
+    n: int = field(init=False, repr=False, compare=False)  # tiles: the product of the loop counts
 
-    @property
-    def n(self) -> int:
-        return math.prod(d[0] for d in self.dims) if self.dims else 1
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", math.prod(d[0] for d in self.dims))
 
     def origins(self) -> np.ndarray:
         """All origins as an int64 array [n, 2], in loop order."""
-        rows = np.array([self.base[0]], dtype=np.int64)
-        cols = np.array([self.base[1]], dtype=np.int64)
-        for count, dr, dc in self.dims:
-            i = np.arange(count, dtype=np.int64)
-            rows = (rows[:, None] + i[None, :] * dr).reshape(-1)
-            cols = (cols[:, None] + i[None, :] * dc).reshape(-1)
-        return np.stack([rows, cols], axis=1)
+        return _loop_offsets(self.dims, self.n)[0] + np.array(self.base, dtype=np.int64)
 
     def sample(self, max_tiles: int) -> tuple[np.ndarray, float]:
         """Up to `max_tiles` origins spread evenly over the loop, and the factor that scales them to all."""
-        n = self.n
-        if n <= max_tiles:
-            return self.origins(), 1.0
-        pick = np.linspace(0, n - 1, max_tiles).round().astype(np.int64)
-        out = np.empty((max_tiles, 2), dtype=np.int64)
-        rem = pick.copy()
-        rows = np.full(max_tiles, self.base[0], dtype=np.int64)
-        cols = np.full(max_tiles, self.base[1], dtype=np.int64)
-        for count, dr, dc in reversed(self.dims):
+        offsets, scale = _sample_offsets(self.dims, max_tiles)
+        return offsets + np.array(self.base, dtype=np.int64), scale
+
+
+def _loop_offsets(dims: tuple[tuple[int, int, int], ...], max_tiles: int) -> tuple[np.ndarray, float]:
+    """`TileLoop.sample` of a loop based at (0, 0)."""
+    n = math.prod(d[0] for d in dims) if dims else 1
+    if n <= max_tiles:
+        rows = np.zeros(1, dtype=np.int64)
+        cols = np.zeros(1, dtype=np.int64)
+        for count, dr, dc in dims:
+            i = np.arange(count, dtype=np.int64)
+            rows = (rows[:, None] + i[None, :] * dr).reshape(-1)
+            cols = (cols[:, None] + i[None, :] * dc).reshape(-1)
+        out, scale = np.stack([rows, cols], axis=1), 1.0
+    else:
+        rem = np.linspace(0, n - 1, max_tiles).round().astype(np.int64)
+        out = np.zeros((max_tiles, 2), dtype=np.int64)
+        for count, dr, dc in reversed(dims):
             i = rem % count
             rem //= count
-            rows += i * dr
-            cols += i * dc
-        out[:, 0], out[:, 1] = rows, cols
-        return out, n / max_tiles
+            out[:, 0] += i * dr
+            out[:, 1] += i * dc
+        scale = n / max_tiles
+    return out, scale
+
+
+@functools.lru_cache(maxsize=1024)
+def _sample_offsets(dims: tuple[tuple[int, int, int], ...], max_tiles: int) -> tuple[np.ndarray, float]:
+    """`_loop_offsets`, kept: a sample depends only on the loop nest, which many streams share (the same
+    command on several PEs, at other bases). Read-only, as it is shared."""
+    out, scale = _loop_offsets(dims, max_tiles)
+    out.setflags(write=False)
+    return out, scale
 
 
 def loop(base: tuple[int, int], *dims: tuple[int, int, int]) -> TileLoop:
@@ -180,25 +194,78 @@ def stream_bytes(decl: TensorDecl, stream: TileStream) -> int:
 def stream_runs(decl: TensorDecl, stream: TileStream, max_sample_tiles: int = 256) -> RunStats:
     """Contiguous runs of the stream (a whole-row tile of a packed tensor is one run), with a sample of their
     start addresses and lengths for the slice/channel histograms."""
-    sample, scale = stream.loop.sample(max_sample_tiles)
-    nr, nc = _clipped(decl, stream.tile, sample)
-    item = decl.dtype.itemsize
-    packed = decl.pitch == decl.cols * item
-    full_rows = (nc == decl.cols) & packed
-    # runs per tile: one if the tile covers whole packed rows, else one per row
-    runs_per_tile = np.where(full_rows, (nr > 0).astype(np.int64), nr)
-    run_len = np.where(full_rows, nr * nc * item, nc * item)
-    # every run of every sampled tile at once: a tile's k-th run starts k pitches after its origin
-    counts = runs_per_tile.astype(np.int64)
-    tile_of = np.repeat(np.arange(counts.size), counts)
-    k = np.arange(tile_of.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    base = decl.address + sample[:, 0] * decl.pitch + sample[:, 1] * item
-    st = base[tile_of] + k * decl.pitch
-    ln = run_len.astype(np.int64)[tile_of]
+    tiles = tile_runs([(decl, stream)], max_sample_tiles)
+    starts, lengths, _stream_of = tiles.run_list()
+    scale = float(tiles.scale[0])
     return RunStats(
-        n_runs=float(runs_per_tile.sum()) * scale,
-        bytes=float(ln.sum()) * scale,
-        sample_starts=st,
-        sample_lengths=ln,
+        n_runs=float(tiles.runs.sum()) * scale,
+        bytes=float(lengths.sum()) * scale,
+        sample_starts=starts,
+        sample_lengths=lengths,
         sample_scale=scale,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TileRuns:
+    """The sampled tiles of several streams as contiguous runs: a tile's runs start at `first` and follow one
+    another `pitch` bytes apart, `runs` of `run_bytes` each (one run for a tile of whole packed rows, else one
+    per row). Stream i owns the tiles `tile_at[i]:tile_at[i + 1]`, which stand for all its tiles scaled by
+    `scale[i]`. Per tile: int64 arrays; per stream: `tile_at` (and its end), `scale` (float64)."""
+
+    first: np.ndarray
+    runs: np.ndarray
+    run_bytes: np.ndarray
+    pitch: np.ndarray
+    tile_at: np.ndarray
+    scale: np.ndarray
+
+    def per_stream(self, per_tile: np.ndarray) -> np.ndarray:
+        """Sums of an integer quantity of every tile, per stream (exact)."""
+        total = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(per_tile, dtype=np.int64)])
+        return total[self.tile_at[1:]] - total[self.tile_at[:-1]]
+
+    def stream_of(self) -> np.ndarray:
+        """The stream of every tile."""
+        return np.repeat(np.arange(self.scale.size), np.diff(self.tile_at))
+
+    def run_list(self, tiles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every run of every tile (or of the tiles at indices `tiles`), in order: (start address, length in
+        bytes, stream index)."""
+        at = np.arange(self.runs.size) if tiles is None else tiles
+        counts = self.runs[at]
+        tile_of = np.repeat(at, counts)
+        # a tile's k-th run starts k pitches after its first
+        k = np.arange(tile_of.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        starts = self.first[tile_of] + k * self.pitch[tile_of]
+        return starts, self.run_bytes[tile_of], self.stream_of()[tile_of]
+
+
+def tile_runs(pairs: list[tuple[TensorDecl, TileStream]], max_sample_tiles: int = 256) -> TileRuns:
+    """The runs of up to `max_sample_tiles` tiles of each stream (spread over it), all streams in one pass."""
+    offsets, scales, params = [], [], []
+    for decl, stream in pairs:
+        o, scale = _sample_offsets(stream.loop.dims, max_sample_tiles)
+        offsets.append(o)
+        scales.append(scale)
+        item = decl.dtype.itemsize
+        packed = decl.pitch == decl.cols * item
+        params.append(
+            (*stream.loop.base, decl.address, decl.pitch, item, decl.rows, decl.cols, *stream.tile, packed)
+        )
+    counts = [len(o) for o in offsets]
+    per_tile = np.repeat(np.array(params, dtype=np.int64).reshape(-1, 10), counts, axis=0).T
+    r_base, c_base, address, pitch, item, rows, cols, tile_rows, tile_cols, packed = per_tile
+    origins = np.concatenate(offsets) if offsets else np.zeros((0, 2), dtype=np.int64)
+    r0, c0 = origins[:, 0] + r_base, origins[:, 1] + c_base
+    nr = np.clip(np.minimum(r0 + tile_rows, rows) - r0, 0, None)
+    nc = np.clip(np.minimum(c0 + tile_cols, cols) - c0, 0, None)
+    full_rows = (nc == cols) & (packed == 1)
+    return TileRuns(
+        first=address + r0 * pitch + c0 * item,
+        runs=np.where(full_rows, (nr > 0).astype(np.int64), nr),
+        run_bytes=np.where(full_rows, nr * nc * item, nc * item),
+        pitch=pitch,
+        tile_at=np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts, dtype=np.int64)]),
+        scale=np.array(scales, dtype=np.float64),
     )
