@@ -85,3 +85,22 @@ def test_compiled_models_honour_the_scratchpad_size():
     assert where[V1.sram.bytes]["p_0_weight@int8"] == "sram"
     assert where[1.3 * 2**20]["p_0_weight@int8"] == "dram"
     assert where[1.3 * 2**20]["input"] == "sram"
+
+
+def test_cli_lists_the_launches_placed_apart(capsys):
+    from mtiasim.cli import main
+
+    # 256^3 int8: A, W, C 64 KiB each and a 1 KiB bias; one further tensor of 64 KiB fits
+    size = 4 * 65536 + 1024
+    code = main(["bench", "gemm", "--m", "256", "--k", "256", "--n", "256", "--in-flight", "3",
+                 "--set", f"sram.scratchpad_bytes={size}"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    launches = [
+        line.rsplit(",", 1)[0].strip() for line in out.splitlines() if line.strip().startswith("launches")
+    ]
+    assert launches == [
+        "launches  1 of 3 with A in sram, C in sram",
+        "launches  1 of 3 with A in sram, C in dram (cache)",
+        "launches  1 of 3 with A in dram (cache), C in dram (cache)",
+    ]
