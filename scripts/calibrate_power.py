@@ -30,7 +30,8 @@ SHAPE = (2048, 4096, 4096)
 def fit(chip_name: str = "mtia-v1") -> tuple[float, float]:
     """(fitted int8_mac_pj, the GEMM's chip power with it)."""
     chip = load_chip(chip_name)
-    prep = prepare_gemm(*SHAPE, "int8", "sram", chip=chip)
+    # the DPE at its peak rate: one launch of the kernel alone
+    prep = prepare_gemm(*SHAPE, "int8", "sram", chip=chip, in_flight=1)
     t = execute(prep.program, chip, mode="timing", fidelity="event").timing
     assert t is not None
     dyn = chip_dynamic_j(chip, t.counters)

@@ -53,11 +53,21 @@ def assert_same_run(m: TimingModel) -> None:
 
 
 CASES = {
-    "gemm int8 sram 512x1024x1024": lambda: prepare_gemm(512, 1024, 1024, "int8", "sram"),
-    "gemm fp16 sram odd 123x1658x116": lambda: prepare_gemm(123, 1658, 116, "fp16", "sram"),
-    "gemm bf16 dram odd 300x700x260": lambda: prepare_gemm(300, 700, 260, "bf16", "dram"),
-    "gemm int8 dram 256x512x1000": lambda: prepare_gemm(256, 512, 1000, "int8", "dram"),
-    "gemm int8 dram-direct": lambda: prepare_gemm(200, 640, 300, "int8", "dram-direct"),
+    "gemm int8 sram 512x1024x1024": lambda: prepare_gemm(
+        512, 1024, 1024, "int8", "sram", in_flight=1, bias=False
+    ),
+    "gemm fp16 sram odd 123x1658x116": lambda: prepare_gemm(
+        123, 1658, 116, "fp16", "sram", in_flight=1, bias=False
+    ),
+    "gemm bf16 dram odd 300x700x260": lambda: prepare_gemm(
+        300, 700, 260, "bf16", "dram", in_flight=1, bias=False
+    ),
+    "gemm int8 dram 256x512x1000": lambda: prepare_gemm(
+        256, 512, 1000, "int8", "dram", in_flight=1, bias=False
+    ),
+    "gemm int8 dram-direct": lambda: prepare_gemm(
+        200, 640, 300, "int8", "dram-direct", in_flight=1, bias=False
+    ),
     "tbe cache hits": lambda: prepare_tbe(64, 20, 50000, 128),
     "tbe zipf dram": lambda: prepare_tbe(32, 10, 200000, 64, placement="dram", distribution="zipf"),
     "transpose dram": lambda: prepare_op("transpose", 256, 128, 32, "dram"),

@@ -25,7 +25,9 @@ def test_public_mape_gate(report, family):
     stats = report.families[family]
     gate = gate_pct(family)
     assert stats.mape_pct <= gate, f"{family}: MAPE {stats.mape_pct:.1f}% > {gate}%"
-    assert stats.pearson_r > 0.7, f"{family}: Pearson r {stats.pearson_r:.3f}"
+    # the FC families' r: their shape over M (the drop of 4096^3 from SRAM included), not only their level
+    floor = 0.98 if family.startswith("fc") else 0.7
+    assert stats.pearson_r >= floor, f"{family}: Pearson r {stats.pearson_r:.3f}"
 
 
 def test_json_shape(report):

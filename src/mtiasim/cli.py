@@ -151,6 +151,12 @@ def _print_bench(res: dict[str, Any]) -> None:
         click.echo(f"  warning   {warning}")
     if "mapping" in res:
         click.echo(f"  mapping   {res['mapping']}")
+    if len(res.get("launches", [])) > 1:
+        for row in res["launches"]:
+            took = f", {row['seconds'] * 1e3:.3f} ms each" if "seconds" in row else ""
+            click.echo(
+                f"  launches  {row['launches']} of {res['in_flight']} with A in {row['a']}, C in {row['c']}{took}"
+            )
     if "cache_hit_rate" in res:
         click.echo(f"  SRAM cache hit rate {res['cache_hit_rate'] * 100:.1f}%")
     if "trace" in res:
@@ -473,14 +479,23 @@ def _common(f):
 @click.option(
     "--variant", default="auto", show_default=True, help="auto, ws (weight-stationary) or os (streaming)."
 )
+@click.option(
+    "--in-flight",
+    type=int,
+    default=None,
+    help="Launches in flight (GemmBench's numAsyncLaunches), each with its own A and C (default: the assumed "
+    "paper set-up).",
+)
 @_common
-def bench_gemm_cmd(m, k, n, dtype, placement, out_dtype, variant, chip_name, fidelity, mode, trace_path,
-                   as_json, sets) -> None:  # fmt: skip
+def bench_gemm_cmd(m, k, n, dtype, placement, out_dtype, variant, in_flight, chip_name, fidelity, mode,
+                   trace_path, as_json, sets) -> None:  # fmt: skip
     """C[M,N] = A[M,K] @ W[N,K].T on the chip."""
+    from mtiasim.bench.core import LAUNCHES_IN_FLIGHT
     from mtiasim.bench.gemm import prepare_gemm
 
     chip = _chip(chip_name, sets)
-    prep = prepare_gemm(m, k, n, dtype, placement, chip, fidelity, mode, out_dtype, variant)
+    prep = prepare_gemm(m, k, n, dtype, placement, chip, fidelity, mode, out_dtype, variant,
+                        in_flight=in_flight if in_flight is not None else LAUNCHES_IN_FLIGHT)  # fmt: skip
     _finish_bench(prep, f"gemm {m}x{k}x{n} {dtype}", trace_path, as_json)
 
 

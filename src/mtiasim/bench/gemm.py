@@ -1,5 +1,20 @@
 """`mtiasim bench gemm`: one FC/GEMM ``C[M, N] = A[M, K] @ W[N, K].T`` on the chip.
 
+Launches in flight. Glow's GemmBench keeps `numAsyncLaunches` launches in flight, each with a new execution
+context: its own input A and output C, while the weights W are constants loaded once with the network. The
+benchmark places them in that order: A, W and C of the first launch where asked (an error if they do not fit),
+then each further launch's A and C, in the SRAM's scratchpad while they fit and otherwise in LPDDR5, reached
+through the SRAM in cache mode (whose capacity is what the scratchpad leaves). The launches run one after
+another; those placed alike take the same time, so one job per placement is simulated and ``seconds`` is the
+mean time per launch (`in_flight`: `LAUNCHES_IN_FLIGHT` by default, as for TBE; not published). ``launches``
+lists the placements, how many launches each has and its time.
+
+The FC has a bias (`bias`), as GemmBench's and Int8GemmBench's do: a [1, N] constant in the accumulator's type
+(int32 for int8), resident with W, so it takes its bytes of the scratchpad. Its add is not simulated: v1's FC
+kernel preloads it into the reduction engine's accumulators (ISCA'23), taken as free; `gemm_job`'s bias
+stream (one DMA command per output block) would cost a compute-bound FC ~4 % of its time, which the fits of
+the calibrated constants reject (docs/memory.md §4).
+
 JSON: ``seconds``, ``tops`` (2*M*N*K / seconds / 1e12), ``macs``, ``bound`` and the mapping, attribution and
 counters. In functional modes the result is also checked against an integer (int8) or float64 reference.
 """
@@ -12,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mtiasim.bench.core import (
+    LAUNCHES_IN_FLIGHT,
     Prepared,
     base_fields,
     check_run,
@@ -25,7 +41,7 @@ from mtiasim.bench.core import (
 from mtiasim.dtypes import DType
 from mtiasim.errors import UsageError
 from mtiasim.hw import Chip
-from mtiasim.isa import Program
+from mtiasim.isa import Level, MemoryPlan, Program, TensorDecl
 from mtiasim.kernels.common import Region
 from mtiasim.kernels.gemm import DPE_DTYPES, VARIANTS, choose_mapping, gemm_job
 from mtiasim.runtime.bounds import accumulation_bound, bound_check, stored_bound
@@ -56,8 +72,11 @@ def prepare_gemm(
     out_dtype: str | None = None,
     variant: str = "auto",
     seed: int = 0,
+    in_flight: int = LAUNCHES_IN_FLIGHT,
+    bias: bool = True,
 ) -> Prepared:
     m, k, n = positive("m", m), positive("k", k), positive("n", n)
+    in_flight = positive("in-flight", in_flight, 1024)
     seed = check_seed(seed)
     dt = DType.parse(dtype, "--dtype")
     if dt not in DPE_DTYPES:
@@ -77,10 +96,28 @@ def prepare_gemm(
     a = plan.add("A", (m, k), dt, lvl, cached=cached)
     w = plan.add("W", (n, k), dt, lvl, cached=cached)
     c = plan.add("C", (m, n), odt, lvl, cached=cached)
+    # GemmBench's FC has a bias: a constant [N] vector in the accumulator's type, loaded with W
+    acc = DType.INT32 if dt == DType.INT8 else DType.FP32
+    if bias:
+        plan.add("bias", (1, n), acc, lvl, cached=cached)
+    contexts = [(a, c)] + [
+        (_place(plan, f"A@{i}", (m, k), dt, lvl, cached), _place(plan, f"C@{i}", (m, n), odt, lvl, cached))
+        for i in range(1, in_flight)
+    ]
     scale = int8_out_scale(k) if odt == DType.INT8 else None
-    mapping = choose_mapping(chip_, m, k, n, dt, odt, (lvl, lvl), Region.whole(chip_), variant, cached)
-    job = gemm_job(chip_, "gemm", a, w, c, out_scale=scale, mapping=mapping)
-    program = Program(f"gemm {m}x{k}x{n} {dt.value}", plan.tensors, [job])
+    groups: dict[tuple[str, ...], list[tuple[TensorDecl, TensorDecl]]] = {}
+    for ctx in contexts:
+        groups.setdefault(tuple(_where(t) for t in ctx), []).append(ctx)
+    jobs, launches, mappings = [], [], []
+    for key, members in groups.items():
+        ga, gc = members[0]
+        mapping = choose_mapping(chip_, m, k, n, dt, odt, (ga.level, w.level), Region.whole(chip_), variant,
+                                 ga.cached or w.cached)  # fmt: skip
+        name = "gemm" if not jobs else f"gemm (A {key[0]}, C {key[1]})"
+        jobs.append(gemm_job(chip_, name, ga, w, gc, out_scale=scale, mapping=mapping))
+        launches.append(len(members))
+        mappings.append(mapping)
+    program = Program(f"gemm {m}x{k}x{n} {dt.value}", plan.tensors, jobs)
     inputs: dict[str, np.ndarray] = {}
     if mode != "timing":
         rng = np.random.default_rng(seed)
@@ -94,6 +131,10 @@ def prepare_gemm(
                 "A": rng.standard_normal((m, k)).astype(dt.numpy),
                 "W": rng.standard_normal((n, k)).astype(dt.numpy),
             }
+        if bias:
+            inputs["bias"] = np.zeros((1, n), dtype=acc.numpy)  # resident; its add is not simulated
+        # every launch multiplies the same input
+        inputs.update({ga.name: inputs["A"] for ga, _ in (members[0] for members in groups.values())})
 
     def summarize(result) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -107,16 +148,46 @@ def prepare_gemm(
         out["placement"] = placement
         out["sram_cache"] = cached
         out.update(base_fields(chip_, mode, fidelity))
-        out.update(timing_fields(result, chip_))
+        out["in_flight"] = in_flight
+        out["bias"] = bias
+        out.update(timing_fields(result, chip_, launches if len(jobs) > 1 else None))
         macs = float(m) * n * k
         out["macs"] = macs
         out["tops"] = 2 * macs / out["seconds"] / 1e12 if out["seconds"] else None
-        out["mapping"] = mapping.describe()
+        out["mapping"] = mappings[0].describe()
+        out["launches"] = _launches(groups, mappings, result)
         if result.outputs is not None:
             out["check"] = _check(inputs, result.outputs["C"], dt, odt, scale)
         return out
 
     return Prepared(chip_, program, inputs, mode, fidelity, summarize)
+
+
+def _place(
+    plan: MemoryPlan, name: str, shape: tuple[int, int], dt: DType, lvl: Level, cached: bool
+) -> TensorDecl:
+    """A further launch's tensor: where the first launch's is while it fits there, else LPDDR5 through the SRAM
+    cache."""
+    if lvl == Level.SRAM and not plan.fits(lvl, shape[0] * shape[1] * dt.itemsize):
+        return plan.add(name, shape, dt, Level.DRAM, cached=True)
+    return plan.add(name, shape, dt, lvl, cached=cached)
+
+
+def _where(t: TensorDecl) -> str:
+    return t.level.value + (" (cache)" if t.cached else "")
+
+
+def _launches(groups, mappings, result) -> list[dict[str, Any]]:
+    """Per placement of the launches in flight: the placement, how many launches, the mapping and the time of
+    its job (the spacing of its completion from the previous job's)."""
+    out = []
+    ends = [j.end_s for j in result.timing.jobs] if result.timing is not None else []
+    for i, ((wa, wc), members) in enumerate(groups.items()):
+        row: dict[str, Any] = {"a": wa, "c": wc, "launches": len(members), "mapping": mappings[i].describe()}
+        if ends:
+            row["seconds"] = ends[i] - (ends[i - 1] if i else 0.0)
+        out.append(row)
+    return out
 
 
 def _check(inputs, got: np.ndarray, dt: DType, odt: DType, scale: float | None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from mtiasim.bench.cache_state import steady_state_lines
 from mtiasim.bench.core import (
+    LAUNCHES_IN_FLIGHT,
     Prepared,
     base_fields,
     check_run,
@@ -43,8 +44,6 @@ from mtiasim.runtime.bounds import accumulation_bound, bound_check, stored_bound
 
 DEFAULT_TABLES = 1
 DEFAULT_JOBS = 8
-# launches TBEBench keeps in flight (numAsyncLaunches): not published for ISCA'23 Fig 12; assumed a few
-LAUNCHES_IN_FLIGHT = 4
 TBE_PLACEMENTS = ("cache", "sram", "dram")
 WARM = ("distribution", "same", "cold")
 FUNCTIONAL_TABLE_LIMIT_BYTES = 2 << 30

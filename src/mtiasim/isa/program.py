@@ -68,6 +68,11 @@ class MemoryPlan:
         self.used = {Level.SRAM: 0, Level.DRAM: 0}
         self.tensors: dict[str, TensorDecl] = {}
 
+    def fits(self, level: Level, nbytes: int) -> bool:
+        """Whether a tensor of `nbytes` would fit `level` if it were added now."""
+        address = -(-self.used[level] // TENSOR_ALIGN_BYTES) * TENSOR_ALIGN_BYTES
+        return address + nbytes <= self.capacity[level]
+
     def add(
         self,
         name: str,
