@@ -296,3 +296,16 @@ def test_start_up_imports_no_study_modules(capsys):
         assert status == 0
         listed = " ".join(" ".join(out.split("Metrics:")[1].split("--storage")[0].split()).split(", "))
         assert listed.split() == list(dict.fromkeys(m for e in EVALUATORS.values() for m in e.metrics))
+
+
+def test_the_benchmarks_timing_path_imports_no_torch():
+    """`mtiasim bench gemm/tbe/op` in timing mode needs no PyTorch (its import is most of a process's 3 s):
+    only a functional check loads the numerics bounds, which use torch."""
+    code = (
+        "import sys, mtiasim.cli, mtiasim.bench\n"
+        "from mtiasim.bench import bench_gemm\n"
+        "bench_gemm(64, 128, 64, 'int8', 'sram')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -44,7 +44,6 @@ from mtiasim.hw import Chip
 from mtiasim.isa import Level, MemoryPlan, Program, TensorDecl
 from mtiasim.kernels.common import Region
 from mtiasim.kernels.gemm import DPE_DTYPES, VARIANTS, choose_mapping, gemm_job
-from mtiasim.runtime.bounds import accumulation_bound, bound_check, stored_bound
 
 DEFAULT_OUT = {DType.INT8: DType.INT8, DType.FP16: DType.FP16, DType.BF16: DType.BF16}
 
@@ -191,6 +190,12 @@ def _launches(groups, mappings, result) -> list[dict[str, Any]]:
 
 
 def _check(inputs, got: np.ndarray, dt: DType, odt: DType, scale: float | None) -> dict[str, Any]:
+    from mtiasim.runtime.bounds import (  # torch: functional runs only
+        accumulation_bound,
+        bound_check,
+        stored_bound,
+    )
+
     a, w = inputs["A"], inputs["W"]
     if dt == DType.INT8:
         # float64 BLAS is exact here (every partial sum is an integer below 2**53) and fast

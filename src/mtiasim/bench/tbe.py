@@ -40,7 +40,6 @@ from mtiasim.hw import Chip
 from mtiasim.indices import IndexDistribution, draw_indices, fixed_lengths, offsets_from_lengths
 from mtiasim.isa import Level, PoolMode, Program
 from mtiasim.kernels.tbe import tbe_job
-from mtiasim.runtime.bounds import accumulation_bound, bound_check, stored_bound
 
 DEFAULT_TABLES = 1
 DEFAULT_JOBS = 8
@@ -204,6 +203,12 @@ def _per_batch(fields: dict[str, Any], per_job: int) -> dict[str, Any]:
 
 def _check(inputs, sfx, got, rows, lengths, tables, batch, dim, mode) -> dict[str, Any]:
     """The pooled rows (fp16, see `out` above) against float64 pooling of the same dequantized rows."""
+    from mtiasim.runtime.bounds import (  # torch: functional runs only
+        accumulation_bound,
+        bound_check,
+        stored_bound,
+    )
+
     vals = fbgemm_rows_dequantize(inputs["tables"][rows], dim).astype(np.float64)
     if "weights" + sfx in inputs:
         vals = vals * inputs["weights" + sfx].astype(np.float64)[:, None]
