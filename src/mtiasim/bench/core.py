@@ -63,13 +63,20 @@ def check_run(mode: str, fidelity: str) -> None:
 
 
 def memory_plan(chip: Chip) -> MemoryPlan:
-    return MemoryPlan(min(chip.sram.scratchpad_bytes, chip.sram.bytes), chip.dram.bytes)
+    return MemoryPlan(chip.sram.scratchpad_capacity_bytes, chip.dram.bytes)
 
 
 def run(
     program: Program, chip: Chip, mode: str, fidelity: str, inputs: dict[str, np.ndarray]
 ) -> ExecutionResult:
     return execute(program, chip, mode=mode, fidelity=fidelity, inputs=inputs)
+
+
+def job_spans_s(result: ExecutionResult) -> list[float]:
+    """Each job's time in a run of jobs back to back: the spacing of its completion from the previous job's
+    (from 0 for the first)."""
+    ends = [j.end_s for j in result.timing.jobs] if result.timing is not None else []
+    return [e - b for b, e in zip([0.0, *ends[:-1]], ends, strict=True)]
 
 
 def timing_fields(result: ExecutionResult, chip: Chip, launches: list[int] | None = None) -> dict[str, Any]:
@@ -91,8 +98,7 @@ def timing_fields(result: ExecutionResult, chip: Chip, launches: list[int] | Non
     if launches is not None and len(jobs) > 1:
         if len(launches) != len(jobs):
             raise ValueError(f"{len(launches)} launch counts for {len(jobs)} jobs")
-        ends = [j.end_s for j in jobs]
-        spans = [e - b for b, e in zip([0.0, *ends[:-1]], ends, strict=True)]
+        spans = job_spans_s(result)
         count = sum(launches)
         seconds = sum(c * s for c, s in zip(launches, spans, strict=True)) / count
         detail = {}

@@ -32,6 +32,7 @@ from mtiasim.bench.core import (
     base_fields,
     check_run,
     check_seed,
+    job_spans_s,
     level,
     memory_plan,
     positive,
@@ -180,11 +181,11 @@ def _launches(groups, mappings, result) -> list[dict[str, Any]]:
     """Per placement of the launches in flight: the placement, how many launches, the mapping and the time of
     its job (the spacing of its completion from the previous job's)."""
     out = []
-    ends = [j.end_s for j in result.timing.jobs] if result.timing is not None else []
+    spans = job_spans_s(result)
     for i, ((wa, wc), members) in enumerate(groups.items()):
         row: dict[str, Any] = {"a": wa, "c": wc, "launches": len(members), "mapping": mappings[i].describe()}
-        if ends:
-            row["seconds"] = ends[i] - (ends[i - 1] if i else 0.0)
+        if spans:
+            row["seconds"] = spans[i]
         out.append(row)
     return out
 

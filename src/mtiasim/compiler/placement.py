@@ -106,7 +106,7 @@ def plan(low: Lowered, chip: Chip, outputs: list[str], index_bytes: int) -> Memo
                 e = n
             lifetimes[name] = (s, e)
     return plan_memory(
-        sram_bytes=min(chip.sram.scratchpad_bytes, chip.sram.bytes),  # the scratchpad part of the SRAM
+        sram_bytes=chip.sram.scratchpad_capacity_bytes,
         dram_bytes=chip.dram.bytes,
         activations=acts,
         lifetimes=lifetimes,

@@ -169,6 +169,11 @@ class Sram(_Section):
     cache_ways: PositiveInt
     cache_slices_per_controller: PositiveInt
 
+    @property
+    def scratchpad_capacity_bytes(self) -> int:
+        """The bytes addressable tensors may take: `scratchpad_bytes`, at most the whole SRAM."""
+        return min(self.scratchpad_bytes, self.bytes)
+
     @model_validator(mode="after")
     def _cache_fits(self) -> Sram:
         if self.slices % self.cache_slices_per_controller:

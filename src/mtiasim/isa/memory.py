@@ -158,9 +158,13 @@ class RunStats:
 
 
 def _clipped(decl: TensorDecl, tile: tuple[int, int], origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r0, c0 = origins[:, 0], origins[:, 1]
-    nr = np.clip(np.minimum(r0 + tile[0], decl.rows) - r0, 0, None)
-    nc = np.clip(np.minimum(c0 + tile[1], decl.cols) - c0, 0, None)
+    return _clip(origins[:, 0], origins[:, 1], tile[0], tile[1], decl.rows, decl.cols)
+
+
+def _clip(r0, c0, tile_rows, tile_cols, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of tiles at (r0, c0) that lie inside a [rows, cols] tensor (arrays or numbers)."""
+    nr = np.clip(np.minimum(r0 + tile_rows, rows) - r0, 0, None)
+    nc = np.clip(np.minimum(c0 + tile_cols, cols) - c0, 0, None)
     return nr, nc
 
 
@@ -258,8 +262,7 @@ def tile_runs(pairs: list[tuple[TensorDecl, TileStream]], max_sample_tiles: int 
     r_base, c_base, address, pitch, item, rows, cols, tile_rows, tile_cols, packed = per_tile
     origins = np.concatenate(offsets) if offsets else np.zeros((0, 2), dtype=np.int64)
     r0, c0 = origins[:, 0] + r_base, origins[:, 1] + c_base
-    nr = np.clip(np.minimum(r0 + tile_rows, rows) - r0, 0, None)
-    nc = np.clip(np.minimum(c0 + tile_cols, cols) - c0, 0, None)
+    nr, nc = _clip(r0, c0, tile_rows, tile_cols, rows, cols)
     full_rows = (nc == cols) & (packed == 1)
     return TileRuns(
         first=address + r0 * pitch + c0 * item,

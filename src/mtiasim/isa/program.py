@@ -68,10 +68,12 @@ class MemoryPlan:
         self.used = {Level.SRAM: 0, Level.DRAM: 0}
         self.tensors: dict[str, TensorDecl] = {}
 
+    def _next_address(self, level: Level) -> int:
+        return -(-self.used[level] // TENSOR_ALIGN_BYTES) * TENSOR_ALIGN_BYTES
+
     def fits(self, level: Level, nbytes: int) -> bool:
         """Whether a tensor of `nbytes` would fit `level` if it were added now."""
-        address = -(-self.used[level] // TENSOR_ALIGN_BYTES) * TENSOR_ALIGN_BYTES
-        return address + nbytes <= self.capacity[level]
+        return self._next_address(level) + nbytes <= self.capacity[level]
 
     def add(
         self,
@@ -89,8 +91,9 @@ class MemoryPlan:
             raise UsageError(f"tensor {name!r}: shape {shape} has a non-positive dimension")
         if cached and level != Level.DRAM:
             raise UsageError(f"tensor {name!r}: only LPDDR5 tensors can be reached through the SRAM cache")
-        address = -(-self.used[level] // TENSOR_ALIGN_BYTES) * TENSOR_ALIGN_BYTES
-        decl = TensorDecl(name, tuple(shape), dtype, level, address, cached, row_pitch_bytes)
+        decl = TensorDecl(
+            name, tuple(shape), dtype, level, self._next_address(level), cached, row_pitch_bytes
+        )
         if decl.end > self.capacity[level]:
             resident = ", ".join(
                 f"{t.name} {t.nbytes / 2**20:.1f} MiB"
