@@ -6,7 +6,6 @@ per-unit busy fractions (the grid heatmap), and bandwidth over time (counter tra
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,26 +121,39 @@ def pe_utilization(chip: Chip, nodes: NodeTable, seconds: float) -> dict[str, np
     if seconds <= 0:
         return out
     pe = np.array(nodes.pe, dtype=np.int64).reshape(-1, 2)
+    flat_pe = pe[:, 0] * cols + pe[:, 1]
     for u, (ids, start, end) in unit_spans(nodes).items():
-        per_pe: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
-        for i, s, e in zip(ids.tolist(), start.tolist(), end.tolist(), strict=True):
-            if e > s:
-                per_pe[(int(pe[i, 0]), int(pe[i, 1]))].append((s, e))
-        for (r, c), spans in per_pe.items():
-            out[u][r, c] = min(1.0, _union_length(spans) / seconds)
+        busy = end > start
+        union_s = union_lengths(flat_pe[ids[busy]], start[busy], end[busy], rows * cols)
+        out[u] = np.minimum(1.0, union_s / seconds).reshape(rows, cols)
     return out
 
 
-def _union_length(spans: list[tuple[float, float]]) -> float:
-    spans.sort()
-    total, cur_s, cur_e = 0.0, spans[0][0], spans[0][1]
-    for s, e in spans[1:]:
-        if s > cur_e:
-            total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    return total + cur_e - cur_s
+def union_lengths(group: np.ndarray, start: np.ndarray, end: np.ndarray, groups: int) -> np.ndarray:
+    """Per group id in [0, groups): the length of the union of its spans [start, end) (end > start).
+
+    The spans of a group, sorted by (start, end), merge into runs: a span opens a run when it starts after every
+    earlier span of the group has ended; a run ends at the largest end in it. The runs' lengths are summed in
+    order, as a sequential merge would."""
+    total = np.zeros(groups)
+    if len(group) == 0:
+        return total
+    order = np.lexsort((end, start, group))
+    g, s, e = group[order], start[order], end[order]
+    # the running largest end within a group, exactly: a running max of (group, rank of end) keys
+    end_rank = np.empty(len(e), dtype=np.int64)
+    end_rank[np.argsort(e, kind="stable")] = np.arange(len(e))
+    by_rank = np.sort(e, kind="stable")
+    reach = by_rank[np.maximum.accumulate(g * len(e) + end_rank) - g * len(e)]
+    first = np.ones(len(g), dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    opens = first.copy()
+    opens[1:] |= s[1:] > reach[:-1]
+    last = np.ones(len(g), dtype=bool)
+    last[:-1] = opens[1:]
+    run_length = reach[last] - s[opens]
+    np.add.at(total, g[opens], run_length)
+    return total
 
 
 def bandwidth_timeline(
