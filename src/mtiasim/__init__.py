@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -51,6 +52,16 @@ def __getattr__(name: str) -> Any:
         return backend
     raise AttributeError(f"module 'mtiasim' has no attribute {name!r}")
 
+
+class _IsFxTracingHint(logging.Filter):
+    """torch tells library authors, on the first `is_fx_tracing()` call of a process, that it is true under
+    torch.export too; torchrec's KeyedJaggedTensor calls it, so every run of a torchrec model printed the hint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("is_fx_tracing will return true for both")
+
+
+logging.getLogger("torch.fx._symbolic_trace").addFilter(_IsFxTracingHint())
 
 if "torch" in sys.modules:  # the user works with torch already: make backend="mtiasim" known
     from mtiasim.runtime.backend import register
