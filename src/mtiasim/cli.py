@@ -385,10 +385,13 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
 
     Batch latencies come from the engine (the workload compiled per bucket batch size); queries, batching, host
     CPU, PCIe switch tree and cards are a discrete-event simulation."""
+    from mtiasim.gcpolicy import deferred_full_collections
     from mtiasim.progress import Progress
-    from mtiasim.serve.run import serve_workload
 
-    with Progress(enabled=not as_json, total=None) as bar:
+    # torch and the model are imported and built next, and live until the process ends (`gcpolicy`)
+    with deferred_full_collections() as settle, Progress(enabled=not as_json, total=None) as bar:
+        from mtiasim.serve.run import serve_workload
+
         res = serve_workload(
             workload,
             server=server_name or DEFAULT_SERVER,
@@ -400,7 +403,7 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
             max_batch=max_batch,
             precision=precision,
             report_dir=report_dir,
-            progress=bar.step,
+            progress=_settling(settle, bar.step),
             sets=sets,
         )
     if as_json:
@@ -648,19 +651,33 @@ def run_cmd(workload: str, as_json: bool, **options: Any) -> None:
     WORKLOAD is a zoo workload (e.g. dlrm-kaggle; an unknown name lists them all), a
     torch.export archive (FILE.pt2, from torch.export.save) or FILE.py:FUNCTION, a function that returns
     (model, args) or (model, args, kwargs)."""
+    from mtiasim.gcpolicy import deferred_full_collections
     from mtiasim.progress import Progress
-    from mtiasim.run.config import RunConfig
-    from mtiasim.run.workload import run_workload
 
-    config = RunConfig.from_options(workload, options)
-    config = config.replace(chip=config.chip_model(), sets=())  # a bad chip or --set fails first
-    steps = 3 + max(config.warmup, 0) + bool(config.check) + bool(config.trace) + bool(config.report_dir)
-    with Progress(enabled=not as_json, total=steps) as bar:
-        res = run_workload(config, progress=bar.step)
+    # torch and the model are imported and built next, and live until the process ends (`gcpolicy`)
+    with deferred_full_collections() as settle:
+        from mtiasim.run.config import RunConfig
+        from mtiasim.run.workload import run_workload
+
+        config = RunConfig.from_options(workload, options)
+        config = config.replace(chip=config.chip_model(), sets=())  # a bad chip or --set fails first
+        steps = 3 + max(config.warmup, 0) + bool(config.check) + bool(config.trace) + bool(config.report_dir)
+        with Progress(enabled=not as_json, total=steps) as bar:
+            res = run_workload(config, progress=_settling(settle, bar.step))
     _emit_json(res) if as_json else _print_run(res)
     verdict = _check_verdict(res)
     if verdict is not None:
         raise CheckFailed(f"{verdict} (PyTorch on the CPU)", quiet=as_json)
+
+
+def _settling(settle: Callable[[], None], step: Callable[[str], None]) -> Callable[[str], None]:
+    """`step`, settling the garbage collector first (`gcpolicy`: the imports and the model are built by then)."""
+
+    def settled_step(what: str) -> None:
+        settle()
+        step(what)
+
+    return settled_step
 
 
 def _print_run(res: dict[str, Any]) -> None:
