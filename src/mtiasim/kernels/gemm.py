@@ -29,6 +29,7 @@ cost estimate (compute per PE, memory traffic after multicast, LPDDR5 run effici
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -186,6 +187,14 @@ def _read_s(chip: Chip, decl_level: Level, cached: bool, total: float, distinct:
     return max(distinct / memory_bytes_per_s(chip, Level.DRAM, run), total * lines / sram_bytes_per_s(chip))
 
 
+@functools.lru_cache(maxsize=4096)
+def _most_blocks(total: int, parts: int, quantum: int) -> tuple[int, bool]:
+    """(the most `quantum`-blocks in one range, whether a range is empty) of `split(total, parts, quantum)`:
+    what a mapping's estimate needs of its splits (the search asks for the same splits many times)."""
+    ranges = split(total, parts, quantum)
+    return max(cdiv(hi - lo, quantum) for lo, hi in ranges), any(hi <= lo for lo, hi in ranges)
+
+
 def _estimate_s(
     chip: Chip,
     mapping: GemmMapping,
@@ -202,14 +211,11 @@ def _estimate_s(
     fit (its tiles or resident blocks do not fit the local store next to the output and `vectors` [1, 64]
     vector buffers: bias, scales)."""
     tm, tn, tk = tiles(chip, mapping.tile_k)
-    ks = split(K, mapping.k_split, tk)
-    if any(hi <= lo for lo, hi in ks):
+    kb, k_empty = _most_blocks(K, mapping.k_split, tk)
+    if k_empty:
         return math.inf
-    ms = split(M, mapping.rows_m, tm)
-    ns = split(N, mapping.rows_n * mapping.cols_n, tn)
-    mb = max(cdiv(hi - lo, tm) for lo, hi in ms)
-    nb = max(cdiv(hi - lo, tn) for lo, hi in ns)
-    kb = max(cdiv(hi - lo, tk) for lo, hi in ks)
+    mb, _ = _most_blocks(M, mapping.rows_m, tm)
+    nb, _ = _most_blocks(N, mapping.rows_n * mapping.cols_n, tn)
     if mb == 0 or nb == 0:
         return math.inf
     item = dtype.itemsize
@@ -426,6 +432,8 @@ class _Builder:
         self.parts = _parts(mapping, M, K, N, self.tm, self.tn, self.tk)
         self.active = {rc: p for rc, p in self.parts.items() if p.m[1] > p.m[0] and p.n[1] > p.n[0]}
         self.item = a.dtype.itemsize
+        # the k-blocks of the deepest k-range of any PE (the chunking of weight-stationary W follows it)
+        self.deepest_k_blocks = max(q.blocks(self.tm, self.tn, self.tk)[2] for q in self.parts.values())
 
     # streams ---------------------------------------------------------------------------------------
 
@@ -600,7 +608,7 @@ class _Builder:
         are a chunk's, so a shallower PE cutting larger chunks would hand on blocks its neighbour does not
         expect."""
         _mb, nb, _kb = p.blocks(self.tm, self.tn, self.tk)
-        kb = max(q.blocks(self.tm, self.tn, self.tk)[2] for q in self.parts.values())
+        kb = self.deepest_k_blocks
         per = ws_chunk_blocks(self.chip, kb, self.tk, self.a.dtype, self.c.dtype, self.vectors)
         if per == 0:
             raise UsageError(
