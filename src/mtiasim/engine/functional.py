@@ -97,8 +97,8 @@ def _int8_resident_b(cmd: MatMul, a_run: TileRun, b_run: TileRun) -> np.ndarray:
         u = a_vals.shape[0]
         if u * n <= b1 - b0:  # every band times every column: one product
             prod = nx.int8_matmul_exact(a_vals.reshape(u * tm, k), b_rows.T)
-            if n == 1 and u == b1 - b0 and (band == np.arange(u)).all():
-                out[b0:b1] = prod.reshape(u, tm, tn)
+            if u * n == b1 - b0 and (band == np.arange(b1 - b0) // n).all():  # block b: band b // n
+                out[b0:b1].reshape(u, n, tm, tn)[...] = prod.reshape(u, tm, n, tn).transpose(0, 2, 1, 3)
             else:
                 col = np.arange(b0, b1) % n
                 out[b0:b1] = prod.reshape(u, tm, n, tn)[band, :, col, :]
