@@ -123,3 +123,24 @@ def test_fp32_accumulation_of_fp16():
     b = np.full((4096, 1), 1.0, np.float16)
     # fp16 accumulation would stall at 2048; the DPE accumulates in fp32
     assert nx.matmul_acc(a, b, DType.FP16)[0, 0] == 4096.0
+
+
+def test_fp16_conversions_through_pytorch_keep_numpys_bits():
+    """With torch loaded, large fp16 <-> fp32 conversions go through it: the same bits as numpy's astype,
+    specials, subnormals, ties, overflow and NaN payloads (signaling ones included) alike."""
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, 3 * nx.HALF_CONVERT_MIN, dtype=np.uint64).astype(np.uint32)
+    specials = np.array(
+        [0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FA00000, 0x477FEFFF, 0x477FF000],
+        dtype=np.uint32,
+    )  # inf, -inf, quiet and signaling NaNs, the largest value that stays finite in fp16, the first that does not
+    wide = np.concatenate([bits, specials]).view(np.float32)
+    # fp16 ties and subnormals: every fp16 value, and every midpoint between neighbours
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mids = (halves.astype(np.float64)[:-1] + halves.astype(np.float64)[1:]) / 2
+        wide = np.concatenate([wide, halves.astype(np.float32), mids.astype(np.float32)])
+        ref16 = wide.astype(np.float16)
+    assert np.array_equal(nx.cast(wide, DType.FP16).view(np.uint16), ref16.view(np.uint16))
+    assert np.array_equal(nx.to_float32(halves).view(np.uint32), halves.astype(np.float32).view(np.uint32))
+    assert np.array_equal(nx.to_float32(ref16).view(np.uint32), ref16.astype(np.float32).view(np.uint32))

@@ -223,13 +223,13 @@ def _add_chip(x: np.ndarray, y: np.ndarray, *, alpha: float = 1.0, **_: Any) -> 
     with np.errstate(all="ignore"):
         if alpha != 1.0:
             yf = (yf * np.float32(alpha)).astype(np.float32)
-        return (xf + yf).astype(np.float32)
+        return np.asarray(xf + yf, dtype=np.float32)
 
 
 def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[..., np.ndarray]:
     def chip(x: np.ndarray, y: np.ndarray, **_: Any) -> np.ndarray:
         with np.errstate(all="ignore"):
-            return fn(_f32(x), _f32(y)).astype(np.float32)
+            return np.asarray(fn(_f32(x), _f32(y)), dtype=np.float32)
 
     return chip
 

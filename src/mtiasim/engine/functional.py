@@ -41,36 +41,72 @@ def _operand_rows(tiles: np.ndarray, groups: int, steps: int) -> np.ndarray:
     return out.reshape(groups, t, steps * tk)
 
 
+def _band_rows(run: TileRun, start: int, groups: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """`groups` groups of `steps` tiles of `run` from tile `start` as float32 rows [u, t, steps * tk] and each
+    group's index into them: the distinct row bands of one array, read once each, when the tiles are laid out
+    so (`TileRun.bands`); else every group's tiles side by side (`_operand_rows`)."""
+    got = run.bands(start, groups, steps)
+    if got is not None:
+        values, which = got
+        return values.astype(np.float32), which
+    return _operand_rows(run.get(start, start + groups * steps), groups, steps), np.arange(groups)
+
+
 def _int8_blocks(cmd: MatMul, a_run: TileRun, b_run: TileRun) -> np.ndarray:
     """INT8 accumulators: every block's rows of A times its column of B, as exact int32 sums by float BLAS
-    (`numerics.int8_matmul_exact`); blocks that share a B column (a resident B) are one taller product."""
+    (`numerics.int8_matmul_exact`)."""
+    if cmd.b_mode == Operand.STREAM:
+        return _int8_streamed_b(cmd, a_run, b_run)
+    return _int8_resident_b(cmd, a_run, b_run)
+
+
+def _int8_streamed_b(cmd: MatMul, a_run: TileRun, b_run: TileRun) -> np.ndarray:
+    """Every block has its own B tiles: a batched product."""
     steps, tm, tn = cmd.steps, cmd.tile_m, cmd.tile_n
     blocks = cmd.blocks
     out = np.empty((blocks, tm, tn), dtype=np.int32)
-    if cmd.b_mode == Operand.STREAM:  # every block has its own B tiles: a batched product
-        per_block = steps * cmd.tile_k * (tm + tn) * 4
-        chunk = max(1, MATMUL_CHUNK_BYTES // max(per_block, 1))
-        for b0 in range(0, blocks, chunk):
-            b1 = min(blocks, b0 + chunk)
-            a = _a_rows(cmd, a_run, b0, b1)
-            b = _operand_rows(b_run.get(b0 * steps, b1 * steps), b1 - b0, steps).transpose(0, 2, 1)
-            out[b0:b1] = nx.int8_matmul_exact(a, b)
-        return out
-    # resident B: each of its n_blocks columns [K, tn] converted once
-    b_cols = _operand_rows(b_run.get(0, cmd.n_blocks * steps), cmd.n_blocks, steps).transpose(0, 2, 1)
-    per_block = steps * cmd.tile_k * tm * 4
-    chunk = max(cmd.n_blocks, MATMUL_CHUNK_BYTES // max(per_block, 1) // cmd.n_blocks * cmd.n_blocks)
-    for b0 in range(
-        0, blocks, chunk
-    ):  # whole rows of blocks (block b is row b // n_blocks, column b % n_blocks)
+    per_block = steps * cmd.tile_k * (tm + tn) * 4
+    chunk = max(1, MATMUL_CHUNK_BYTES // max(per_block, 1))
+    for b0 in range(0, blocks, chunk):
         b1 = min(blocks, b0 + chunk)
-        a = _a_rows(cmd, a_run, b0, b1)  # [b1 - b0, tm, K]
-        rows = (b1 - b0) // cmd.n_blocks
-        a = a.reshape(rows, cmd.n_blocks, tm, a.shape[-1])
-        for j in range(cmd.n_blocks):
-            aj = a[:, j].reshape(rows * tm, a.shape[-1]) if cmd.n_blocks > 1 else a.reshape(rows * tm, -1)
-            got = nx.int8_matmul_exact(aj, b_cols[j]).reshape(rows, tm, tn)
-            out[b0 + j : b1 : cmd.n_blocks] = got
+        a = _a_rows(cmd, a_run, b0, b1)
+        b = _operand_rows(b_run.get(b0 * steps, b1 * steps), b1 - b0, steps).transpose(0, 2, 1)
+        out[b0:b1] = nx.int8_matmul_exact(a, b)
+    return out
+
+
+def _int8_resident_b(cmd: MatMul, a_run: TileRun, b_run: TileRun) -> np.ndarray:
+    """A resident B (block b is row b // n_blocks, column b % n_blocks): its columns [K, tn] converted once;
+    the distinct A row bands (`_band_rows`; a streamed A repeated for every column is read once) times every
+    column in one product when that is no more work than the blocks' own products, else each column's blocks
+    as one taller product."""
+    steps, tm, tn, n = cmd.steps, cmd.tile_m, cmd.tile_n, cmd.n_blocks
+    k = steps * cmd.tile_k
+    blocks = cmd.blocks
+    b_vals, b_which = _band_rows(b_run, 0, n, steps)
+    b_rows = (b_vals if b_vals.shape[0] == n else b_vals[b_which]).reshape(n * tn, k)  # B^T: [n * tn, K]
+    out = np.empty((blocks, tm, tn), dtype=np.int32)
+    chunk = max(n, MATMUL_CHUNK_BYTES // max(k * tm * 4, 1) // n * n)
+    stream = cmd.a_mode == Operand.STREAM
+    for b0 in range(0, blocks, chunk):  # whole rows of blocks
+        b1 = min(blocks, b0 + chunk)
+        g0, g1 = (b0, b1) if stream else (b0 // n, b1 // n)
+        a_vals, which = _band_rows(a_run, g0 * steps, g1 - g0, steps)
+        per_block = np.arange(b1 - b0) if stream else np.arange(b1 - b0) // n
+        band = which[per_block]  # each block's A band
+        u = a_vals.shape[0]
+        if u * n <= b1 - b0:  # every band times every column: one product
+            prod = nx.int8_matmul_exact(a_vals.reshape(u * tm, k), b_rows.T)
+            if u * n == b1 - b0 and (band == np.arange(b1 - b0) // n).all():  # block b: band b // n
+                out[b0:b1].reshape(u, n, tm, tn)[...] = prod.reshape(u, tm, n, tn).transpose(0, 2, 1, 3)
+            else:
+                col = np.arange(b0, b1) % n
+                out[b0:b1] = prod.reshape(u, tm, n, tn)[band, :, col, :]
+            continue
+        for j in range(n):  # each column's blocks (b0 is a multiple of n) as one taller product
+            aj = a_vals[band[j::n]].reshape(-1, k)
+            got = nx.int8_matmul_exact(aj, b_rows[j * tn : (j + 1) * tn].T)
+            out[b0 + j : b1 : n] = got.reshape(-1, tm, tn)
     return out
 
 
@@ -159,9 +195,9 @@ def se_map(
     if op in (SeOp.COPY, SeOp.CAST):
         if op == SeOp.COPY and x.dtype == out.numpy:
             return x.copy()
-        return nx.cast(x.astype(np.float32) if x.dtype.kind == "f" else x, out, stats)
-    y32 = None if y is None else y.astype(np.float32)
-    r = nx.elementwise(op.value, x.astype(np.float32), y32, segments=segments, **dict(cmd.params))
+        return nx.cast(nx.to_float32(x) if x.dtype.kind == "f" else x, out, stats)
+    y32 = None if y is None else nx.to_float32(y)
+    r = nx.elementwise(op.value, nx.to_float32(x), y32, segments=segments, **dict(cmd.params))
     return nx.cast(r, out, stats)
 
 

@@ -24,6 +24,8 @@ arrays; `engine.functional` applies it to each command's tiles).
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +68,49 @@ def _int_range(out: DType) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
+# fp16 <-> fp32 conversions of at least this many elements go through PyTorch when the process has loaded it,
+# in pieces below its grain size (PyTorch runs those on the calling thread: its pool's threads, woken for every
+# conversion, wait long on a busy host)
+HALF_CONVERT_MIN = 4096
+HALF_CONVERT_PIECE = 16384
+
+
+def _loaded_torch():
+    """PyTorch if this process has loaded it (a run from the PyTorch path has), else None: it converts fp16
+    <-> fp32 with the CPU's vector instructions, ~10x numpy's element-by-element conversion. Both round to
+    nearest even, so the bits are the same, but for NaN payloads (hardware quiets a signaling NaN, numpy keeps
+    its bits): NaNs are converted by numpy. Not imported here: a process without it keeps numpy's."""
+    return sys.modules.get("torch")
+
+
+def _half_convert(x: np.ndarray, to: type) -> np.ndarray:
+    """`x` (fp16 or fp32) as `to` (np.float32 or np.float16), as numpy's ``astype`` gives it, fast."""
+    torch = _loaded_torch() if x.size >= HALF_CONVERT_MIN else None
+    if torch is None:
+        with np.errstate(over="ignore"):  # overflow to +-inf is the rounding's (and is counted by `cast`)
+            return x.astype(to)
+    out = np.empty(x.shape, dtype=to)
+    with warnings.catch_warnings():  # a read-only view is only read here
+        warnings.simplefilter("ignore", UserWarning)
+        src = torch.from_numpy(np.ascontiguousarray(x).reshape(-1))
+    dst = torch.from_numpy(out.reshape(-1))
+    for i in range(0, x.size, HALF_CONVERT_PIECE):
+        dst[i : i + HALF_CONVERT_PIECE].copy_(src[i : i + HALF_CONVERT_PIECE])
+    nan = np.isnan(out if to is np.float32 else x)
+    if nan.any():
+        with np.errstate(over="ignore"):
+            out[nan] = x[nan].astype(to)
+    return out
+
+
+def to_float32(x: np.ndarray) -> np.ndarray:
+    """`x` as an fp32 array (a new one for fp16: the conversion is exact; otherwise as ``np.asarray``)."""
+    x = np.asarray(x)
+    if x.dtype == np.float16:
+        return _half_convert(x, np.float32)
+    return np.asarray(x, dtype=np.float32)
+
+
 FP32_EXACT_INT = 2**24  # every integer of at most this magnitude is an FP32 value
 
 # int8 x int8 products are at most 2^14 in magnitude: float32 holds every partial sum of up to 2^10 of them exactly
@@ -75,16 +120,14 @@ INT8_EXACT_K_FP32 = 2**24 // 2**14
 def int8_matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` of int8 values (given as float32 arrays, batched like `np.matmul`) as int32 sums, by float
     BLAS: K is cut into chunks of at most `INT8_EXACT_K_FP32`, whose float32 sums are exact integers (in any
-    summation order); the chunks' sums are added in int64 and wrap to int32 as the accumulator does (they only
-    can past K = 2^17)."""
+    summation order); the chunks' sums are added in int32, which wraps as the accumulator does (the sum modulo
+    2^32; it only can past K = 2^17)."""
     k = a.shape[-1]
-    if k <= INT8_EXACT_K_FP32:
-        return np.matmul(a, b).astype(np.int32)
-    out = np.matmul(a[..., :INT8_EXACT_K_FP32], b[..., :INT8_EXACT_K_FP32, :]).astype(np.int64)
+    out = np.matmul(a[..., :INT8_EXACT_K_FP32], b[..., :INT8_EXACT_K_FP32, :]).astype(np.int32)
     for k0 in range(INT8_EXACT_K_FP32, k, INT8_EXACT_K_FP32):
         k1 = min(k, k0 + INT8_EXACT_K_FP32)
-        out += np.matmul(a[..., k0:k1], b[..., k0:k1, :]).astype(np.int64)
-    return out.astype(np.int32)
+        out += np.matmul(a[..., k0:k1], b[..., k0:k1, :]).astype(np.int32)
+    return out
 
 
 def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
@@ -116,7 +159,7 @@ def quantize(
 
     `scale` and `zero_point` are scalars, or arrays that broadcast against `x` (per-row scales)."""
     lo, hi = _int_range(out)
-    xf = np.asarray(x, dtype=np.float32)
+    xf = to_float32(x)
     recip = (1.0 / np.asarray(scale, dtype=np.float64)).astype(np.float32)
     zp = np.asarray(zero_point, dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -163,9 +206,12 @@ def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.
     """Convert to `out`: floats round to nearest even (overflowing to +-inf); integers round half to even
     and saturate (NaN gives 0)."""
     if out.is_float:
-        xf = np.asarray(x, dtype=np.float32)
-        with np.errstate(over="ignore"):
-            y = xf.astype(out.numpy)
+        xf = to_float32(x)
+        if out == DType.FP16:
+            y = _half_convert(xf, np.float16)
+        else:
+            with np.errstate(over="ignore"):
+                y = xf.astype(out.numpy)
         if stats is not None and out != DType.FP32:  # NaN/Inf stay what they are; only overflow is new
             stats.converted += xf.size
             big = np.float32(overflow_threshold(out))  # every |x| from here on (inf included) becomes inf
@@ -224,7 +270,9 @@ def fbgemm_rows_dequantize(rows: np.ndarray, dim: int) -> np.ndarray:
     head = np.ascontiguousarray(rows[:, :4]).view(np.float16).astype(np.float32)
     scale, bias = head[:, 0:1], head[:, 1:2]
     q = rows[:, 4 : 4 + dim].astype(np.float32)
-    return (q * scale + bias).astype(np.float32)
+    q *= scale  # FP32 multiply, then FP32 add, in place
+    q += bias
+    return q
 
 
 def fbgemm_rows_quantize(weights: np.ndarray) -> np.ndarray:

@@ -1029,6 +1029,35 @@ def job_order(program: Program) -> list[Job]:
     return order
 
 
+_SCATTER_CHUNK = 4096  # tiles written at once
+
+
+def _write_rectangle(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run: TileRun) -> bool:
+    """Write the tiles of `run` when they are a rectangle of tile-sized cells in row-major order (`origins`
+    from the first, a row of `cols` tiles after the other): one strided copy into the array (the parts outside
+    it dropped). False, writing nothing, when they are laid out otherwise."""
+    n = origins.shape[0]
+    tr, tc = tile
+    r, c = origins[:, 0], origins[:, 1]
+    r0, c0 = int(r[0]), int(c[0])
+    cols = n if (r == r0).all() else int(np.argmax(r != r0))
+    if cols == 0 or n % cols:
+        return False
+    rows = n // cols
+    k = np.arange(n, dtype=np.int64)
+    if not ((r == r0 + k // cols * tr).all() and (c == c0 + k % cols * tc).all()):
+        return False
+    h, w = min(rows * tr, array.shape[0] - r0), min(cols * tc, array.shape[1] - c0)
+    if h <= 0 or w <= 0:
+        return True  # every tile lies past the edge
+    cells = run.get(0, n).reshape(rows, cols, tr, tc).transpose(0, 2, 1, 3)
+    if h == rows * tr and w == cols * tc:
+        array[r0 : r0 + h, c0 : c0 + w].reshape(rows, tr, cols, tc)[...] = cells
+    else:
+        array[r0 : r0 + h, c0 : c0 + w] = cells.reshape(rows * tr, cols * tc)[:h, :w]
+    return True
+
+
 def _scatter(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run: TileRun) -> None:
     """Write the tiles of `run` to `array` at `origins` (the parts outside the array are dropped); a later tile
     overwrites an earlier one where they overlap."""
@@ -1040,6 +1069,8 @@ def _scatter(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run:
     # tiles on one grid of their own size (distinct origins, the same offset from it) cannot overlap: those
     # wholly inside are written at once, as blocks of a [rows, tr, cols, tc] view of the array; the rest (edge
     # tiles, overlapping streams) one after the other, in order
+    if n <= _SCATTER_CHUNK and _write_rectangle(array, origins, tile, run):
+        return
     r, c = origins[:, 0], origins[:, 1]
     grid = (
         ((r - r[0]) % tr == 0).all()
@@ -1047,9 +1078,8 @@ def _scatter(array: np.ndarray, origins: np.ndarray, tile: tuple[int, int], run:
         and np.unique(r * (ncol + tc) + c).size == n
     )
     whole = (r + tr <= nrow) & (c + tc <= ncol) if grid else np.zeros(n, dtype=bool)
-    chunk = 4096
-    for i0 in range(0, n, chunk):
-        i1 = min(n, i0 + chunk)
+    for i0 in range(0, n, _SCATTER_CHUNK):
+        i1 = min(n, i0 + _SCATTER_CHUNK)
         tiles = run.get(i0, i1)
         inside = whole[i0:i1]
         if inside.any():

@@ -63,6 +63,16 @@ class TensorTiles(TileSource):
             if self._windows is None:  # a view (no copy), made once per source
                 self._windows = np.lib.stride_tricks.sliding_window_view(self.array, (tr, tc))
             return self._windows[o[:, 0], o[:, 1]]
+        n = o.shape[0]
+        r_lo, c_lo = int(o[:, 0].min()), int(o[:, 1].min())
+        r_hi, c_hi = int(o[:, 0].max()) + tr, int(o[:, 1].max()) + tc
+        if (r_hi - r_lo) * (c_hi - c_lo) <= 4 * n * tr * tc:
+            # tiles past the edge, over a region not much larger than they are: windows of a zero-padded copy
+            padded = np.zeros((r_hi - r_lo, c_hi - c_lo), dtype=self.array.dtype)
+            part = self.array[r_lo : min(r_hi, nrow), c_lo : min(c_hi, ncol)]
+            padded[: part.shape[0], : part.shape[1]] = part
+            windows = np.lib.stride_tricks.sliding_window_view(padded, (tr, tc))
+            return windows[o[:, 0] - r_lo, o[:, 1] - c_lo]
         rows = o[:, 0:1] + np.arange(tr)[None, :]
         cols = o[:, 1:2] + np.arange(tc)[None, :]
         rmask = rows < nrow
@@ -72,6 +82,34 @@ class TensorTiles(TileSource):
         if not mask.all():
             out = np.where(mask, out, np.zeros((), dtype=out.dtype))
         return out
+
+    def band_origins(self, start: int, groups: int, steps: int) -> np.ndarray | None:
+        """Tiles [start, start + groups * steps) as `groups` row bands, when they are: each group's `steps` tiles
+        side by side along a row of the array (columns advancing by the tile width), all inside it. Returns the
+        bands' origins [groups, 2], None when the tiles are laid out otherwise."""
+        tr, tc = self.tile
+        nrow, ncol = self.array.shape
+        o = self.origins[start : start + groups * steps].reshape(groups, steps, 2)
+        first = o[:, 0]
+        if not (
+            (o[:, :, 0] == first[:, None, 0]).all()
+            and (o[:, :, 1] == first[:, None, 1] + np.arange(steps, dtype=np.int64) * tc).all()
+        ):
+            return None
+        if (first < 0).any() or (first[:, 0] + tr > nrow).any() or (first[:, 1] + steps * tc > ncol).any():
+            return None
+        return first
+
+    def bands(self, origins: np.ndarray, width: int) -> np.ndarray:
+        """The [tile rows, `width`] regions of the array at `origins` (inside it), in its dtype: [n, tr, width].
+        Bands stacked one under the other are one slice of the array (a view)."""
+        tr = self.tile[0]
+        r, c = origins[:, 0], origins[:, 1]
+        n = r.size
+        r0, c0 = int(r[0]), int(c[0])
+        if (c == c0).all() and (r == r0 + tr * np.arange(n, dtype=np.int64)).all():
+            return self.array[r0 : r0 + n * tr, c0 : c0 + width].reshape(n, tr, width)
+        return np.lib.stride_tricks.sliding_window_view(self.array, (tr, width))[r, c]
 
 
 @dataclass
@@ -118,6 +156,29 @@ class TileRun:
         if len(out) == 1:
             return out[0]
         return np.concatenate(out, axis=0)
+
+    def bands(self, start: int, groups: int, steps: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Tiles [start, start + groups * steps) as `groups` row bands of one array, each distinct band read once:
+        (the distinct bands [u, tile rows, steps * tile cols] in the array's dtype, each group's band [groups]);
+        None unless those tiles lie in one piece of a `TensorTiles` and form bands (`TensorTiles.band_origins`).
+        Groups at the same origins read the same data (the array is read now, as `get` would read it)."""
+        i = int(np.searchsorted(self._starts, start, side="right")) - 1
+        stop = start + groups * steps
+        if not 0 <= i < len(self.pieces) or stop > self._starts[i + 1] or groups <= 0:
+            return None
+        p = self.pieces[i]
+        if not isinstance(p.source, TensorTiles):
+            return None
+        src = p.source
+        origins = src.band_origins(p.offset + start - int(self._starts[i]), groups, steps)
+        if origins is None:
+            return None
+        width = steps * src.tile[1]
+        key = origins[:, 0] * (src.array.shape[1] + 1) + origins[:, 1]
+        if groups == 1 or (np.diff(key) > 0).all():  # distinct, in order: every band as it comes
+            return src.bands(origins, width), np.arange(groups)
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return src.bands(origins[first], width), inverse.reshape(-1)
 
     def take(self, index: np.ndarray) -> np.ndarray:
         """Tiles at arbitrary positions (resident operands)."""

@@ -70,6 +70,10 @@ class TensorDecl:
         return self.address + self.nbytes
 
 
+# loops of up to this many tiles keep their offsets (`_sample_offsets`, at most 256 KiB each)
+KEPT_OFFSETS_MAX_TILES = 16384
+
+
 @dataclass(frozen=True, slots=True)
 class TileLoop:
     """Tile origins (row, col) in elements: ``base + sum(i_d * step_d)`` over a nest of (count, row_step,
@@ -83,8 +87,12 @@ class TileLoop:
         object.__setattr__(self, "n", math.prod(d[0] for d in self.dims))
 
     def origins(self) -> np.ndarray:
-        """All origins as an int64 array [n, 2], in loop order."""
-        return _loop_offsets(self.dims, self.n)[0] + np.array(self.base, dtype=np.int64)
+        """All origins as an int64 array [n, 2], in loop order (a new array; a short nest's offsets are kept)."""
+        if self.n <= KEPT_OFFSETS_MAX_TILES:
+            offsets = _sample_offsets(self.dims, self.n)[0]
+        else:
+            offsets = _loop_offsets(self.dims, self.n)[0]
+        return offsets + np.array(self.base, dtype=np.int64)
 
     def sample(self, max_tiles: int) -> tuple[np.ndarray, float]:
         """Up to `max_tiles` origins spread evenly over the loop, and the factor that scales them to all."""
