@@ -1,27 +1,14 @@
-"""The busy-time union behind the PE heatmap (`report.activity.union_lengths`) against a direct span merge."""
+"""The busy-time union behind the PE heatmap (`report.activity.union_lengths`) against a direct span merge
+(`tests.oracles.spans`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.oracles.spans import union_length
 
 from mtiasim.report.activity import union_lengths
-
-
-def merged_length(spans: list[tuple[float, float]]) -> float:
-    """The union length of `spans`, merging them one at a time in order of start."""
-    total = 0.0
-    run_start, run_end = None, None
-    for s, e in sorted(spans):
-        if run_end is None or s > run_end:
-            if run_end is not None:
-                total += run_end - run_start
-            run_start, run_end = s, e
-        else:
-            run_end = max(run_end, e)
-    return total if run_end is None else total + (run_end - run_start)
-
 
 # starts and lengths on a coarse grid, so that spans touch, nest and repeat
 span = st.tuples(st.integers(0, 7), st.integers(0, 40), st.integers(1, 25))
@@ -36,7 +23,7 @@ def test_union_lengths_equals_a_direct_merge_per_group(spans, scale):
     end = np.array([(p[1] + p[2]) * scale for p in spans], dtype=float)
     got = union_lengths(g, start, end, groups)
     for k in range(groups):
-        want = merged_length([(s, e) for s, e, gg in zip(start, end, g, strict=True) if gg == k])
+        want = union_length([(s, e) for s, e, gg in zip(start, end, g, strict=True) if gg == k])
         assert got[k] == want
 
 

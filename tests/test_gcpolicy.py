@@ -21,7 +21,7 @@ def test_full_collections_wait_for_settle_which_freezes_what_is_alive_once():
     frozen = gc.get_freeze_count()
     with deferred_full_collections() as settle:
         assert gc.get_threshold() == (700, 10, DEFERRED_FULL_THRESHOLD)
-        alive = [object()]  # tracked by the collector? lists are; it must be frozen by settle
+        alive = [object()]  # a list: tracked by the collector, so settle must freeze it
         settle()
         assert gc.get_threshold() == (700, 10, 10)
         after = gc.get_freeze_count()

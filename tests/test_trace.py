@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from tests.oracles.spans import union_length
 
 from mtiasim.bench.gemm import prepare_gemm
 from mtiasim.bench.tbe import prepare_tbe
@@ -95,19 +96,6 @@ def _slices(trace):
     return out
 
 
-def _union(spans):
-    spans = sorted((s, e) for s, e in spans if e > s)
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in spans:
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    return total + (cur_e - cur_s if cur_e is not None else 0.0)
-
-
 def _expected_busy(chip, timing):
     """{(pid, thread name): (union busy s, spans)} from activity.unit_spans."""
     cols = chip.grid.cols
@@ -118,7 +106,7 @@ def _expected_busy(chip, timing):
         for i, a, b in zip(ids.tolist(), s.tolist(), e.tolist(), strict=True):
             r, c = pe[i]
             per[(1 + r * cols + c, THREAD_NAMES[k])].append((a, b))
-    return {key: (_union(v), len(v)) for key, v in per.items()}
+    return {key: (union_length(v), len(v)) for key, v in per.items()}
 
 
 # --- schema -----------------------------------------------------------------------------------------------------
