@@ -264,6 +264,29 @@ def test_console_script_entry_point():
     assert proc.returncode == 0 and "mtia-v1" in proc.stdout
 
 
+def test_the_process_ends_after_exit_handlers_and_flushed_output():
+    """`end_process` (the console script's end) skips the interpreter's teardown, not what a command left to do:
+    the atexit handlers run, buffered output is written, the status is kept; a thread still running is waited
+    for, as a normal exit would."""
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from mtiasim.cli import end_process\n"
+        "atexit.register(lambda: print('at exit'))\n"
+        "if sys.argv[1] == 'thread':\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "sys.stdout.write('buffered ' * 5000); sys.stderr.write('err')\n"
+        "end_process(3)\n"
+    )
+    for case in ("plain", "thread"):
+        proc = subprocess.run([sys.executable, "-c", code, case], capture_output=True, text=True)
+        done = "thread done\n" if case == "thread" else ""
+        assert (proc.returncode, proc.stdout, proc.stderr) == (
+            3,
+            "buffered " * 5000 + done + "at exit\n",
+            "err",
+        )
+
+
 def test_chip_show(capsys):
     code, out, _ = run(capsys, "chip", "show", "mtia-v1")
     assert code == 0

@@ -86,6 +86,24 @@ def test_per_key_export_has_no_per_key_bookkeeping(weighted):
     assert [t.shape[0] for t in per_key] == [2, 2, 2] * (2 if weighted else 1)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_lookups_read_the_per_key_tensors_as_to_dict_gives_them(weighted):
+    """Unflattened, a per-key KeyedJaggedTensor's `to_dict` is torchrec's (values, weights, lengths, offsets per
+    key) made from its per-key tensors, so the exported lookups read them with no split of the values."""
+    example = kjt([[1, 3, 0], [2, 0, 4], [1, 1, 2]], weighted, seed=2)
+    leaves, spec = torch.utils._pytree.tree_flatten(jagged.split_for_export(example))
+    rebuilt = torch.utils._pytree.tree_unflatten(leaves, spec)
+    want, got = example.to_dict(), rebuilt.to_dict()
+    assert list(got) == list(want)
+    for key in want:
+        for part in ("values", "lengths", "offsets", "weights_or_none"):
+            a, b = getattr(want[key], part)(), getattr(got[key], part)()
+            assert (a is None and b is None) or (a.dtype == b.dtype and a.equal(b)), (key, part)
+        assert got[key].values() is leaves[list(want).index(key)]  # the per-key input itself
+    ops = targets(export(model(weighted), (torch.rand(BATCH, 2), example)))
+    assert not any("split" in op for op in ops), ops
+
+
 def test_a_key_with_fewer_than_two_ids_travels_whole():
     example = (torch.rand(BATCH, 2), kjt([[1, 1, 1], [1, 0, 0], [2, 1, 1]], False, seed=1))
     assert not jagged.splittable(example[1])

@@ -195,6 +195,19 @@ def test_virtual_tables_hold_no_memory(virtual, name):
     assert all(not p.is_meta for p in w.model.parameters()) and all(not b.is_meta for b in w.model.buffers())
 
 
+@pytest.mark.parametrize("name", W.names())
+def test_shape_only_build_reads_as_the_full_one(name):
+    # what `run.limits.estimate_host_bytes` reads of a build without dense weights is what the model has
+    full, shape = W.build(name, batch=5, seed=3), W.build(name, batch=5, seed=3, dense_weights=False)
+    for field in ("tables", "lookups_per_sample", "embedding_dims", "pooling", "flops_per_sample",
+                  "table_bytes_fp32", "dense_params", "table_rows"):  # fmt: skip
+        assert getattr(shape, field) == getattr(full, field), field
+    assert shape.example_inputs[0].equal(full.example_inputs[0])
+    assert linears(shape.model) == linears(full.model)
+    dense = [p for n, p in shape.model.named_parameters() if p.dim() == 2 and not W.is_virtual(p)]
+    assert dense and all(p.is_meta and not p.requires_grad for p in dense)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_max_rows_caps_tables_and_indices(small, name):
     w = small[name]

@@ -1208,6 +1208,28 @@ def _echo_sensitivity(doc: dict[str, Any], families) -> None:
             )
 
 
+def entry() -> None:
+    """The `mtiasim` program (the console script and ``python -m mtiasim.cli``): `main`, then `end_process`."""
+    end_process(main())
+
+
+def end_process(code: int) -> None:
+    """End the process with exit status `code` once the atexit handlers have run and stdout and stderr are
+    flushed, without the interpreter's teardown of every module and object: with torch and a compiled model
+    loaded that teardown took 0.3 s, a twentieth of a `run`, and does nothing a finished command needs.
+    Where another thread still runs, the normal exit waits for it instead."""
+    import atexit
+    import threading
+
+    if threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; the exit status (see the module doc). Never raises, never prints a traceback
     unless --debug."""
@@ -1349,4 +1371,4 @@ def shard_cmd(workload, server_name, batch, precision, estimator, as_json) -> No
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtiasim.engine import blas
 from mtiasim.engine.resolve import Resolved, resolve
 from mtiasim.engine.timing import FIDELITIES, JobTiming, NodeTable, TimingModel, TimingResult, simulate
 from mtiasim.engine.work import Memo
@@ -108,16 +109,11 @@ def _no_gc_pauses() -> Iterator[None]:
 
 @contextmanager
 def _serial_blas(functional: bool) -> Iterator[None]:
-    """Functional runs multiply one PE's blocks at a time: products of at most a few hundred MFLOP, many of
-    them tiny. BLAS threads cost more than they give there (on a busy host a small product waits ~100x its
-    work for its threads), so the run keeps BLAS to one thread. The bits do not change: int8 sums in float32
-    are exact in any order, and BLAS splits a product's rows and columns among threads, not its sums."""
+    """Functional runs hold BLAS to one thread but for their large products (`engine.blas`)."""
     if not functional:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas.serial():
         yield
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtiasim.dtypes import DType
+from mtiasim.engine import blas
 from mtiasim.isa import PoolMode, RowFormat
 from mtiasim.opset import ELEMENTWISE, Kind
 from mtiasim.opset import SIGMOID_MAX_ABS_ERROR as SIGMOID_MAX_ABS_ERROR  # re-exported
@@ -121,13 +122,21 @@ def int8_matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` of int8 values (given as float32 arrays, batched like `np.matmul`) as int32 sums, by float
     BLAS: K is cut into chunks of at most `INT8_EXACT_K_FP32`, whose float32 sums are exact integers (in any
     summation order); the chunks' sums are added in int32, which wraps as the accumulator does (the sum modulo
-    2^32; it only can past K = 2^17)."""
+    2^32; it only can past K = 2^17). A large product uses more BLAS threads (`blas.threads_for`)."""
     k = a.shape[-1]
-    out = np.matmul(a[..., :INT8_EXACT_K_FP32], b[..., :INT8_EXACT_K_FP32, :]).astype(np.int32)
-    for k0 in range(INT8_EXACT_K_FP32, k, INT8_EXACT_K_FP32):
-        k1 = min(k, k0 + INT8_EXACT_K_FP32)
-        out += np.matmul(a[..., k0:k1], b[..., k0:k1, :]).astype(np.int32)
+    with blas.threads_for(_macs(a, b)):
+        out = np.matmul(a[..., :INT8_EXACT_K_FP32], b[..., :INT8_EXACT_K_FP32, :]).astype(np.int32)
+        for k0 in range(INT8_EXACT_K_FP32, k, INT8_EXACT_K_FP32):
+            k1 = min(k, k0 + INT8_EXACT_K_FP32)
+            out += np.matmul(a[..., k0:k1], b[..., k0:k1, :]).astype(np.int32)
     return out
+
+
+def _macs(a: np.ndarray, b: np.ndarray) -> int:
+    """Multiply-accumulates of the batched product ``a @ b``."""
+    return int(np.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), dtype=np.int64)) * int(
+        a.shape[-2] * a.shape[-1] * b.shape[-1]
+    )
 
 
 def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:

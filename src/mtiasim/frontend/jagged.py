@@ -10,7 +10,8 @@ Here a KeyedJaggedTensor travels through export as an instance of a subclass (`p
 its `length_per_key` and flattens to one values tensor per key (views of its values; the same for weights)
 and its lengths. Unflattening, inside the traced program, rebuilds it as `values = cat(values per key)` with
 `length_per_key` the sizes of those tensors: backed input sizes, exported as dynamic dimensions, so the
-program carries no per-key bookkeeping. The model sees a KeyedJaggedTensor with the same keys, values, weights,
+program carries no per-key bookkeeping. Its `to_dict` (what torchrec's embedding modules read) is made from the
+per-key tensors themselves, not from a split of that concatenation (`_jagged_per_key`). The model sees a KeyedJaggedTensor with the same keys, values, weights,
 lengths and stride. Each call hands its KeyedJaggedTensors over the same way (`split_like`) before its inputs
 are flattened.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,16 +82,44 @@ def _unflatten(cls: type, children: list[Any], context: Any) -> Any:
     n = len(keys)
     values = list(children[:n])
     weights = list(children[n : 2 * n]) if weighted else None
+    lengths = children[-1]
     kjt = cls(
         keys=list(keys),
         values=torch.cat(values),
         weights=None if weights is None else torch.cat(weights),
-        lengths=children[-1],
+        lengths=lengths,
         stride=stride,
         length_per_key=[v.shape[0] for v in values],
+        jt_dict=_jagged_per_key(cls, list(keys), values, weights, lengths, stride),
     )
     kjt._mtiasim_per_key = (values, weights or [])
     return kjt
+
+
+def _jagged_per_key(
+    cls: type, keys: list[str], values: list[Any], weights: list[Any] | None, lengths: Any, stride: int
+) -> dict[str, Any] | None:
+    """What `to_dict` returns (torchrec's JaggedTensor per key: its values, weights, lengths and offsets), made
+    from the per-key tensors themselves. torchrec's own `to_dict` would split the concatenated values again,
+    checking each key's running total against the whole under export (a quarter of DLRM-v2's export time), to
+    reach the same tensors. None (to_dict then computes it) for a class without torchrec's JaggedTensor."""
+    jagged_tensor = getattr(sys.modules.get(cls.__mro__[1].__module__), "JaggedTensor", None)
+    if jagged_tensor is None:
+        return None
+    per_key_lengths = lengths.view(len(keys), stride)
+    zero = per_key_lengths.new_zeros((len(keys), 1))
+    offsets = torch.cat([zero, torch.cumsum(per_key_lengths, dim=-1).to(lengths.dtype)], dim=-1)
+    # unbound as to_dict unbinds them (one op, where an index per key would be one op per key)
+    lengths_of, offsets_of = torch.unbind(per_key_lengths, dim=0), torch.unbind(offsets, dim=0)
+    return {
+        key: jagged_tensor(
+            values=values[i],
+            weights=None if weights is None else weights[i],
+            lengths=lengths_of[i],
+            offsets=offsets_of[i],
+        )
+        for i, key in enumerate(keys)
+    }
 
 
 def _flatten_with_keys(kjt: Any) -> tuple[list[tuple[Any, Any]], Any]:

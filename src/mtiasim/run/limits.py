@@ -77,13 +77,18 @@ def estimate_host_bytes(
 ) -> int:
     """The estimated peak resident memory (bytes) of `run_workload(name, batch=batch, ...)`.
 
-    The workload's shape comes from a build of `PROBE_BATCH` samples with virtual tables (cheap); its mean
-    lookups per sample are scaled to `batch`.
+    The workload's shape comes from a build of `PROBE_BATCH` samples with virtual tables and no dense weights
+    (cheap); its mean lookups per sample are scaled to `batch`.
     """
     from mtiasim import workloads
 
     probe = workloads.build(
-        name, batch=min(batch, PROBE_BATCH), seed=seed, max_rows=max_rows, distribution=distribution
+        name,
+        batch=min(batch, PROBE_BATCH),
+        seed=seed,
+        max_rows=max_rows,
+        distribution=distribution,
+        dense_weights=False,
     )
     dense = probe.example_inputs[0]
     features = int(dense.shape[1]) if getattr(dense, "ndim", 0) == 2 else 0

@@ -152,8 +152,8 @@ def build_dot_dlrm(cfg: DotDLRMConfig, req: BuildRequest) -> Workload:
     with torch.device("meta"):
         bot_l = mlp(cfg.bottom, sigmoid_last=False)
         top_l = mlp((cfg.interaction_width, *cfg.top), sigmoid_last=True)
-    init_dense_(bot_l, dense_gen)
-    init_dense_(top_l, dense_gen)
+    init_dense_(bot_l, dense_gen, materialize=req.dense_weights)
+    init_dense_(top_l, dense_gen, materialize=req.dense_weights)
     emb_l = []
     for t, n in enumerate(rows):
         eb = nn.EmbeddingBag(n, cfg.dim, mode="sum", device="meta")

@@ -107,7 +107,7 @@ def dlrm_v2_mlperf(req: BuildRequest) -> Workload:
             dcn_num_layers=DCN_NUM_LAYERS,
             dcn_low_rank_dim=DCN_LOW_RANK_DIM,
         )
-    init_dense_(dlrm, torch_generator(req.seed, "dense-weights"))
+    init_dense_(dlrm, torch_generator(req.seed, "dense-weights"), materialize=req.dense_weights)
     model = DLRMv2(dlrm).eval()
 
     assert req.multi_hot is not None

@@ -172,8 +172,8 @@ def build_meta(model: MetaModel, req: BuildRequest) -> Workload:
         bottom = mlp(BOTTOM_MLP, sigmoid_last=False)
         top = mlp(model.top_mlp(), sigmoid_last=True)
     dense_gen = torch_generator(req.seed, "dense-weights")
-    init_dense_(bottom, dense_gen)
-    init_dense_(top, dense_gen)
+    init_dense_(bottom, dense_gen, materialize=req.dense_weights)
+    init_dense_(top, dense_gen, materialize=req.dense_weights)
     net = CatDLRM(bottom, ebc, top).eval()
 
     sizes = model.pooling()

@@ -118,6 +118,9 @@ class BuildRequest:
     materialize: bool
     indices: IndexDistribution
     multi_hot: str | None
+    # False: the dense layers stay on the meta device, shapes without weights (a model that cannot run or be
+    # compiled, for reading a workload's shape cheaply: `run.limits.estimate_host_bytes`)
+    dense_weights: bool = True
 
     def cap(self, rows: tuple[int, ...]) -> tuple[int, ...]:
         if self.max_rows is None:
@@ -197,6 +200,7 @@ def build(
     alpha: float = 1.05,
     multi_hot: str | None = None,
     tables: str = "fp32",
+    dense_weights: bool = True,
 ) -> Workload:
     """Build workload `name` for `batch` samples: an eval-mode model and seeded example inputs.
 
@@ -208,6 +212,8 @@ def build(
     - `distribution` ("uniform" or "zipf", with exponent `alpha`) picks the indices of each table.
     - `multi_hot` ("uniform" or "pareto") picks the extra ids of MLPerf DLRM-v2's fixed-size multi-hot bags.
     - `tables="int8"` swaps torchrec tables for torchrec's int8 (FBGEMM TBE) ones; see `quantize_tables_int8`.
+    - `dense_weights=False` leaves the dense layers on the meta device, without weights: the workload's shape
+      (tables, lookups, flops, inputs) for a tenth of the build's time, in a model that cannot run.
     """
     s = spec(name)
     batch = _positive_int("batch", batch)
@@ -240,6 +246,7 @@ def build(
         materialize=bool(materialize),
         indices=IndexDistribution(distribution, float(alpha)),
         multi_hot=multi_hot if multi_hot is not None else (s.multi_hot[0] if s.multi_hot else None),
+        dense_weights=bool(dense_weights),
     )
     w = s.builder(req)
     if tables == "int8":

@@ -67,9 +67,12 @@ def _low_rank_crossnet_(mod: nn.Module, g: torch.Generator) -> None:
         mod.bias[i] = nn.Parameter(torch.zeros(mod.bias[i].shape), requires_grad=False)
 
 
-def init_dense_(module: nn.Module, generator: torch.Generator) -> nn.Module:
+def init_dense_(module: nn.Module, generator: torch.Generator, *, materialize: bool = True) -> nn.Module:
     """Materialize, on the CPU, every dense layer of `module` that was built on the meta device, each with its
-    usual torch/torchrec initialisation drawn from `generator` (in module order), and freeze every parameter."""
+    usual torch/torchrec initialisation drawn from `generator` (in module order), and freeze every parameter.
+    `materialize=False` leaves the dense layers on the meta device: shapes only (`BuildRequest.dense_weights`)."""
+    if not materialize:
+        return module.requires_grad_(False)
     for _, mod in module.named_modules():
         if isinstance(mod, nn.Linear) and mod.weight.is_meta:
             _linear_(mod, generator)
