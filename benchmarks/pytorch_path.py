@@ -10,7 +10,7 @@
   timing mode, <= 5x in functional mode; dlrm-kaggle at batch 512 reported.
 - `mtiasim run dlrm-v2-mlperf --batch 2048 --json` (full size, tables virtual) as a fresh process: its wall
   time (goal <= 5 s; median of 3) and peak RSS (goal <= 1 GB), and beside it the wall time of a process that only
-  imports what the run imports (torch, torchrec, mtiasim): the floor under any speed-up of the simulator.
+  imports what the run imports (torch, torch.export, torchrec, mtiasim): the floor under any speed-up of the simulator.
 - compile time of dlrm-v2-mlperf (goal <= 10 s).
 """
 
@@ -125,7 +125,7 @@ def main() -> int:
         f"   (median of {len(runs)} fresh processes)"
     )
     print(
-        f"  of which imports alone (torch, torchrec, mtiasim; a process that only imports them): {floor_s:.2f} s"
+        f"  of which imports alone (torch, torch.export, torchrec, mtiasim; a process that only imports them): {floor_s:.2f} s"
     )
     print(f"  peak RSS {fs['peak_rss_mb']:.0f} MB   goal <= 1024 MB")
     print(f"  simulated latency {fs['latency_us']:.0f} us, {fs['samples_per_s']:,.0f} samples/s")
