@@ -89,8 +89,8 @@ def full_size() -> dict[str, float]:
 # ending as the command line ends (`mtiasim.cli.end_process`)
 IMPORTS_ONLY = (
     "import os\n"
-    "from mtiasim.gcpolicy import deferred_full_collections\n"
-    "with deferred_full_collections():\n"
+    "from mtiasim.gcpolicy import deferred_collections\n"
+    "with deferred_collections():\n"
     "    import torch, torch.export._trace, torchrec.models.dlrm, mtiasim.run.workload\n"
     "os._exit(0)"
 )

@@ -385,11 +385,11 @@ def serve_cmd(workload, server_name, scenario, p99_ms, queries, seed, window_ms,
 
     Batch latencies come from the engine (the workload compiled per bucket batch size); queries, batching, host
     CPU, PCIe switch tree and cards are a discrete-event simulation."""
-    from mtiasim.gcpolicy import deferred_full_collections
+    from mtiasim.gcpolicy import deferred_collections
     from mtiasim.progress import Progress
 
     # torch and the model are imported and built next, and live until the process ends (`gcpolicy`)
-    with deferred_full_collections() as settle, Progress(enabled=not as_json, total=None) as bar:
+    with deferred_collections() as settle, Progress(enabled=not as_json, total=None) as bar:
         from mtiasim.serve.run import serve_workload
 
         res = serve_workload(
@@ -651,11 +651,11 @@ def run_cmd(workload: str, as_json: bool, **options: Any) -> None:
     WORKLOAD is a zoo workload (e.g. dlrm-kaggle; an unknown name lists them all), a
     torch.export archive (FILE.pt2, from torch.export.save) or FILE.py:FUNCTION, a function that returns
     (model, args) or (model, args, kwargs)."""
-    from mtiasim.gcpolicy import deferred_full_collections
+    from mtiasim.gcpolicy import deferred_collections
     from mtiasim.progress import Progress
 
     # torch and the model are imported and built next, and live until the process ends (`gcpolicy`)
-    with deferred_full_collections() as settle:
+    with deferred_collections() as settle:
         from mtiasim.run.config import RunConfig
         from mtiasim.run.workload import run_workload
 
