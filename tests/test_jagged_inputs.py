@@ -86,11 +86,17 @@ def test_per_key_export_has_no_per_key_bookkeeping(weighted):
     assert [t.shape[0] for t in per_key] == [2, 2, 2] * (2 if weighted else 1)
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_the_lookups_read_the_per_key_tensors_as_to_dict_gives_them(weighted):
+class UsersKJT(torchrec.KeyedJaggedTensor):
+    """A user's subclass, in a module without torchrec's JaggedTensor."""
+
+
+@pytest.mark.parametrize("weighted, kind", [(False, None), (True, None), (False, UsersKJT)])
+def test_the_lookups_read_the_per_key_tensors_as_to_dict_gives_them(weighted, kind):
     """Unflattened, a per-key KeyedJaggedTensor's `to_dict` is torchrec's (values, weights, lengths, offsets per
     key) made from its per-key tensors, so the exported lookups read them with no split of the values."""
     example = kjt([[1, 3, 0], [2, 0, 4], [1, 1, 2]], weighted, seed=2)
+    if kind is not None:
+        example = kind(keys=example.keys(), values=example.values(), lengths=example.lengths())
     leaves, spec = torch.utils._pytree.tree_flatten(jagged.split_for_export(example))
     rebuilt = torch.utils._pytree.tree_unflatten(leaves, spec)
     want, got = example.to_dict(), rebuilt.to_dict()

@@ -103,7 +103,9 @@ def _jagged_per_key(
     from the per-key tensors themselves. torchrec's own `to_dict` would split the concatenated values again,
     checking each key's running total against the whole under export (a quarter of DLRM-v2's export time), to
     reach the same tensors. None (to_dict then computes it) for a class without torchrec's JaggedTensor."""
-    jagged_tensor = getattr(sys.modules.get(cls.__mro__[1].__module__), "JaggedTensor", None)
+    # torchrec's JaggedTensor, from the module of the KeyedJaggedTensor class (or of a base, for a user's subclass)
+    found = (getattr(sys.modules.get(base.__module__), "JaggedTensor", None) for base in cls.__mro__)
+    jagged_tensor = next((t for t in found if t is not None), None)
     if jagged_tensor is None:
         return None
     per_key_lengths = lengths.view(len(keys), stride)
