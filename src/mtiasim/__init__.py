@@ -24,6 +24,7 @@ from mtiasim.errors import (
     UnsupportedOperatorError,
     UsageError,
 )
+from mtiasim.quiet import DropMessages
 
 __version__ = "0.1.0"
 
@@ -53,15 +54,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mtiasim' has no attribute {name!r}")
 
 
-class _IsFxTracingHint(logging.Filter):
-    """torch tells library authors, on the first `is_fx_tracing()` call of a process, that it is true under
-    torch.export too; torchrec's KeyedJaggedTensor calls it, so every run of a torchrec model printed the hint."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("is_fx_tracing will return true for both")
-
-
-logging.getLogger("torch.fx._symbolic_trace").addFilter(_IsFxTracingHint())
+# torch tells library authors, on the first `is_fx_tracing()` call of a process, that it is true under torch.export
+# too; torchrec's KeyedJaggedTensor calls it, so every run of a torchrec model printed the hint
+logging.getLogger("torch.fx._symbolic_trace").addFilter(
+    DropMessages("is_fx_tracing will return true for both")
+)
 
 if "torch" in sys.modules:  # the user works with torch already: make backend="mtiasim" known
     from mtiasim.runtime.backend import register

@@ -1216,7 +1216,7 @@ def entry() -> None:
 def end_process(code: int) -> None:
     """End the process with exit status `code` once the atexit handlers have run and stdout and stderr are
     flushed, without the interpreter's teardown of every module and object: with torch and a compiled model
-    loaded that teardown took 0.3 s, a twentieth of a `run`, and does nothing a finished command needs.
+    loaded that teardown took 0.3-0.5 s of a ~6 s `run`, and does nothing a finished command needs.
     Where another thread still runs, the normal exit waits for it instead."""
     import atexit
     import threading
