@@ -3,6 +3,7 @@ bookkeeping, and every later call, whatever its per-key lengths, computes what e
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -16,6 +17,8 @@ torchrec = pytest.importorskip("torchrec")
 import mtiasim  # noqa: E402
 from mtiasim.frontend import jagged  # noqa: E402
 from mtiasim.frontend.capture import export  # noqa: E402
+
+capture_module = sys.modules["mtiasim.frontend.capture"]
 
 KEYS = ("f0", "f1", "f2")
 ROWS = (7, 13, 5)
@@ -84,6 +87,31 @@ def test_per_key_export_has_no_per_key_bookkeeping(weighted):
     assert "aten.item.default" not in ops and "aten._assert_scalar.default" not in ops
     per_key = jagged.per_key_tensors(jagged.split_for_export(example))
     assert [t.shape[0] for t in per_key] == [2, 2, 2] * (2 if weighted else 1)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_export_fakes_copies_of_the_per_key_views_and_traces_the_same_graph(weighted, monkeypatch):
+    """torch.export is handed per-key values of their own (a view costs it a fake base and symbolic strides);
+    the program is the one the views give."""
+    example = (torch.rand(BATCH, 2), kjt([[1, 3, 0], [2, 0, 4], [1, 1, 2]], weighted, seed=3))
+    handed: list[torch.Tensor] = []
+    real_export = torch.export.export
+
+    def spy(m, args, kwargs=None, **options):
+        handed.extend(
+            t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        )
+        return real_export(m, args, kwargs, **options)
+
+    monkeypatch.setattr(torch.export, "export", spy)
+    ep = export(model(weighted), example)
+    assert len(handed) == 2 + (6 if weighted else 3)  # dense, lengths and each key's values (and weights)
+    assert all(t._base is None for t in handed)
+    monkeypatch.setattr(capture_module, "_own_storage", lambda tree: tree)
+    handed.clear()
+    with_views = export(model(weighted), example)
+    assert sum(t._base is not None for t in handed) == (6 if weighted else 3)
+    assert ep.graph_module.code == with_views.graph_module.code
 
 
 class UsersKJT(torchrec.KeyedJaggedTensor):

@@ -144,3 +144,32 @@ def test_fp16_conversions_through_pytorch_keep_numpys_bits():
     assert np.array_equal(nx.cast(wide, DType.FP16).view(np.uint16), ref16.view(np.uint16))
     assert np.array_equal(nx.to_float32(halves).view(np.uint32), halves.astype(np.float32).view(np.uint32))
     assert np.array_equal(nx.to_float32(ref16).view(np.uint32), ref16.astype(np.float32).view(np.uint32))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_fbgemm_int8_bags_add_their_rows_in_bag_order(weighted, mode):
+    """docs/numerics.md: f32(f32(q * scale) + bias), times the weight, added in bag order to an FP32 zero. A sum
+    in another order (numpy's add.reduceat adds a bag of 4 rows pairwise) is an FP32 rounding away from it."""
+    from mtiasim.isa.commands import PoolMode, RowFormat
+
+    rng = np.random.default_rng(11)
+    table = nx.fbgemm_rows_quantize(rng.normal(0.0, 2.0, (97, 50)).astype(np.float32))
+    lengths = rng.integers(0, 13, 300)
+    lengths[:4] = [0, 1, 4, 12]
+    idx = rng.integers(0, 97, int(lengths.sum()))
+    w = rng.uniform(0.5, 1.5, idx.size).astype(np.float32) if weighted else None
+    got = nx.pool_rows(table[idx], RowFormat.INT8_FBGEMM, 50, lengths, PoolMode(mode), w)
+    head = table[:, :4].copy().view(np.float16).astype(np.float32)
+    want = np.zeros((lengths.size, 50), np.float32)
+    at = 0
+    for b, n in enumerate(lengths):
+        acc = np.zeros(50, np.float32)
+        for r in idx[at : at + n]:
+            row = table[r, 4:].astype(np.float32) * head[r, 0] + head[r, 1]  # two FP32 roundings
+            acc = acc + (row * w[at] if weighted else row)
+            at += 1 if weighted else 0
+        if not weighted:
+            at += n
+        want[b] = acc / np.float32(n) if mode == "mean" and n else acc
+    np.testing.assert_array_equal(got, want)

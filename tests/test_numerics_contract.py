@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import mtiasim
 from mtiasim import NumericsWarning, UsageError
+from mtiasim.compiler.precision import quantize_weight
 
 
 class Bags(nn.Module):
@@ -163,3 +165,39 @@ def test_a_weight_with_nan_cannot_be_quantized():
     m[0].weight.data[0, 0] = float("nan")
     with pytest.raises(UsageError, match=r"holds NaN or Inf: int8 quantization needs finite weights"):
         mtiasim.compile(m, (torch.randn(2, 4),))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [(0, 0), (2, 4)])
+def test_a_weight_with_nan_or_inf_anywhere_cannot_be_quantized(bad, where):
+    w = torch.randn(3, 5)
+    w[where] = bad
+    with pytest.raises(
+        UsageError, match=r"^an FC weight holds NaN or Inf: int8 quantization needs finite weights$"
+    ):
+        quantize_weight(w)
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_weight_quantization_is_the_documented_formula(per_tensor):
+    """scale = f32(max|w| / 127) per row (1 for a zero row), q = saturate(round-half-even(w * f32(1 / scale))):
+    rows of mixed signs, a negative extreme, signed zeros, subnormals, a zero row, odd sizes, fp16 weights."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(9, 13, generator=g) * torch.logspace(-30, 30, 9).reshape(9, 1)
+    w[1] = -w[1].abs()  # the extreme is negative
+    w[2] = 0.0
+    w[3, :4] = torch.tensor([-0.0, 0.0, 1e-45, -1e-45])
+    w[4] = torch.tensor([127.0, -63.5, 0.5, -0.5, 1.5, 2.5] + [0.0] * 7)  # ties round to even
+    for weights in (w, w.clamp(-6e4, 6e4).to(torch.float16).to(torch.float32)):
+        x = weights.numpy().astype(np.float32)
+        amax = np.abs(x).max(axis=1)
+        if per_tensor:
+            amax = np.full_like(amax, amax.max())
+        scales = np.where(amax > 0, amax.astype(np.float64) / 127, 1.0).astype(np.float32)
+        recip = (1.0 / scales.astype(np.float64)).astype(np.float32)
+        want = np.clip(np.rint(x * recip[:, None]), -127, 127).astype(np.int8)
+        q, s = quantize_weight(weights, per_tensor)
+        assert q.dtype == np.int8 and s.dtype == np.float32
+        np.testing.assert_array_equal(s, scales)
+        np.testing.assert_array_equal(q, want)
+    assert quantize_weight(torch.zeros(0, 4))[0].shape == (0, 4)

@@ -155,15 +155,20 @@ def quantize_weight(w: torch.Tensor, per_tensor: bool = False) -> tuple[np.ndarr
     ``scale = float32(max|w| / 127)`` (1 for an all-zero channel), ``q = saturate(round(w * float32(1/scale)))``
     to [-127, 127]."""
     w32 = w.detach().to(torch.float32).cpu().numpy()
-    if w32.size and not np.isfinite(w32).all():
-        raise UsageError("an FC weight holds NaN or Inf: int8 quantization needs finite weights")
-    amax = np.abs(w32).max(axis=1) if w32.size else np.zeros(w32.shape[0], np.float32)
+    if w32.size:  # max|w| from each row's max and min: no |w| array (NaN propagates through both)
+        amax = np.maximum(w32.max(axis=1), -w32.min(axis=1))
+        if not np.isfinite(amax).all():
+            raise UsageError("an FC weight holds NaN or Inf: int8 quantization needs finite weights")
+    else:
+        amax = np.zeros(w32.shape[0], np.float32)
     if per_tensor:
         amax = np.full_like(amax, amax.max(initial=0.0))
     scales = np.where(amax > 0, amax.astype(np.float64) / INT8_MAX, 1.0).astype(np.float32)
     recip = (1.0 / scales.astype(np.float64)).astype(np.float32)
-    q = np.clip(np.rint(w32 * recip[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return q, scales
+    q = w32 * recip[:, None]  # one float32 array, rounded and saturated in place
+    np.rint(q, out=q)
+    np.clip(q, -INT8_MAX, INT8_MAX, out=q)
+    return q.astype(np.int8), scales
 
 
 def act_scale(amax: float) -> float:

@@ -358,6 +358,16 @@ def _bag_starts(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
 
+def _add_in_bag_order(vals: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """FP32 [bags, dim]: each bag's rows of `vals` (in bag order) added one after another to a zero sum."""
+    out = np.zeros((lengths.size, vals.shape[1]), dtype=np.float32)
+    starts = _bag_starts(lengths)
+    for pos in range(int(lengths.max(initial=0))):
+        live = np.flatnonzero(lengths > pos)
+        out[live] += vals[starts[live] + pos]
+    return out
+
+
 def _sum_in_order(rows: np.ndarray, fmt: RowFormat, dim: int, lengths: np.ndarray, w) -> np.ndarray:
     """Each bag's rows accumulated one after another, as FBGEMM's and ATen's CPU kernels do."""
     out = np.zeros((lengths.size, dim), dtype=np.float32)
@@ -403,9 +413,8 @@ def pool_rows(
         vals = fbgemm_rows_dequantize(rows, dim) if rows.size else np.zeros((0, dim), np.float32)
         if w is not None:
             vals = vals * w[:, None]
-        out = np.zeros((lengths.size, dim), dtype=np.float32)
-        if nz.any():
-            out[nz] = np.add.reduceat(vals, _bag_starts(lengths)[nz], axis=0)
+        # in bag order: numpy's add.reduceat sums a bag of 4 rows pairwise, one FP32 rounding away from it
+        out = _add_in_bag_order(vals, lengths)
     else:
         out = _sum_in_order(rows, fmt, dim, lengths, w)
     if mode == PoolMode.MEAN:
