@@ -370,9 +370,11 @@ def _add_in_bag_order(vals: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def _sum_in_order(rows: np.ndarray, fmt: RowFormat, dim: int, lengths: np.ndarray, w) -> np.ndarray:
     """Each bag's rows accumulated one after another, as FBGEMM's and ATen's CPU kernels do."""
+    fused = fmt in FUSED_DEQUANTIZE
+    if not fused and w is None:
+        return _add_in_bag_order(np.asarray(rows[:, :dim], dtype=np.float32), lengths)
     out = np.zeros((lengths.size, dim), dtype=np.float32)
     starts = _bag_starts(lengths)
-    fused = fmt in FUSED_DEQUANTIZE
     if fused:
         q, scale, bias = quantized_rows_split(rows, fmt, dim)
         if w is not None:
@@ -385,10 +387,8 @@ def _sum_in_order(rows: np.ndarray, fmt: RowFormat, dim: int, lengths: np.ndarra
         acc = out[live]
         if fused:
             out[live] = fma32(np.broadcast_to(scale[r], (r.size, dim)), q[r], acc + bias[r])
-        elif w is not None:
-            out[live] = fma32(np.broadcast_to(w[r, None], (r.size, dim)), x[r], acc)
         else:
-            out[live] = acc + x[r]
+            out[live] = fma32(np.broadcast_to(w[r, None], (r.size, dim)), x[r], acc)
     return out
 
 
