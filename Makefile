@@ -38,9 +38,12 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(VENV)/bin/pytest
 
-# the long differential-fuzzing run (docs/numerics.md section 5): 20,000 graphs instead of make test's 1,000
+# the long differential-fuzzing run (docs/numerics.md section 5): 20,000 graphs instead of make test's 1,000,
+# new graphs every run (the seed is printed: `make fuzz SEED=N` runs those graphs again)
 fuzz: $(STAMP)
-	$(VENV)/bin/pytest tests/test_fuzz_numerics.py -k fuzzed_graphs --hypothesis-profile nightly
+	seed=$${SEED:-$$($(PY) -c 'import secrets; print(secrets.randbelow(2**32))')}; \
+	echo "make fuzz: hypothesis seed $$seed (make fuzz SEED=$$seed runs the same graphs)"; \
+	$(VENV)/bin/pytest tests/test_fuzz_numerics.py -k fuzzed_graphs --hypothesis-profile nightly --hypothesis-seed $$seed
 
 validate: $(STAMP)
 	$(VENV)/bin/mtiasim validate

@@ -10,8 +10,17 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-# `pytest --hypothesis-profile nightly` (make fuzz): the long differential-fuzzing run
-settings.register_profile("nightly", parent=settings.get_profile("default"), max_examples=20_000)
+# `pytest --hypothesis-profile nightly` (make fuzz): the long differential-fuzzing run. Unlike make test's
+# derandomized profile it draws new graphs every run (a fixed seed would re-check the same 20,000 each night);
+# `make fuzz SEED=N` repeats a run: hypothesis prints the seed, and a failure's reproduce_failure blob, on failing
+settings.register_profile(
+    "nightly",
+    parent=settings.get_profile("default"),
+    max_examples=20_000,
+    derandomize=False,
+    database=None,
+    print_blob=True,
+)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -86,6 +86,23 @@ def test_progress_disabled_prints_nothing(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_bar_that_is_not_shown_does_not_load_rich():
+    """rich is loaded for a bar on a terminal only: a --json or piped command does not pay its import."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from mtiasim.progress import Progress\n"
+        "with Progress(enabled=False, total=1) as bar:\n"
+        "    bar.step('x')\n"
+        "with Progress(enabled=True, total=1) as bar:\n"  # stderr is a pipe here
+        "    bar.step('y')\n"
+        "print(sorted(m for m in sys.modules if m == 'rich' or m.startswith('rich.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -208,6 +208,28 @@ def test_shape_only_build_reads_as_the_full_one(name):
     assert dense and all(p.is_meta and not p.requires_grad for p in dense)
 
 
+def test_a_timing_run_of_the_shape_only_model_is_the_run_of_the_full_one():
+    # `mtiasim run` in timing mode compiles the model of shapes only: the report must be the one of the model
+    # with its dense weights (timing reads no weight values)
+    import mtiasim
+
+    shape = W.build("dlrm-v2-mlperf", batch=48, seed=2, max_rows=3000, dense_weights=False)
+    full = W.build("dlrm-v2-mlperf", batch=48, seed=2, max_rows=3000)
+    assert W.shape_only(shape.model) and not W.shape_only(full.model)
+    reports = []
+    for w in (shape, full):
+        cm = mtiasim.compile(w.model, w.example_inputs, mode="timing", precision="int8")
+        cm(*w.inputs(5))
+        reports.append(json.dumps(cm.report.to_json(), sort_keys=True, default=str))
+    assert reports[0] == reports[1]
+
+
+def test_a_model_whose_buffers_carry_data_is_not_shape_only():
+    # DLRM's interaction indices are buffers with data: its timing run builds the dense weights
+    w = W.build("dlrm-kaggle", batch=4, dense_weights=False)
+    assert all(p.is_meta for p in w.model.parameters()) and not W.shape_only(w.model)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_max_rows_caps_tables_and_indices(small, name):
     w = small[name]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as RichProgress
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
 
 SHOW_AFTER_S = 1.0
 
@@ -36,6 +36,11 @@ class Progress:
     def __enter__(self) -> Progress:
         if not self.enabled:
             return self
+        # rich is imported here: a command that shows no bar (--json, a pipe, a log) does not load it
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
         columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
         if self.total:
             columns.append(MofNCompleteColumn())

@@ -160,9 +160,17 @@ def _zoo_source(
 ) -> _Source:
     from mtiasim import workloads
 
-    w = workloads.build(
-        name, batch=batch, seed=seed, max_rows=max_rows, materialize=functional, distribution=distribution
-    )
+    def build(dense_weights: bool) -> workloads.Workload:
+        return workloads.build(
+            name, batch=batch, seed=seed, max_rows=max_rows, materialize=functional, distribution=distribution,
+            dense_weights=dense_weights,
+        )  # fmt: skip
+
+    # timing reads no weight values: a timing run compiles the model of shapes only (no dense weights drawn,
+    # none quantized) unless a buffer of the model carries data (DLRM's interaction indices)
+    w = build(dense_weights=functional)
+    if not functional and not workloads.shape_only(w.model):
+        w = build(dense_weights=True)
     if w.table_bytes_int8 > dram_bytes:  # before minutes of export and compilation
         raise CapacityError(
             f"{name}: its tables need {w.table_bytes_int8:,} B ({w.table_bytes_int8 / 1e9:.1f} GB) even as int8 rows, "

@@ -22,7 +22,16 @@ from mtiasim.workloads.inputs import (
     random_bench_bags,
 )
 from mtiasim.workloads.quantize import quantize_tables_int8
-from mtiasim.workloads.registry import BuildRequest, Workload, WorkloadSpec, build, names, register, spec
+from mtiasim.workloads.registry import (
+    BuildRequest,
+    Workload,
+    WorkloadSpec,
+    build,
+    names,
+    register,
+    shape_only,
+    spec,
+)
 from mtiasim.workloads.tables import MATERIALIZE_LIMIT_BYTES, is_virtual
 
 __all__ = [
@@ -42,5 +51,6 @@ __all__ = [
     "quantize_tables_int8",
     "random_bench_bags",
     "register",
+    "shape_only",
     "spec",
 ]

@@ -16,6 +16,7 @@ import torch
 
 from mtiasim.errors import UsageError
 from mtiasim.indices import DISTRIBUTIONS, IndexDistribution
+from mtiasim.workloads.tables import parameters_to_meta_
 
 TABLE_DTYPES = ("fp32", "int8")
 
@@ -118,8 +119,9 @@ class BuildRequest:
     materialize: bool
     indices: IndexDistribution
     multi_hot: str | None
-    # False: the dense layers stay on the meta device, shapes without weights (a model that cannot run or be
-    # compiled, for reading a workload's shape cheaply: `run.limits.estimate_host_bytes`)
+    # False: the dense layers stay on the meta device, shapes without weights (a model that cannot run, for
+    # reading a workload's shape cheaply: `run.limits.estimate_host_bytes`; with virtual tables every
+    # parameter is on meta: a timing run compiles it, see `build`)
     dense_weights: bool = True
 
     def cap(self, rows: tuple[int, ...]) -> tuple[int, ...]:
@@ -181,6 +183,13 @@ def spec(name: str) -> WorkloadSpec:
     return _REGISTRY[name]
 
 
+def shape_only(model: torch.nn.Module) -> bool:
+    """Whether every parameter and buffer of `model` is on the meta device: a model of shapes only, which a
+    timing run compiles as it is (a buffer with data, such as DLRM's interaction indices, is not one)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return bool(tensors) and all(t.is_meta for t in tensors)
+
+
 def _positive_int(what: str, value: object, *, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
@@ -213,7 +222,9 @@ def build(
     - `multi_hot` ("uniform" or "pareto") picks the extra ids of MLPerf DLRM-v2's fixed-size multi-hot bags.
     - `tables="int8"` swaps torchrec tables for torchrec's int8 (FBGEMM TBE) ones; see `quantize_tables_int8`.
     - `dense_weights=False` leaves the dense layers on the meta device, without weights: the workload's shape
-      (tables, lookups, flops, inputs) for a tenth of the build's time, in a model that cannot run.
+      (tables, lookups, flops, inputs) for a tenth of the build's time, in a model that cannot run. With virtual
+      tables (not `materialize`) the tables go to meta too: every parameter is a shape, and a model whose
+      buffers are all on meta as well (`shape_only`) compiles for timing, which reads no weight values.
     """
     s = spec(name)
     batch = _positive_int("batch", batch)
@@ -249,6 +260,8 @@ def build(
         dense_weights=bool(dense_weights),
     )
     w = s.builder(req)
+    if not req.dense_weights and not req.materialize:
+        parameters_to_meta_(w.model)
     if tables == "int8":
         from mtiasim.workloads.quantize import quantize_tables_int8
 

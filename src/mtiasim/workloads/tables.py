@@ -40,6 +40,17 @@ def table_weight(
     return nn.Parameter(w, requires_grad=False)
 
 
+def parameters_to_meta_(module: nn.Module) -> nn.Module:
+    """Move every parameter of `module` that is not on the meta device there (same shape and dtype, no data,
+    frozen): virtual tables beside meta dense layers become a model of shapes only. Buffers stay as they are."""
+    for mod in module.modules():
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if not p.is_meta:
+                meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
+                setattr(mod, name, nn.Parameter(meta, requires_grad=False))
+    return module
+
+
 def is_virtual(weight: torch.Tensor) -> bool:
     return weight.dim() == 2 and weight.shape[0] > 1 and weight.stride(0) == 0
 
