@@ -201,3 +201,24 @@ def test_weight_quantization_is_the_documented_formula(per_tensor):
         np.testing.assert_array_equal(s, scales)
         np.testing.assert_array_equal(q, want)
     assert quantize_weight(torch.zeros(0, 4))[0].shape == (0, 4)
+
+
+@pytest.mark.parametrize("act", [nn.Sigmoid(), nn.Tanh()])
+def test_an_inf_input_meeting_a_weight_stored_as_zero_is_unbounded_after_a_fused_activation(act):
+    # fp16 weights: +-1e-8 is stored as 0, and the chip's inf * 0 is NaN where fp32 gives inf * 1e-8 = +-inf.
+    # The FC's fused sigmoid/tanh of that NaN is NaN on the chip, +-1 or 0 in fp32: the bound must leave the
+    # element unbounded, not cap it at the function's range (found by make fuzz: linear, sigmoid, relu)
+    m = nn.Sequential(nn.Linear(2, 3, bias=False), act).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1e-8, 0.5], [0.25, 0.5], [-1e-8, 0.25]]))
+    x = torch.tensor([[float("inf"), 1.0], [0.5, -1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # IEEE results, not numpy's RuntimeWarnings
+        cm = mtiasim.compile(m, (x,), mode="functional", precision="fp16")
+        got = cm(x)
+    assert torch.isnan(got[0, 0]) and torch.isnan(got[0, 2])  # the chip's inf * 0
+    with torch.no_grad():
+        assert torch.isfinite(m(x)[0]).all()  # fp32: no NaN
+    res = cm.check()
+    assert res["passed"], res
+    assert res["outputs"][0]["unbounded"] == 3  # row 0: inf * 0.25 and inf * 1e-8 are unbounded too

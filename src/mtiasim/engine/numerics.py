@@ -145,7 +145,10 @@ def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
     to 53 bits)."""
     if dtype == DType.INT8:
         return int8_matmul_exact(a.astype(np.float32), b.astype(np.float32))
-    return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
+    with np.errstate(
+        over="ignore", invalid="ignore"
+    ):  # IEEE: beyond FP32 is +-inf, inf * 0 and inf - inf NaN
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
 
 
 def add_acc(acc: np.ndarray, other: np.ndarray) -> np.ndarray:

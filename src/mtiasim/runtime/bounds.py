@@ -272,8 +272,10 @@ def _unary(kind: str, x: Err, r_in: torch.Tensor | None, f_abs: torch.Tensor, at
     worst = slope * x.e + spec.abs_error + spec.rel_error * f_abs + spec.in_rel_error * (inp + x.e)
     worst = torch.where(torch.isnan(worst), torch.full_like(worst, math.inf), worst)
     if math.isfinite(spec.span):  # a bounded function's range, unless its input may be an overflow (an Inf
-        # stored for a finite value: the function of it may be NaN, gelu(-inf), then anything downstream)
-        worst = torch.where(torch.isinf(x.e), worst, torch.clamp(worst, max=spec.span))
+        # stored for a finite value: the function of it may be NaN, gelu(-inf), then anything downstream) or
+        # NaN itself (an FC's fused activation sees its error before it is stored: NaN where an Inf input meets
+        # a weight stored as 0, whose product is NaN on the chip)
+        worst = torch.where(torch.isfinite(x.e), torch.clamp(worst, max=spec.span), worst)
     chip = spec.abs_error**2 + (spec.rel_error * f_abs) ** 2 + (spec.in_rel_error * inp) ** 2
     return Err(worst, slope0**2 * x.var + chip / 3)
 
