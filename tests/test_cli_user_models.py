@@ -407,3 +407,36 @@ def test_corpus_model_as_a_factory_and_as_an_archive(capsys, tmp_path, name):
     from_archive = json.loads(out)
     assert from_archive["check"]["passed"] is True
     assert from_archive["latency_us"] == pytest.approx(from_factory["latency_us"], rel=1e-9)
+
+
+OVERFLOWING = """
+import torch
+from torch import nn
+
+
+def make():
+    fc = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        fc.weight.fill_(3e4)  # outputs of 1.2e5: beyond fp16's 65504, +-inf on the chip, finite in fp32
+    return fc.eval(), (torch.ones(5, 4),)
+"""
+
+
+def test_a_check_that_bounds_no_element_says_so_and_the_json_stays_strict(capsys, tmp_path):
+    """Every output element is unbounded (an fp16 overflow the bound allows): the check passes, says that it
+    checked nothing, and --json writes the infinite largest bound as null (RFC 8259 has no Infinity)."""
+    spec = f"{tmp_path / 'overflow_model.py'}:make"
+    (tmp_path / "overflow_model.py").write_text(OVERFLOWING)
+    code, out, err = run(capsys, "run", spec, "--precision", "fp16", "--check", "--json")
+    assert code == 0, err
+    res = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    chk = res["check"]
+    assert chk["passed"] is True and chk["elements"] == chk["unbounded"] == 15 and chk["outside"] == 0
+    assert chk["max_bound"] is None  # inf
+    code, out, err = run(capsys, "run", spec, "--precision", "fp16", "--check")
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.lstrip().startswith("check "))
+    assert "; no element is bounded (15 of 15 unbounded: the worst-case bound exceeds the range" in line
+    assert "so the bound checks nothing; the error is " in line and "passed" not in line
+    numerics = next(x for x in out.splitlines() if x.lstrip().startswith("numerics "))
+    assert numerics.endswith("bound inf (15 of 15 elements unbounded)")

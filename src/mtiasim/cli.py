@@ -9,7 +9,6 @@ interrupted. ``--debug`` adds the traceback and keeps the status.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import traceback
@@ -76,18 +75,10 @@ def _raise_if_failed(res: dict[str, Any], as_json: bool) -> None:
 
 
 def _emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, sort_keys=False, default=_json_default))
+    """Strict JSON on stdout: a non-finite figure is null (`mtiasim.jsonout`)."""
+    from mtiasim import jsonout
 
-
-def _json_default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-    except ImportError:  # pragma: no cover
-        pass
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    click.echo(jsonout.dumps(obj, sort_keys=False))
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -742,17 +733,31 @@ def _print_run(res: dict[str, Any]) -> None:
     for o in (res.get("numerics") or {}).get("outputs", []):
         click.echo(
             f"  numerics    {o['output']}: max abs err vs fp32 {o['max_abs_err']:.3g}, expected (1 sigma) "
-            f"{o['max_sigma']:.3g}, bound {o['max_bound']:.3g}"
+            f"{o['max_sigma']:.3g}, bound {o['max_bound']:.3g}{_unbounded_text(o)}"
         )
     for line in res.get("numerics_warnings") or []:
         click.echo(f"  warning     {line}")
     if "check" in res:
         c = res["check"]
-        verdict = "passed" if c["passed"] else "FAILED"
-        click.echo(
-            f"  check       max abs err {c['max_abs_err']:.3g}, max rel err {c['max_rel_err']:.3g}, "
-            f"every element within its bound (docs/numerics.md): {verdict}"
-        )
+        errors = f"  check       max abs err {c['max_abs_err']:.3g}, max rel err {c['max_rel_err']:.3g}"
+        finite = c.get("elements", 0) - c.get("nonfinite_reference", 0)
+        if c["passed"] and finite > 0 and c.get("unbounded", 0) >= finite:
+            click.echo(
+                f"{errors}; no element is bounded ({finite:,} of {finite:,} unbounded: the worst-case bound "
+                f"exceeds the range, docs/numerics.md), so the bound checks nothing; the error is "
+                f"{c['max_err_over_sigma']:.2g}x the expected (1 sigma)"
+            )
+        else:
+            verdict = "passed" if c["passed"] else "FAILED"
+            click.echo(
+                f"{errors}, every element within its bound (docs/numerics.md){_unbounded_text(c)}: {verdict}"
+            )
+
+
+def _unbounded_text(o: dict[str, Any]) -> str:
+    """ ", N of M elements unbounded" where the worst-case bound is infinite for some finite elements."""
+    n, total = o.get("unbounded", 0), o.get("elements", 0) - o.get("nonfinite_reference", 0)
+    return f" ({n:,} of {total:,} elements unbounded)" if n else ""
 
 
 # ------------------------------------------------------------------------------------- sweep and explore

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mtiasim import jsonout
 from mtiasim.hw import Chip, load_chip
 from mtiasim.report import figures as fg
 from mtiasim.report.atomic import AtomicFiles
@@ -57,7 +58,7 @@ def esc(x: Any) -> str:
 
 def json_for_script(obj: Any) -> str:
     """JSON safe inside <script>: no `</script>`, `<!--` or `&` can end or change it; no NaN/Infinity."""
-    text = json.dumps(_finite(obj), sort_keys=False, ensure_ascii=False, separators=(",", ":"))
+    text = jsonout.dumps(obj, sort_keys=False, ensure_ascii=False, separators=(",", ":"))
     for a, b in (
         ("<", "\\u003c"),
         (">", "\\u003e"),
@@ -67,16 +68,6 @@ def json_for_script(obj: Any) -> str:
     ):
         text = text.replace(a, b)
     return text
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Mapping):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def num_text(v: Any, digits: int = 4) -> str:
@@ -188,7 +179,10 @@ def summary_html(run: Mapping[str, Any]) -> str:
                 f"{'passed' if passed else 'FAILED'}</span>: max abs err "
                 f"{val('check_max_abs_err', chk.get('max_abs_err'))}, max rel err "
                 f"{val('check_max_rel_err', chk.get('max_rel_err'))}, largest error/bound "
-                f"{val('check_max_err_over_bound', chk.get('max_err_over_bound'))} (docs/numerics.md)",
+                f"{val('check_max_err_over_bound', chk.get('max_err_over_bound'))} (docs/numerics.md); "
+                f"elements unbounded (the worst-case bound exceeds the range: not checked) "
+                f"{val('check_unbounded', chk.get('unbounded'))} of "
+                f"{val('check_elements', chk.get('elements', 0) - chk.get('nonfinite_reference', 0))}",
             )
         )
     body = "\n".join(f"<tr><th scope='row'>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows)

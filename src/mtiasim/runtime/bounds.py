@@ -93,6 +93,7 @@ class OutputBound:
             "max_err_over_bound": ratio(self.bound, fin_b),
             "max_sigma": float(self.sigma[fin_s].max()) if bool(fin_s.any()) else math.inf,
             "max_err_over_sigma": ratio(self.sigma, fin_s),
+            "elements": int(r.numel()),
             "unbounded": int((~torch.isfinite(self.bound) & finite).sum()),
             "nonfinite_reference": int((~finite).sum()),
             "outside": int((~ok).sum()),
