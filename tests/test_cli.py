@@ -64,6 +64,19 @@ def test_bench_gemm_functional_check(capsys):
     assert json.loads(out)["check"]["passed"] is True
 
 
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_bench_gemm_functional_only_runs_and_checks_without_a_time(capsys, json_flag):
+    # no timing in a functional run: the launches have no job spans (this crashed with an internal error)
+    argv = ["bench", "gemm", "--m", "96", "--k", "80", "--n", "72", "--mode", "functional", *json_flag]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    if json_flag:
+        res = json.loads(out)
+        assert res["check"]["passed"] is True and "seconds" not in res["launches"][0]
+    else:
+        assert "  time      -   (event, functional)" in out and "check     passed" in out
+
+
 def test_bench_tbe_json(capsys):
     code, out, err = run(
         capsys,

@@ -76,7 +76,7 @@ def job_spans_s(result: ExecutionResult) -> list[float]:
     """Each job's time in a run of jobs back to back: the spacing of its completion from the previous job's
     (from 0 for the first)."""
     ends = [j.end_s for j in result.timing.jobs] if result.timing is not None else []
-    return [e - b for b, e in zip([0.0, *ends[:-1]], ends, strict=True)]
+    return [e - b for b, e in zip([0.0, *ends], ends, strict=False)]  # none in a functional run
 
 
 def timing_fields(result: ExecutionResult, chip: Chip, launches: list[int] | None = None) -> dict[str, Any]:
