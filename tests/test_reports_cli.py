@@ -124,3 +124,24 @@ def test_output_arguments_are_checked_first(tmp_path, capsys, monkeypatch, extra
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == f"mtiasim: error: {message}"
     assert not (tmp_path / "t.json").exists()
+
+
+def test_json_output_is_strict_with_numpy_scalars_and_non_finite_figures():
+    import math
+
+    import numpy as np
+
+    from mtiasim import jsonout
+
+    obj = {
+        "a": np.float32("inf"),
+        "b": np.int64(3),
+        "c": [math.nan, 1.5, np.bool_(True)],
+        "d": (np.float16(2),),
+    }
+    text = jsonout.dumps(obj)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "a": None, "b": 3, "c": [None, 1.5, True], "d": [2.0],
+    }  # fmt: skip
+    with pytest.raises(TypeError, match="ndarray is not JSON serializable"):
+        jsonout.dumps({"x": np.zeros(3)})

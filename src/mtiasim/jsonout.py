@@ -9,6 +9,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 
 def finite(obj: Any) -> Any:
     """`obj` (dicts, lists, tuples, numbers) with every non-finite float made None and numpy scalars made
@@ -19,9 +21,8 @@ def finite(obj: Any) -> Any:
         return {str(k): finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
-    item = getattr(obj, "item", None)
-    if item is not None and type(obj).__module__ == "numpy":  # a numpy scalar
-        return finite(item())
+    if isinstance(obj, np.generic):  # a numpy scalar (an array is not serialisable: TypeError from dumps)
+        return finite(obj.item())
     return obj
 
 

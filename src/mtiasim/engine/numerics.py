@@ -145,9 +145,8 @@ def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
     to 53 bits)."""
     if dtype == DType.INT8:
         return int8_matmul_exact(a.astype(np.float32), b.astype(np.float32))
-    with np.errstate(
-        over="ignore", invalid="ignore"
-    ):  # IEEE: beyond FP32 is +-inf, inf * 0 and inf - inf NaN
+    # IEEE results, not numpy warnings: beyond FP32 is +-inf, inf * 0 and inf - inf are NaN
+    with np.errstate(over="ignore", invalid="ignore"):
         return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
 
 
