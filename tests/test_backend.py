@@ -104,6 +104,11 @@ def test_graph_with_no_outputs_runs_as_a_no_op(mode):
             "max_bound": 0.0,
             "max_err_over_bound": 0.0,
             "max_sigma": 0.0,
+            "max_err_over_sigma": 0.0,
+            "elements": 0,
+            "unbounded": 0,
+            "nonfinite_reference": 0,
+            "outside": 0,
             "passed": True,
             "outputs": [],
         }

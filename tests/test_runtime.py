@@ -138,8 +138,14 @@ def test_cli_run_check_json(capsys):
         "max_bound",
         "max_err_over_bound",
         "max_sigma",
+        "max_err_over_sigma",
+        "elements",
+        "unbounded",
+        "nonfinite_reference",
+        "outside",
         "passed",
     } == set(chk)
+    assert chk["elements"] == 16 and chk["unbounded"] == chk["outside"] == chk["nonfinite_reference"] == 0
     assert [o["output"] for o in res["numerics"]["outputs"]] and res["numerics"]["passed"]
 
 
