@@ -12,7 +12,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # `pytest --hypothesis-profile nightly` (make fuzz): the long differential-fuzzing run. Unlike make test's
 # derandomized profile it draws new graphs every run (a fixed seed would re-check the same 20,000 each night);
-# `make fuzz SEED=N` repeats a run: hypothesis prints the seed, and a failure's reproduce_failure blob, on failing
+# make fuzz prints the seed it passes (`make fuzz SEED=N` repeats a run), hypothesis a failure's reproduce blob
 settings.register_profile(
     "nightly",
     parent=settings.get_profile("default"),

@@ -740,7 +740,7 @@ def _print_run(res: dict[str, Any]) -> None:
     if "check" in res:
         c = res["check"]
         errors = f"  check       max abs err {c['max_abs_err']:.3g}, max rel err {c['max_rel_err']:.3g}"
-        finite = c.get("elements", 0) - c.get("nonfinite_reference", 0)
+        finite = _finite_elements(c)
         if c["passed"] and finite > 0 and c.get("unbounded", 0) >= finite:
             click.echo(
                 f"{errors}; no element is bounded ({finite:,} of {finite:,} unbounded: the worst-case bound "
@@ -754,10 +754,15 @@ def _print_run(res: dict[str, Any]) -> None:
             )
 
 
+def _finite_elements(o: dict[str, Any]) -> int:
+    """Elements of a check (or of one output) whose fp32 reference is finite: those a bound can bound."""
+    return o.get("elements", 0) - o.get("nonfinite_reference", 0)
+
+
 def _unbounded_text(o: dict[str, Any]) -> str:
-    """ ", N of M elements unbounded" where the worst-case bound is infinite for some finite elements."""
-    n, total = o.get("unbounded", 0), o.get("elements", 0) - o.get("nonfinite_reference", 0)
-    return f" ({n:,} of {total:,} elements unbounded)" if n else ""
+    """The " (N of M elements unbounded)" of a check or output whose bound is infinite for some elements."""
+    n = o.get("unbounded", 0)
+    return f" ({n:,} of {_finite_elements(o):,} elements unbounded)" if n else ""
 
 
 # ------------------------------------------------------------------------------------- sweep and explore
