@@ -145,3 +145,54 @@ def test_virtual_tables_are_shapes_only():
     cap = capture(M(), (torch.randint(0, 40_000_000, (8,)), torch.tensor([0, 4])))
     (param,) = cap.graph.params.values()
     assert param.virtual and param.type.shape == (40_000_000, 64)
+
+
+def test_recorded_sources_are_those_of_torch_stack_traces(monkeypatch):
+    """`recording_sources` (one frame per node, read from the interpreter) gives every node the module, file,
+    line and code that torch's own stack traces give: the innermost `forward` outside torch, or torch's own
+    module when no other `forward` made the node (a bare nn.Sequential)."""
+    import contextlib
+    import importlib
+
+    from mtiasim.frontend import source
+
+    capture_module = importlib.import_module("mtiasim.frontend.capture")  # `capture` is the function
+
+    def helper(x):  # not a forward: the node is placed at the forward that called it
+        return torch.relu(x) * 2
+
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return helper(y) + torch.sigmoid(y)
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+            self.seq = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+
+        def forward(self, x):
+            return self.seq(self.inner(x)).sum(dim=1, keepdim=True)
+
+    def sources(model):
+        ep = capture_module.export(model, (torch.rand(4, 5),))
+        return [(n.name, source.node_source(n)) for n in ep.graph.nodes]
+
+    for model in (Outer().eval(), nn.Sequential(nn.Linear(5, 2), nn.ReLU()).eval()):
+        ours = sources(model)
+        monkeypatch.setattr(capture_module, "recording_sources", contextlib.nullcontext)
+        torchs = sources(model)
+        monkeypatch.undo()
+        assert ours == torchs
+        assert any(s.location for _n, s in ours)
+    located = {s.code for _n, s in sources(Outer().eval()) if "test_frontend.py:" in s.location}
+    assert located == {
+        "y = self.fc(x)",
+        "return helper(y) + torch.sigmoid(y)",
+        "return self.seq(self.inner(x)).sum(dim=1, keepdim=True)",
+    }

@@ -28,7 +28,7 @@ from mtiasim.frontend.aten import CONVERTERS, Ctx, register_library_ops, support
 from mtiasim.frontend.dtypes import to_dtype
 from mtiasim.frontend.host import HostPrologue, is_host_op
 from mtiasim.frontend.quantized import exportable, register_4bit_lookup_meta
-from mtiasim.frontend.source import node_source
+from mtiasim.frontend.source import node_source, recording_sources
 from mtiasim.ir import DYNAMIC, Graph, Param, TensorType, ValueKind
 
 PARAM, HOST, DEVICE, NONE = "param", "host", "device", "none"
@@ -112,7 +112,12 @@ def export(
     was_training = model.training
     _set_training(model, False)
     try:
-        with torch.no_grad(), exportable(model), jagged.quiet_to_dict((example_inputs, kwargs)):
+        with (
+            torch.no_grad(),
+            exportable(model),
+            jagged.quiet_to_dict((example_inputs, kwargs)),
+            recording_sources(),
+        ):
             dims = _index_dims(model, example_inputs, kwargs, static)  # a structure: it outlives the views
             example_inputs, kwargs = _own_storage((example_inputs, kwargs))
             return torch.export.export(model, example_inputs, kwargs, strict=False, dynamic_shapes=dims)
