@@ -23,7 +23,7 @@ from mtiasim.errors import UnsupportedOperatorError, UsageError
 from mtiasim.frontend.reference_rows import gather_rows, im2col, scatter_rows
 from mtiasim.hw import load_chip
 from mtiasim.hw.peaks import sram_bytes_per_s
-from mtiasim.isa import DmaScatter, Level, MemoryPlan, Program
+from mtiasim.isa import DmaScatter, Job, Level, MemoryPlan, PeProgram, Program
 from mtiasim.kernels.common import Region
 from mtiasim.kernels.rows import Conv1d, Groups, gather_rows_job, im2col_job, scatter_rows_job
 
@@ -578,3 +578,31 @@ def test_core_aten_coverage_runs_them_on_the_chip():
     for op in ("aten::gather", "aten::index_select", "aten::index.Tensor", "aten::index_put", "aten::scatter.src",
                "aten::scatter.value", "aten::scatter_add", "aten::scatter_reduce.two"):  # fmt: skip
         assert status[op] == ("chip", "dma"), op
+
+
+def test_functional_memory_copies_only_the_inputs_the_program_writes():
+    """A functional run reads the inputs its commands never write (weights, tables, most activations) through
+    read-only views of the caller's arrays, and writes into copies of the others: either way the caller's
+    arrays come back unchanged, and a weight is not copied on every call."""
+    rng = np.random.default_rng(5)
+    table, src = (
+        rng.standard_normal((6, 4)).astype(np.float32),
+        rng.standard_normal((5, 4)).astype(np.float32),
+    )
+    idx = np.array([[4, 0, 4, 2, 5]])
+    p = plan()
+    p.add("T", table.shape, DType.FP32, Level.SRAM)
+    p.add("S", src.shape, DType.FP32, Level.SRAM)
+    p.add("I", idx.shape, DType.INT64, Level.SRAM)
+    scatter = DmaScatter("S", "T", "I", 0, 5, accumulate=True)  # T is written by nothing else
+    job = Job("s", "scatter", {(0, 0): PeProgram((0, 0), (), ([scatter], []))})
+    inputs = {"T": table, "I": idx, "S": src}
+    kept = {k: v.copy() for k, v in inputs.items()}
+    out = execute(Program("t", p.tensors, [job]), CHIP, mode="functional", inputs=inputs).outputs
+    assert all(np.array_equal(inputs[k], kept[k]) for k in inputs)  # nothing the caller gave is changed
+    for name in ("I", "S"):  # read only: a view of the caller's array, which stays writable
+        assert np.shares_memory(out[name], inputs[name]) and not out[name].flags.writeable
+        assert inputs[name].flags.writeable
+    assert not np.shares_memory(out["T"], table)  # written: a copy
+    want = torch.from_numpy(table).index_add(0, torch.from_numpy(idx[0]), torch.from_numpy(src)).numpy()
+    assert np.array_equal(out["T"], want)
