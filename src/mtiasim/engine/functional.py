@@ -33,22 +33,30 @@ def matmul_blocks(
 
 
 def _operand_rows(tiles: np.ndarray, groups: int, steps: int) -> np.ndarray:
-    """Tiles [groups * steps, t, tk] (a block's K steps one after another) as float32 [groups, t, steps * tk]:
-    each group's tiles side by side along K, converted in one pass."""
+    """Tiles [groups * steps, t, tk] (a block's K steps one after another) as [groups, t, steps * tk] of the
+    operand dtype `numerics.int8_matmul_exact` takes fastest (`_int8_operands`): each group's tiles side by
+    side along K, converted in one pass."""
     _, t, tk = tiles.shape
-    out = np.empty((groups, t, steps, tk), dtype=np.float32)
+    out = np.empty((groups, t, steps, tk), dtype=_int8_operands())
     out[...] = tiles.reshape(groups, steps, t, tk).transpose(0, 2, 1, 3)
     return out.reshape(groups, t, steps * tk)
 
 
+def _int8_operands() -> type:
+    """int8 where PyTorch's integer GEMM multiplies int8 operands as they are (`numerics.integer_gemm`), else
+    float32 for float BLAS."""
+    return np.int8 if nx.integer_gemm() is not None else np.float32
+
+
 def _band_rows(run: TileRun, start: int, groups: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """`groups` groups of `steps` tiles of `run` from tile `start` as float32 rows [u, t, steps * tk] and each
-    group's index into them: the distinct row bands of one array, read once each, when the tiles are laid out
-    so (`TileRun.bands`); else every group's tiles side by side (`_operand_rows`)."""
+    """`groups` groups of `steps` tiles of `run` from tile `start` as rows [u, t, steps * tk] (of the operand
+    dtype, `_int8_operands`) and each group's index into them: the distinct row bands of one array, read once
+    each, when the tiles are laid out so (`TileRun.bands`: then views where int8); else every group's tiles
+    side by side (`_operand_rows`)."""
     got = run.bands(start, groups, steps)
     if got is not None:
         values, which = got
-        return values.astype(np.float32), which
+        return values.astype(_int8_operands(), copy=False), which
     return _operand_rows(run.get(start, start + groups * steps), groups, steps), np.arange(groups)
 
 
@@ -111,7 +119,7 @@ def _int8_resident_b(cmd: MatMul, a_run: TileRun, b_run: TileRun) -> np.ndarray:
 
 
 def _a_rows(cmd: MatMul, a_run: TileRun, b0: int, b1: int) -> np.ndarray:
-    """The A operand of blocks [b0, b1) as float32 [b1 - b0, tile_m, K]."""
+    """The A operand of blocks [b0, b1) as [b1 - b0, tile_m, K] (`_operand_rows`)."""
     steps = cmd.steps
     if cmd.a_mode == Operand.STREAM:
         return _operand_rows(a_run.get(b0 * steps, b1 * steps), b1 - b0, steps)

@@ -119,10 +119,17 @@ INT8_EXACT_K_FP32 = 2**24 // 2**14
 
 
 def int8_matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` of int8 values (given as float32 arrays, batched like `np.matmul`) as int32 sums, by float
-    BLAS: K is cut into chunks of at most `INT8_EXACT_K_FP32`, whose float32 sums are exact integers (in any
-    summation order); the chunks' sums are added in int32, which wraps as the accumulator does (the sum modulo
-    2^32; it only can past K = 2^17). A large product uses more BLAS threads (`blas.threads_for`)."""
+    """``a @ b`` of int8 values (int8 arrays, or float32 arrays of int8 values; batched like `np.matmul`) as
+    int32 sums, exact. With int8 operands where PyTorch's integer GEMM is exact on this CPU (`integer_gemm`)
+    that multiplies them; otherwise float BLAS does: K is cut into chunks of at most `INT8_EXACT_K_FP32`, whose
+    float32 sums are exact integers (in any summation order); the chunks' sums are added in int32, which wraps
+    as the accumulator does (the sum modulo 2^32; it only can past K = 2^17). A large product uses more BLAS
+    threads (`blas.threads_for`)."""
+    if a.dtype == np.int8 and b.dtype == np.int8:
+        gemm = integer_gemm()
+        if gemm is not None:
+            return gemm(a, b)
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     k = a.shape[-1]
     with blas.threads_for(_macs(a, b)):
         out = np.matmul(a[..., :INT8_EXACT_K_FP32], b[..., :INT8_EXACT_K_FP32, :]).astype(np.int32)
@@ -130,6 +137,104 @@ def int8_matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             k1 = min(k, k0 + INT8_EXACT_K_FP32)
             out += np.matmul(a[..., k0:k1], b[..., k0:k1, :]).astype(np.int32)
     return out
+
+
+# int8 products go to PyTorch's integer GEMM (`torch._int_mm`: oneDNN, on VNNI or AMX int8 units ~8x float
+# BLAS) in K chunks this long, over which no int32 partial sum can overflow however the kernel forms it
+# (with the unsigned-offset form of s8 x s8, 255 * 128 * 2^15 < 2^31); the chunks are added in int32, wrapping
+INT8_EXACT_K_INT = 2**15
+_INTEGER_GEMM: list = []  # the probed `integer_gemm` (None: not exact here), once PyTorch is loaded
+
+
+def integer_gemm():
+    """PyTorch's int8 x int8 -> int32 GEMM as ``gemm(a, b)`` over numpy arrays (2-D or batched), where the
+    process has loaded PyTorch and the GEMM passed `_exact_on_this_cpu`; else None (float BLAS then).
+    Integer sums are exact in any order, so only an int16 saturation (which oneDNN's int8 kernels can have on
+    CPUs without VNNI) could change a bit: the probe catches it."""
+    if _INTEGER_GEMM:
+        return _INTEGER_GEMM[0]
+    torch = _loaded_torch()
+    if torch is None:
+        return None  # not cached: the process may load PyTorch later
+    int_mm = getattr(torch, "_int_mm", None)
+
+    def mm2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        k = a.shape[1]
+        if k <= INT8_EXACT_K_INT:
+            return int_mm(_as_tensor(torch, a), _as_tensor(torch, b)).numpy()
+        out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int32)
+        for k0 in range(0, k, INT8_EXACT_K_INT):
+            part = int_mm(
+                _as_tensor(torch, a[:, k0 : k0 + INT8_EXACT_K_INT]),
+                _as_tensor(torch, b[k0 : k0 + INT8_EXACT_K_INT]),
+            )
+            np.add(
+                out, part.numpy(), out=out, dtype=np.int32
+            )  # numpy's int32 addition wraps, as the adder does
+        return out
+
+    def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():  # read-only operands (the engine's views of weights) are only read
+            warnings.simplefilter("ignore", UserWarning)
+            if a.ndim == 2 and b.ndim == 2:
+                return mm2(a, b)
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            a = np.broadcast_to(a, (*batch, *a.shape[-2:]))
+            b = np.broadcast_to(b, (*batch, *b.shape[-2:]))
+            out = np.empty((*batch, a.shape[-2], b.shape[-1]), dtype=np.int32)
+            for i in np.ndindex(*batch):
+                out[i] = mm2(a[i], b[i])
+            return out
+
+    exact = int_mm is not None and _exact_on_this_cpu(gemm)
+    _INTEGER_GEMM.append(gemm if exact else None)
+    return _INTEGER_GEMM[0]
+
+
+def _as_tensor(torch, x: np.ndarray):
+    """A 2-D numpy array as a tensor sharing its memory when its layout is row- or column-major (with any
+    leading dimension), a contiguous copy otherwise: `torch._int_mm` takes only those layouts (it returns
+    garbage for a broadcast's zero stride, where `np.broadcast_to` gives one)."""
+    rows, cols = x.shape
+    r, c = (s // x.itemsize for s in x.strides)
+    if not ((c == 1 and r >= max(cols, 1)) or (r == 1 and c >= max(rows, 1))):
+        x = np.ascontiguousarray(x)
+    return torch.from_numpy(x)
+
+
+def _exact_on_this_cpu(gemm) -> bool:
+    """Whether `gemm` gives the exact products of the int8 extremes (where int16 intermediate sums of
+    ``u8 * s8`` pairs saturate), of random matrices, of odd and empty shapes, of strided, transposed and
+    broadcast views, and past one K chunk."""
+    rng = np.random.default_rng(20261203)
+
+    def ints(*shape: int) -> np.ndarray:
+        return rng.integers(-128, 128, shape, dtype=np.int8)
+
+    cases = [
+        (np.full((17, 64), x, np.int8), np.full((64, 9), y, np.int8))
+        for x in (127, -128)
+        for y in (127, -128)
+    ]
+    cases += [
+        (ints(m, k), ints(k, n)) for m, k, n in ((1, 1, 1), (3, 7, 5), (33, 300, 65), (0, 4, 3), (4, 0, 3))
+    ]
+    cases += [
+        (ints(40, 90)[3:30, 5:77], ints(9, 72).T),  # a window of a wider array; a transposed one
+        (ints(20, 30)[::2, ::3], ints(10, 6)),  # no unit stride
+        (np.broadcast_to(ints(1, 16), (5, 16)), ints(16, 4)),  # a zero stride
+        (ints(2, INT8_EXACT_K_INT + 9), ints(INT8_EXACT_K_INT + 9, 3)),  # two K chunks
+        (ints(3, 4, 20), ints(20, 6)),  # batched
+    ]
+    try:
+        for a, b in cases:
+            got = gemm(a, b)
+            want = np.matmul(a.astype(np.int64), b.astype(np.int64))
+            if got.dtype != np.int32 or got.shape != want.shape or not np.array_equal(got, want):
+                return False
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _macs(a: np.ndarray, b: np.ndarray) -> int:
@@ -144,7 +249,7 @@ def matmul_acc(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
     the exact sum of the products rounded once to fp32 (float64 holds every fp16 product exactly and their sum
     to 53 bits)."""
     if dtype == DType.INT8:
-        return int8_matmul_exact(a.astype(np.float32), b.astype(np.float32))
+        return int8_matmul_exact(a, b)
     # IEEE results, not numpy warnings: beyond FP32 is +-inf, inf * 0 and inf - inf are NaN
     with np.errstate(over="ignore", invalid="ignore"):
         return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
