@@ -41,6 +41,31 @@ def test_quantize_reports_nan_inf_and_saturation():
     assert (stats.converted, stats.nonfinite, stats.saturated) == (7, 3, 2)
 
 
+@given(
+    bits=st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=200),
+    small=st.lists(st.floats(-300, 300, width=32), min_size=0, max_size=200),
+    scale=st.sampled_from([1.0, 0.5, 3e-3, 1e-30, 0.0, float("inf"), float("nan")]),
+    zp=st.sampled_from([0, -3, 5]),
+)
+def test_quantize_counts_are_their_definitions(bits, small, scale, zp):
+    """`quantize`'s counts are the definitions, whatever the data: non-finite inputs, and finite inputs whose
+    rounded value leaves the int8 range; NaN gives the zero point. Random FP32 bit patterns (NaN, inf, huge),
+    values near the range and scales of 0, inf and NaN (a NaN or infinite reciprocal)."""
+    x = np.concatenate([np.array(bits, dtype=np.uint32).view(np.float32), np.array(small, dtype=np.float32)])
+    stats = nx.ConversionStats()
+    with np.errstate(divide="ignore"):
+        q = nx.quantize(x, scale, zp, stats=stats)
+        recip = np.float32(np.float64(1.0) / np.float64(scale)) if scale else np.float32(np.inf)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = np.rint(x * recip) + np.float32(zp)
+        finite = np.isfinite(x)
+        assert stats.converted == x.size and stats.nonfinite == int((~finite).sum())
+        assert stats.saturated == int((finite & ((r < -128) | (r > 127))).sum())
+    assert np.array_equal(
+        q, np.where(np.isnan(r), zp, np.clip(np.nan_to_num(r, nan=0.0), -128, 127)).astype(np.int8)
+    )
+
+
 def test_fp16_cast_reports_overflow():
     stats = nx.ConversionStats()
     y = nx.cast(np.array([65504.0, 65520.0, 1e6, np.nan], np.float32), DType.FP16, stats)

@@ -282,14 +282,21 @@ def quantize(
         q = np.asarray(xf * recip)
         np.rint(q, out=q)
         q = np.asarray(q + zp)  # a new array this function owns (`zp` may broadcast it further)
+    finite = np.isfinite(xf)
+    # the common case, every input, scale and zero point finite: no NaN can arise, and the saturated values are
+    # counted only if the extremes leave the range (a few passes over the data fewer)
+    clean = bool(finite.all()) and bool(np.isfinite(recip).all()) and bool(np.isfinite(zp).all())
     if stats is not None:
-        finite = np.isfinite(xf)
         stats.converted += xf.size
-        stats.nonfinite += int(xf.size - np.count_nonzero(finite))
-        stats.saturated += int(np.count_nonzero(finite & ((q < lo) | (q > hi))))
-    nan = np.isnan(q)
-    if nan.any():
-        np.copyto(q, np.broadcast_to(zp, q.shape), where=nan)
+        if not clean:
+            stats.nonfinite += int(xf.size - np.count_nonzero(finite))
+            stats.saturated += int(np.count_nonzero(finite & ((q < lo) | (q > hi))))
+        elif q.size and (q.min() < lo or q.max() > hi):
+            stats.saturated += int(np.count_nonzero((q < lo) | (q > hi)))
+    if not clean:
+        nan = np.isnan(q)
+        if nan.any():
+            np.copyto(q, np.broadcast_to(zp, q.shape), where=nan)
     if max(-lo, hi) <= FP32_EXACT_INT:  # the bounds are FP32 values: saturate in FP32
         return np.clip(q, lo, hi, out=q).astype(out.numpy)
     return np.clip(q.astype(np.float64), lo, hi).astype(out.numpy)
@@ -332,7 +339,11 @@ def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.
             stats.converted += xf.size
             big = np.float32(overflow_threshold(out))  # every |x| from here on (inf included) becomes inf
             with np.errstate(invalid="ignore"):
-                stats.overflow += int(np.count_nonzero(np.abs(xf) >= big) - np.count_nonzero(np.isinf(xf)))
+                # counted only when the extremes reach it (a NaN extreme compares false: counted too)
+                if xf.size and not (xf.max() < big and xf.min() > -big):
+                    stats.overflow += int(
+                        np.count_nonzero(np.abs(xf) >= big) - np.count_nonzero(np.isinf(xf))
+                    )
         return y
     if np.issubdtype(np.asarray(x).dtype, np.integer):
         lo, hi = _int_range(out)
