@@ -245,6 +245,14 @@ def test_fp16_conversions_through_pytorch_keep_numpys_bits():
     assert np.array_equal(nx.cast(wide, DType.FP16).view(np.uint16), ref16.view(np.uint16))
     assert np.array_equal(nx.to_float32(halves).view(np.uint32), halves.astype(np.float32).view(np.uint32))
     assert np.array_equal(nx.to_float32(ref16).view(np.uint32), ref16.astype(np.float32).view(np.uint32))
+    finite = wide[np.isfinite(wide)]  # no NaN anywhere (the conversion's fast path), both ways
+    assert np.array_equal(
+        nx.cast(finite, DType.FP16).view(np.uint16), finite.astype(np.float16).view(np.uint16)
+    )
+    finite16 = ref16[~np.isnan(ref16)]
+    assert np.array_equal(
+        nx.to_float32(finite16).view(np.uint32), finite16.astype(np.float32).view(np.uint32)
+    )
 
 
 @pytest.mark.parametrize("weighted", [False, True])
