@@ -581,3 +581,23 @@ def test_tile_reads_and_writes_match_one_tile_at_a_time():
             assert np.array_equal(values[which], joined)
         checked += 1
     assert checked > 200
+
+
+def test_a_cache_of_no_lines_misses_every_gathered_line(monkeypatch):
+    """Where the scratchpad leaves the SRAM no cache lines, every line a gather touches misses, whatever the
+    batches before it left warm (the history has nowhere to stay), and no gathered row counts as a hit."""
+    from mtiasim.engine import Memo
+    from mtiasim.engine.work import WorkModel
+
+    prep = prepare_tbe(64, 20, 50_000, 128, placement="cache", warm="distribution")
+    assert prep.program.cache_state is not None or prep.program.cache_history  # a warm cache, were there room
+    memo = Memo()
+    warm = execute(prep.program, prep.chip, mode="timing", inputs=prep.inputs, memo=Memo())
+    monkeypatch.setattr(WorkModel, "cache_capacity_lines", lambda self: 0)
+    cold = execute(prep.program, prep.chip, mode="timing", inputs=prep.inputs, memo=memo)
+    assert memo.cache_hits and all(
+        rec.shape[1] == 2 and not rec[:, 1].any() for rec in memo.cache_hits.values()
+    )
+    lines = sum(rec.shape[0] for rec in memo.cache_hits.values())
+    assert lines >= 64 * 20 * 4  # every lookup's lines (a row of 128 int8 + its scale and bias spans lines)
+    assert cold.timing.counters.get("cache_hit_rows", 0.0) == 0.0 < warm.timing.counters["cache_hit_rows"]

@@ -555,14 +555,14 @@ class WorkModel:
             return
         line = self.chip.sram.cache_line_bytes
         cache = SetAssociativeCache(self.chip, self.cache_capacity_lines())
-        history = []
-        if self.program.cache_state is not None:
-            history.append(np.asarray(self.program.cache_state, dtype=np.int64))
-        for name, rows in self.program.cache_history.items():
-            decl = self.program.tensors.get(name)
-            if decl is None or not decl.cached:
-                continue
-            history.append(_row_lines(decl, np.asarray(rows, dtype=np.int64), line)[0])
+        history = []  # the lines of earlier batches, oldest first (none to keep where the cache has no lines)
+        if cache.capacity:
+            if self.program.cache_state is not None:
+                history.append(np.asarray(self.program.cache_state, dtype=np.int64))
+            for name, rows in self.program.cache_history.items():
+                decl = self.program.tensors.get(name)
+                if decl is not None and decl.cached:
+                    history.append(_row_lines(decl, np.asarray(rows, dtype=np.int64), line)[0])
         if history:
             cache.warm(np.concatenate(history))
         # interleave the PEs' accesses by their relative position, as concurrent PEs would issue them
@@ -578,9 +578,12 @@ class WorkModel:
             pos.append((row_index + 0.5) / max(rows.size, 1))
         all_lines = np.concatenate(line_ids)
         all_row = np.concatenate(row_of)
-        order = np.argsort(np.concatenate(pos), kind="stable")
-        hits = np.empty(all_lines.size, dtype=bool)
-        hits[order] = cache.run(all_lines[order])
+        if cache.capacity == 0:  # the scratchpad holds the whole SRAM: every access misses, in any order
+            hits = np.zeros(all_lines.size, dtype=bool)
+        else:
+            order = np.argsort(np.concatenate(pos), kind="stable")
+            hits = np.empty(all_lines.size, dtype=bool)
+            hits[order] = cache.run(all_lines[order])
         # each gather's accesses are one contiguous segment of the concatenation, in its own order
         end = np.cumsum([lines.size for lines in line_ids]).tolist()
         for node, lo, hi in zip(gathers, [0, *end[:-1]], end, strict=True):
