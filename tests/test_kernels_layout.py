@@ -416,7 +416,9 @@ def test_writes_through_an_alias_are_seen_through_its_base():
     base = p.add("B", (4, 6), DType.FP32, Level.SRAM)
     p.alias("w", base, (4, 3), col_offset=2)
     p.alias("r", base, (8, 3))
-    mem = _memory(Program("t", p.tensors, []), {"B": np.arange(24, dtype=np.float32).reshape(4, 6)})
+    # a buffer no input fills starts as zeros, writable (an input no command writes would be a read-only view)
+    mem = _memory(Program("t", p.tensors, []), {})
+    mem["B"][...] = np.arange(24, dtype=np.float32).reshape(4, 6)
     mem["w"][1, 0] = -1.0
     assert mem["B"][1, 2] == -1.0 and mem["r"][2, 2] == -1.0
     mem["B"][3, 4] = 99.0  # flat element 22
