@@ -579,8 +579,29 @@ def test_tile_reads_and_writes_match_one_tile_at_a_time():
             values, which = bands
             joined = want_read.reshape(rows, cols, tr, tc).transpose(0, 2, 1, 3).reshape(rows, tr, cols * tc)
             assert np.array_equal(values[which], joined)
+        for array in (src, src[::-1] * 3):  # a band plan kept by the stream's loop serves another array alike
+            kept = TileRun([Piece(TensorTiles(array, origins, (tr, tc), TileLoop(base, dims)), 0, n)])
+            fresh = TileRun([Piece(TensorTiles(array, origins, (tr, tc)), 0, n)]).bands(0, rows, cols)
+            got = kept.bands(0, rows, cols)
+            assert (got is None) == (fresh is None)
+            if got is not None:
+                assert np.array_equal(got[0][got[1]], fresh[0][fresh[1]])
         checked += 1
     assert checked > 200
+
+
+def test_a_kept_band_plan_is_one_of_an_array_of_that_shape():
+    """Two tiles side by side are one band of an array wide enough for both; of a narrower array (the same
+    stream's loop, its second tile past the edge) they are not: the plan kept for the one is not the other's."""
+    from mtiasim.engine.tiles import Piece, TensorTiles, TileRun
+    from mtiasim.isa.memory import TileLoop
+
+    loop_ = TileLoop((0, 0), ((2, 0, 4),))  # two [2, 4] tiles, the second 4 columns on
+    origins = loop_.origins()
+    wide, narrow = np.arange(16).reshape(2, 8), np.arange(12).reshape(2, 6)
+    values, which = TileRun([Piece(TensorTiles(wide, origins, (2, 4), loop_), 0, 2)]).bands(0, 1, 2)
+    assert np.array_equal(values[which][0], wide)
+    assert TileRun([Piece(TensorTiles(narrow, origins, (2, 4), loop_), 0, 2)]).bands(0, 1, 2) is None
 
 
 def test_a_cache_of_no_lines_misses_every_gathered_line(monkeypatch):

@@ -524,7 +524,8 @@ class _Resolver:
             _check_stream(decl, tr.stream, st, node)
             source = None
             if self.memory is not None:
-                source = TensorTiles(self._array(decl.name), tr.stream.loop.origins(), tr.stream.tile)
+                loop_ = tr.stream.loop
+                source = TensorTiles(self._array(decl.name), loop_.origins(), tr.stream.tile, loop_)
             self._push(st, node, tr.cb, n, tr.stream.tile, decl.dtype, source)
             if tr.multicast is not None:
                 mc = tr.multicast
