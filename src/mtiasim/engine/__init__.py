@@ -162,6 +162,8 @@ def execute(
     memo: Memo | None = None,
 ) -> ExecutionResult:
     """Run `program` on `chip`. Functional modes need every input tensor; tensors not given start as zeros.
+    The caller's arrays are never written: an input the program writes is copied, the others are read through
+    read-only views, which is also what `outputs` holds for them.
 
     `memo` carries work-model results between runs of programs that share jobs (a compiled model's calls).
     """

@@ -478,12 +478,18 @@ def _bag_starts(lengths: np.ndarray) -> np.ndarray:
 
 
 def _add_in_bag_order(vals: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """FP32 [bags, dim]: each bag's rows of `vals` (in bag order) added one after another to a zero sum."""
-    out = np.zeros((lengths.size, vals.shape[1]), dtype=np.float32)
-    starts = _bag_starts(lengths)
-    for pos in range(int(lengths.max(initial=0))):
-        live = np.flatnonzero(lengths > pos)
-        out[live] += vals[starts[live] + pos]
+    """FP32 [bags, dim]: each bag's rows of `vals` (in bag order) added one after another to a zero sum. The
+    bags are taken longest first, so the bags still adding a row at each position are a leading slice."""
+    longest = int(lengths.max(initial=0))
+    order = np.argsort(-lengths, kind="stable")
+    starts = _bag_starts(lengths)[order]
+    longer = np.bincount(lengths, minlength=longest + 1)[::-1].cumsum()[::-1]  # bags of at least l rows
+    acc = np.zeros((lengths.size, vals.shape[1]), dtype=np.float32)
+    for pos in range(longest):
+        n = int(longer[pos + 1])
+        acc[:n] += vals[starts[:n] + pos]
+    out = np.empty_like(acc)
+    out[order] = acc
     return out
 
 
