@@ -620,5 +620,6 @@ def test_a_cache_of_no_lines_misses_every_gathered_line(monkeypatch):
         rec.shape[1] == 2 and not rec[:, 1].any() for rec in memo.cache_hits.values()
     )
     lines = sum(rec.shape[0] for rec in memo.cache_hits.values())
-    assert lines >= 64 * 20 * 4  # every lookup's lines (a row of 128 int8 + its scale and bias spans lines)
+    lookups = sum(v.size for name, v in prep.inputs.items() if name.startswith("indices"))
+    assert lines >= lookups > 0  # every gathered row touches a line at least
     assert cold.timing.counters.get("cache_hit_rows", 0.0) == 0.0 < warm.timing.counters["cache_hit_rows"]

@@ -111,9 +111,8 @@ def _memory(program: Program, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
             if name in written:
                 mem[name] = np.array(arr, copy=True).reshape(decl.rows, decl.cols)
             else:
-                view = arr.reshape(
-                    decl.rows, decl.cols
-                ).view()  # a view of its own: the caller's stays writable
+                # a view of its own, flagged read-only: the caller's array stays writable
+                view = arr.reshape(decl.rows, decl.cols).view()
                 view.flags.writeable = False
                 mem[name] = view
         else:

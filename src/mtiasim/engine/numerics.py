@@ -169,9 +169,7 @@ def integer_gemm():
                 _as_tensor(torch, a[:, k0 : k0 + INT8_EXACT_K_INT]),
                 _as_tensor(torch, b[k0 : k0 + INT8_EXACT_K_INT]),
             )
-            np.add(
-                out, part.numpy(), out=out, dtype=np.int32
-            )  # numpy's int32 addition wraps, as the adder does
+            np.add(out, part.numpy(), out=out, dtype=np.int32)  # int32 addition wraps, as the adder does
         return out
 
     def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -342,9 +340,8 @@ def cast(x: np.ndarray, out: DType, stats: ConversionStats | None = None) -> np.
             with np.errstate(invalid="ignore"):
                 # counted only when the extremes reach it (a NaN extreme compares false: counted too)
                 if xf.size and not (xf.max() < big and xf.min() > -big):
-                    stats.overflow += int(
-                        np.count_nonzero(np.abs(xf) >= big) - np.count_nonzero(np.isinf(xf))
-                    )
+                    reached = np.count_nonzero(np.abs(xf) >= big)
+                    stats.overflow += int(reached - np.count_nonzero(np.isinf(xf)))
         return y
     if np.issubdtype(np.asarray(x).dtype, np.integer):
         lo, hi = _int_range(out)

@@ -1,10 +1,10 @@
 """Where an exported node comes from: module path and type (from nn_module_stack), file and line.
 
 torch.export records on every node the stack of `forward` frames that made it (`CapturedTraceback`, each frame
-symbolized and its line read and formatted): ~0.08 s of DLRM-v2's ~0.5 s export, for a location only error
-messages and warnings ever show. `recording_sources` turns that off while it exports and records instead, in
-torch's own format, the one frame `node_source` reads: the innermost `forward` outside torch (or, when every
-`forward` is torch's, the innermost), found by walking the interpreter's frames, its line read once per file."""
+symbolized and its line read and formatted), for a location only error messages and warnings ever show.
+`recording_sources` turns that off while it exports and records instead, in torch's own format, the one frame
+`node_source` reads: the innermost `forward` outside torch (or, when every `forward` is torch's, the innermost),
+found by walking the interpreter's frames, its line read once per file. DLRM-v2's export, cold: 0.53 -> 0.46 s."""
 
 from __future__ import annotations
 

@@ -367,8 +367,6 @@ def _to_numpy(t: torch.Tensor, dtype: DType) -> np.ndarray:
 def _to_torch(a: np.ndarray, dtype: DType) -> torch.Tensor:
     if dtype == DType.BF16:
         return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    if (
-        not a.flags.writeable
-    ):  # an output that is an input or a weight as it came: the engine's read-only view
+    if not a.flags.writeable:  # an input or a weight output as it came: the engine's read-only view
         return torch.from_numpy(np.array(a, copy=True))
     return torch.from_numpy(np.ascontiguousarray(a))
